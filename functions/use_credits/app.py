@@ -1,0 +1,69 @@
+"""use_credits: POST /credits/use (JWT user) and the IAM-only /internal/credits/use and /grant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from credits import api, config
+from credits.aws import dynamodb_client
+from credits.errors import InsufficientCredits
+from credits.http import error_response, header, install_error_handlers, json_body, json_response, user_id
+from credits.ledger import Ledger
+
+# Built once per container: configuration (fails here, naming the variable) and the adapters.
+PRICES = config.action_costs(config.require("ACTION_COSTS"))
+ledger = Ledger(dynamodb_client(), config.require("CREDITS_TABLE_NAME"))
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+app = APIGatewayHttpResolver()
+install_error_handlers(app, logger)
+
+
+def _charged(body: dict[str, Any]) -> Response:
+    metrics.add_metric(name="CreditsCharged", unit=MetricUnit.Count, value=body["charged"])
+    return json_response(200, body)
+
+
+@app.exception_handler(InsufficientCredits)
+def _insufficient(exc: InsufficientCredits) -> Response:
+    metrics.add_metric(name="InsufficientCredits", unit=MetricUnit.Count, value=1)
+    return error_response(exc)
+
+
+@app.post("/credits/use")
+@tracer.capture_method
+def use() -> Response:
+    request = api.parse(api.UseRequest, json_body(app))
+    key = header(app, "Idempotency-Key")
+    return _charged(api.use_credits(ledger, PRICES, user_id(app), request, key))
+
+
+@app.post("/internal/credits/use")
+@tracer.capture_method
+def internal_use() -> Response:
+    request = api.parse(api.InternalUseRequest, json_body(app))
+    return _charged(api.internal_use(ledger, PRICES, request, header(app, "Idempotency-Key")))
+
+
+@app.post("/internal/credits/grant")
+@tracer.capture_method
+def internal_grant() -> Response:
+    request = api.parse(api.GrantRequest, json_body(app))
+    body = api.internal_grant(ledger, request, header(app, "Idempotency-Key"))
+    metrics.add_metric(name="CreditsGranted", unit=MetricUnit.Count, value=request.amount)
+    return json_response(200, body)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

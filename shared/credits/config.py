@@ -1,0 +1,32 @@
+"""Configuration from the environment, read once at cold start by the handlers (never by domain code)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from credits.errors import ConfigError
+from credits.ledger import MAX_AMOUNT
+
+
+def require(name: str, env: Mapping[str, str] | None = None) -> str:
+    """The value of a required variable, or ConfigError naming it."""
+    value = (os.environ if env is None else env).get(name, "").strip()
+    if not value:
+        raise ConfigError(f"Missing required environment variable {name}.")
+    return value
+
+
+def action_costs(raw: str) -> dict[str, int]:
+    """Parse ACTION_COSTS: a JSON object of action name to positive integer credits."""
+    try:
+        costs = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError("ACTION_COSTS is not valid JSON.") from exc
+    if not isinstance(costs, dict) or not costs:
+        raise ConfigError("ACTION_COSTS must be a non-empty JSON object of action to credits.")
+    for action, cost in costs.items():
+        if not action or type(cost) is not int or not 0 < cost <= MAX_AMOUNT:
+            raise ConfigError(f"ACTION_COSTS[{action!r}] must be a positive integer number of credits.")
+    return dict(costs)

@@ -1,0 +1,121 @@
+"""The domain's exceptions: one root, one subclass per broken rule, each carrying its data.
+
+HTTP statuses and error codes are mapped in ONE table (`HTTP_ERRORS`), never by message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CreditsError(Exception):
+    """Root of every error the credits domain raises on purpose."""
+
+    def details(self) -> dict[str, Any]:
+        """Extra fields for the client, beside code and message."""
+        return {}
+
+
+class ValidationError(CreditsError):
+    """The request is malformed: wrong type, unknown field, amount out of range."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+    def details(self) -> dict[str, Any]:
+        return {"errors": self.errors} if self.errors else {}
+
+
+class InvalidJson(ValidationError):
+    """The body is not a JSON object."""
+
+
+class Unauthorized(CreditsError):
+    """No identity where one is required."""
+
+
+class InsufficientCredits(CreditsError):
+    """A charge exceeds the balance, or the balance is negative."""
+
+    def __init__(self, required: int, balance: int) -> None:
+        super().__init__(f"This action needs {required} credits; the balance is {balance}.")
+        self.required = required
+        self.balance = balance
+
+    def details(self) -> dict[str, Any]:
+        return {"required": self.required, "balance": self.balance}
+
+
+class UnknownAction(CreditsError):
+    """The action is not on the server's price list."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(f"Unknown action {action!r}.")
+        self.action = action
+
+
+class PackageNotFound(CreditsError):
+    """The package does not exist or is not on sale."""
+
+    def __init__(self, package_id: str) -> None:
+        super().__init__(f"No active credit package {package_id!r}.")
+        self.package_id = package_id
+
+
+class NotFound(CreditsError):
+    """The route or resource does not exist."""
+
+
+class IdempotencyKeyReused(CreditsError):
+    """The Idempotency-Key was used before for a different request."""
+
+
+class ReferenceReused(CreditsError):
+    """The referenceId was used before for a different request."""
+
+
+class PaymentProviderError(CreditsError):
+    """Stripe failed or refused; nothing was written."""
+
+
+class TemporarilyUnavailable(CreditsError):
+    """Throttled, contended or unavailable after retries; nothing was written, safe to retry."""
+
+
+class ConfigError(CreditsError):
+    """A required setting is missing or malformed (raised at cold start)."""
+
+
+class InternalError(CreditsError):
+    """An unexpected failure of ours; transactions are atomic, so nothing was half-written."""
+
+
+# One table: exception class -> (HTTP status, error code). Subclasses map through their parents' MRO.
+HTTP_ERRORS: dict[type[CreditsError], tuple[int, str]] = {
+    InvalidJson: (400, "invalid_json"),
+    ValidationError: (400, "validation_error"),
+    Unauthorized: (401, "unauthorized"),
+    InsufficientCredits: (402, "insufficient_credits"),
+    UnknownAction: (404, "unknown_action"),
+    PackageNotFound: (404, "package_not_found"),
+    NotFound: (404, "not_found"),
+    IdempotencyKeyReused: (409, "idempotency_key_reused"),
+    ReferenceReused: (409, "reference_id_reused"),
+    PaymentProviderError: (502, "payment_provider_error"),
+    TemporarilyUnavailable: (503, "temporarily_unavailable"),
+    ConfigError: (500, "internal_error"),
+    InternalError: (500, "internal_error"),
+}
+
+
+def http_error(exc: CreditsError) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body for a domain error; the message is ours, never an exception's text."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_ERRORS:
+            status, code = HTTP_ERRORS[cls]  # type: ignore[index]
+            break
+    else:  # pragma: no cover - every CreditsError subclass is in the table through its root
+        status, code = 500, "internal_error"
+    message = str(exc) if status < 500 or status in (502, 503) else "Internal error."
+    return status, {"error": {"code": code, "message": message, **exc.details()}}

@@ -1,0 +1,80 @@
+"""What every HTTP handler shares: JSON errors, the caller's identity, the body and headers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+
+from credits.errors import CreditsError, InternalError, InvalidJson, NotFound, Unauthorized, http_error
+from credits.ledger import validate_token
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body, separators=(",", ":")),
+        headers=headers or {},
+    )
+
+
+def error_response(exc: CreditsError) -> Response:
+    status, body = http_error(exc)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return json_response(status, body, headers)
+
+
+def install_error_handlers(app: APIGatewayHttpResolver, logger: Logger) -> None:
+    """Map domain errors through the one table in credits.errors; never leak an exception's text."""
+
+    @app.exception_handler(CreditsError)
+    def _domain_error(exc: CreditsError) -> Response:
+        logger.info("request refused", extra={"error": type(exc).__name__})
+        return error_response(exc)
+
+    @app.not_found
+    def _not_found(exc: NotFoundError) -> Response:
+        return error_response(NotFound("No such route."))
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        # Our own failure: logged with its stack; the client gets no detail of it.
+        logger.exception("unhandled error")
+        return error_response(InternalError("Internal error."))
+
+
+def user_id(app: APIGatewayHttpResolver) -> str:
+    """The caller's user id: the JWT `sub` claim, and nothing else."""
+    authorizer = app.current_event.request_context.authorizer
+    claims = (authorizer.jwt_claim if authorizer else None) or {}
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("Sign in first: no user identity on this request.")
+    return validate_token(sub, "sub")
+
+
+def json_body(app: APIGatewayHttpResolver) -> object:
+    """The decoded JSON body (base64 or not), or InvalidJson."""
+    try:
+        raw = app.current_event.decoded_body  # base64-decoded when isBase64Encoded
+        if not raw:
+            raise InvalidJson("The body must be a JSON object.")
+        if len(raw) > MAX_BODY_BYTES:
+            raise InvalidJson("The body is too large.")
+        return json.loads(raw)
+    except ValueError:  # bad base64, bad UTF-8 and bad JSON are all ValueErrors
+        raise InvalidJson("The body is not valid JSON.") from None
+
+
+def header(app: APIGatewayHttpResolver, name: str) -> str | None:
+    """A request header, case-insensitive (API Gateway lower-cases them; tests may not)."""
+    value = app.current_event.headers.get(name.lower())
+    if value is None:
+        value = app.current_event.headers.get(name)
+    return value

@@ -1,0 +1,49 @@
+"""Key layout of the credits table (DESIGN.md section 3): every key is built here and nowhere else."""
+
+from __future__ import annotations
+
+USER = "USER#"
+ACCOUNT = "ACCOUNT"
+TX = "TX#"
+REF = "REF#"
+IDEM = "IDEM#"
+CUSTOMER = "CUSTOMER#"
+PACKAGE = "PACKAGE#"
+PAYMENT = "PAYMENT#"
+PACKAGE_SK = "PACKAGE"
+CUSTOMER_SK = "CUSTOMER"
+PAYMENT_SK = "PAYMENT"
+
+# Packages carry this sparse index key so the catalog is one Query, never a table Scan.
+CATALOG_INDEX = "CatalogIndex"
+CATALOG_PARTITION = "PACKAGE"
+
+SEQ_DIGITS = 12
+
+
+def user_pk(user_id: str) -> str:
+    return f"{USER}{user_id}"
+
+
+def tx_sk(seq: int) -> str:
+    return f"{TX}{seq:0{SEQ_DIGITS}d}"
+
+
+def ref_sk(reference_id: str) -> str:
+    return f"{REF}{reference_id}"
+
+
+def idem_sk(key: str) -> str:
+    return f"{IDEM}{key}"
+
+
+def customer_pk(customer_id: str) -> str:
+    return f"{CUSTOMER}{customer_id}"
+
+
+def package_pk(package_id: str) -> str:
+    return f"{PACKAGE}{package_id}"
+
+
+def payment_pk(payment_id: str) -> str:
+    return f"{PAYMENT}{payment_id}"

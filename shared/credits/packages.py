@@ -1,0 +1,129 @@
+"""The credit package catalog: what a user can buy, stored in the credits table (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from credits import keys
+from credits.errors import PackageNotFound
+from credits.ledger import MAX_AMOUNT, from_item, to_item
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+# ISO 4217 currencies Stripe charges in (its "supported currencies" list, presentment side).
+STRIPE_CURRENCIES = frozenset(
+    """
+    usd aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bif bmd bnd bob brl bsd bwp byn bzd
+    cad cdf chf clp cny cop crc cve czk djf dkk dop dzd egp etb eur fjd fkp gbp gel gip gmd gnf gtq
+    gyd hkd hnl htg huf idr ils inr isk jmd jpy kes kgs khr kmf krw kyd kzt lak lbp lkr lrd lsl mad
+    mdl mga mkd mmk mnt mop mur mvr mwk mxn myr mzn nad ngn nio nok npr nzd pab pen pgk php pkr pln
+    pyg qar ron rsd rub rwf sar sbd scr sek sgd shp sle sos srd std szl thb tjs top try ttd twd tzs
+    uah ugx uyu uzs vnd vuv wst xaf xcd xof xpf yer zar zmw
+    """.split()
+)
+# Currencies without a minor unit: a price of 500 JPY is ¥500 (Stripe's zero-decimal list).
+ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+
+PackageId = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class Package(BaseModel):
+    """A credit package: `credits` for `price` minor units of `currency`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: PackageId
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+    credits: Annotated[int, Field(gt=0, le=MAX_AMOUNT)]
+    price: Annotated[int, Field(gt=0, le=99_999_999)]  # Stripe's cap on unit_amount
+    currency: str
+    active: bool = True
+    stripe_product_id: str | None = None
+    stripe_price_id: str | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _stripe_currency(cls, value: str) -> str:
+        if value not in STRIPE_CURRENCIES:
+            raise ValueError("must be a lower-case ISO 4217 currency code that Stripe supports")
+        return value
+
+    def public(self) -> dict[str, Any]:
+        """The API's Package object."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "credits": self.credits,
+            "price": self.price,
+            "currency": self.currency,
+        }
+
+
+class Catalog:
+    """Reads and writes packages; one Query on a sparse index lists them, never a Scan."""
+
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self.client = client
+        self.table = table_name
+
+    def put(self, package: Package) -> None:
+        item = package.model_dump()
+        package_id = item.pop("id")
+        self.client.put_item(
+            TableName=self.table,
+            Item=to_item(
+                {
+                    "pk": keys.package_pk(package_id),
+                    "sk": keys.PACKAGE_SK,
+                    "package_id": package_id,
+                    "catalog": keys.CATALOG_PARTITION,
+                    **item,
+                }
+            ),
+        )
+
+    def get(self, package_id: str) -> Package | None:
+        response = self.client.get_item(
+            TableName=self.table, Key=to_item({"pk": keys.package_pk(package_id), "sk": keys.PACKAGE_SK})
+        )
+        return _package(from_item(response["Item"])) if "Item" in response else None
+
+    def active(self, package_id: str) -> Package:
+        """A package on sale, or PackageNotFound."""
+        package = self.get(package_id)
+        if package is None or not package.active:
+            raise PackageNotFound(package_id)
+        return package
+
+    def all(self) -> list[Package]:
+        """Every package, active or not, ordered by price."""
+        out: list[Package] = []
+        start: dict[str, Any] | None = None
+        while True:
+            query: dict[str, Any] = {
+                "TableName": self.table,
+                "IndexName": keys.CATALOG_INDEX,
+                "KeyConditionExpression": "catalog = :catalog",
+                "ExpressionAttributeValues": to_item({":catalog": keys.CATALOG_PARTITION}),
+            }
+            if start:
+                query["ExclusiveStartKey"] = start
+            response = self.client.query(**query)
+            out.extend(_package(from_item(i)) for i in response.get("Items", []))
+            start = response.get("LastEvaluatedKey")
+            if not start:
+                return sorted(out, key=lambda p: (p.currency, p.price, p.id))
+
+    def listed(self) -> list[Package]:
+        """The packages on sale."""
+        return [p for p in self.all() if p.active]
+
+
+def _package(item: dict[str, Any]) -> Package:
+    fields = {k: item[k] for k in Package.model_fields if k in item and k != "id"}
+    return Package(id=item["package_id"], **fields)

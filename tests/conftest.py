@@ -1,0 +1,53 @@
+"""Shared fixtures: a safe AWS environment, tables built from template.yaml on moto or DynamoDB Local."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Never reach a real AWS account from a test, whatever the developer's shell has.
+os.environ.update(
+    {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_SERVICE_NAME": "credits",
+        "POWERTOOLS_METRICS_NAMESPACE": "Credits",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "POWERTOOLS_DEV": "false",
+        "CREDITS_TABLE_NAME": "credits",
+        "IDEMPOTENCY_TABLE_NAME": "idempotency",
+        "ACTION_COSTS": '{"search": 1, "analyze": 5, "generate": 10}',
+    }
+)
+for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+    os.environ.pop(_var, None)
+
+from local.dynamodb_local import DynamoDBLocal  # noqa: E402
+from local.template import create_tables  # noqa: E402
+
+TABLES = {"CreditsTable": "credits", "IdempotencyTable": "idempotency"}
+
+
+@pytest.fixture
+def moto_dynamodb() -> Iterator[object]:
+    """A moto DynamoDB with the template's tables; functions loaded inside it talk to moto."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        create_tables(client, TABLES)
+        yield client
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    """AWS's DynamoDB Local on a free port, for the whole session; stopped at the end."""
+    with DynamoDBLocal() as server:
+        yield server
