@@ -53,15 +53,17 @@ class DynamoDBLocal:
     def start(self, timeout: float = 60.0) -> DynamoDBLocal:
         java = shutil.which("java")
         if java is None:
-            raise DynamoDBLocalError("Java is not installed: run `make install` (Debian's default-jre-headless).")
+            raise DynamoDBLocalError(
+                "Java is not installed: run `make install` (Debian's default-jre-headless)."
+            )
         with socket.socket() as sock:
             if sock.connect_ex((self.host, self.port)) == 0:
                 raise DynamoDBLocalError(f"Port {self.port} is already in use; choose another port.")
         directory = jar_dir()
-        storage = ["-inMemory"]
+        storage = ["-inMemory", "-sharedDb"]
         if self.db_path is not None:
             self.db_path.mkdir(parents=True, exist_ok=True)
-            storage = ["-dbPath", str(self.db_path)]
+            storage = ["-dbPath", str(self.db_path), "-sharedDb"]
         self.process = subprocess.Popen(
             [
                 java,
@@ -98,7 +100,9 @@ class DynamoDBLocal:
             assert self.process is not None
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise DynamoDBLocalError(f"DynamoDB Local exited with {self.process.returncode}: {err[-2000:]}")
+                raise DynamoDBLocalError(
+                    f"DynamoDB Local exited with {self.process.returncode}: {err[-2000:]}"
+                )
             try:
                 client.list_tables()
                 return

@@ -28,7 +28,7 @@ def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     return {suffix: value}
 
 
@@ -73,7 +73,7 @@ def create_tables(client: DynamoDBClient, names: dict[str, str]) -> None:
         if name in existing:
             continue
         client.create_table(TableName=name, **definition)
-        client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+        client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
         attribute = ttl_attribute(logical_id)
         if attribute:
             client.update_time_to_live(

@@ -9,11 +9,11 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_EVENT = json.loads((ROOT / "tests" / "events" / "http_api_proxy.json").read_text())
@@ -40,7 +40,10 @@ def http_event(
     event["queryStringParameters"] = query or None
     event["pathParameters"] = None
     event["cookies"] = []
-    event["headers"] = {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}}
+    event["headers"] = {
+        "content-type": "application/json",
+        **{k.lower(): v for k, v in (headers or {}).items()},
+    }
     event["requestContext"]["http"]["method"] = method
     event["requestContext"]["http"]["path"] = path
     event["requestContext"]["routeKey"] = event["routeKey"]
@@ -48,7 +51,9 @@ def http_event(
     if sub is None:
         event["requestContext"].pop("authorizer", None)
     else:
-        event["requestContext"]["authorizer"] = {"jwt": {"claims": {"sub": sub, "iss": "test"}, "scopes": None}}
+        event["requestContext"]["authorizer"] = {
+            "jwt": {"claims": {"sub": sub, "iss": "test"}, "scopes": None}
+        }
     if text is None:
         event.pop("body", None)
         event["isBase64Encoded"] = False

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from credits.errors import UnknownAction, ValidationError
 from credits.ledger import MAX_AMOUNT, MAX_KEY_LENGTH, Idempotency, Ledger, Posted, Transaction, fingerprint
 
-Token = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Token = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
 Description = Annotated[str, StringConstraints(max_length=500)]
 Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
 
@@ -28,18 +30,18 @@ class UseRequest(_Request):
     """POST /credits/use: the user spends credits on a priced action."""
 
     action: Token
-    referenceId: Token | None = None  # noqa: N815 - the API's camelCase
+    referenceId: Token | None = None
     description: Description | None = None
 
 
 class InternalUseRequest(_Request):
     """POST /internal/credits/use: a trusted service charges a user by amount or by action."""
 
-    userId: Token  # noqa: N815
+    userId: Token
     amount: Amount | None = None
     action: Token | None = None
     description: Description
-    referenceId: Token | None = None  # noqa: N815
+    referenceId: Token | None = None
 
     @model_validator(mode="after")
     def _amount_or_action(self) -> InternalUseRequest:
@@ -51,11 +53,11 @@ class InternalUseRequest(_Request):
 class GrantRequest(_Request):
     """POST /internal/credits/grant: support staff or a trusted service adds credits."""
 
-    userId: Token  # noqa: N815
+    userId: Token
     amount: Amount
     type: Literal["gift", "adjustment"]
     description: Description
-    referenceId: Token | None = None  # noqa: N815
+    referenceId: Token | None = None
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -139,9 +141,7 @@ def charged_body(posted: Posted) -> dict[str, Any]:
     return {"transactionId": posted.transaction_id, "charged": -posted.amount, "balance": posted.balance}
 
 
-def transactions_page(
-    ledger: Ledger, user_id: str, limit: str | None, cursor: str | None
-) -> dict[str, Any]:
+def transactions_page(ledger: Ledger, user_id: str, limit: str | None, cursor: str | None) -> dict[str, Any]:
     """GET /credits/transactions?limit=&cursor=."""
     size = 20
     if limit is not None:

@@ -113,7 +113,7 @@ def http_error(exc: CreditsError) -> tuple[int, dict[str, Any]]:
     """The status and JSON body for a domain error; the message is ours, never an exception's text."""
     for cls in type(exc).__mro__:
         if cls in HTTP_ERRORS:
-            status, code = HTTP_ERRORS[cls]  # type: ignore[index]
+            status, code = HTTP_ERRORS[cls]
             break
     else:  # pragma: no cover - every CreditsError subclass is in the table through its root
         status, code = 500, "internal_error"

@@ -206,7 +206,8 @@ class Ledger:
         client: DynamoDBClient,
         table_name: str,
         *,
-        max_attempts: int = 25,
+        max_attempts: int = 64,
+        time_budget: float = 8.0,
         base_delay: float = 0.004,
         max_delay: float = 0.2,
         clock: Callable[[], float] = time.time,
@@ -214,7 +215,10 @@ class Ledger:
     ) -> None:
         self.client = client
         self.table = table_name
+        # Bounds sized by tests/integration/test_concurrency.py and `make bench`: 16 writers on one
+        # balance in DynamoDB Local needed up to 34 attempts; whichever bound comes first ends the retries.
         self.max_attempts = max_attempts
+        self.time_budget = time_budget
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.clock = clock
@@ -300,7 +304,10 @@ class Ledger:
                 "currency": entry.currency,
             }
         )
+        deadline = time.monotonic() + self.time_budget
         for attempt in range(self.max_attempts):
+            if time.monotonic() > deadline:
+                break
             snapshot = self._read(user_id, entry.reference_id, idempotency)
             replay = self._replay(snapshot, idempotency, ref_fingerprint)
             if replay is not None:

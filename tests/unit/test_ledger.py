@@ -25,8 +25,15 @@ def test_a_new_user_has_zero_credits_and_an_empty_ledger(ledger: Ledger) -> None
 
 
 def test_buy_100_spend_3_leaves_97_with_a_two_line_ledger(ledger: Ledger) -> None:
-    bought = ledger.grant("ann", 100, type="purchase", description="Starter pack",
-                          reference_id="pi_1", monetary_amount=500, currency="usd")
+    bought = ledger.grant(
+        "ann",
+        100,
+        type="purchase",
+        description="Starter pack",
+        reference_id="pi_1",
+        monetary_amount=500,
+        currency="usd",
+    )
     spent = ledger.charge("ann", 3, description="analyze")
 
     assert (bought.balance, spent.balance, spent.amount) == (100, 97, -3)
@@ -78,10 +85,24 @@ def test_a_negative_balance_from_a_clawback_blocks_every_charge(ledger: Ledger) 
 
 
 def test_the_same_reference_twice_changes_the_balance_once(ledger: Ledger) -> None:
-    first = ledger.grant("dan", 50, type="purchase", description="pack", reference_id="pi_7",
-                         monetary_amount=1000, currency="eur")
-    again = ledger.grant("dan", 50, type="purchase", description="pack", reference_id="pi_7",
-                         monetary_amount=1000, currency="eur")
+    first = ledger.grant(
+        "dan",
+        50,
+        type="purchase",
+        description="pack",
+        reference_id="pi_7",
+        monetary_amount=1000,
+        currency="eur",
+    )
+    again = ledger.grant(
+        "dan",
+        50,
+        type="purchase",
+        description="pack",
+        reference_id="pi_7",
+        monetary_amount=1000,
+        currency="eur",
+    )
     assert ledger.balance("dan") == 50
     assert again.replayed and not first.replayed
     assert (again.transaction_id, again.balance) == (first.transaction_id, 50)
@@ -119,8 +140,9 @@ def test_idempotency_markers_expire_after_at_least_a_day(ledger: Ledger, moto_dy
     timed = Ledger(moto_dynamodb, "credits", clock=lambda: now[0], sleep=lambda _s: None)
     timed.grant("fay", 20, type="gift", description="welcome")
     timed.charge("fay", 5, description="analyze", idempotency=Idempotency("k", "f"))
-    marker = from_item(moto_dynamodb.get_item(
-        TableName="credits", Key=to_item({"pk": "USER#fay", "sk": "IDEM#k"}))["Item"])
+    marker = from_item(
+        moto_dynamodb.get_item(TableName="credits", Key=to_item({"pk": "USER#fay", "sk": "IDEM#k"}))["Item"]
+    )
     assert marker["expires_at"] - int(now[0]) == IDEMPOTENCY_TTL_SECONDS >= 24 * 3600
 
     now[0] += IDEMPOTENCY_TTL_SECONDS - 1  # still alive: a replay
@@ -176,8 +198,10 @@ def test_the_audit_finds_a_tampered_ledger(ledger: Ledger, moto_dynamodb) -> Non
     ledger.charge("jo", 3, description="b")
     assert ledger.audit("jo").ok
     moto_dynamodb.update_item(
-        TableName="credits", Key=to_item({"pk": "USER#jo", "sk": "ACCOUNT"}),
-        UpdateExpression="SET balance = :b", ExpressionAttributeValues=to_item({":b": 1000}),
+        TableName="credits",
+        Key=to_item({"pk": "USER#jo", "sk": "ACCOUNT"}),
+        UpdateExpression="SET balance = :b",
+        ExpressionAttributeValues=to_item({":b": 1000}),
     )
     report = ledger.audit("jo")
     assert not report.ok
