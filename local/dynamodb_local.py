@@ -53,9 +53,7 @@ class DynamoDBLocal:
     def start(self, timeout: float = 60.0) -> DynamoDBLocal:
         java = shutil.which("java")
         if java is None:
-            raise DynamoDBLocalError(
-                "Java is not installed: run `make install` (Debian's default-jre-headless)."
-            )
+            raise DynamoDBLocalError("Java is not installed: run `make install` (Debian's default-jre-headless).")
         with socket.socket() as sock:
             if sock.connect_ex((self.host, self.port)) == 0:
                 raise DynamoDBLocalError(f"Port {self.port} is already in use; choose another port.")
@@ -100,9 +98,7 @@ class DynamoDBLocal:
             assert self.process is not None
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise DynamoDBLocalError(
-                    f"DynamoDB Local exited with {self.process.returncode}: {err[-2000:]}"
-                )
+                raise DynamoDBLocalError(f"DynamoDB Local exited with {self.process.returncode}: {err[-2000:]}")
             try:
                 client.list_tables()
                 return

@@ -51,9 +51,7 @@ def http_event(
     if sub is None:
         event["requestContext"].pop("authorizer", None)
     else:
-        event["requestContext"]["authorizer"] = {
-            "jwt": {"claims": {"sub": sub, "iss": "test"}, "scopes": None}
-        }
+        event["requestContext"]["authorizer"] = {"jwt": {"claims": {"sub": sub, "iss": "test"}, "scopes": None}}
     if text is None:
         event.pop("body", None)
         event["isBase64Encoded"] = False

@@ -14,10 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from credits.errors import UnknownAction, ValidationError
 from credits.ledger import MAX_AMOUNT, MAX_KEY_LENGTH, Idempotency, Ledger, Posted, Transaction, fingerprint
+from credits.packages import PackageId
 
-Token = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Description = Annotated[str, StringConstraints(max_length=500)]
 Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
 
@@ -58,6 +57,12 @@ class GrantRequest(_Request):
     type: Literal["gift", "adjustment"]
     description: Description
     referenceId: Token | None = None
+
+
+class CheckoutRequest(_Request):
+    """POST /credits/checkout: the user buys a package."""
+
+    packageId: PackageId
 
 
 M = TypeVar("M", bound=BaseModel)

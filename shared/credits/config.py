@@ -30,3 +30,28 @@ def action_costs(raw: str) -> dict[str, int]:
         if not action or type(cost) is not int or not 0 < cost <= MAX_AMOUNT:
             raise ConfigError(f"ACTION_COSTS[{action!r}] must be a positive integer number of credits.")
     return dict(costs)
+
+
+def secret(name: str, env: Mapping[str, str] | None = None) -> str:
+    """A secret: the variable itself (local, tests), or the SSM SecureString named by `<name>_PARAM`.
+
+    Read once per container at cold start; Powertools Parameters caches it.
+    """
+    values = os.environ if env is None else env
+    if values.get(name, "").strip():
+        return values[name].strip()
+    parameter = values.get(f"{name}_PARAM", "").strip()
+    if not parameter:
+        raise ConfigError(f"Missing required environment variable {name} or {name}_PARAM.")
+    from aws_lambda_powertools.utilities import parameters
+
+    value = parameters.get_parameter(parameter, decrypt=True, max_age=3600)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"The SSM parameter named by {name}_PARAM is empty.")
+    return value
+
+
+def optional(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of an optional variable, or None when unset or blank."""
+    value = (os.environ if env is None else env).get(name, "").strip()
+    return value or None

@@ -331,9 +331,7 @@ class Ledger:
         elif policy is Policy.CLAWBACK and entry.amount >= 0:
             raise ValidationError("A clawback must be a debit.")
 
-    def _replay(
-        self, snapshot: _Snapshot, idempotency: Idempotency | None, ref_fingerprint: str
-    ) -> Posted | None:
+    def _replay(self, snapshot: _Snapshot, idempotency: Idempotency | None, ref_fingerprint: str) -> Posted | None:
         if idempotency is not None and snapshot.idempotency is not None:
             if snapshot.idempotency["fingerprint"] != idempotency.fingerprint:
                 raise IdempotencyKeyReused("This Idempotency-Key was already used for a different request.")
@@ -367,8 +365,9 @@ class Ledger:
             account_unchanged = "seq = :expected_seq"
             account_condition = account_unchanged
         else:
-            account_is_new = "attribute_not_exists(pk)"
-            account_condition = account_is_new
+            # No ledger yet (the item may exist already, holding only a Stripe customer id).
+            account_has_no_ledger = "attribute_not_exists(seq)"
+            account_condition = account_has_no_ledger
         values: dict[str, Any] = {":balance": balance, ":seq": seq, ":now": now_iso}
         if snapshot.exists:
             values[":expected_seq"] = snapshot.seq
@@ -464,14 +463,15 @@ class Ledger:
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code == "TransactionCanceledException":
-                    reasons = exc.response.get("CancellationReasons", [])
-                    for index, reason in enumerate(reasons):
-                        if reason.get("Code") == "ConditionalCheckFailed" and index >= first_extra:
-                            raise ExtraConditionFailed(index - first_extra) from exc
-                    if any(r.get("Code") in RETRIABLE_CODES | {"ThrottlingError"} for r in reasons):
+                    codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                    if "ConditionalCheckFailed" in codes[:first_extra] or "TransactionConflict" in codes:
+                        return False  # a lost race (seq moved, marker appeared): re-read and decide again
+                    if "ConditionalCheckFailed" in codes[first_extra:]:
+                        raise ExtraConditionFailed(codes.index("ConditionalCheckFailed") - first_extra) from exc
+                    if any(c in RETRIABLE_CODES | {"ThrottlingError"} for c in codes):
                         self._backoff(attempt)
                         continue  # nothing was written; resend as is
-                    return False  # a lost race (seq moved, marker appeared) or a TransactionConflict
+                    return False
                 if code not in RETRIABLE_CODES:
                     raise
             except (ConnectionError, HTTPClientError):
@@ -498,10 +498,11 @@ class Ledger:
         marker = found.get(keys.idem_sk(idempotency.key)) if idempotency else None
         if marker is not None and marker.get("expires_at", 0) < int(self.clock()):
             marker = None  # expired, awaiting TTL deletion
+        has_ledger = account is not None and "seq" in account
         return _Snapshot(
-            exists=account is not None,
-            balance=account["balance"] if account else 0,
-            seq=account["seq"] if account else 0,
+            exists=has_ledger,
+            balance=account["balance"] if account and has_ledger else 0,
+            seq=account["seq"] if account and has_ledger else 0,
             reference=found.get(keys.ref_sk(reference_id)) if reference_id else None,
             idempotency=marker,
         )
@@ -517,8 +518,7 @@ class Ledger:
                 else:
                     got = self.client.transact_get_items(
                         TransactItems=[
-                            {"Get": {"TableName": self.table, "Key": to_item({"pk": pk, "sk": sk})}}
-                            for sk in sks
+                            {"Get": {"TableName": self.table, "Key": to_item({"pk": pk, "sk": sk})}} for sk in sks
                         ]
                     )
                     items = [r["Item"] for r in got["Responses"] if r.get("Item")]
@@ -535,8 +535,8 @@ class Ledger:
     def balance(self, user_id: str) -> int:
         """The current balance; 0 for a user who never had credits."""
         validate_token(user_id, "userId")
-        account = self._get_many(keys.user_pk(user_id), [keys.ACCOUNT]).get(keys.ACCOUNT)
-        return int(account["balance"]) if account else 0
+        account = self._get_many(keys.user_pk(user_id), [keys.ACCOUNT]).get(keys.ACCOUNT) or {}
+        return int(account.get("balance", 0))
 
     def transactions(
         self, user_id: str, *, limit: int = 20, cursor: str | None = None
@@ -592,9 +592,7 @@ class Ledger:
             if tx.seq != expected_seq:
                 report.problems.append(f"seq {tx.seq} where {expected_seq} was expected")
             if tx.balance_after != running + tx.amount:
-                report.problems.append(
-                    f"seq {tx.seq}: balance_after {tx.balance_after} != {running} + {tx.amount}"
-                )
+                report.problems.append(f"seq {tx.seq}: balance_after {tx.balance_after} != {running} + {tx.amount}")
             if type(tx.amount) is not int:
                 report.problems.append(f"seq {tx.seq}: amount is not an integer")
             running = tx.balance_after

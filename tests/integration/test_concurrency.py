@@ -22,9 +22,7 @@ def test_300_concurrent_charges_against_200_credits_never_overdraw(local_tables:
         if not hasattr(local, "fn"):
             with lock:
                 local.fn = containers[next(counter)]
-        status, body, _h = invoke(
-            local.fn, http_event("POST", "/credits/use", sub="racer", body={"action": "search"})
-        )
+        status, body, _h = invoke(local.fn, http_event("POST", "/credits/use", sub="racer", body={"action": "search"}))
         if status == 402:
             assert body["error"]["code"] == "insufficient_credits"
         return status

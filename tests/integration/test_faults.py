@@ -37,9 +37,7 @@ def inject(fn: ModuleType, operation: str, faults: list[Any] | Callable[..., Any
 
 def charge(fn: ModuleType, user: str, action: str = "analyze", key: str | None = None) -> tuple[int, dict]:
     headers = {"Idempotency-Key": key} if key else None
-    status, body, _ = invoke(
-        fn, http_event("POST", "/credits/use", sub=user, headers=headers, body={"action": action})
-    )
+    status, body, _ = invoke(fn, http_event("POST", "/credits/use", sub=user, headers=headers, body={"action": action}))
     return status, body
 
 
@@ -50,9 +48,7 @@ def fn(local_tables: LocalTables) -> ModuleType:
     return module
 
 
-def test_throttled_transactions_are_retried_and_charge_once(
-    fn: ModuleType, local_tables: LocalTables
-) -> None:
+def test_throttled_transactions_are_retried_and_charge_once(fn: ModuleType, local_tables: LocalTables) -> None:
     ledger = local_tables.ledger()
     ledger.grant("t1", 20, type="gift", description="seed")
     throttles = [
@@ -67,9 +63,7 @@ def test_throttled_transactions_are_retried_and_charge_once(
     assert ledger.balance("t1") == 15 and ledger.audit("t1").ok
 
 
-def test_transaction_conflicts_are_retried_with_a_fresh_read(
-    fn: ModuleType, local_tables: LocalTables
-) -> None:
+def test_transaction_conflicts_are_retried_with_a_fresh_read(fn: ModuleType, local_tables: LocalTables) -> None:
     ledger = local_tables.ledger()
     ledger.grant("t2", 20, type="gift", description="seed")
     conflict = [{"Code": "TransactionConflict"}, {"Code": "None"}]
@@ -87,9 +81,7 @@ def test_when_retries_run_out_the_api_answers_503_and_nothing_is_written(
     ledger = local_tables.ledger()
     ledger.grant("t3", 20, type="gift", description="seed")
     inject(fn, "TransactWriteItems", lambda _p: error("ThrottlingException"))
-    status, body, headers = invoke(
-        fn, http_event("POST", "/credits/use", sub="t3", body={"action": "analyze"})
-    )
+    status, body, headers = invoke(fn, http_event("POST", "/credits/use", sub="t3", body={"action": "analyze"}))
     assert (status, body["error"]["code"]) == (503, "temporarily_unavailable")
     assert headers.get("Retry-After") == "1"
     assert ledger.balance("t3") == 20
@@ -107,9 +99,7 @@ def test_endless_conflicts_answer_503_and_the_audit_passes(fn: ModuleType, local
     assert ledger.balance("t4") == 20 and ledger.audit("t4").ok
 
 
-def test_a_lost_response_is_resent_with_its_token_and_charges_once(
-    fn: ModuleType, local_tables: LocalTables
-) -> None:
+def test_a_lost_response_is_resent_with_its_token_and_charges_once(fn: ModuleType, local_tables: LocalTables) -> None:
     """The transaction lands but its answer is lost; the resend carries the same ClientRequestToken."""
     ledger = local_tables.ledger()
     ledger.grant("t5", 20, type="gift", description="seed")
@@ -137,9 +127,7 @@ def test_a_lost_response_is_resent_with_its_token_and_charges_once(
     assert ledger.audit("t5").ok
 
 
-def test_a_crash_after_commit_is_replayed_by_the_idempotency_key(
-    fn: ModuleType, local_tables: LocalTables
-) -> None:
+def test_a_crash_after_commit_is_replayed_by_the_idempotency_key(fn: ModuleType, local_tables: LocalTables) -> None:
     """The function dies after the write; the client retries the same key in a new container."""
     ledger = local_tables.ledger()
     ledger.grant("t6", 20, type="gift", description="seed")

@@ -234,9 +234,7 @@ def test_a_reused_reference_for_another_action_is_409(use: ModuleType, ledger: L
 
 def test_a_base64_body_is_decoded(use: ModuleType) -> None:
     grant(use, "user-1", 20)
-    status, body, _ = invoke(
-        use, http_event("POST", "/credits/use", body={"action": "search"}, base64_body=True)
-    )
+    status, body, _ = invoke(use, http_event("POST", "/credits/use", body={"action": "search"}, base64_body=True))
     assert (status, body["balance"]) == (200, 19)
     status, body, _ = invoke(use, http_event("POST", "/credits/use", raw_body="%%%", base64_body=False))
     assert status == 400

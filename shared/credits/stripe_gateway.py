@@ -1,0 +1,144 @@
+"""The Stripe adapter: the only module that imports stripe (checkout, webhook and the catalog CLI use it).
+
+It speaks Stripe's API through a `stripe.StripeClient` (never the global api_key) and turns every
+Stripe failure into PaymentProviderError, so the domain never sees a Stripe exception.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import stripe
+
+from credits.errors import PaymentProviderError, ValidationError
+from credits.packages import Package
+
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+
+class InvalidWebhook(ValidationError):
+    """The webhook body or its Stripe-Signature did not verify."""
+
+
+def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+    """Check Stripe-Signature against the raw body (300 s tolerance) and return the event as a dict."""
+    if not signature:
+        raise InvalidWebhook("Missing Stripe-Signature header.")
+    try:
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(text, signature, secret, tolerance=SIGNATURE_TOLERANCE_SECONDS)
+        event = json.loads(text)
+    except (stripe.SignatureVerificationError, ValueError):
+        raise InvalidWebhook("The webhook signature or body is not valid.") from None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
+        raise InvalidWebhook("The webhook body is not a Stripe event.")
+    return event
+
+
+class StripeGateway:
+    """What the product asks of Stripe; the client is injected (tests point it at the local emulator)."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls, api_key: str, api_base: str | None = None) -> StripeGateway:
+        """A gateway with a StripeClient, pointed at `api_base` (the local emulator) when given."""
+        addresses: dict[str, str] = {"api": api_base.rstrip("/")} if api_base else {}
+        client = stripe.StripeClient(
+            api_key,
+            base_addresses=addresses,  # type: ignore[arg-type]
+            max_network_retries=2,  # stripe-python adds an idempotency key to retried POSTs
+            http_client=stripe.RequestsClient(timeout=10),  # well inside the function's timeout
+        )
+        return cls(client)
+
+    def create_customer(self, user_id: str) -> str:
+        """A customer for a user; the idempotency key makes concurrent calls return one customer."""
+        try:
+            customer = self.client.v1.customers.create(
+                params={"metadata": {"userId": user_id}},
+                options={"idempotency_key": f"customer-{user_id}"},
+            )
+        except stripe.StripeError as exc:
+            raise PaymentProviderError("Could not create the payment customer; please retry.") from exc
+        return str(customer.id)
+
+    def create_checkout_session(
+        self,
+        *,
+        user_id: str,
+        customer_id: str,
+        package: Package,
+        success_url: str,
+        cancel_url: str,
+    ) -> tuple[str, str]:
+        """A Checkout Session in payment mode for one package; returns (session id, url)."""
+        metadata = {"userId": user_id, "packageId": package.id, "credits": str(package.credits)}
+        if package.stripe_price_id:
+            line_item: dict[str, Any] = {"price": package.stripe_price_id, "quantity": 1}
+        else:
+            line_item = {
+                "price_data": {
+                    "currency": package.currency,
+                    "unit_amount": package.price,
+                    "product_data": {"name": package.name},
+                },
+                "quantity": 1,
+            }
+        try:
+            params: Any = {
+                "mode": "payment",
+                "customer": customer_id,
+                "client_reference_id": user_id,
+                "line_items": [line_item],
+                "metadata": metadata,
+                "payment_intent_data": {"metadata": metadata},
+                "success_url": success_url,
+                "cancel_url": cancel_url,
+            }
+            session = self.client.v1.checkout.sessions.create(params=params)
+        except stripe.StripeError as exc:
+            raise PaymentProviderError("Could not start the checkout; please retry.") from exc
+        if not session.url:
+            raise PaymentProviderError("The payment provider returned no checkout address.")
+        return str(session.id), str(session.url)
+
+    def sync_package(self, package: Package) -> Package:
+        """Create or reuse the Stripe Product and Price of a package; returns it with their ids."""
+        try:
+            found = self.client.v1.products.search(
+                params={"query": f"metadata['packageId']:'{package.id}'", "limit": 1}
+            )
+            if found.data:
+                product_id = str(found.data[0].id)
+            else:
+                product = self.client.v1.products.create(
+                    params={
+                        "name": package.name,
+                        "description": package.description or package.name,
+                        "metadata": {"packageId": package.id},
+                    },
+                    options={"idempotency_key": f"product-{package.id}"},
+                )
+                product_id = str(product.id)
+            lookup_key = f"{package.id}:{package.currency}:{package.price}"
+            prices = self.client.v1.prices.list(params={"lookup_keys": [lookup_key], "active": True, "limit": 1})
+            if prices.data:
+                price_id = str(prices.data[0].id)
+            else:
+                price = self.client.v1.prices.create(
+                    params={
+                        "product": product_id,
+                        "unit_amount": package.price,
+                        "currency": package.currency,
+                        "lookup_key": lookup_key,
+                        "metadata": {"packageId": package.id, "credits": str(package.credits)},
+                    },
+                    options={"idempotency_key": f"price-{lookup_key}"},
+                )
+                price_id = str(price.id)
+        except stripe.StripeError as exc:
+            raise PaymentProviderError(f"Could not sync package {package.id} with Stripe.") from exc
+        return package.model_copy(update={"stripe_product_id": product_id, "stripe_price_id": price_id})

@@ -1,0 +1,727 @@
+"""The local Stripe emulator, driven by the real stripe-python client and a real webhook receiver."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import stripe
+
+from local.stripe_emulator import (
+    API_VERSION,
+    SESSION_PARAMS,
+    EmulatorError,
+    StripeEmulator,
+    format_amount,
+    parse_form,
+    validate,
+)
+
+API_KEY = "sk_test_emulator_unit"
+META = {"userId": "user-1", "packageId": "pack"}
+SECRET = "whsec_emulator_unit"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Receiver:
+    """A webhook endpoint that records every delivery and answers with a chosen status."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers.items()), body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhook"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def events(self) -> list[stripe.Event]:
+        """Every delivery, verified as the webhook function verifies it."""
+        return [
+            stripe.Webhook.construct_event(body, headers["Stripe-Signature"], SECRET, tolerance=300)
+            for headers, body in self.requests
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    yield rec
+    rec.close()
+
+
+@pytest.fixture
+def emulator(receiver: Receiver) -> Iterator[StripeEmulator]:
+    emu = StripeEmulator(api_key=API_KEY, webhook_secret=SECRET, webhook_url=receiver.url)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def client(emulator: StripeEmulator) -> stripe.StripeClient:
+    return stripe.StripeClient(API_KEY, base_addresses={"api": emulator.base_url}, max_network_retries=0)
+
+
+def create_session(client: stripe.StripeClient, params: dict[str, Any]) -> stripe.checkout.Session:
+    """POST /v1/checkout/sessions with loosely typed parameters (some tests send invalid ones)."""
+    return client.v1.checkout.sessions.create(params=cast(Any, params))
+
+
+def make_session(
+    client: stripe.StripeClient, amount: int = 1000, currency: str = "usd", **extra: Any
+) -> stripe.checkout.Session:
+    """A session for a freshly created package price, with the metadata the credits system sets."""
+    product = client.v1.products.create(params={"name": "Credits pack", "metadata": {"packageId": "pack"}})
+    price = client.v1.prices.create(
+        params={"product": product.id, "unit_amount": amount, "currency": currency}
+    )
+    return create_session(
+        client,
+        {
+            "mode": "payment",
+            "line_items": [{"price": price.id, "quantity": 1}],
+            "success_url": "http://localhost:3000/done?session={CHECKOUT_SESSION_ID}",
+            "cancel_url": "http://localhost:3000/cancelled",
+            "client_reference_id": "user-1",
+            "metadata": META,
+            "payment_intent_data": {"metadata": META},
+            **extra,
+        },
+    )
+
+
+def metadata(obj: Any) -> dict[str, str]:
+    """An object's metadata as a plain dict."""
+    return obj.metadata.to_dict() if obj.metadata else {}
+
+
+def send(
+    method: str,
+    url: str,
+    data: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request without following redirects."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    payload = body if body is not None else (urllib.parse.urlencode(data).encode() if data else None)
+    all_headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    conn.request(method, path, body=payload, headers=all_headers)
+    response = conn.getresponse()
+    result = response.status, dict(response.getheaders()), response.read()
+    conn.close()
+    return result
+
+
+# ---- pure helpers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [
+        (500, "usd", "$5.00"),
+        (500, "jpy", "¥500"),
+        (123456, "eur", "€1,234.56"),
+        (500, "krw", "₩500"),
+        (7, "chf", "CHF 0.07"),
+    ],
+)
+def test_format_amount(amount: int, currency: str, shown: str) -> None:
+    assert format_amount(amount, currency) == shown
+
+
+def test_parse_form_nests_brackets_and_validate_builds_lists() -> None:
+    pairs = [
+        ("line_items[0][price_data][product_data][name]", "Pack"),
+        ("line_items[0][price_data][currency]", "usd"),
+        ("line_items[0][price_data][unit_amount]", "500"),
+        ("expand[]", "a"),
+        ("expand[]", "b"),
+        ("metadata[userId]", "u1"),
+        ("mode", "payment"),
+        ("success_url", "http://x"),
+    ]
+    params = validate(parse_form(pairs), SESSION_PARAMS)
+
+    assert params["line_items"] == [
+        {"price_data": {"currency": "usd", "unit_amount": 500, "product_data": {"name": "Pack"}}}
+    ]
+    assert params["expand"] == ["a", "b"]
+    assert params["metadata"] == {"userId": "u1"}
+
+
+def test_sign_is_what_stripe_verifies(emulator: StripeEmulator) -> None:
+    payload = b'{"id": "evt_1", "object": "event"}'
+    now = int(time.time())
+    header = emulator.sign(payload, now)
+
+    assert header.startswith(f"t={now},v1=")
+    assert stripe.WebhookSignature.verify_header(payload.decode(), header, SECRET, tolerance=300)
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.WebhookSignature.verify_header('{"id": "evt_2"}', header, SECRET, tolerance=300)
+    stale = emulator.sign(payload, now - 3600)
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.WebhookSignature.verify_header(payload.decode(), stale, SECRET, 300)
+
+
+# ---- the REST API, through stripe-python -------------------------------------------------------------
+
+
+def test_api_version_matches_the_client_library() -> None:
+    assert stripe.api_version == API_VERSION
+
+
+def test_customer_product_price_search_and_list(client: stripe.StripeClient) -> None:
+    customer = client.v1.customers.create(
+        params={"email": "ada@example.com", "name": "Ada", "metadata": {"userId": "user-1"}}
+    )
+    product = client.v1.products.create(
+        params={"name": "100 credits", "description": "Starter", "metadata": {"packageId": "p100"}}
+    )
+    client.v1.products.create(params={"name": "500 credits", "metadata": {"packageId": "p500"}})
+    price = client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": 500,
+            "currency": "usd",
+            "lookup_key": "p100",
+            "metadata": {"packageId": "p100"},
+        }
+    )
+
+    assert customer.id.startswith("cus_") and customer.email == "ada@example.com"
+    assert metadata(client.v1.customers.retrieve(customer.id)) == {"userId": "user-1"}
+    assert client.v1.products.retrieve(product.id).name == "100 credits"
+    found = client.v1.products.search(params={"query": "metadata['packageId']:'p100'"})
+    assert found.to_dict()["object"] == "search_result" and [p.id for p in found.data] == [product.id]
+    listed = client.v1.prices.list(params={"lookup_keys": ["p100"], "active": True})
+    assert listed.to_dict()["object"] == "list" and [p.id for p in listed.data] == [price.id]
+    assert listed.data[0].unit_amount == 500 and listed.data[0].type == "one_time"
+    assert client.v1.prices.list(params={"lookup_keys": ["nope"]}).data == []
+    assert client.v1.prices.retrieve(price.id).product == product.id
+
+
+def test_lookup_key_is_unique_unless_transferred(client: stripe.StripeClient) -> None:
+    product = client.v1.products.create(params={"name": "Pack"})
+    first = client.v1.prices.create(
+        params={"product": product.id, "unit_amount": 500, "currency": "usd", "lookup_key": "pack"}
+    )
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.prices.create(
+            params={"product": product.id, "unit_amount": 600, "currency": "usd", "lookup_key": "pack"}
+        )
+    assert info.value.param == "lookup_key"
+
+    second = client.v1.prices.create(
+        params={
+            "product": product.id,
+            "unit_amount": 600,
+            "currency": "usd",
+            "lookup_key": "pack",
+            "transfer_lookup_key": True,
+        }
+    )
+
+    assert [p.id for p in client.v1.prices.list(params={"lookup_keys": ["pack"]}).data] == [second.id]
+    assert client.v1.prices.retrieve(first.id).lookup_key is None
+
+
+def test_session_with_price(client: stripe.StripeClient, emulator: StripeEmulator) -> None:
+    customer = client.v1.customers.create(params={"email": "ada@example.com"})
+
+    session = make_session(client, customer=customer.id)
+
+    assert session.id.startswith("cs_test_") and session.object == "checkout.session"
+    assert (session.status, session.payment_status, session.mode) == ("open", "unpaid", "payment")
+    assert (session.amount_subtotal, session.amount_total, session.currency) == (1000, 1000, "usd")
+    assert session.customer == customer.id and session.client_reference_id == "user-1"
+    assert metadata(session) == META
+    assert session.payment_intent is None and session.livemode is False
+    assert session.url == f"{emulator.base_url}/checkout/{session.id}"
+    assert session.expires_at - session.created == 24 * 3600
+    again = client.v1.checkout.sessions.retrieve(session.id)
+    assert again.id == session.id and again.status == "open"
+
+
+def test_session_with_price_data(client: stripe.StripeClient) -> None:
+    session = create_session(
+        client,
+        {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": "jpy",
+                        "unit_amount": 500,
+                        "product_data": {"name": "500 credits"},
+                    }
+                }
+            ],
+            "success_url": "http://localhost/ok",
+            "payment_method_types": ["card"],
+        },
+    )
+
+    assert (session.amount_total, session.currency, session.payment_method_types) == (500, "jpy", ["card"])
+    hidden = client.v1.products.search(params={"query": "metadata['x']:'y'"})  # inline products are hidden
+    assert hidden.data == []
+
+
+def test_idempotency_key_replays_and_guards_parameters(client: stripe.StripeClient) -> None:
+    first = client.v1.customers.create(params={"email": "a@example.com"}, options={"idempotency_key": "k1"})
+    replay = client.v1.customers.create(params={"email": "a@example.com"}, options={"idempotency_key": "k1"})
+
+    assert replay.id == first.id
+    assert replay.last_response is not None and replay.last_response.headers["Idempotent-Replayed"] == "true"
+    with pytest.raises(stripe.IdempotencyError):
+        client.v1.customers.create(params={"email": "b@example.com"}, options={"idempotency_key": "k1"})
+    other = client.v1.customers.create(params={"email": "a@example.com"}, options={"idempotency_key": "k2"})
+    assert other.id != first.id
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "code"),
+    [
+        ({"bogus": "1"}, "bogus", "parameter_unknown"),
+        (
+            {"line_items": [{"price": "price_missing", "bogus": "1"}]},
+            "line_items[0][bogus]",
+            "parameter_unknown",
+        ),
+        ({"mode": None}, "mode", "parameter_missing"),
+        ({"success_url": None}, "success_url", "parameter_missing"),
+        ({"line_items": [{"price": "price_missing"}]}, "line_items[0][price]", "resource_missing"),
+        (
+            {"line_items": [{"price": "price_missing", "quantity": "x"}]},
+            "line_items[0][quantity]",
+            "parameter_invalid_integer",
+        ),
+    ],
+)
+def test_session_validation(
+    client: stripe.StripeClient, params: dict[str, Any], param: str, code: str
+) -> None:
+    base: dict[str, Any] = {
+        "mode": "payment",
+        "line_items": [{"price": "price_missing"}],
+        "success_url": "http://x",
+    }
+
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        create_session(client, {**base, **params})
+
+    assert (info.value.param, info.value.code, info.value.http_status) == (param, code, 400)
+
+
+def test_session_refuses_quantities_and_other_modes(client: stripe.StripeClient) -> None:
+    product = client.v1.products.create(params={"name": "Pack"})
+    existing = client.v1.prices.create(
+        params={"product": product.id, "unit_amount": 100, "currency": "usd"}
+    ).id
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"line_items": [{"price": existing, "quantity": 2}]}, "line_items[0][quantity]"),
+        ({"mode": "subscription"}, "mode"),
+        ({"line_items": [{"price": existing}, {"price": existing}]}, "line_items"),
+    ]
+    for extra, param in cases:
+        with pytest.raises(stripe.InvalidRequestError) as info:
+            create_session(
+                client,
+                {"mode": "payment", "line_items": [{"price": existing}], "success_url": "http://x", **extra},
+            )
+        assert info.value.param == param
+
+
+def test_wrong_api_key_is_an_authentication_error(emulator: StripeEmulator) -> None:
+    wrong = stripe.StripeClient(
+        "sk_test_wrong_key_1234", base_addresses={"api": emulator.base_url}, max_network_retries=0
+    )
+
+    with pytest.raises(stripe.AuthenticationError) as info:
+        wrong.v1.customers.create(params={"email": "a@example.com"})
+
+    assert info.value.http_status == 401 and "Invalid API Key provided" in str(info.value)
+    status, _, body = send("GET", f"{emulator.base_url}/v1/customers/cus_x")
+    assert status == 401 and json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_object_and_unknown_path(client: stripe.StripeClient, emulator: StripeEmulator) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.checkout.sessions.retrieve("cs_test_missing")
+    assert (info.value.code, info.value.http_status) == ("resource_missing", 404)
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    status, headers, body = send("GET", f"{emulator.base_url}/v1/nothing", headers=auth)
+    assert status == 404 and headers["Request-Id"].startswith("req_")
+    assert json.loads(body)["error"]["message"].startswith("Unrecognized request URL")
+
+
+def test_an_emulator_bug_is_a_500_and_the_server_keeps_serving(
+    client: stripe.StripeClient, emulator: StripeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(params: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(emulator, "_create_customer", broken)
+    status, headers, body = send(
+        "POST",
+        f"{emulator.base_url}/v1/customers",
+        {"email": "a@example.com"},
+        {"Authorization": f"Bearer {API_KEY}"},
+    )
+
+    assert status == 500 and json.loads(body)["error"]["type"] == "api_error"
+    assert headers["Stripe-Should-Retry"] == "false"
+    monkeypatch.undo()
+    customer = client.v1.customers.create(params={"email": "a@example.com"})
+    assert customer.last_response is not None
+    assert str(customer.last_response.request_id).startswith("req_")
+
+
+# ---- payments and their webhooks ---------------------------------------------------------------------
+
+
+def test_pay_delivers_signed_completed_event(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    session = make_session(client)
+
+    events = emulator.pay(session.id)
+
+    assert [e["type"] for e in events] == ["checkout.session.completed"]
+    headers, body = receiver.requests[0]
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert headers["User-Agent"] == "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
+    assert body == json.dumps(events[0], indent=2).encode()
+    [event] = receiver.events()
+    assert event.type == "checkout.session.completed" and event.id == events[0]["id"]
+    assert event.api_version == stripe.api_version and event.livemode is False
+    paid = event.data.object
+    assert (paid.status, paid.payment_status) == ("complete", "paid")
+    assert paid.payment_intent.startswith("pi_") and paid.url is None
+    assert metadata(paid) == META
+    assert emulator.deliveries == [(event.id, 200)]
+    intent = client.v1.payment_intents.retrieve(paid.payment_intent)
+    assert intent.status == "succeeded" and metadata(intent) == META
+    charge = client.v1.charges.retrieve(str(intent.latest_charge))
+    assert (charge.amount, charge.amount_captured, charge.paid) == (1000, 1000, True)
+    assert charge.status == "succeeded" and charge.refunded is False and charge.amount_refunded == 0
+    assert metadata(charge) == META and charge.payment_intent == intent.id
+    assert client.v1.checkout.sessions.retrieve(session.id).payment_status == "paid"
+    listed = client.v1.checkout.sessions.list(params={"payment_intent": intent.id})
+    assert [s.id for s in listed.data] == [session.id]
+    expanded = client.v1.checkout.sessions.retrieve(session.id, params={"expand": ["payment_intent"]})
+    assert cast(stripe.PaymentIntent, expanded.payment_intent).id == intent.id
+
+
+def test_paying_twice_is_refused(client: stripe.StripeClient, emulator: StripeEmulator) -> None:
+    session = make_session(client)
+    emulator.pay(session.id)
+
+    with pytest.raises(EmulatorError, match="complete"):
+        emulator.pay(session.id)
+    with pytest.raises(EmulatorError, match="complete"):
+        emulator.pay_later(session.id)
+    assert len(emulator.events) == 1
+
+
+def test_pay_later_then_async_succeed(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    session = make_session(client)
+
+    emulator.pay_later(session.id)
+    intent_id = client.v1.checkout.sessions.retrieve(session.id).payment_intent
+    pending = client.v1.payment_intents.retrieve(str(intent_id))
+    emulator.async_succeed(session.id)
+
+    completed, succeeded = receiver.events()
+    assert completed.type == "checkout.session.completed"
+    assert (completed.data.object.status, completed.data.object.payment_status) == ("complete", "unpaid")
+    assert pending.status == "processing" and pending.latest_charge is None
+    assert succeeded.type == "checkout.session.async_payment_succeeded"
+    assert succeeded.data.object.payment_status == "paid"
+    assert succeeded.data.object.payment_intent == intent_id
+    charge = client.v1.charges.retrieve(str(client.v1.payment_intents.retrieve(str(intent_id)).latest_charge))
+    assert charge.payment_method_details is not None
+    assert charge.payment_method_details.type == "us_bank_account"
+    assert charge.metadata["userId"] == "user-1"
+    with pytest.raises(EmulatorError):
+        emulator.async_succeed(session.id)
+
+
+def test_pay_later_then_async_fail(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    session = make_session(client)
+    emulator.pay_later(session.id)
+
+    [event] = emulator.async_fail(session.id)
+
+    assert event["type"] == "checkout.session.async_payment_failed"
+    assert event["data"]["object"]["payment_status"] == "unpaid"
+    assert [e.type for e in receiver.events()][-1] == "checkout.session.async_payment_failed"
+    with pytest.raises(EmulatorError, match="no successful charge"):
+        emulator.refund(session.id)
+    with pytest.raises(EmulatorError):
+        emulator.async_succeed(session.id)
+
+
+def test_async_events_need_a_pending_payment(client: stripe.StripeClient, emulator: StripeEmulator) -> None:
+    session = make_session(client)
+    with pytest.raises(EmulatorError, match="pending"):
+        emulator.async_succeed(session.id)
+    emulator.pay(session.id)
+    with pytest.raises(EmulatorError, match="pending"):
+        emulator.async_fail(session.id)
+
+
+def test_refunds_are_cumulative(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    session = make_session(client, amount=1000)
+    with pytest.raises(EmulatorError, match="no successful charge"):
+        emulator.refund(session.id, 100)
+    emulator.pay(session.id)
+
+    charges = [emulator.refund(session.id, 300)[0]["data"]["object"] for _ in range(2)]
+    with pytest.raises(EmulatorError, match="unrefunded amount"):
+        emulator.refund(session.id, 401)
+    charges.append(emulator.refund(session.id)[0]["data"]["object"])
+
+    assert [c["amount_refunded"] for c in charges] == [300, 600, 1000]
+    assert [c["refunded"] for c in charges] == [False, False, True]
+    refunds = [[r["amount"] for r in c["refunds"]["data"]] for c in charges]
+    assert refunds == [[300], [300, 300], [400, 300, 300]]  # newest first, as Stripe lists them
+    assert all(c["metadata"] == META for c in charges)
+    assert [e.type for e in receiver.events()] == ["checkout.session.completed"] + ["charge.refunded"] * 3
+    with pytest.raises(EmulatorError, match="already been refunded"):
+        emulator.refund(session.id)
+    refund_id = charges[-1]["refunds"]["data"][0]["id"]
+    assert client.v1.refunds.retrieve(refund_id).amount == 400
+
+
+def test_dispute_then_close(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    session = make_session(client, amount=1000)
+    with pytest.raises(EmulatorError):
+        emulator.dispute(session.id)
+    emulator.pay(session.id)
+    with pytest.raises(EmulatorError, match="no dispute"):
+        emulator.close_dispute(session.id, "won")
+
+    [created] = emulator.dispute(session.id)
+    with pytest.raises(EmulatorError, match="charged back"):
+        emulator.refund(session.id)
+    with pytest.raises(EmulatorError, match="Invalid status"):
+        emulator.close_dispute(session.id, "maybe")
+    [closed] = emulator.close_dispute(session.id, "won")
+
+    opened = created["data"]["object"]
+    charge = client.v1.charges.retrieve(opened["charge"])
+    assert created["type"] == "charge.dispute.created" and opened["id"].startswith("dp_")
+    assert (opened["status"], opened["amount"], opened["reason"]) == ("needs_response", 1000, "fraudulent")
+    assert opened["payment_intent"] == charge.payment_intent and charge.disputed is True
+    assert closed["type"] == "charge.dispute.closed" and closed["data"]["object"]["status"] == "won"
+    assert [e.type for e in receiver.events()][-2:] == ["charge.dispute.created", "charge.dispute.closed"]
+    with pytest.raises(EmulatorError, match="already closed"):
+        emulator.close_dispute(session.id, "lost")
+    assert emulator.refund(session.id, 100)[0]["data"]["object"]["amount_refunded"] == 100  # won: refundable
+
+
+def test_expire(client: stripe.StripeClient, emulator: StripeEmulator) -> None:
+    session = make_session(client)
+
+    [event] = emulator.expire(session.id)
+
+    assert event["type"] == "checkout.session.expired" and event["data"]["object"]["status"] == "expired"
+    with pytest.raises(EmulatorError):
+        emulator.pay(session.id)
+
+
+def test_unreachable_or_failing_webhook(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    first, second, third = make_session(client), make_session(client), make_session(client)
+    emulator.webhook_url = None
+    emulator.pay(first.id)
+    emulator.webhook_url = "http://127.0.0.1:9/unreachable"
+    emulator.pay(second.id)
+    emulator.webhook_url = receiver.url
+    receiver.status = 500
+    emulator.pay(third.id)
+
+    assert [status for _, status in emulator.deliveries] == [0, 0, 500]
+    receiver.status = 200
+    assert emulator.deliver(emulator.events[0]) == 200
+    assert emulator.deliveries[-1] == (emulator.events[0]["id"], 200)
+    assert len(emulator.events) == 3
+
+
+# ---- control endpoints over HTTP ---------------------------------------------------------------------
+
+
+def test_control_endpoints(client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver) -> None:
+    session = make_session(client, amount=1000)
+    control = f"{emulator.base_url}/_emulator/sessions/{session.id}"
+
+    status, headers, body = send("POST", f"{control}/pay")
+    paid = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert paid["deliveries"] == [[paid["events"][0], 200]]
+    status, _, body = send("POST", f"{control}/refund", {"amount": "250"})
+    assert status == 200 and json.loads(body)["deliveries"][0][1] == 200
+    status, _, body = send(
+        "POST", f"{control}/refund", body=b'{"amount": 250}', headers={"Content-Type": "application/json"}
+    )
+    assert status == 200
+    assert emulator.events[-1]["data"]["object"]["amount_refunded"] == 500
+    status, _, body = send("POST", f"{control}/refund", {"amount": "501"})
+    assert status == 400 and json.loads(body)["error"]["code"] == "amount_too_large"
+    assert send("POST", f"{control}/pay")[0] == 400
+    assert send("POST", f"{control}/close_dispute", {"status": "won"})[0] == 400
+    assert send("POST", f"{control}/dispute")[0] == 200
+    assert send("POST", f"{control}/close_dispute", {"status": "lost"})[0] == 200
+    assert emulator.events[-1]["data"]["object"]["status"] == "lost"
+    assert send("POST", f"{emulator.base_url}/_emulator/sessions/cs_test_nope/pay")[0] == 404
+    assert send("POST", f"{control}/explode")[0] == 404
+
+    status, _, body = send("POST", f"{emulator.base_url}/_emulator/events/{paid['events'][0]}/redeliver")
+    assert status == 200 and json.loads(body)["deliveries"] == [[paid["events"][0], 200]]
+    assert receiver.requests[-1][1] == receiver.requests[0][1]  # the same event, byte for byte
+    assert send("POST", f"{emulator.base_url}/_emulator/events/evt_nope/redeliver")[0] == 404
+    listed = json.loads(send("GET", f"{emulator.base_url}/_emulator/events")[2])
+    assert [e["id"] for e in listed["events"]] == [e["id"] for e in emulator.events]
+
+
+def test_control_pay_later_and_async_over_http(client: stripe.StripeClient, emulator: StripeEmulator) -> None:
+    session = make_session(client)
+    control = f"{emulator.base_url}/_emulator/sessions/{session.id}"
+
+    assert send("POST", f"{control}/pay_later")[0] == 200
+    assert send("POST", f"{control}/async_succeed")[0] == 200
+    assert send("POST", f"{control}/async_fail")[0] == 400
+
+    assert [e["type"] for e in emulator.events] == [
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+    ]
+
+
+# ---- hosted checkout page ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("amount", "currency", "shown"), [(500, "usd", "$5.00"), (500, "jpy", "¥500")])
+def test_checkout_page_shows_the_amount(
+    client: stripe.StripeClient, amount: int, currency: str, shown: str
+) -> None:
+    session = make_session(client, amount=amount, currency=currency)
+
+    status, headers, body = send("GET", session.url or "")
+
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "Local Stripe emulator — no real payment" in page and "Credits pack" in page
+    assert f'<p class="amount" id="amount">{shown}</p>' in page
+    for button in ('id="pay"', 'id="pay-later"', 'id="cancel"'):
+        assert button in page
+    assert f'formaction="/checkout/{session.id}/pay_later"' in page and 'name="viewport"' in page
+
+
+def test_checkout_page_pay_redirects_to_success(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    session = make_session(client)
+
+    status, headers, _ = send("POST", f"{emulator.base_url}/checkout/{session.id}/pay")
+
+    assert status == 303 and headers["Location"] == f"http://localhost:3000/done?session={session.id}"
+    assert [e.type for e in receiver.events()] == ["checkout.session.completed"]
+    assert receiver.events()[0].data.object.payment_status == "paid"
+    page = send("GET", f"{emulator.base_url}/checkout/{session.id}")[2].decode()
+    assert "already paid" in page and 'id="pay"' not in page
+    status, _, body = send("POST", f"{emulator.base_url}/checkout/{session.id}/pay")
+    assert status == 409 and "already paid" in body.decode()
+
+
+def test_checkout_page_pay_later_and_cancel(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    later, cancelled = make_session(client), make_session(client)
+
+    cancel = send("POST", f"{emulator.base_url}/checkout/{cancelled.id}/cancel")
+    assert cancel[0] == 303 and cancel[1]["Location"] == "http://localhost:3000/cancelled"
+    assert receiver.requests == [] and client.v1.checkout.sessions.retrieve(cancelled.id).status == "open"
+
+    status, headers, _ = send("POST", f"{emulator.base_url}/checkout/{later.id}/pay_later")
+    assert status == 303 and headers["Location"].endswith(later.id)
+    assert receiver.events()[0].data.object.payment_status == "unpaid"
+    assert "still processing" in send("GET", f"{emulator.base_url}/checkout/{later.id}")[2].decode()
+    assert send("GET", f"{emulator.base_url}/checkout/cs_test_nope")[0] == 404
+
+
+# ---- command line ------------------------------------------------------------------------------------
+
+
+def test_command_line_serves_until_interrupted(receiver: Receiver) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [
+        sys.executable,
+        "-m",
+        "local.stripe_emulator",
+        "--port",
+        "0",
+        "--webhook-url",
+        receiver.url,
+        "--webhook-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+    ]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        base_url = line.split(" on ")[1].split(",")[0]
+        client = stripe.StripeClient(API_KEY, base_addresses={"api": base_url}, max_network_retries=0)
+        session = make_session(client)
+        assert send("POST", f"{base_url}/_emulator/sessions/{session.id}/pay")[0] == 200
+        assert [e.type for e in receiver.events()] == ["checkout.session.completed"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
