@@ -291,9 +291,7 @@ def _coerce(value: Any, spec: Any, name: str) -> Any:
             return {}
         entries = _object(value, name).items()
         if not all(isinstance(v, str) and len(k) <= 40 and len(v) <= 500 for k, v in entries):
-            raise EmulatorError(
-                f"Invalid metadata (keys up to 40 characters, values up to 500): {name}", param=name
-            )
+            raise EmulatorError(f"Invalid metadata (keys up to 40 characters, values up to 500): {name}", param=name)
         return dict(value)
     if spec == "list":
         items = _array(value, name)
@@ -524,9 +522,7 @@ class StripeEmulator:
         """A stored object of the given type, or Stripe's resource_missing error."""
         obj = self._objects.get(obj_id)
         if obj is None or obj["object"] != kind:
-            raise EmulatorError(
-                f"No such {kind}: '{obj_id}'", status=status, code="resource_missing", param=param
-            )
+            raise EmulatorError(f"No such {kind}: '{obj_id}'", status=status, code="resource_missing", param=param)
         return obj
 
     def _checkout(self, session_id: str) -> tuple[Json, _Checkout]:
@@ -607,9 +603,7 @@ class StripeEmulator:
                 f"Charge {charge['id']} has been charged back; cannot issue a refund.", code="charge_disputed"
             )
         if remaining <= 0:
-            raise EmulatorError(
-                f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded"
-            )
+            raise EmulatorError(f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded")
         amount = remaining if amount is None else amount
         if not 0 < amount <= remaining:
             raise EmulatorError(
@@ -836,9 +830,7 @@ class StripeEmulator:
         key = p.get("lookup_key")
         holders = [x for x in self._all("price") if key and x["lookup_key"] == key]
         if holders and not p.get("transfer_lookup_key"):
-            raise EmulatorError(
-                f"A price (`{holders[0]['id']}`) already uses that lookup key.", param="lookup_key"
-            )
+            raise EmulatorError(f"A price (`{holders[0]['id']}`) already uses that lookup key.", param="lookup_key")
         for holder in holders:
             holder["lookup_key"] = None
         return self._store(self._price(p["product"], currency, amount, p))

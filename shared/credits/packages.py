@@ -255,7 +255,8 @@ class Catalog:
             query: dict[str, Any] = {
                 "TableName": self.table,
                 "IndexName": keys.CATALOG_INDEX,
-                "KeyConditionExpression": "catalog = :catalog",
+                "KeyConditionExpression": "#catalog = :catalog",
+                "ExpressionAttributeNames": {"#catalog": "catalog"},  # a DynamoDB reserved word
                 "ExpressionAttributeValues": to_item({":catalog": keys.CATALOG_PARTITION}),
             }
             if start:

@@ -102,9 +102,7 @@ def make_session(
 ) -> stripe.checkout.Session:
     """A session for a freshly created package price, with the metadata the credits system sets."""
     product = client.v1.products.create(params={"name": "Credits pack", "metadata": {"packageId": "pack"}})
-    price = client.v1.prices.create(
-        params={"product": product.id, "unit_amount": amount, "currency": currency}
-    )
+    price = client.v1.prices.create(params={"product": product.id, "unit_amount": amount, "currency": currency})
     return create_session(
         client,
         {
@@ -330,9 +328,7 @@ def test_idempotency_key_replays_and_guards_parameters(client: stripe.StripeClie
         ),
     ],
 )
-def test_session_validation(
-    client: stripe.StripeClient, params: dict[str, Any], param: str, code: str
-) -> None:
+def test_session_validation(client: stripe.StripeClient, params: dict[str, Any], param: str, code: str) -> None:
     base: dict[str, Any] = {
         "mode": "payment",
         "line_items": [{"price": "price_missing"}],
@@ -347,9 +343,7 @@ def test_session_validation(
 
 def test_session_refuses_quantities_and_other_modes(client: stripe.StripeClient) -> None:
     product = client.v1.products.create(params={"name": "Pack"})
-    existing = client.v1.prices.create(
-        params={"product": product.id, "unit_amount": 100, "currency": "usd"}
-    ).id
+    existing = client.v1.prices.create(params={"product": product.id, "unit_amount": 100, "currency": "usd"}).id
     cases: list[tuple[dict[str, Any], str]] = [
         ({"line_items": [{"price": existing, "quantity": 2}]}, "line_items[0][quantity]"),
         ({"mode": "subscription"}, "mode"),
@@ -482,9 +476,7 @@ def test_pay_later_then_async_succeed(
         emulator.async_succeed(session.id)
 
 
-def test_pay_later_then_async_fail(
-    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
-) -> None:
+def test_pay_later_then_async_fail(client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver) -> None:
     session = make_session(client)
     emulator.pay_later(session.id)
 
@@ -508,9 +500,7 @@ def test_async_events_need_a_pending_payment(client: stripe.StripeClient, emulat
         emulator.async_fail(session.id)
 
 
-def test_refunds_are_cumulative(
-    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
-) -> None:
+def test_refunds_are_cumulative(client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver) -> None:
     session = make_session(client, amount=1000)
     with pytest.raises(EmulatorError, match="no successful charge"):
         emulator.refund(session.id, 100)
@@ -533,9 +523,7 @@ def test_refunds_are_cumulative(
     assert client.v1.refunds.retrieve(refund_id).amount == 400
 
 
-def test_dispute_then_close(
-    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
-) -> None:
+def test_dispute_then_close(client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver) -> None:
     session = make_session(client, amount=1000)
     with pytest.raises(EmulatorError):
         emulator.dispute(session.id)
@@ -645,9 +633,7 @@ def test_control_pay_later_and_async_over_http(client: stripe.StripeClient, emul
 
 
 @pytest.mark.parametrize(("amount", "currency", "shown"), [(500, "usd", "$5.00"), (500, "jpy", "¥500")])
-def test_checkout_page_shows_the_amount(
-    client: stripe.StripeClient, amount: int, currency: str, shown: str
-) -> None:
+def test_checkout_page_shows_the_amount(client: stripe.StripeClient, amount: int, currency: str, shown: str) -> None:
     session = make_session(client, amount=amount, currency=currency)
 
     status, headers, body = send("GET", session.url or "")
@@ -711,9 +697,7 @@ def test_command_line_serves_until_interrupted(receiver: Receiver) -> None:
         "--api-key",
         API_KEY,
     ]
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         base_url = line.split(" on ")[1].split(",")[0]

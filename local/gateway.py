@@ -1,0 +1,339 @@
+"""A local stand-in for API Gateway and the webhook's Function URL (for `make dev` and the tests).
+
+Routes and their functions are read from template.yaml, so nothing is listed twice. Each request
+becomes the payload 2.0 event the deployed function would receive. JWT routes need a token that
+this gateway signed at `POST /local/sign-in` (a LOCAL-ONLY stand-in for the JWT authorizer);
+`/internal/*` routes (IAM on AWS) are refused, as they are to a browser on AWS. The page in web/
+is served at `/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import mimetypes
+import re
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from local.template import ROOT, Route, routes
+
+WEBHOOK_PATH = "/webhook"
+ISSUER = "credits-local"
+AUDIENCE = "credits-local-web"
+TOKEN_TTL_SECONDS = 12 * 3600
+USER_NAME = re.compile(r"^[a-zA-Z0-9_.@-]{1,64}$")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class LocalTokens:
+    """HS256 JWTs for the local sign-in; never used outside `make dev` and the tests."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret.encode()
+
+    def issue(self, user: str, now: float | None = None) -> str:
+        issued = int(now if now is not None else time.time())
+        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        claims = {"sub": user, "iss": ISSUER, "aud": AUDIENCE, "iat": issued, "exp": issued + TOKEN_TTL_SECONDS}
+        body = _b64(json.dumps(claims).encode())
+        signature = hmac.new(self.secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
+        return f"{header}.{body}.{_b64(signature)}"
+
+    def verify(self, token: str) -> dict[str, Any] | None:
+        """The claims of a valid, unexpired token of ours, else None."""
+        try:
+            header, body, signature = token.split(".")
+            expected = hmac.new(self.secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
+            if not hmac.compare_digest(expected, _unb64(signature)):
+                return None
+            claims: dict[str, Any] = json.loads(_unb64(body))
+        except (ValueError, json.JSONDecodeError):
+            return None
+        if claims.get("iss") != ISSUER or claims.get("aud") != AUDIENCE or claims.get("exp", 0) < time.time():
+            return None
+        return claims
+
+
+class _Container:
+    """One warm Lambda container: a loaded handler that serves one request at a time, as on Lambda."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+        self.lock = threading.Lock()
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            result: dict[str, Any] = self.module.lambda_handler(event, _Context(self.module.__name__))
+            return result
+
+
+class _Context:
+    function_version = "$LATEST"
+    memory_limit_in_mb = 512
+
+    def __init__(self, name: str) -> None:
+        self.function_name = name
+        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{name}"
+        self.aws_request_id = str(uuid.uuid4())
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 15_000
+
+
+def load_handler(function: str) -> ModuleType:
+    """Import functions/<function>/app.py as its own module (one container)."""
+    import importlib.util
+    import sys
+
+    path = ROOT / "functions" / function / "app.py"
+    name = f"local_fn_{function}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class Gateway:
+    """The HTTP server: API routes, the webhook URL, local sign-in and the static page."""
+
+    def __init__(
+        self,
+        *,
+        token_secret: str,
+        web_dir: Path | None = ROOT / "web",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.tokens = LocalTokens(token_secret)
+        self.web_dir = web_dir
+        self.routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes()}
+        self.containers: dict[str, _Container] = {}
+        self.page_config = page_config or {}
+        self._load_lock = threading.Lock()
+        self.server = ThreadingHTTPServer((host, port), self._handler_class())
+        self.server.daemon_threads = True
+        self.thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> str:
+        for function in sorted({r.function for r in self.routes.values()} | {"webhook"}):
+            self.container(function)  # cold starts now, so a missing setting fails at start-up
+        self.thread = threading.Thread(target=self.server.serve_forever, name="gateway", daemon=True)
+        self.thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def container(self, function: str) -> _Container:
+        with self._load_lock:
+            if function not in self.containers:
+                self.containers[function] = _Container(load_handler(function))
+            return self.containers[function]
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def api_event(
+        self, route: Route, path: str, query: str, headers: dict[str, str], body: bytes, claims: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The HTTP API payload 2.0 event API Gateway sends for this request."""
+        now = datetime.now(UTC)
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        event: dict[str, Any] = {
+            "version": "2.0",
+            "routeKey": f"{route.method} {route.path}",
+            "rawPath": path,
+            "rawQueryString": query,
+            "headers": headers,
+            "queryStringParameters": params or None,
+            "requestContext": {
+                "accountId": "000000000000",
+                "apiId": "local",
+                "domainName": headers.get("host", "localhost"),
+                "domainPrefix": "local",
+                "http": {
+                    "method": route.method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": headers.get("user-agent", ""),
+                },
+                "requestId": str(uuid.uuid4()),
+                "routeKey": f"{route.method} {route.path}",
+                "stage": "$default",
+                "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                "timeEpoch": int(now.timestamp() * 1000),
+            },
+            "isBase64Encoded": bool(body),
+        }
+        if body:
+            event["body"] = base64.b64encode(body).decode()
+        if claims is not None:
+            event["requestContext"]["authorizer"] = {
+                "jwt": {"claims": {k: str(v) for k, v in claims.items()}, "scopes": None}
+            }
+        return event
+
+    def url_event(self, path: str, headers: dict[str, str], body: bytes, method: str) -> dict[str, Any]:
+        """The Function URL event Lambda sends the webhook (payload 2.0, base64 body)."""
+        now = datetime.now(UTC)
+        return {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": "",
+            "headers": headers,
+            "requestContext": {
+                "accountId": "anonymous",
+                "apiId": "local-webhook",
+                "domainName": headers.get("host", "localhost"),
+                "domainPrefix": "local-webhook",
+                "http": {
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": headers.get("user-agent", ""),
+                },
+                "requestId": str(uuid.uuid4()),
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                "timeEpoch": int(now.timestamp() * 1000),
+            },
+            "body": base64.b64encode(body).decode(),
+            "isBase64Encoded": True,
+        }
+
+    # ---- HTTP ---------------------------------------------------------------------------------
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._dispatch("GET")
+
+            def do_POST(self) -> None:
+                self._dispatch("POST")
+
+            def do_OPTIONS(self) -> None:
+                self._send(204, b"", {"Allow": "GET, POST, OPTIONS"})
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, status: int, body: dict[str, Any]) -> None:
+                self._send(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+            def _dispatch(self, method: str) -> None:
+                split = urlsplit(self.path)
+                path = split.path
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if path == WEBHOOK_PATH:
+                    self._lambda(gateway.container("webhook").invoke(gateway.url_event(path, headers, body, method)))
+                    return
+                if path == "/local/sign-in" and method == "POST":
+                    self._sign_in(body)
+                    return
+                if path == "/local/config.json" and method == "GET":
+                    self._json(200, gateway.page_config)
+                    return
+                route = gateway.routes.get((method, path))
+                if route is None:
+                    if method == "GET" and self._static(path):
+                        return
+                    self._json(404, {"message": "Not Found"})
+                    return
+                if route.auth == "AWS_IAM":
+                    # On AWS an unsigned browser request to an IAM route is refused before any function runs.
+                    self._json(403, {"message": "Forbidden"})
+                    return
+                claims = None
+                if route.auth == "JWT":
+                    auth = headers.get("authorization", "")
+                    token = auth[7:] if auth.lower().startswith("bearer ") else ""
+                    claims = gateway.tokens.verify(token) if token else None
+                    if claims is None:
+                        self._json(401, {"message": "Unauthorized"})
+                        return
+                event = gateway.api_event(route, path, split.query, headers, body, claims)
+                self._lambda(gateway.container(route.function).invoke(event))
+
+            def _lambda(self, response: dict[str, Any]) -> None:
+                raw = response.get("body") or ""
+                data = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode()
+                headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
+                headers.setdefault("Content-Type", "application/json")
+                self._send(int(response.get("statusCode", 200)), data, headers)
+
+            def _sign_in(self, body: bytes) -> None:
+                try:
+                    user = json.loads(body or b"{}").get("user", "")
+                except (ValueError, AttributeError):
+                    user = ""
+                if not isinstance(user, str) or not USER_NAME.match(user):
+                    self._json(
+                        400,
+                        {
+                            "error": {
+                                "code": "validation_error",
+                                "message": "Pick a user name: 1-64 letters, digits, . _ @ -",
+                            }
+                        },
+                    )
+                    return
+                self._json(200, {"token": gateway.tokens.issue(user), "userId": user, "localOnly": True})
+
+            def _static(self, path: str) -> bool:
+                if gateway.web_dir is None:
+                    return False
+                root = gateway.web_dir.resolve()
+                target = (root / path.lstrip("/")).resolve()
+                if path.endswith("/"):
+                    target = target / "index.html"
+                if not target.is_file() or root not in target.parents:
+                    return False
+                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                self._send(200, target.read_bytes(), {"Content-Type": kind, "Cache-Control": "no-cache"})
+                return True
+
+        return Handler

@@ -1,0 +1,229 @@
+"""Buying credits for real, offline: DynamoDB Local, the Stripe emulator and the local gateway."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from credits.__main__ import main as credits_cli
+from credits.checkout import Customers
+from credits.ledger import Ledger
+from local.gateway import Gateway
+from local.stripe_emulator import StripeEmulator
+from local.template import ROOT
+from tests import stripe_events as se
+from tests.integration.conftest import LocalTables
+from tests.support import FakeContext, environment, load_function
+
+API_KEY = "sk_test_local_emulator"
+
+
+@dataclass
+class Stack:
+    tables: LocalTables
+    stripe: StripeEmulator
+    gateway: Gateway
+    ledger: Ledger
+
+    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.gateway.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def sign_in(self, user: str) -> str:
+        status, body = self.call("POST", "/local/sign-in", {"user": user})
+        assert status == 200
+        return str(body["token"])
+
+
+@pytest.fixture
+def stack(local_tables: LocalTables) -> Iterator[Stack]:
+    stripe = StripeEmulator(api_key=API_KEY, webhook_secret=se.SECRET)
+    stripe.start()
+    with environment(
+        STRIPE_SECRET_KEY=API_KEY,
+        STRIPE_API_BASE=stripe.base_url,
+        STRIPE_WEBHOOK_SECRET=se.SECRET,
+        CHECKOUT_SUCCESS_URL="http://localhost/?checkout=success&session_id={CHECKOUT_SESSION_ID}",
+        CHECKOUT_CANCEL_URL="http://localhost/?checkout=cancelled",
+    ):
+        assert credits_cli(["packages", "import", str(ROOT / "local/packages.example.json"), "--sync-stripe"]) == 0
+        gateway = Gateway(token_secret="test-secret", web_dir=None)
+        gateway.start()
+        stripe.webhook_url = gateway.base_url + "/webhook"
+        try:
+            yield Stack(local_tables, stripe, gateway, local_tables.ledger())
+        finally:
+            gateway.stop()
+            stripe.stop()
+
+
+def test_worked_example_buy_spend_refund(stack: Stack) -> None:
+    """Alice buys Starter (100 credits for $5), spends analyze, gets half refunded: 45 left."""
+    token = stack.sign_in("alice")
+    status, body = stack.call("GET", "/credit-packages")
+    assert status == 200
+    starter = next(p for p in body["packages"] if p["id"] == "starter")
+    assert (starter["credits"], starter["price"], starter["currency"]) == (100, 500, "usd")
+
+    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 0})
+    status, checkout = stack.call("POST", "/credits/checkout", {"packageId": "starter"}, token=token)
+    assert status == 201
+    assert checkout["checkoutUrl"].startswith(stack.stripe.base_url)
+    assert checkout["sessionId"].startswith("cs_test_")
+
+    stack.stripe.pay(checkout["sessionId"])
+    assert stack.stripe.deliveries[-1][1] == 200
+    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 100})
+
+    status, spent = stack.call("POST", "/credits/use", {"action": "analyze"}, token=token)
+    assert (status, spent["charged"], spent["balance"]) == (200, 5, 95)
+
+    stack.stripe.refund(checkout["sessionId"], 250)
+    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 45})
+
+    status, page = stack.call("GET", "/credits/transactions", token=token)
+    assert [(t["type"], t["amount"], t["balanceAfter"]) for t in page["transactions"]] == [
+        ("refund", -50, 45),
+        ("usage", -5, 95),
+        ("purchase", 100, 100),
+    ]
+    assert page["transactions"][2]["monetaryAmount"] == 500
+    assert stack.ledger.audit("alice").ok
+
+
+def test_stripe_retrying_every_event_changes_nothing(stack: Stack) -> None:
+    token = stack.sign_in("bob")
+    _, checkout = stack.call("POST", "/credits/checkout", {"packageId": "pro"}, token=token)
+    stack.stripe.pay_later(checkout["sessionId"])
+    assert stack.ledger.balance("bob") == 0
+    stack.stripe.async_succeed(checkout["sessionId"])
+    stack.stripe.refund(checkout["sessionId"], 1000)
+    for evt in list(stack.stripe.events):
+        assert stack.stripe.deliver(evt) == 200
+    assert stack.ledger.balance("bob") == 1200 - 240
+    assert [t.type for t in stack.ledger.history("bob")] == ["purchase", "refund"]
+
+
+def test_a_user_gets_one_stripe_customer_even_when_checkouts_race(stack: Stack) -> None:
+    token = stack.sign_in("carol")
+    barrier = threading.Barrier(8)
+
+    def start(_: int) -> tuple[int, Any]:
+        barrier.wait()
+        return stack.call("POST", "/credits/checkout", {"packageId": "starter"}, token=token)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(start, range(8)))
+    assert Counter(status for status, _ in results) == {201: 8}
+    customer = Customers(stack.tables.client, stack.tables.credits).get("carol")  # type: ignore[arg-type]
+    assert customer is not None
+    sessions = {body["sessionId"] for _, body in results}
+    assert len(sessions) == 8
+    status, listed = 0, None
+    request = urllib.request.Request(
+        f"{stack.stripe.base_url}/v1/checkout/sessions?customer={customer}&limit=100",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        status, listed = response.status, json.loads(response.read())
+    assert status == 200
+    assert {s["id"] for s in listed["data"]} == sessions  # every session went to the one customer
+
+
+def test_unknown_or_inactive_packages_are_404(stack: Stack) -> None:
+    token = stack.sign_in("dave")
+    status, body = stack.call("POST", "/credits/checkout", {"packageId": "nope"}, token=token)
+    assert (status, body["error"]["code"]) == (404, "package_not_found")
+    status, body = stack.call("POST", "/credits/checkout", {"packageId": 5}, token=token)
+    assert (status, body["error"]["code"]) == (400, "validation_error")
+    assert stack.call("POST", "/credits/checkout", {"packageId": "starter"})[0] == 401
+
+
+def test_stripe_down_is_502_and_nothing_is_written(stack: Stack) -> None:
+    token = stack.sign_in("erin")
+    stack.stripe.stop()
+    status, body = stack.call("POST", "/credits/checkout", {"packageId": "starter"}, token=token)
+    assert (status, body["error"]["code"]) == (502, "payment_provider_error")
+    assert Customers(stack.tables.client, stack.tables.credits).get("erin") is None  # type: ignore[arg-type]
+    assert stack.ledger.balance("erin") == 0
+
+
+def test_internal_routes_are_not_reachable_through_the_public_gateway(stack: Stack) -> None:
+    token = stack.sign_in("mallory")
+    body = {"userId": "mallory", "amount": 1000, "type": "gift", "description": "free money"}
+    assert stack.call("POST", "/internal/credits/grant", body, token=token)[0] == 403
+    assert stack.ledger.balance("mallory") == 0
+
+
+def test_ten_concurrent_deliveries_of_one_event_credit_once(local_tables: LocalTables) -> None:
+    """Ten containers receive the same event at the same moment (Stripe retries overlapping)."""
+    from credits.packages import Catalog, Package
+
+    Catalog(local_tables.client, local_tables.credits).put(  # type: ignore[arg-type]
+        Package(id="starter", name="Starter", credits=100, price=500, currency="usd")
+    )
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
+        containers = [load_function("webhook") for _ in range(10)]
+    evt = se.event("checkout.session.completed", se.session(user="zoe"))
+    barrier = threading.Barrier(10)
+
+    def deliver(i: int) -> int:
+        request = se.signed(evt)
+        barrier.wait()
+        status: int = containers[i].lambda_handler(request, FakeContext())["statusCode"]
+        return status
+
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(deliver, range(10)))
+    # Overlapping duplicates get a retriable non-2xx; Stripe delivers them again later.
+    assert set(statuses) <= {200, 503} and 200 in statuses
+    for i in range(10):
+        assert containers[i].lambda_handler(se.signed(evt), FakeContext())["statusCode"] == 200
+    ledger = local_tables.ledger()
+    assert ledger.balance("zoe") == 100
+    assert [t.type for t in ledger.history("zoe")] == ["purchase"]
+
+
+def test_completed_and_async_succeeded_racing_credit_once(local_tables: LocalTables) -> None:
+    from credits.packages import Catalog, Package
+
+    Catalog(local_tables.client, local_tables.credits).put(  # type: ignore[arg-type]
+        Package(id="starter", name="Starter", credits=100, price=500, currency="usd")
+    )
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
+        containers = [load_function("webhook") for _ in range(2)]
+    session = se.session(user="yan")
+    events = [
+        se.event("checkout.session.completed", session),
+        se.event("checkout.session.async_payment_succeeded", session),
+    ]
+    barrier = threading.Barrier(2)
+
+    def deliver(i: int) -> dict[str, Any]:
+        request = se.signed(events[i])
+        barrier.wait()
+        response: dict[str, Any] = containers[i].lambda_handler(request, FakeContext())
+        return response
+
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(deliver, range(2)))
+    assert [r["statusCode"] for r in responses] == [200, 200]
+    assert sorted(json.loads(r["body"])["outcome"] for r in responses) == ["duplicate", "granted"]
+    assert local_tables.ledger().balance("yan") == 100

@@ -1,0 +1,271 @@
+"""The Stripe webhook on moto: signatures first, then purchases, async payments, refunds and disputes."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import ModuleType
+
+import pytest
+
+from credits.ledger import Ledger
+from credits.packages import Catalog, Package
+from credits.payments import Charge, CheckoutSession, Dispute, Event
+from tests import stripe_events as se
+from tests.support import FakeContext, environment, load_function
+
+
+@pytest.fixture
+def webhook(moto_dynamodb) -> ModuleType:
+    Catalog(moto_dynamodb, "credits").put(Package(id="starter", name="Starter", credits=100, price=500, currency="usd"))
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
+        return load_function("webhook")
+
+
+@pytest.fixture
+def ledger(moto_dynamodb) -> Ledger:
+    return Ledger(moto_dynamodb, "credits")
+
+
+def deliver(fn: ModuleType, request: dict) -> tuple[int, dict]:
+    response = fn.lambda_handler(request, FakeContext())
+    return response["statusCode"], json.loads(response["body"])
+
+
+def send(fn: ModuleType, event_type: str, obj: dict, event_id: str | None = None) -> tuple[int, dict]:
+    return deliver(fn, se.signed(se.event(event_type, obj, event_id)))
+
+
+def types_and_amounts(ledger: Ledger, user: str = "user-1") -> list[tuple[str, int]]:
+    return [(t.type, t.amount) for t in ledger.history(user)]
+
+
+# ---- signatures ------------------------------------------------------------------------------
+
+
+def test_a_paid_session_grants_the_package_once(webhook: ModuleType, ledger: Ledger) -> None:
+    status, body = send(webhook, "checkout.session.completed", se.session())
+    assert (status, body["outcome"], body["credits"]) == (200, "granted", 100)
+    assert ledger.balance("user-1") == 100
+    [purchase] = ledger.history("user-1")
+    assert (purchase.type, purchase.amount, purchase.monetary_amount, purchase.currency) == (
+        "purchase",
+        100,
+        500,
+        "usd",
+    )
+
+
+def test_a_tampered_body_is_400_and_writes_nothing(webhook: ModuleType, ledger: Ledger) -> None:
+    payload = json.dumps(se.event("checkout.session.completed", se.session())).encode()
+    sig = se.signature(payload)
+    tampered = payload.replace(b'"amount_total": 500', b'"amount_total": 5')
+    status, body = deliver(webhook, se.function_url_event(tampered, sig))
+    assert (status, body["error"]["code"]) == (400, "validation_error")
+    assert ledger.balance("user-1") == 0
+
+
+@pytest.mark.parametrize(
+    "make_signature",
+    [
+        lambda p: se.signature(p, secret="whsec_wrong"),
+        lambda p: se.signature(p, timestamp=int(time.time()) - 301),
+        lambda p: None,
+        lambda p: "t=123,v1=",
+        lambda p: "garbage",
+    ],
+    ids=["wrong-secret", "stale", "missing", "empty-v1", "garbage"],
+)
+def test_bad_signatures_are_400_and_nothing_is_stored(webhook: ModuleType, ledger: Ledger, make_signature) -> None:
+    evt = se.event("checkout.session.completed", se.session(), event_id="evt_bad_sig")
+    payload = json.dumps(evt).encode()
+    status, body = deliver(webhook, se.function_url_event(payload, make_signature(payload)))
+    assert status == 400
+    assert "error" in body
+    assert ledger.balance("user-1") == 0
+    # Not remembered as processed: the genuine delivery of the same event still credits.
+    status, body = deliver(webhook, se.function_url_event(payload, se.signature(payload)))
+    assert (status, body["outcome"]) == (200, "granted")
+
+
+def test_a_base64_body_verifies_against_the_decoded_bytes(webhook: ModuleType, ledger: Ledger) -> None:
+    status, body = deliver(webhook, se.signed(se.event("checkout.session.completed", se.session()), base64_body=True))
+    assert (status, body["outcome"]) == (200, "granted")
+    assert ledger.balance("user-1") == 100
+
+
+def test_a_signed_body_that_is_not_an_event_is_400(webhook: ModuleType) -> None:
+    for payload in (b"not json", b"[]", b'{"id": "evt_1"}'):
+        status, _ = deliver(webhook, se.function_url_event(payload, se.signature(payload)))
+        assert status == 400
+
+
+def test_only_post_is_accepted(webhook: ModuleType) -> None:
+    status, _ = deliver(webhook, se.function_url_event(b"", None, method="GET"))
+    assert status == 405
+
+
+# ---- purchases --------------------------------------------------------------------------------
+
+
+def test_the_same_event_ten_times_credits_once(webhook: ModuleType, ledger: Ledger) -> None:
+    evt = se.event("checkout.session.completed", se.session())
+    answers = [deliver(webhook, se.signed(evt)) for _ in range(10)]
+    assert all(a == answers[0] for a in answers)
+    assert ledger.balance("user-1") == 100
+
+
+def test_a_replay_after_the_event_record_expired_still_credits_once(webhook: ModuleType, ledger: Ledger) -> None:
+    """Stripe retries for days; Powertools' record expires after a day; the ledger still dedupes."""
+    session = se.session()
+    send(webhook, "checkout.session.completed", session, event_id="evt_old")
+    webhook.persistence.client.delete_item(
+        TableName="idempotency", Key={"id": {"S": next(iter(_idempotency_ids(webhook)))}}
+    )
+    status, body = send(webhook, "checkout.session.completed", session, event_id="evt_old")
+    assert (status, body["outcome"]) == (200, "duplicate")
+    assert ledger.balance("user-1") == 100
+
+
+def _idempotency_ids(fn: ModuleType) -> list[str]:
+    items = fn.persistence.client.scan(TableName="idempotency")["Items"]
+    return [i["id"]["S"] for i in items]
+
+
+def test_completed_and_async_succeeded_for_one_session_credit_once(webhook: ModuleType, ledger: Ledger) -> None:
+    paid = se.session()
+    assert send(webhook, "checkout.session.completed", paid)[1]["outcome"] == "granted"
+    status, body = send(webhook, "checkout.session.async_payment_succeeded", paid)
+    assert (status, body["outcome"]) == (200, "duplicate")
+    assert types_and_amounts(ledger) == [("purchase", 100)]
+
+
+def test_unpaid_then_async_success_credits_only_when_paid(webhook: ModuleType, ledger: Ledger) -> None:
+    unpaid = se.session(paid=False)
+    status, body = send(webhook, "checkout.session.completed", unpaid)
+    assert (status, body["outcome"]) == (200, "waiting")
+    assert ledger.balance("user-1") == 0
+    paid = {**unpaid, "payment_status": "paid"}
+    assert send(webhook, "checkout.session.async_payment_succeeded", paid)[1]["outcome"] == "granted"
+    assert ledger.balance("user-1") == 100
+
+
+def test_an_async_failure_grants_nothing(webhook: ModuleType, ledger: Ledger) -> None:
+    unpaid = se.session(paid=False)
+    send(webhook, "checkout.session.completed", unpaid)
+    status, body = send(webhook, "checkout.session.async_payment_failed", unpaid)
+    assert (status, body["outcome"]) == (200, "failed")
+    assert ledger.balance("user-1") == 0 and ledger.history("user-1") == []
+
+
+@pytest.mark.parametrize(("amount", "currency"), [(499, "usd"), (500, "eur"), (50, "usd")])
+def test_an_amount_mismatch_grants_nothing(webhook: ModuleType, ledger: Ledger, amount: int, currency: str) -> None:
+    status, body = send(webhook, "checkout.session.completed", se.session(amount=amount, currency=currency))
+    assert (status, body["outcome"]) == (200, "mismatch")
+    assert ledger.balance("user-1") == 0
+
+
+def test_sessions_we_never_started_are_ignored(webhook: ModuleType, ledger: Ledger) -> None:
+    foreign = se.session()
+    foreign["client_reference_id"] = None
+    foreign["metadata"] = {}
+    assert send(webhook, "checkout.session.completed", foreign)[1]["outcome"] == "ignored"
+    unknown_package = se.session(package="no-such-package")
+    assert send(webhook, "checkout.session.completed", unknown_package)[1]["outcome"] == "mismatch"
+    assert ledger.balance("user-1") == 0
+
+
+def test_refunds_and_disputes_for_payments_we_never_saw_are_ignored(webhook: ModuleType, ledger: Ledger) -> None:
+    assert send(webhook, "charge.refunded", se.charge("pi_unknown", refunded=500))[1]["outcome"] == "ignored"
+    assert send(webhook, "charge.dispute.created", se.dispute("pi_unknown"))[1]["outcome"] == "ignored"
+    assert ledger.balance("user-1") == 0
+
+
+def test_unknown_event_types_are_200_and_ignored(webhook: ModuleType, ledger: Ledger) -> None:
+    status, body = send(webhook, "customer.created", {"id": "cus_1", "object": "customer"})
+    assert (status, body["outcome"]) == (200, "ignored")
+    assert ledger.balance("user-1") == 0
+
+
+# ---- refunds ----------------------------------------------------------------------------------
+
+
+def test_two_partial_refunds_then_the_rest_claw_back_in_proportion(webhook: ModuleType, ledger: Ledger) -> None:
+    session = se.session(payment_intent="pi_refunds")
+    send(webhook, "checkout.session.completed", session)
+    ledger.charge("user-1", 10, description="generate")
+
+    assert send(webhook, "charge.refunded", se.charge("pi_refunds", refunded=150))[1]["credits"] == 30
+    assert ledger.balance("user-1") == 60
+    assert send(webhook, "charge.refunded", se.charge("pi_refunds", refunded=250))[1]["credits"] == 20
+    # The same refund again, and an older one arriving late: nothing more.
+    assert send(webhook, "charge.refunded", se.charge("pi_refunds", refunded=250))[1]["outcome"] == "duplicate"
+    assert send(webhook, "charge.refunded", se.charge("pi_refunds", refunded=150))[1]["outcome"] == "duplicate"
+    status, body = send(webhook, "charge.refunded", se.charge("pi_refunds", refunded=500))
+    assert (status, body["credits"]) == (200, 50)
+
+    assert ledger.balance("user-1") == -10  # a clawback may go below zero; usage is blocked until repaid
+    assert types_and_amounts(ledger) == [
+        ("purchase", 100),
+        ("usage", -10),
+        ("refund", -30),
+        ("refund", -20),
+        ("refund", -50),
+    ]
+    assert [t.monetary_amount for t in ledger.history("user-1")][2:] == [150, 100, 250]
+    assert ledger.audit("user-1").ok
+
+
+def test_refund_rounding_never_takes_more_than_was_bought(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_round"))
+    for refunded in (1, 3, 7, 333, 499, 500):
+        send(webhook, "charge.refunded", se.charge("pi_round", refunded=refunded))
+    assert ledger.balance("user-1") == 0
+    assert sum(a for t, a in types_and_amounts(ledger) if t == "refund") == -100
+
+
+# ---- disputes ---------------------------------------------------------------------------------
+
+
+def test_a_lost_dispute_claws_back_the_payment_once(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_lost"))
+    ledger.charge("user-1", 5, description="analyze")
+    assert send(webhook, "charge.dispute.created", se.dispute("pi_lost"))[1]["credits"] == 100
+    assert send(webhook, "charge.dispute.created", se.dispute("pi_lost"))[1]["outcome"] == "duplicate"
+    assert send(webhook, "charge.dispute.closed", se.dispute("pi_lost", status="lost"))[1]["credits"] == 0
+    assert ledger.balance("user-1") == -5
+    assert types_and_amounts(ledger) == [("purchase", 100), ("usage", -5), ("dispute", -100)]
+
+
+def test_a_won_dispute_gives_the_credits_back_once(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_won"))
+    send(webhook, "charge.dispute.created", se.dispute("pi_won"))
+    assert ledger.balance("user-1") == 0
+    assert send(webhook, "charge.dispute.closed", se.dispute("pi_won", status="won"))[1]["credits"] == 100
+    assert send(webhook, "charge.dispute.closed", se.dispute("pi_won", status="won"))[1]["outcome"] == "duplicate"
+    assert ledger.balance("user-1") == 100
+    assert types_and_amounts(ledger) == [("purchase", 100), ("dispute", -100), ("dispute", 100)]
+    assert ledger.audit("user-1").ok
+
+
+def test_a_dispute_after_a_partial_refund_takes_only_what_is_left(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_both"))
+    send(webhook, "charge.refunded", se.charge("pi_both", refunded=200))
+    assert send(webhook, "charge.dispute.created", se.dispute("pi_both", amount=300))[1]["credits"] == 60
+    assert ledger.balance("user-1") == 0
+
+
+# ---- Stripe's own objects ---------------------------------------------------------------------
+
+
+def test_stripes_example_objects_parse_with_their_unknown_fields() -> None:
+    objects = se.stripe_objects()
+    session = CheckoutSession.model_validate(objects["checkout.session"])
+    assert session.id.startswith("cs_") and session.payment_status == "unpaid"
+    charge = Charge.model_validate(objects["charge"])
+    assert (charge.amount, charge.amount_refunded, charge.currency) == (100, 0, "usd")
+    dispute = Dispute.model_validate(objects["dispute"])
+    assert dispute.id.startswith("dp_") and dispute.amount == 1000
+    evt = Event.model_validate(objects["event"])
+    assert evt.id.startswith("evt_") and evt.type == "plan.created"
+    assert len(objects["checkout.session"]) > 20  # the real shape, with many fields we never read
