@@ -40,7 +40,7 @@ e2e: install  ## the browser tests against the local stack
 	$(PY) -m pytest tests/e2e
 
 dev: install  ## the whole product offline: DynamoDB Local, API, Stripe emulator and the page
-	$(PY) -m local.dev
+	PYTHONPATH=shared $(PY) -m local.dev $(ARGS)
 
 bench: install  ## contention benchmark on DynamoDB Local
 	$(PY) -m benchmarks.contention

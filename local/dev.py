@@ -1,0 +1,186 @@
+"""`make dev`: the whole product on one machine, offline.
+
+DynamoDB Local (data kept under .local-data/), the tables from template.yaml, the example catalog,
+the Stripe emulator with its hosted checkout page (or real Stripe in test mode, when
+STRIPE_SECRET_KEY is set), and the local gateway serving the API, the webhook URL and the page.
+Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
+from local.template import ROOT, TABLE_VARIABLES, create_tables
+
+TABLES = {"CreditsTable": "credits", "IdempotencyTable": "credits-idempotency"}
+EXAMPLE_CATALOG = ROOT / "local" / "packages.example.json"
+EMULATOR_API_KEY = "sk_test_local_emulator"
+EMULATOR_WEBHOOK_SECRET = "whsec_local_emulator"
+DEFAULT_COSTS = '{"search": 1, "analyze": 5, "generate": 10}'
+
+
+class StartupError(Exception):
+    """A clear, user-facing reason the stack cannot start."""
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="make dev", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default=env.get("DEV_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env.get("DEV_PORT", "8000")), help="page, API and webhook")
+    parser.add_argument("--stripe-port", type=int, default=int(env.get("DEV_STRIPE_PORT", "12111")))
+    parser.add_argument("--dynamodb-port", type=int, default=int(env.get("DEV_DYNAMODB_PORT", "8001")))
+    parser.add_argument("--data-dir", type=Path, default=Path(env.get("DEV_DATA_DIR", ROOT / ".local-data")))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    real_stripe = bool(os.environ.get("STRIPE_SECRET_KEY")) and not os.environ.get("STRIPE_API_BASE")
+    wanted = {"--port": args.port, "--dynamodb-port": args.dynamodb_port}
+    if not real_stripe:
+        wanted["--stripe-port"] = args.stripe_port
+    for flag, port in wanted.items():
+        if not port_free(args.host, port):
+            print(f"error: port {port} is in use ({flag}); stop what uses it or pick another, e.g. "
+                  f"`make dev ARGS='{flag} {port + 100}'`", file=sys.stderr)
+            return 2
+
+    stopping = threading.Event()
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    database = DynamoDBLocal(port=args.dynamodb_port, db_path=args.data_dir / "dynamodb", host=args.host)
+    emulator = None
+    gateway = None
+    try:
+        database.start()
+        create_tables(database.client(), TABLES)
+        base = f"http://{args.host}:{args.port}"
+        env = {
+            "AWS_ENDPOINT_URL_DYNAMODB": database.endpoint,
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "ACTION_COSTS": os.environ.get("ACTION_COSTS", DEFAULT_COSTS),
+            "CHECKOUT_SUCCESS_URL": f"{base}/?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
+            "CHECKOUT_CANCEL_URL": f"{base}/?checkout=cancelled",
+            "POWERTOOLS_SERVICE_NAME": "credits",
+            "POWERTOOLS_METRICS_NAMESPACE": "Credits",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            **{variable: TABLES[logical] for logical, variable in TABLE_VARIABLES.items()},
+        }
+        os.environ.pop("AWS_PROFILE", None)
+        if real_stripe:
+            if not os.environ.get("STRIPE_WEBHOOK_SECRET"):
+                raise StartupError(
+                    "STRIPE_SECRET_KEY is set, so real Stripe (test mode) is used: also set STRIPE_WEBHOOK_SECRET "
+                    f"to the secret `stripe listen --forward-to {base}/webhook` prints."
+                )
+            if not os.environ["STRIPE_SECRET_KEY"].startswith(("sk_test_", "rk_test_")):
+                raise StartupError("make dev only uses Stripe test-mode keys (sk_test_...).")
+        else:
+            from local.stripe_emulator import StripeEmulator
+
+            emulator = StripeEmulator(
+                api_key=EMULATOR_API_KEY,
+                webhook_secret=EMULATOR_WEBHOOK_SECRET,
+                webhook_url=f"{base}/webhook",
+                host=args.host,
+                port=args.stripe_port,
+            )
+            emulator.start()
+            env.update(
+                {
+                    "STRIPE_SECRET_KEY": EMULATOR_API_KEY,
+                    "STRIPE_WEBHOOK_SECRET": EMULATOR_WEBHOOK_SECRET,
+                    "STRIPE_API_BASE": emulator.base_url,
+                }
+            )
+        os.environ.update(env)
+
+        seed_catalog()
+
+        from local.gateway import Gateway
+
+        gateway = Gateway(
+            token_secret=_token_secret(args.data_dir),
+            host=args.host,
+            port=args.port,
+            page_config={"apiBase": "", "auth": "local", "stripe": "real" if real_stripe else "emulator"},
+        )
+        gateway.start()
+        print(
+            "\n  Credits, running offline\n"
+            f"  page:      {base}/\n"
+            f"  API:       {base}  (routes from template.yaml; /internal/* refused as on AWS)\n"
+            f"  webhook:   {base}/webhook\n"
+            f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
+            f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        stopping.wait()
+        return 0
+    except (StartupError, DynamoDBLocalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        if emulator is not None:
+            emulator.stop()
+        database.stop()
+        print("stopped.", flush=True)
+
+
+def seed_catalog() -> None:
+    """Import the example catalog (and its Stripe prices) when the catalog is empty."""
+    from credits.__main__ import main as credits_cli
+    from credits.aws import dynamodb_client
+    from credits.packages import Catalog
+
+    if Catalog(dynamodb_client(), os.environ["CREDITS_TABLE_NAME"]).all():
+        return
+    if credits_cli(["packages", "import", str(EXAMPLE_CATALOG), "--sync-stripe"]) != 0:
+        raise StartupError("could not import the example catalog")
+
+
+def _token_secret(data_dir: Path) -> str:
+    """The local sign-in key, kept with the data so sign-ins survive a restart."""
+    path = data_dir / "local-signing-key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "shared"))
+    sys.exit(main())
