@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "shared"))
 
-from credits.errors import InsufficientCredits, TemporarilyUnavailable  # noqa: E402
-from credits.ledger import Ledger  # noqa: E402
-from local.dynamodb_local import DynamoDBLocal  # noqa: E402
-from local.template import create_tables  # noqa: E402
+from credits.errors import InsufficientCredits, TemporarilyUnavailable
+from credits.ledger import Ledger
+from local.dynamodb_local import DynamoDBLocal
+from local.template import create_tables
 
 
 class CountingLedger(Ledger):

@@ -24,7 +24,7 @@ from local.template import ROOT, TABLE_VARIABLES, create_tables
 TABLES = {"CreditsTable": "credits", "IdempotencyTable": "credits-idempotency"}
 EXAMPLE_CATALOG = ROOT / "local" / "packages.example.json"
 EMULATOR_API_KEY = "sk_test_local_emulator"
-EMULATOR_WEBHOOK_SECRET = "whsec_local_emulator"
+EMULATOR_WEBHOOK_SECRET = "whsec_local_emulator"  # noqa: S105 - the local emulator's, not a secret
 DEFAULT_COSTS = '{"search": 1, "analyze": 5, "generate": 10}'
 
 
@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         wanted["--stripe-port"] = args.stripe_port
     for flag, port in wanted.items():
         if not port_free(args.host, port):
-            print(f"error: port {port} is in use ({flag}); stop what uses it or pick another, e.g. "
-                  f"`make dev ARGS='{flag} {port + 100}'`", file=sys.stderr)
+            print(
+                f"error: port {port} is in use ({flag}); stop what uses it or pick another, e.g. "
+                f"`make dev ARGS='{flag} {port + 100}'`",
+                file=sys.stderr,
+            )
             return 2
 
     stopping = threading.Event()

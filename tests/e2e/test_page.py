@@ -1,0 +1,121 @@
+"""A person using the page in Chromium against `make dev`: buy, spend, double-click, run out, async, cancel."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import DevStack, screenshot
+
+
+def sign_in(page: Page, stack: DevStack, name: str | None = None) -> str:
+    user = name or f"user-{uuid.uuid4().hex[:8]}"
+    page.goto(stack.url + "/")
+    expect(page.locator("#signin-form")).to_contain_text(re.compile("local", re.I))
+    page.fill("#user-name", user)
+    page.click("#signin-button")
+    expect(page.locator("#signed-in-as")).to_contain_text(user)
+    return user
+
+
+def go_to_checkout(page: Page, package: str = "starter") -> str:
+    """Click Buy on a package; returns the session id of the hosted checkout page we land on."""
+    page.locator(f'.package[data-package-id="{package}"] button.buy').click()
+    page.wait_for_url(re.compile(r"/checkout/cs_"))
+    return page.url.rstrip("/").split("/")[-1]
+
+
+def history_types(page: Page) -> list[str]:
+    return [row.get_attribute("data-type") or "" for row in page.locator("#history tbody tr").all()]
+
+
+def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack)
+    expect(page.locator("#balance")).to_have_text("0")
+    expect(page.locator('.package[data-package-id="starter"] .package-price')).to_have_text("$5.00")
+    expect(page.locator('.package[data-package-id="starter-jpy"] .package-price')).to_contain_text("800")
+    expect(page.locator('.package[data-package-id="starter-jpy"] .package-price')).not_to_contain_text(".")
+    screenshot(page, "01-new-user")
+
+    go_to_checkout(page, "starter")
+    expect(page.locator("body")).to_contain_text("$5.00")
+    screenshot(page, "02-hosted-checkout")
+    page.click("#pay")
+    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    expect(page.locator("#balance")).to_have_text("100", timeout=30_000)
+    expect(page.locator("#checkout-status")).to_contain_text(re.compile("confirmed", re.I))
+    screenshot(page, "03-after-purchase")
+
+    page.click('button.action[data-action="analyze"]')
+    expect(page.locator("#balance")).to_have_text("95")
+    expect(page.locator("#history tbody tr").first).to_have_attribute("data-type", "usage")
+    expect(page.locator("#history tbody tr").first).to_contain_text("95")
+
+    rows_before = page.locator("#history tbody tr").count()
+    page.dblclick('button.action[data-action="generate"]')
+    expect(page.locator("#balance")).to_have_text("85")
+    page.click("#refresh-button")
+    expect(page.locator("#balance")).to_have_text("85")
+    expect(page.locator("#history tbody tr")).to_have_count(rows_before + 1)
+    screenshot(page, "04-after-spending")
+
+    for _ in range(8):
+        page.click('button.action[data-action="generate"]')
+        page.wait_for_timeout(150)
+    expect(page.locator("#balance")).to_have_text("5")
+    page.click('button.action[data-action="generate"]')
+    expect(page.locator("#message")).to_contain_text("Not enough credits")
+    expect(page.locator("#message")).to_have_attribute("data-kind", "error")
+    expect(page.locator("#low-balance")).to_be_visible()
+    expect(page.locator("#balance")).to_have_text("5")
+    screenshot(page, "05-insufficient-credits")
+    assert history_types(page).count("usage") == 10
+
+
+def test_an_async_payment_credits_when_it_clears(page: Page, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack)
+    session_id = go_to_checkout(page, "starter")
+    page.click("#pay-later")
+    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    expect(page.locator("#checkout-status")).to_contain_text(re.compile("processing", re.I), timeout=45_000)
+    expect(page.locator("#balance")).to_have_text("0")
+    screenshot(page, "06-async-processing")
+
+    dev_stack.emulator(session_id, "async_succeed")
+    page.click("#refresh-button")
+    expect(page.locator("#balance")).to_have_text("100")
+    assert history_types(page) == ["purchase"]
+
+
+def test_a_cancelled_checkout_adds_nothing(page: Page, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack)
+    go_to_checkout(page, "pro")
+    page.click("#cancel")
+    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    expect(page.locator("#checkout-status")).to_contain_text(re.compile("cancelled", re.I))
+    expect(page.locator("#balance")).to_have_text("0")
+    assert history_types(page) == []
+    screenshot(page, "07-cancelled")
+
+
+def test_the_page_fits_a_phone(browser, dev_stack: DevStack) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    phone = context.new_page()
+    sign_in(phone, dev_stack)
+    expect(phone.locator('.package[data-package-id="starter"]')).to_be_visible()
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    screenshot(phone, "08-phone")
+    context.close()
+    assert overflow <= 0
+
+
+def test_a_reload_keeps_the_user_and_the_balance(page: Page, dev_stack: DevStack) -> None:
+    user = sign_in(page, dev_stack)
+    go_to_checkout(page, "starter")
+    page.click("#pay")
+    expect(page.locator("#balance")).to_have_text("100", timeout=30_000)
+    page.reload()
+    expect(page.locator("#signed-in-as")).to_contain_text(user)
+    expect(page.locator("#balance")).to_have_text("100")
