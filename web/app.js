@@ -1,0 +1,371 @@
+"use strict";
+// The credits page: sign-in (local stand-in or host-supplied token), balance, packages, checkout
+// return, paid actions and history. Talks to the API only through its public routes.
+(() => {
+  const cfg = Object.assign({ apiBase: "", auth: "local", actions: [], lowBalance: 10 }, window.CREDITS_CONFIG);
+  const apiBase = String(cfg.apiBase || "").replace(/\/+$/, "");
+  const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
+  const TOKEN_KEY = "credits.token";
+  const USER_KEY = "credits.user";
+  const BEFORE_KEY = "credits.balanceBeforeCheckout";
+  const POLL_SECONDS = 30;
+  const $ = (selector) => document.querySelector(selector);
+  const state = { balance: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map() };
+
+  class ApiError extends Error {
+    constructor(status, data) {
+      const error = (data && data.error) || {};
+      super(error.message || (data && data.message) || `Request failed (${status}).`);
+      this.status = status;
+      this.code = error.code || (status === 401 ? "unauthorized" : `http_${status}`);
+      this.details = error;
+    }
+  }
+
+  // ---- helpers -------------------------------------------------------------------------------
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const credits = (n) => `${n} ${Math.abs(n) === 1 ? "credit" : "credits"}`;
+
+  function el(tag, props = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props)) {
+      if (key === "class") node.className = value;
+      else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
+      else node[key] = value;
+    }
+    node.append(...children.filter((c) => c !== null && c !== undefined));
+    return node;
+  }
+
+  function money(minor, currency) {
+    const code = String(currency || "").toLowerCase();
+    const value = ZERO_DECIMAL.has(code) ? minor : minor / 100;
+    try {
+      return new Intl.NumberFormat(undefined, { style: "currency", currency: code.toUpperCase() }).format(value);
+    } catch {
+      return `${value} ${code.toUpperCase()}`;
+    }
+  }
+
+  function uuid() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  function say(text, kind = "info") {
+    const box = $("#message");
+    box.dataset.kind = kind;
+    box.textContent = text;
+  }
+
+  function showCheckout(text, kind, withRefresh = false) {
+    $("#checkout-box").hidden = !text;
+    $("#checkout-box").dataset.kind = kind || "info";
+    $("#checkout-status").hidden = !text;
+    $("#checkout-status").textContent = text || "";
+    $("#checkout-refresh").hidden = !withRefresh;
+  }
+
+  function report(err) {
+    if (err.status === 401) return; // handled by signedOut()
+    if (err.status === 503) say("The service is busy and nothing was charged. Please try again in a moment.", "error");
+    else say(err.message, "error");
+  }
+
+  // ---- API and session ---------------------------------------------------------------------
+
+  async function getToken() {
+    if (cfg.auth === "token") return typeof cfg.getToken === "function" ? cfg.getToken() : null;
+    return localStorage.getItem(TOKEN_KEY);
+  }
+
+  async function api(method, path, body, extraHeaders = {}) {
+    const token = path.startsWith("/local/") ? null : await getToken();
+    const headers = Object.assign({ Accept: "application/json" }, extraHeaders);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let res;
+    try {
+      res = await fetch(apiBase + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch {
+      throw new ApiError(0, { error: { code: "network", message: "Network problem: check your connection and try again." } });
+    }
+    const data = await res.json().catch(() => null);
+    if (res.status === 401 && !path.startsWith("/local/")) signedOut("Your session has expired. Please sign in again.");
+    if (!res.ok) throw new ApiError(res.status, data);
+    return data;
+  }
+
+  function userFromToken(token) {
+    try {
+      return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub || null;
+    } catch {
+      return null;
+    }
+  }
+
+  function signedIn(user) {
+    $("#signin").hidden = true;
+    $("#account").hidden = false;
+    $("#signed-in-as").textContent = user ? `Signed in as ${user}` : "Signed in";
+    $("#signout-button").hidden = cfg.auth === "token" && typeof cfg.signOut !== "function";
+    $("#wallet").hidden = false;
+    $("#history-card").hidden = false;
+  }
+
+  function signedOut(reason) {
+    localStorage.removeItem(TOKEN_KEY);
+    localStorage.removeItem(USER_KEY);
+    Object.assign(state, { balance: null, cursor: null });
+    state.ids.clear();
+    $("#history tbody").replaceChildren();
+    $("#balance").textContent = "";
+    $("#account").hidden = true;
+    $("#wallet").hidden = true;
+    $("#history-card").hidden = true;
+    $("#signin").hidden = cfg.auth !== "local";
+    if (reason) say(cfg.auth === "local" ? reason : "Your session has expired. Please reload the page.", "error");
+  }
+
+  const isSignedIn = () => !$("#account").hidden;
+
+  // ---- balance and history ------------------------------------------------------------------
+
+  function setBalance(balance) {
+    state.balance = balance;
+    $("#balance").textContent = String(balance);
+    const low = $("#low-balance");
+    low.hidden = balance >= cfg.lowBalance;
+    low.dataset.kind = balance < 0 ? "error" : "warn";
+    low.textContent = balance < 0
+      ? "Your balance is negative after a refund or dispute; buy credits to continue."
+      : `Your balance is low (under ${credits(cfg.lowBalance)}): buy credits to keep using paid actions.`;
+  }
+
+  async function loadBalance() {
+    const { balance } = await api("GET", "/credits/balance");
+    setBalance(balance);
+    return balance;
+  }
+
+  function historyRow(t) {
+    const sign = t.amount > 0 ? "+" : "";
+    const paid = t.monetaryAmount != null && t.currency ? el("span", { class: "muted" }, ` · ${money(t.monetaryAmount, t.currency)}`) : null;
+    const date = new Date(t.createdAt);
+    return el("tr", { "data-type": t.type, "data-id": t.id },
+      el("td", { class: "type" }, el("span", { class: `badge badge-${t.type}` }, t.type)),
+      el("td", { class: `num amount ${t.amount < 0 ? "debit" : "credit"}` }, `${sign}${t.amount}`),
+      el("td", { class: "num after" }, String(t.balanceAfter)),
+      el("td", { class: "date" }, el("time", { dateTime: t.createdAt }, date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }))),
+      el("td", { class: "desc" }, t.description || "", paid));
+  }
+
+  function addRows(transactions, atTop) {
+    const body = $("#history tbody");
+    const rows = transactions.filter((t) => !state.ids.has(t.id)).map((t) => (state.ids.add(t.id), historyRow(t)));
+    if (atTop) body.prepend(...rows);
+    else body.append(...rows);
+    $("#history-empty").hidden = body.rows.length > 0;
+  }
+
+  async function loadHistory(older = false) {
+    const query = new URLSearchParams({ limit: "10" });
+    if (older && state.cursor) query.set("cursor", state.cursor);
+    const page = await api("GET", `/credits/transactions?${query}`);
+    if (!older) {
+      state.ids.clear();
+      $("#history tbody").replaceChildren();
+    }
+    addRows(page.transactions, false);
+    state.cursor = page.nextCursor;
+    $("#history-more").hidden = !page.nextCursor;
+  }
+
+  async function refresh() {
+    try {
+      await Promise.all([loadBalance(), loadHistory()]);
+    } catch (err) {
+      report(err);
+    }
+  }
+
+  // ---- packages and checkout ----------------------------------------------------------------
+
+  async function loadPackages() {
+    const box = $("#packages");
+    try {
+      const { packages } = await api("GET", "/credit-packages");
+      box.replaceChildren(...packages.map((p) => {
+        const buy = el("button", { type: "button", class: "buy", "aria-label": `Buy ${p.name} for ${money(p.price, p.currency)}` }, "Buy");
+        buy.addEventListener("click", () => startCheckout(p, buy));
+        return el("article", { class: "package", "data-package-id": p.id },
+          el("div", { class: "package-info" },
+            el("h3", { class: "package-name" }, p.name),
+            el("p", { class: "package-credits" }, credits(p.credits)),
+            el("p", { class: "package-desc muted" }, p.description || "")),
+          el("div", { class: "package-buy" }, el("p", { class: "package-price" }, money(p.price, p.currency)), buy));
+      }));
+      if (!packages.length) box.append(el("p", { class: "muted" }, "No packages are on sale right now."));
+    } catch (err) {
+      box.replaceChildren(el("p", { class: "muted" }, `Packages could not be loaded: ${err.message}`));
+    }
+    box.setAttribute("aria-busy", "false");
+  }
+
+  async function startCheckout(pkg, button) {
+    if (!isSignedIn()) {
+      say("Sign in to buy credits.", "info");
+      if (cfg.auth === "local") $("#user-name").focus();
+      return;
+    }
+    button.disabled = true;
+    say(`Opening checkout for ${pkg.name}…`, "info");
+    try {
+      const before = state.balance ?? (await loadBalance());
+      const { checkoutUrl } = await api("POST", "/credits/checkout", { packageId: pkg.id });
+      sessionStorage.setItem(BEFORE_KEY, String(before));
+      location.assign(checkoutUrl);
+    } catch (err) {
+      report(err);
+      button.disabled = false;
+    }
+  }
+
+  async function confirmPurchase(before) {
+    const balance = await loadBalance();
+    if (balance <= before) return false;
+    showCheckout(`Payment confirmed: +${credits(balance - before)}`, "success");
+    sessionStorage.removeItem(BEFORE_KEY);
+    await loadHistory();
+    return true;
+  }
+
+  async function checkoutReturn() {
+    const params = new URLSearchParams(location.search);
+    const result = params.get("checkout");
+    const clean = () => history.replaceState(null, "", location.pathname + location.hash);
+    if (result === "cancelled") {
+      sessionStorage.removeItem(BEFORE_KEY);
+      showCheckout("Checkout cancelled — nothing was charged.", "info");
+      return clean();
+    }
+    if (result !== "success") return;
+    if (!isSignedIn()) {
+      showCheckout("Payment received. Sign in to see your credits.", "info");
+      return clean();
+    }
+    const stored = sessionStorage.getItem(BEFORE_KEY);
+    const before = stored !== null ? Number(stored) : state.balance ?? 0;
+    showCheckout("Payment received — waiting for confirmation…", "info");
+    const deadline = Date.now() + POLL_SECONDS * 1000;
+    let confirmed = false;
+    while (!confirmed && Date.now() < deadline && isSignedIn()) {
+      confirmed = await confirmPurchase(before).catch(() => false);
+      if (!confirmed) await sleep(1000);
+    }
+    if (!confirmed) {
+      showCheckout("Your payment is processing. Credits appear when it clears.", "info", true);
+      $("#checkout-refresh").onclick = () => confirmPurchase(before).catch(report);
+    }
+    clean();
+  }
+
+  // ---- paid actions -------------------------------------------------------------------------
+
+  function renderActions() {
+    $("#actions").replaceChildren(...cfg.actions.map((action) => {
+      const button = el("button", { type: "button", class: "action", "data-action": action.id },
+        el("span", { class: "action-label" }, action.label), " · ", el("span", { class: "action-cost" }, credits(action.cost)));
+      button.addEventListener("click", () => useCredits(action, button));
+      return button;
+    }));
+  }
+
+  async function useCredits(action, button) {
+    // One key per separate click; while a request is in flight further clicks reuse it (not sent again).
+    if (state.inflight.has(action.id)) return;
+    const key = state.retryKeys.get(action.id) || uuid();
+    state.inflight.set(action.id, key);
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    try {
+      const r = await api("POST", "/credits/use", { action: action.id }, { "Idempotency-Key": key });
+      state.retryKeys.delete(action.id);
+      setBalance(r.balance);
+      addRows([{ id: r.transactionId, amount: -r.charged, balanceAfter: r.balance, type: "usage",
+        description: action.id, createdAt: new Date().toISOString() }], true);
+      say(`${action.label}: ${credits(r.charged)} spent.`, "success");
+    } catch (err) {
+      // After a network failure the outcome is unknown: the next click retries with the same key.
+      if (err.code === "network") state.retryKeys.set(action.id, key);
+      else state.retryKeys.delete(action.id);
+      if (err.code === "insufficient_credits") {
+        if (typeof err.details.balance === "number") setBalance(err.details.balance);
+        say(`Not enough credits: this needs ${err.details.required}, you have ${err.details.balance}.`, "error");
+      } else report(err);
+    } finally {
+      state.inflight.delete(action.id);
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
+  }
+
+  // ---- start --------------------------------------------------------------------------------
+
+  async function signIn(event) {
+    event.preventDefault();
+    const button = $("#signin-button");
+    button.disabled = true;
+    try {
+      const r = await api("POST", "/local/sign-in", { user: $("#user-name").value.trim() });
+      localStorage.setItem(TOKEN_KEY, r.token);
+      localStorage.setItem(USER_KEY, r.userId);
+      say("", "info");
+      signedIn(r.userId);
+      await refresh();
+    } catch (err) {
+      say(err.message, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function showPaymentsMode() {
+    if (cfg.auth !== "local") return;
+    const local = await fetch(`${apiBase}/local/config.json`).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    if (!local || !local.stripe) return;
+    $("#payments-mode").textContent = local.stripe === "real" ? "Stripe test mode" : "Test payments: no real money";
+    $("#payments-mode").hidden = false;
+  }
+
+  async function start() {
+    $("#signin-form").addEventListener("submit", signIn);
+    $("#signout-button").addEventListener("click", () => {
+      if (cfg.auth === "token" && typeof cfg.signOut === "function") cfg.signOut();
+      signedOut();
+      say("Signed out.", "info");
+    });
+    $("#refresh-button").addEventListener("click", refresh);
+    $("#history-more").addEventListener("click", () => loadHistory(true).catch(report));
+    renderActions();
+    const packages = loadPackages();
+    showPaymentsMode();
+    if (cfg.auth === "local") {
+      const token = localStorage.getItem(TOKEN_KEY);
+      if (token) signedIn(localStorage.getItem(USER_KEY) || userFromToken(token));
+      else signedOut();
+    } else {
+      signedIn(cfg.userName || userFromToken((await getToken().catch(() => null)) || ""));
+    }
+    if (isSignedIn()) await refresh();
+    await packages;
+    await checkoutReturn();
+  }
+
+  start();
+})();
