@@ -5,9 +5,7 @@
   const cfg = Object.assign({ apiBase: "", auth: "local", actions: [], lowBalance: 10 }, window.CREDITS_CONFIG);
   const apiBase = String(cfg.apiBase || "").replace(/\/+$/, "");
   const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
-  const TOKEN_KEY = "credits.token";
-  const USER_KEY = "credits.user";
-  const BEFORE_KEY = "credits.balanceBeforeCheckout";
+  const [TOKEN_KEY, USER_KEY, BEFORE_KEY] = ["credits.token", "credits.user", "credits.balanceBeforeCheckout"];
   const POLL_SECONDS = 30;
   const $ = (selector) => document.querySelector(selector);
   const state = { balance: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map() };
@@ -23,7 +21,6 @@
   }
 
   // ---- helpers -------------------------------------------------------------------------------
-
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const credits = (n) => `${n} ${Math.abs(n) === 1 ? "credit" : "credits"}`;
 
@@ -34,7 +31,7 @@
       else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
       else node[key] = value;
     }
-    node.append(...children.filter((c) => c !== null && c !== undefined));
+    node.append(...children.filter((c) => c !== null && c !== undefined && c !== ""));
     return node;
   }
 
@@ -65,7 +62,8 @@
 
   function showCheckout(text, kind, withRefresh = false) {
     $("#checkout-box").hidden = !text;
-    $("#checkout-box").dataset.kind = kind || "info";
+    $("#checkout-box").dataset.kind = kind === "pending" ? "info" : kind || "info";
+    $("#checkout-status").dataset.state = kind || "";
     $("#checkout-status").hidden = !text;
     $("#checkout-status").textContent = text || "";
     $("#checkout-refresh").hidden = !withRefresh;
@@ -78,7 +76,6 @@
   }
 
   // ---- API and session ---------------------------------------------------------------------
-
   async function getToken() {
     if (cfg.auth === "token") return typeof cfg.getToken === "function" ? cfg.getToken() : null;
     return localStorage.getItem(TOKEN_KEY);
@@ -102,20 +99,16 @@
   }
 
   function userFromToken(token) {
-    try {
-      return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub || null;
-    } catch {
-      return null;
-    }
+    try { return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub || null; } catch { return null; }
   }
+
+  const showSignedIn = (yes) => ["#account", "#wallet", "#history-card"].forEach((id) => ($(id).hidden = !yes));
 
   function signedIn(user) {
     $("#signin").hidden = true;
-    $("#account").hidden = false;
+    showSignedIn(true);
     $("#signed-in-as").textContent = user ? `Signed in as ${user}` : "Signed in";
     $("#signout-button").hidden = cfg.auth === "token" && typeof cfg.signOut !== "function";
-    $("#wallet").hidden = false;
-    $("#history-card").hidden = false;
   }
 
   function signedOut(reason) {
@@ -125,9 +118,8 @@
     state.ids.clear();
     $("#history tbody").replaceChildren();
     $("#balance").textContent = "";
-    $("#account").hidden = true;
-    $("#wallet").hidden = true;
-    $("#history-card").hidden = true;
+    showSignedIn(false);
+    showCheckout("");
     $("#signin").hidden = cfg.auth !== "local";
     if (reason) say(cfg.auth === "local" ? reason : "Your session has expired. Please reload the page.", "error");
   }
@@ -135,7 +127,6 @@
   const isSignedIn = () => !$("#account").hidden;
 
   // ---- balance and history ------------------------------------------------------------------
-
   function setBalance(balance) {
     state.balance = balance;
     $("#balance").textContent = String(balance);
@@ -153,16 +144,16 @@
     return balance;
   }
 
+  const DATE_FORMAT = { dateStyle: "medium", timeStyle: "short" };
+
   function historyRow(t) {
-    const sign = t.amount > 0 ? "+" : "";
-    const paid = t.monetaryAmount != null && t.currency ? el("span", { class: "muted" }, ` · ${money(t.monetaryAmount, t.currency)}`) : null;
-    const date = new Date(t.createdAt);
+    const paid = t.monetaryAmount != null && t.currency ? ` · ${money(t.monetaryAmount, t.currency)}` : "";
     return el("tr", { "data-type": t.type, "data-id": t.id },
       el("td", { class: "type" }, el("span", { class: `badge badge-${t.type}` }, t.type)),
-      el("td", { class: `num amount ${t.amount < 0 ? "debit" : "credit"}` }, `${sign}${t.amount}`),
+      el("td", { class: `num amount ${t.amount < 0 ? "debit" : "credit"}` }, `${t.amount > 0 ? "+" : ""}${t.amount}`),
       el("td", { class: "num after" }, String(t.balanceAfter)),
-      el("td", { class: "date" }, el("time", { dateTime: t.createdAt }, date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }))),
-      el("td", { class: "desc" }, t.description || "", paid));
+      el("td", { class: "date" }, el("time", { dateTime: t.createdAt }, new Date(t.createdAt).toLocaleString(undefined, DATE_FORMAT))),
+      el("td", { class: "desc" }, t.description || "", paid && el("span", { class: "muted" }, paid)));
   }
 
   function addRows(transactions, atTop) {
@@ -171,6 +162,7 @@
     if (atTop) body.prepend(...rows);
     else body.append(...rows);
     $("#history-empty").hidden = body.rows.length > 0;
+    $(".table-wrap").hidden = body.rows.length === 0;
   }
 
   async function loadHistory(older = false) {
@@ -186,29 +178,23 @@
     $("#history-more").hidden = !page.nextCursor;
   }
 
-  async function refresh() {
-    try {
-      await Promise.all([loadBalance(), loadHistory()]);
-    } catch (err) {
-      report(err);
-    }
-  }
+  const refresh = () => Promise.all([loadBalance(), loadHistory()]).catch(report);
 
   // ---- packages and checkout ----------------------------------------------------------------
-
   async function loadPackages() {
     const box = $("#packages");
     try {
       const { packages } = await api("GET", "/credit-packages");
       box.replaceChildren(...packages.map((p) => {
-        const buy = el("button", { type: "button", class: "buy", "aria-label": `Buy ${p.name} for ${money(p.price, p.currency)}` }, "Buy");
+        const price = money(p.price, p.currency);
+        const buy = el("button", { type: "button", class: "buy", "aria-label": `Buy ${p.name} for ${price}` }, "Buy");
         buy.addEventListener("click", () => startCheckout(p, buy));
         return el("article", { class: "package", "data-package-id": p.id },
           el("div", { class: "package-info" },
             el("h3", { class: "package-name" }, p.name),
-            el("p", { class: "package-credits" }, credits(p.credits)),
+            el("p", { class: "package-credits" }, `${p.credits.toLocaleString()} credits`),
             el("p", { class: "package-desc muted" }, p.description || "")),
-          el("div", { class: "package-buy" }, el("p", { class: "package-price" }, money(p.price, p.currency)), buy));
+          el("div", { class: "package-buy" }, el("p", { class: "package-price" }, price), buy));
       }));
       if (!packages.length) box.append(el("p", { class: "muted" }, "No packages are on sale right now."));
     } catch (err) {
@@ -219,11 +205,11 @@
 
   async function startCheckout(pkg, button) {
     if (!isSignedIn()) {
-      say("Sign in to buy credits.", "info");
       if (cfg.auth === "local") $("#user-name").focus();
-      return;
+      return say("Sign in to buy credits.", "info");
     }
     button.disabled = true;
+    showCheckout("");
     say(`Opening checkout for ${pkg.name}…`, "info");
     try {
       const before = state.balance ?? (await loadBalance());
@@ -248,17 +234,13 @@
   async function checkoutReturn() {
     const params = new URLSearchParams(location.search);
     const result = params.get("checkout");
-    const clean = () => history.replaceState(null, "", location.pathname + location.hash);
+    if (result) history.replaceState(null, "", location.pathname + location.hash); // read once, then clean
     if (result === "cancelled") {
       sessionStorage.removeItem(BEFORE_KEY);
-      showCheckout("Checkout cancelled — nothing was charged.", "info");
-      return clean();
+      return showCheckout("Checkout cancelled — nothing was charged.", "info");
     }
     if (result !== "success") return;
-    if (!isSignedIn()) {
-      showCheckout("Payment received. Sign in to see your credits.", "info");
-      return clean();
-    }
+    if (!isSignedIn()) return showCheckout("Payment received. Sign in to see your credits.", "info");
     const stored = sessionStorage.getItem(BEFORE_KEY);
     const before = stored !== null ? Number(stored) : state.balance ?? 0;
     showCheckout("Payment received — waiting for confirmation…", "info");
@@ -269,18 +251,17 @@
       if (!confirmed) await sleep(1000);
     }
     if (!confirmed) {
-      showCheckout("Your payment is processing. Credits appear when it clears.", "info", true);
-      $("#checkout-refresh").onclick = () => confirmPurchase(before).catch(report);
+      showCheckout("Your payment is processing. Credits appear when it clears.", "pending", true);
+      $("#checkout-refresh").onclick = () => confirmPurchase(before)
+        .then((done) => done || say("Still processing: no new credits yet.", "info")).catch(report);
     }
-    clean();
   }
 
   // ---- paid actions -------------------------------------------------------------------------
-
   function renderActions() {
     $("#actions").replaceChildren(...cfg.actions.map((action) => {
       const button = el("button", { type: "button", class: "action", "data-action": action.id },
-        el("span", { class: "action-label" }, action.label), " · ", el("span", { class: "action-cost" }, credits(action.cost)));
+        el("span", { class: "action-label" }, action.label), el("span", { class: "action-cost" }, ` · ${credits(action.cost)}`));
       button.addEventListener("click", () => useCredits(action, button));
       return button;
     }));
@@ -289,6 +270,7 @@
   async function useCredits(action, button) {
     // One key per separate click; while a request is in flight further clicks reuse it (not sent again).
     if (state.inflight.has(action.id)) return;
+    if ($("#checkout-status").dataset.state !== "pending") showCheckout("");
     const key = state.retryKeys.get(action.id) || uuid();
     state.inflight.set(action.id, key);
     button.disabled = true;
@@ -316,7 +298,6 @@
   }
 
   // ---- start --------------------------------------------------------------------------------
-
   async function signIn(event) {
     event.preventDefault();
     const button = $("#signin-button");
@@ -351,7 +332,10 @@
       say("Signed out.", "info");
     });
     $("#refresh-button").addEventListener("click", refresh);
-    $("#history-more").addEventListener("click", () => loadHistory(true).catch(report));
+    $("#history-more").addEventListener("click", (e) => {
+      e.target.disabled = true;
+      loadHistory(true).catch(report).finally(() => (e.target.disabled = false));
+    });
     renderActions();
     const packages = loadPackages();
     showPaymentsMode();
