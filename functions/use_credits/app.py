@@ -14,7 +14,7 @@ from credits import api, config
 from credits.aws import dynamodb_client
 from credits.errors import InsufficientCredits
 from credits.http import error_response, header, install_error_handlers, json_body, json_response, user_id
-from credits.ledger import Ledger
+from credits.ledger import Ledger, Posted
 
 # Built once per container: configuration (fails here, naming the variable) and the adapters.
 PRICES = config.action_costs(config.require("ACTION_COSTS"))
@@ -27,8 +27,11 @@ app = APIGatewayHttpResolver()
 install_error_handlers(app, logger)
 
 
-def _charged(body: dict[str, Any]) -> Response:
-    metrics.add_metric(name="CreditsCharged", unit=MetricUnit.Count, value=body["charged"])
+def _answer(posted: Posted, body: dict[str, Any], metric: str) -> Response:
+    """200 with the body; a replay says so in a header (as Stripe does) and is not counted again."""
+    if posted.replayed:
+        return json_response(200, body, {"Idempotent-Replayed": "true"})
+    metrics.add_metric(name=metric, unit=MetricUnit.Count, value=abs(posted.amount))
     return json_response(200, body)
 
 
@@ -43,23 +46,24 @@ def _insufficient(exc: InsufficientCredits) -> Response:
 def use() -> Response:
     request = api.parse(api.UseRequest, json_body(app))
     key = header(app, "Idempotency-Key")
-    return _charged(api.use_credits(ledger, PRICES, user_id(app), request, key))
+    posted = api.use_credits(ledger, PRICES, user_id(app), request, key)
+    return _answer(posted, api.charged_body(posted), "CreditsCharged")
 
 
 @app.post("/internal/credits/use")
 @tracer.capture_method
 def internal_use() -> Response:
     request = api.parse(api.InternalUseRequest, json_body(app))
-    return _charged(api.internal_use(ledger, PRICES, request, header(app, "Idempotency-Key")))
+    posted = api.internal_use(ledger, PRICES, request, header(app, "Idempotency-Key"))
+    return _answer(posted, api.charged_body(posted), "CreditsCharged")
 
 
 @app.post("/internal/credits/grant")
 @tracer.capture_method
 def internal_grant() -> Response:
     request = api.parse(api.GrantRequest, json_body(app))
-    body = api.internal_grant(ledger, request, header(app, "Idempotency-Key"))
-    metrics.add_metric(name="CreditsGranted", unit=MetricUnit.Count, value=request.amount)
-    return json_response(200, body)
+    posted = api.internal_grant(ledger, request, header(app, "Idempotency-Key"))
+    return _answer(posted, api.granted_body(posted), "CreditsGranted")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -101,7 +101,7 @@ def cost_of(action: str, prices: Mapping[str, int]) -> int:
 
 def use_credits(
     ledger: Ledger, prices: Mapping[str, int], user_id: str, request: UseRequest, key: str | None
-) -> dict[str, Any]:
+) -> Posted:
     """POST /credits/use."""
     amount = cost_of(request.action, prices)
     posted = ledger.charge(
@@ -111,12 +111,10 @@ def use_credits(
         reference_id=request.referenceId,
         idempotency=idempotency(key, "POST /credits/use", user_id, request),
     )
-    return charged_body(posted)
+    return posted
 
 
-def internal_use(
-    ledger: Ledger, prices: Mapping[str, int], request: InternalUseRequest, key: str | None
-) -> dict[str, Any]:
+def internal_use(ledger: Ledger, prices: Mapping[str, int], request: InternalUseRequest, key: str | None) -> Posted:
     """POST /internal/credits/use."""
     amount = request.amount if request.amount is not None else cost_of(str(request.action), prices)
     posted = ledger.charge(
@@ -126,10 +124,10 @@ def internal_use(
         reference_id=request.referenceId,
         idempotency=idempotency(key, "POST /internal/credits/use", request.userId, request),
     )
-    return charged_body(posted)
+    return posted
 
 
-def internal_grant(ledger: Ledger, request: GrantRequest, key: str | None) -> dict[str, Any]:
+def internal_grant(ledger: Ledger, request: GrantRequest, key: str | None) -> Posted:
     """POST /internal/credits/grant."""
     posted = ledger.grant(
         request.userId,
@@ -139,11 +137,16 @@ def internal_grant(ledger: Ledger, request: GrantRequest, key: str | None) -> di
         reference_id=request.referenceId,
         idempotency=idempotency(key, "POST /internal/credits/grant", request.userId, request),
     )
-    return {"transactionId": posted.transaction_id, "balance": posted.balance}
+    return posted
 
 
 def charged_body(posted: Posted) -> dict[str, Any]:
+    """The body of a charge; the same on the first answer and on every replay."""
     return {"transactionId": posted.transaction_id, "charged": -posted.amount, "balance": posted.balance}
+
+
+def granted_body(posted: Posted) -> dict[str, Any]:
+    return {"transactionId": posted.transaction_id, "balance": posted.balance}
 
 
 def transactions_page(ledger: Ledger, user_id: str, limit: str | None, cursor: str | None) -> dict[str, Any]:

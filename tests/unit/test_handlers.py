@@ -194,8 +194,12 @@ def test_grant_type_must_be_gift_or_adjustment(use: ModuleType, ledger: Ledger) 
 def test_idempotency_key_replays_the_same_status_and_body(use: ModuleType, ledger: Ledger) -> None:
     grant(use, "user-1", 20)
     first = spend(use, "analyze", key="click-1")
-    again = spend(use, "analyze", key="click-1")
+    status, body, headers = invoke(
+        use, http_event("POST", "/credits/use", headers={"Idempotency-Key": "click-1"}, body={"action": "analyze"})
+    )
+    again = (status, body)
     assert first == again
+    assert headers.get("Idempotent-Replayed") == "true"
     assert first[0] == 200 and first[1]["balance"] == 15
     assert ledger.balance("user-1") == 15
 
