@@ -88,9 +88,9 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
             raise RuntimeError("make dev did not come up in 90 s")
         time.sleep(0.3)
     yield DevStack(url, f"http://127.0.0.1:{stripe_port}", process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)  # Ctrl-C stops the whole stack cleanly
     try:
-        process.wait(timeout=20)
+        assert process.wait(timeout=20) == 0
     except subprocess.TimeoutExpired:
         process.kill()
         raise

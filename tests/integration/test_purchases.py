@@ -147,9 +147,29 @@ def test_a_user_gets_one_stripe_customer_even_when_checkouts_race(stack: Stack) 
     assert {s["id"] for s in listed["data"]} == sessions  # every session went to the one customer
 
 
+def test_a_package_without_stripe_ids_is_sold_with_price_data(stack: Stack) -> None:
+    from credits.packages import Catalog, Package
+
+    catalog = Catalog(stack.tables.client, stack.tables.credits)  # type: ignore[arg-type]
+    catalog.put(Package(id="adhoc", name="Ad hoc", credits=30, price=300, currency="eur"))
+    token = stack.sign_in("frank")
+    status, checkout = stack.call("POST", "/credits/checkout", {"packageId": "adhoc"}, token=token)
+    assert status == 201
+    stack.stripe.pay(checkout["sessionId"])
+    assert stack.ledger.balance("frank") == 30
+    [purchase] = stack.ledger.history("frank")
+    assert (purchase.monetary_amount, purchase.currency) == (300, "eur")
+
+
 def test_unknown_or_inactive_packages_are_404(stack: Stack) -> None:
     token = stack.sign_in("dave")
     status, body = stack.call("POST", "/credits/checkout", {"packageId": "nope"}, token=token)
+    assert (status, body["error"]["code"]) == (404, "package_not_found")
+    from credits.packages import Catalog, Package
+
+    catalog = Catalog(stack.tables.client, stack.tables.credits)  # type: ignore[arg-type]
+    catalog.put(Package(id="retired", name="Retired", credits=1, price=100, currency="usd", active=False))
+    status, body = stack.call("POST", "/credits/checkout", {"packageId": "retired"}, token=token)
     assert (status, body["error"]["code"]) == (404, "package_not_found")
     status, body = stack.call("POST", "/credits/checkout", {"packageId": 5}, token=token)
     assert (status, body["error"]["code"]) == (400, "validation_error")

@@ -269,3 +269,21 @@ def test_stripes_example_objects_parse_with_their_unknown_fields() -> None:
     evt = Event.model_validate(objects["event"])
     assert evt.id.startswith("evt_") and evt.type == "plan.created"
     assert len(objects["checkout.session"]) > 20  # the real shape, with many fields we never read
+
+
+def test_deployed_secrets_come_from_ssm_securestrings(moto_dynamodb) -> None:
+    """On AWS the webhook secret is an SSM SecureString named by STRIPE_WEBHOOK_SECRET_PARAM."""
+    import boto3
+
+    boto3.client("ssm").put_parameter(Name="/credits/stripe/webhook-secret", Value=se.SECRET, Type="SecureString")
+    Catalog(moto_dynamodb, "credits").put(Package(id="starter", name="Starter", credits=100, price=500, currency="usd"))
+    with environment(STRIPE_WEBHOOK_SECRET=None, STRIPE_WEBHOOK_SECRET_PARAM="/credits/stripe/webhook-secret"):
+        fn = load_function("webhook")
+    status, body = send(fn, "checkout.session.completed", se.session())
+    assert (status, body["outcome"]) == (200, "granted")
+
+
+def test_a_missing_webhook_secret_fails_at_cold_start(moto_dynamodb) -> None:
+    with environment(STRIPE_WEBHOOK_SECRET=None, STRIPE_WEBHOOK_SECRET_PARAM=None):
+        with pytest.raises(Exception, match="STRIPE_WEBHOOK_SECRET"):
+            load_function("webhook")
