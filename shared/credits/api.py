@@ -153,7 +153,7 @@ def transactions_page(ledger: Ledger, user_id: str, limit: str | None, cursor: s
     """GET /credits/transactions?limit=&cursor=."""
     size = 20
     if limit is not None:
-        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 100:
             raise ValidationError("limit must be an integer from 1 to 100.", [{"field": "limit"}])
         size = int(limit)
     entries, next_cursor = ledger.transactions(user_id, limit=size, cursor=cursor or None)

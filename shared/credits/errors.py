@@ -80,7 +80,7 @@ class PaymentProviderError(CreditsError):
 
 
 class TemporarilyUnavailable(CreditsError):
-    """Throttled, contended or unavailable after retries; nothing was written, safe to retry."""
+    """Throttled, contended or unavailable after retries; retry (with the same Idempotency-Key)."""
 
 
 class ConfigError(CreditsError):

@@ -68,7 +68,7 @@ def json_body(app: APIGatewayHttpResolver) -> object:
         if len(raw) > MAX_BODY_BYTES:
             raise InvalidJson("The body is too large.")
         return json.loads(raw)
-    except ValueError:  # bad base64, bad UTF-8 and bad JSON are all ValueErrors
+    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; absurdly nested JSON
         raise InvalidJson("The body is not valid JSON.") from None
 
 

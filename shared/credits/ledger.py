@@ -477,7 +477,9 @@ class Ledger:
             except (ConnectionError, HTTPClientError):
                 pass  # the outcome is unknown: resending with the same token is safe
             self._backoff(attempt)
-        raise TemporarilyUnavailable("The credits store is unavailable; nothing was written. Please retry.")
+        raise TemporarilyUnavailable(
+            "The credits store is unavailable. Retry with the same Idempotency-Key: the change may have landed."
+        )
 
     def _backoff(self, attempt: int) -> None:
         """Full jitter: a random wait up to base * 2^attempt, capped."""
@@ -636,7 +638,7 @@ def _decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         seq = json.loads(base64.urlsafe_b64decode(padded.encode()))["seq"]
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ValidationError("cursor is not valid.", [{"field": "cursor"}]) from exc
     if type(seq) is not int or seq < 1:
         raise ValidationError("cursor is not valid.", [{"field": "cursor"}])

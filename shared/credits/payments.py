@@ -4,14 +4,18 @@ EXACTLY ONCE (DESIGN.md invariant 4), kept here on top of the ledger's reference
 - a purchase is keyed by its payment (`purchase:<payment_intent>`), not by the event, so the same
   payment credits once whatever announces it: a replayed event, `completed` and
   `async_payment_succeeded` for one session, or a retry after the event-id record expired;
-- each payment has a `PAYMENT#<payment_intent>` record, written in the grant's transaction, that
-  holds what was bought and what was clawed back; every clawback updates it in the clawback's own
-  transaction, conditioned on the state it was computed from, so refunds and disputes never take
-  back more than was bought, and each cumulative refund amount is applied once.
+- each payment has a `PAYMENT#<payment_intent>` record holding FACTS (money refunded so far, the
+  dispute and its status) and LEDGER STATE (credits taken for refunds, credits held by a dispute).
+  An event only records facts, monotonically (a late or repeated event changes nothing); then
+  `settle` moves the ledger state towards what the facts require, one ledger transaction per step,
+  each conditioned on the record state it was computed from. So events may arrive in any order
+  (a refund before its purchase is remembered and applied when the purchase lands), a crash
+  between steps is finished by the next delivery, and clawbacks never exceed what was bought.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -21,11 +25,16 @@ from pydantic import BaseModel, ConfigDict
 
 from credits import keys
 from credits.errors import TemporarilyUnavailable, ValidationError
-from credits.ledger import ExtraConditionFailed, Ledger, from_item, to_item
+from credits.ledger import MAX_AMOUNT, ExtraConditionFailed, Ledger, from_item, to_item
 from credits.packages import Catalog
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+# Dispute statuses after which the money stays with us (or never left): the hold is released.
+RELEASED = frozenset({"won", "warning_closed", "prevented"})
+CLOSED = RELEASED | {"lost"}
+STUB_TTL_SECONDS = 90 * 24 * 3600  # facts about payments we never credited are forgotten after 90 days
 
 HANDLED = frozenset(
     {
@@ -100,7 +109,7 @@ class Event(_StripeObject):
 class Outcome:
     """What an event did, for the response, the log line and the metrics."""
 
-    kind: str  # granted, duplicate, clawed_back, restored, waiting, failed, mismatch, ignored
+    kind: str  # granted, duplicate, clawed_back, restored, pending, waiting, failed, mismatch, ignored
     detail: str = ""
     user_id: str | None = None
     credits: int = 0
@@ -111,21 +120,35 @@ class Outcome:
 
 @dataclass
 class PaymentRecord:
-    """What one payment bought and what has been taken back from it."""
+    """One payment: what it bought, the facts Stripe told us about it, and what the ledger took back."""
 
     payment_id: str
-    user_id: str
-    credits: int
-    amount: int
-    currency: str
+    granted: bool = False
+    user_id: str | None = None
+    credits: int = 0
+    amount: int = 0
+    currency: str | None = None
+    # facts
     refunded_amount: int = 0
-    credits_refunded: int = 0
     dispute_id: str | None = None
+    dispute_status: str | None = None
+    dispute_amount: int | None = None
+    # ledger state
+    credits_refunded: int = 0
+    refund_money_applied: int = 0
     credits_disputed: int = 0
 
-    @property
-    def credits_left(self) -> int:
-        return self.credits - self.credits_refunded - self.credits_disputed
+    def refund_target(self) -> int:
+        """Credits in proportion to the money refunded, rounded down: never more than bought."""
+        if not self.amount:
+            return 0
+        return self.credits * min(self.refunded_amount, self.amount) // self.amount
+
+    def dispute_target(self) -> int:
+        """Credits a dispute holds: whatever refunds did not take, until the dispute is released."""
+        if self.dispute_status is None or self.dispute_status in RELEASED:
+            return 0
+        return self.credits - self.refund_target()
 
 
 def parse_event(payload: dict[str, Any]) -> Event:
@@ -133,6 +156,18 @@ def parse_event(payload: dict[str, Any]) -> Event:
         return Event.model_validate(payload)
     except pydantic.ValidationError:
         raise ValidationError("The body is not a Stripe event.") from None
+
+
+def _count(text: str | None) -> int | None:
+    """A positive integer written by us in metadata, or None."""
+    if text is None or not re.fullmatch(r"[0-9]{1,10}", text):
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_AMOUNT else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Payments:
@@ -155,12 +190,9 @@ class Payments:
                 return self._session(event.type, CheckoutSession.model_validate(obj))
             if event.type == "charge.refunded":
                 return self._refund(Charge.model_validate(obj))
-            dispute = Dispute.model_validate(obj)
+            return self._dispute(Dispute.model_validate(obj))
         except pydantic.ValidationError:
             raise ValidationError(f"The {event.type} object is not valid.") from None
-        if event.type == "charge.dispute.created":
-            return self._dispute_opened(dispute)
-        return self._dispute_closed(dispute)
 
     # ---- purchases ----------------------------------------------------------------------------
 
@@ -178,207 +210,252 @@ class Payments:
             # An async method (bank debit, voucher): the money is not there yet.
             return Outcome("waiting", f"session {session.id} is {session.payment_status}", user_id)
 
-        package = self.catalog.get(package_id)
-        if package is None:
+        terms = self._terms(metadata, package_id)
+        if terms is None:
             return Outcome("mismatch", f"session {session.id}: unknown package {package_id}", user_id)
-        if (session.amount_total, session.currency) != (package.price, package.currency):
+        name, credits, price, currency = terms
+        if (session.amount_total, session.currency) != (price, currency):
             return Outcome(
                 "mismatch",
                 f"session {session.id} paid {session.amount_total} {session.currency}; "
-                f"package {package.id} costs {package.price} {package.currency}",
+                f"package {package_id} was sold for {price} {currency}",
                 user_id,
             )
         payment_id = _id(session.payment_intent) or session.id
-        record = PaymentRecord(payment_id, user_id, package.credits, package.price, package.currency)
         try:
             posted = self.ledger.grant(
                 user_id,
-                package.credits,
+                credits,
                 type="purchase",
-                description=f"{package.name}: {package.credits} credits",
+                description=f"{name}: {credits} credits",
                 reference_id=f"purchase:{payment_id}",
-                monetary_amount=package.price,
-                currency=package.currency,
-                extra=[self._new_record(record, session.id)],
+                monetary_amount=price,
+                currency=currency,
+                extra=[self._purchase_record(payment_id, session.id, user_id, credits, price, currency)],
             )
         except ExtraConditionFailed:
-            # The payment is on record under another user's ledger: never credit it twice.
+            # The payment is on record as credited to another user: never credit it twice.
             return Outcome("mismatch", f"payment {payment_id} was already credited elsewhere", user_id)
+        settled = self._settle(payment_id)  # refunds or disputes that arrived before the purchase
         if posted.replayed:
-            return Outcome("duplicate", f"payment {payment_id} was already credited", user_id)
-        return Outcome("granted", f"payment {payment_id}", user_id, package.credits)
+            return Outcome("duplicate", f"payment {payment_id} was already credited", user_id, 0)
+        detail = f"payment {payment_id}" + (f"; {settled:+d} credits from earlier events" if settled else "")
+        return Outcome("granted", detail, user_id, credits)
 
-    def _new_record(self, record: PaymentRecord, session_id: str) -> dict[str, Any]:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return {
-            "Put": {
-                "TableName": self.table,
-                "Item": to_item(
-                    {
-                        "pk": keys.payment_pk(record.payment_id),
-                        "sk": keys.PAYMENT_SK,
-                        "user_id": record.user_id,
-                        "session_id": session_id,
-                        "credits": record.credits,
-                        "amount": record.amount,
-                        "currency": record.currency,
-                        "refunded_amount": 0,
-                        "credits_refunded": 0,
-                        "credits_disputed": 0,
-                        "created_at": now,
-                    }
-                ),
-                "ConditionExpression": "attribute_not_exists(pk)",  # one record per payment
-            }
-        }
-
-    def record(self, payment_id: str) -> PaymentRecord | None:
-        response = self.client.get_item(
-            TableName=self.table,
-            Key=to_item({"pk": keys.payment_pk(payment_id), "sk": keys.PAYMENT_SK}),
-            ConsistentRead=True,
-        )
-        if "Item" not in response:
+    def _terms(self, metadata: dict[str, str], package_id: str) -> tuple[str, int, int, str] | None:
+        """What was sold: the terms fixed in the session at checkout, else the catalog's current ones."""
+        package = self.catalog.get(package_id)
+        credits, price = _count(metadata.get("credits")), _count(metadata.get("price"))
+        currency = metadata.get("currency", "")
+        if credits and price and re.fullmatch(r"[a-z]{3}", currency):
+            return (package.name if package else package_id), credits, price, currency
+        if package is None:
             return None
-        item = from_item(response["Item"])
-        return PaymentRecord(
-            payment_id=payment_id,
-            user_id=item["user_id"],
-            credits=item["credits"],
-            amount=item["amount"],
-            currency=item["currency"],
-            refunded_amount=item.get("refunded_amount", 0),
-            credits_refunded=item.get("credits_refunded", 0),
-            dispute_id=item.get("dispute_id"),
-            credits_disputed=item.get("credits_disputed", 0),
-        )
+        return package.name, package.credits, package.price, package.currency
 
-    def _record_update(self, record: PaymentRecord, changes: dict[str, Any]) -> dict[str, Any]:
-        """An update of the payment record, conditioned on the exact state `record` was read in."""
-        sets = ", ".join(f"{name} = :new_{name}" for name in changes)
-        unchanged_refunds = "refunded_amount = :old_refunded_amount AND credits_refunded = :old_credits_refunded"
-        unchanged_dispute = "credits_disputed = :old_credits_disputed"
-        values = {f":new_{k}": v for k, v in changes.items()}
-        values.update(
-            {
-                ":old_refunded_amount": record.refunded_amount,
-                ":old_credits_refunded": record.credits_refunded,
-                ":old_credits_disputed": record.credits_disputed,
-            }
-        )
+    def _purchase_record(
+        self, payment_id: str, session_id: str, user_id: str, credits: int, price: int, currency: str
+    ) -> dict[str, Any]:
+        """Turn the payment's record (absent, or facts noted before the purchase) into a credited one."""
+        not_credited_yet = "attribute_not_exists(granted)"
         return {
             "Update": {
                 "TableName": self.table,
-                "Key": to_item({"pk": keys.payment_pk(record.payment_id), "sk": keys.PAYMENT_SK}),
-                "UpdateExpression": f"SET {sets}",
-                "ConditionExpression": f"{unchanged_refunds} AND {unchanged_dispute}",
+                "Key": self._key(payment_id),
+                "UpdateExpression": (
+                    "SET granted = :true, user_id = :user, credits = :credits, amount = :amount, "
+                    "currency = :currency, session_id = :session, granted_at = :now, "
+                    "refunded_amount = if_not_exists(refunded_amount, :zero), "
+                    "credits_refunded = :zero, refund_money_applied = :zero, credits_disputed = :zero "
+                    "REMOVE expires_at"
+                ),
+                "ConditionExpression": not_credited_yet,
+                "ExpressionAttributeValues": to_item(
+                    {
+                        ":true": True,
+                        ":user": user_id,
+                        ":credits": credits,
+                        ":amount": price,
+                        ":currency": currency,
+                        ":session": session_id,
+                        ":now": _now(),
+                        ":zero": 0,
+                    }
+                ),
+            }
+        }
+
+    # ---- facts --------------------------------------------------------------------------------
+
+    def _refund(self, charge: Charge) -> Outcome:
+        payment_id = _id(charge.payment_intent) or charge.id
+        learned = self._note(
+            payment_id,
+            sets={"refunded_amount": charge.amount_refunded},
+            # Refunds are cumulative: only a larger total is news (a late, older event is not).
+            news="attribute_not_exists(refunded_amount) OR refunded_amount < :refunded_amount",
+        )
+        return self._after_fact(payment_id, f"refund of {payment_id} to {charge.amount_refunded}", learned)
+
+    def _dispute(self, dispute: Dispute) -> Outcome:
+        payment_id = _id(dispute.payment_intent)
+        if payment_id is None:
+            return Outcome("ignored", f"dispute {dispute.id} names no payment")
+        rank = 2 if dispute.status in CLOSED else 1
+        learned = self._note(
+            payment_id,
+            sets={
+                "dispute_id": dispute.id,
+                "dispute_status": dispute.status,
+                "dispute_rank": rank,
+                "dispute_amount": dispute.amount,
+            },
+            # A closed dispute stays closed: a late `created` after `closed` is not news.
+            news="attribute_not_exists(dispute_rank) OR dispute_id <> :dispute_id OR dispute_rank < :dispute_rank",
+        )
+        return self._after_fact(payment_id, f"dispute {dispute.id} {dispute.status}", learned)
+
+    def _note(self, payment_id: str, sets: dict[str, Any], news: str) -> bool:
+        """Record facts about a payment if they are news (False when not); unknown payments get a record."""
+        values = {f":{name}": value for name, value in sets.items()}
+        for _ in range(2):
+            expression = "SET " + ", ".join(f"{name} = :{name}" for name in sets)
+            condition = f"({news})"
+            granted = self._is_granted(payment_id)
+            if not granted:
+                # Facts about a payment we never credited expire; a credited record never does.
+                expression += ", expires_at = if_not_exists(expires_at, :expires)"
+                condition += " AND attribute_not_exists(granted)"
+                values[":expires"] = int(datetime.now(UTC).timestamp()) + STUB_TTL_SECONDS
+            else:
+                values.pop(":expires", None)
+            try:
+                self.client.update_item(
+                    TableName=self.table,
+                    Key=self._key(payment_id),
+                    UpdateExpression=expression,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=to_item(values),
+                )
+                return True
+            except self.client.exceptions.ConditionalCheckFailedException:
+                if granted or not self._is_granted(payment_id):
+                    return False  # not news
+                # credited meanwhile: note the fact on the credited record instead
+        return False
+
+    def _after_fact(self, payment_id: str, what: str, learned: bool) -> Outcome:
+        record = self.record(payment_id)
+        if record is None or not record.granted:
+            # Not credited (yet): remembered, and applied if and when the purchase arrives.
+            return Outcome("pending", f"{what}: payment not credited by this product (yet)")
+        change = self._settle(payment_id)
+        if change < 0:
+            return Outcome("clawed_back", what, record.user_id, -change)
+        if change > 0:
+            return Outcome("restored", what, record.user_id, change)
+        return Outcome("duplicate" if not learned else "noted", what, record.user_id)
+
+    # ---- ledger state -------------------------------------------------------------------------
+
+    def _settle(self, payment_id: str) -> int:
+        """Post what the payment's facts require and the ledger does not show yet; returns the net change."""
+        net = 0
+        for _ in range(MAX_RECOMPUTES):
+            record = self.record(payment_id)
+            if record is None or not record.granted or record.user_id is None:
+                return net
+            try:
+                step = self._next_step(record)
+            except ExtraConditionFailed:
+                continue  # the record moved under us (a concurrent event): recompute from it
+            if step == 0:
+                return net
+            net += step
+        raise TemporarilyUnavailable("The payment record is busy; please retry.")
+
+    def _next_step(self, record: PaymentRecord) -> int:
+        """Apply one missing ledger change (refund first, then the dispute hold); 0 when settled."""
+        assert record.user_id is not None
+        refund = record.refund_target() - record.credits_refunded
+        if refund > 0:
+            money = max(record.refunded_amount, record.refund_money_applied) - record.refund_money_applied
+            self.ledger.claw_back(
+                record.user_id,
+                refund,
+                type="refund",
+                description=f"Refund of {money} {record.currency} ({record.payment_id})",
+                reference_id=f"refund:{record.payment_id}:{record.credits_refunded + refund}",
+                monetary_amount=money,
+                currency=record.currency,
+                extra=[
+                    self._state_update(
+                        record,
+                        credits_refunded=record.credits_refunded + refund,
+                        refund_money_applied=record.refunded_amount,
+                    )
+                ],
+            )
+            return -refund
+        hold = record.dispute_target()
+        change = record.credits_disputed - hold
+        if change == 0:
+            return 0
+        reference = f"dispute:{record.dispute_id}:{hold}"
+        update = self._state_update(record, credits_disputed=hold)
+        if change < 0:
+            self.ledger.claw_back(
+                record.user_id,
+                -change,
+                type="dispute",
+                description=f"Payment disputed ({record.dispute_id})",
+                reference_id=reference,
+                monetary_amount=record.dispute_amount,
+                currency=record.currency,
+                extra=[update],
+            )
+        else:
+            self.ledger.grant(
+                record.user_id,
+                change,
+                type="dispute",
+                description=f"Dispute {record.dispute_status} ({record.dispute_id}): credits restored",
+                reference_id=reference,
+                monetary_amount=record.dispute_amount,
+                currency=record.currency,
+                extra=[update],
+            )
+        return change
+
+    def _state_update(self, record: PaymentRecord, **changes: int) -> dict[str, Any]:
+        """Update the ledger state of a record, only if it is still the state the step was computed from."""
+        unchanged = "credits_refunded = :old_refunded AND credits_disputed = :old_disputed"
+        values: dict[str, Any] = {f":{k}": v for k, v in changes.items()}
+        values.update({":old_refunded": record.credits_refunded, ":old_disputed": record.credits_disputed})
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": self._key(record.payment_id),
+                "UpdateExpression": "SET " + ", ".join(f"{k} = :{k}" for k in changes),
+                "ConditionExpression": unchanged,
                 "ExpressionAttributeValues": to_item(values),
             }
         }
 
-    def _with_record(self, payment_id: str, apply: Any) -> Outcome:
-        """Run `apply(record)` until it lands on a record nobody changed meanwhile (bounded)."""
-        for _ in range(MAX_RECOMPUTES):
-            record = self.record(payment_id)
-            if record is None:
-                return Outcome("ignored", f"payment {payment_id} was never credited by this product")
-            try:
-                outcome: Outcome = apply(record)
-                return outcome
-            except ExtraConditionFailed:
-                continue  # a concurrent refund or dispute moved the record: recompute from it
-        raise TemporarilyUnavailable("The payment record is busy; please retry.")
+    # ---- the record ---------------------------------------------------------------------------
 
-    # ---- refunds ------------------------------------------------------------------------------
+    def _key(self, payment_id: str) -> dict[str, Any]:
+        return to_item({"pk": keys.payment_pk(payment_id), "sk": keys.PAYMENT_SK})
 
-    def _refund(self, charge: Charge) -> Outcome:
-        payment_id = _id(charge.payment_intent) or charge.id
+    def _is_granted(self, payment_id: str) -> bool:
+        record = self.record(payment_id)
+        return record is not None and record.granted
 
-        def apply(record: PaymentRecord) -> Outcome:
-            refunded = min(charge.amount_refunded, record.amount)
-            if refunded <= record.refunded_amount:
-                return Outcome("duplicate", f"refunds of {payment_id} up to {refunded} were applied", record.user_id)
-            # Credits in proportion to the money refunded so far, rounded down: never more than bought.
-            due = record.credits * refunded // record.amount
-            take = min(due - record.credits_refunded, record.credits_left)
-            update = self._record_update(
-                record, {"refunded_amount": refunded, "credits_refunded": record.credits_refunded + max(take, 0)}
-            )
-            if take <= 0:
-                self._apply_alone(update)
-                return Outcome("duplicate", f"refund of {payment_id} takes back no further credits", record.user_id)
-            self.ledger.claw_back(
-                record.user_id,
-                take,
-                type="refund",
-                description=f"Refund: {refunded - record.refunded_amount} {record.currency} of {record.amount}",
-                reference_id=f"refund:{payment_id}:{refunded}",
-                monetary_amount=refunded - record.refunded_amount,
-                currency=record.currency,
-                extra=[update],
-            )
-            return Outcome("clawed_back", f"refund of {payment_id}", record.user_id, take)
-
-        return self._with_record(payment_id, apply)
-
-    def _apply_alone(self, update: dict[str, Any]) -> None:
-        try:
-            self.client.update_item(**update["Update"])
-        except self.client.exceptions.ConditionalCheckFailedException as exc:
-            raise ExtraConditionFailed(0) from exc
-
-    # ---- disputes -----------------------------------------------------------------------------
-
-    def _dispute_opened(self, dispute: Dispute) -> Outcome:
-        payment_id = _id(dispute.payment_intent)
-        if payment_id is None:
-            return Outcome("ignored", f"dispute {dispute.id} names no payment")
-
-        def apply(record: PaymentRecord) -> Outcome:
-            if record.dispute_id is not None:
-                return Outcome("duplicate", f"dispute {record.dispute_id} is on record", record.user_id)
-            take = record.credits_left
-            update = self._record_update(record, {"dispute_id": dispute.id, "credits_disputed": take})
-            if take <= 0:
-                self._apply_alone(update)
-                return Outcome("duplicate", f"nothing left to take back for {dispute.id}", record.user_id)
-            self.ledger.claw_back(
-                record.user_id,
-                take,
-                type="dispute",
-                description=f"Payment disputed ({dispute.id})",
-                reference_id=f"dispute:{dispute.id}",
-                monetary_amount=dispute.amount,
-                currency=dispute.currency,
-                extra=[update],
-            )
-            return Outcome("clawed_back", f"dispute {dispute.id}", record.user_id, take)
-
-        return self._with_record(payment_id, apply)
-
-    def _dispute_closed(self, dispute: Dispute) -> Outcome:
-        payment_id = _id(dispute.payment_intent)
-        if payment_id is None:
-            return Outcome("ignored", f"dispute {dispute.id} names no payment")
-
-        def apply(record: PaymentRecord) -> Outcome:
-            if record.dispute_id != dispute.id:
-                return Outcome("ignored", f"dispute {dispute.id} is not on record", record.user_id)
-            if dispute.status != "won":
-                return Outcome("duplicate", f"dispute {dispute.id} closed {dispute.status}", record.user_id)
-            if record.credits_disputed <= 0:
-                return Outcome("duplicate", f"dispute {dispute.id} credits were restored", record.user_id)
-            give = record.credits_disputed
-            self.ledger.grant(
-                record.user_id,
-                give,
-                type="dispute",
-                description=f"Dispute won ({dispute.id}): credits restored",
-                reference_id=f"dispute-won:{dispute.id}",
-                monetary_amount=dispute.amount,
-                currency=dispute.currency,
-                extra=[self._record_update(record, {"credits_disputed": 0})],
-            )
-            return Outcome("restored", f"dispute {dispute.id} won", record.user_id, give)
-
-        return self._with_record(payment_id, apply)
+    def record(self, payment_id: str) -> PaymentRecord | None:
+        response = self.client.get_item(TableName=self.table, Key=self._key(payment_id), ConsistentRead=True)
+        if "Item" not in response:
+            return None
+        item = from_item(response["Item"])
+        fields = {name: item[name] for name in PaymentRecord.__dataclass_fields__ if name in item}
+        fields.pop("payment_id", None)
+        return PaymentRecord(payment_id=payment_id, **fields)

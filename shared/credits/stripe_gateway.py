@@ -29,7 +29,7 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict[s
         text = payload.decode("utf-8")
         stripe.WebhookSignature.verify_header(text, signature, secret, tolerance=SIGNATURE_TOLERANCE_SECONDS)
         event = json.loads(text)
-    except (stripe.SignatureVerificationError, ValueError):
+    except (stripe.SignatureVerificationError, ValueError, RecursionError):
         raise InvalidWebhook("The webhook signature or body is not valid.") from None
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
         raise InvalidWebhook("The webhook body is not a Stripe event.")
@@ -75,7 +75,14 @@ class StripeGateway:
         cancel_url: str,
     ) -> tuple[str, str]:
         """A Checkout Session in payment mode for one package; returns (session id, url)."""
-        metadata = {"userId": user_id, "packageId": package.id, "credits": str(package.credits)}
+        # The terms of the sale, fixed now: the webhook credits exactly these, if exactly this was paid.
+        metadata = {
+            "userId": user_id,
+            "packageId": package.id,
+            "credits": str(package.credits),
+            "price": str(package.price),
+            "currency": package.currency,
+        }
         if package.stripe_price_id:
             line_item: dict[str, Any] = {"price": package.stripe_price_id, "quantity": 1}
         else:

@@ -360,3 +360,10 @@ def test_use_credits_and_balance_never_import_stripe() -> None:
         env={**__import__("os").environ, "PYTHONPATH": "shared:."},
     )
     assert out.stdout.strip() == "False"
+
+
+def test_absurdly_nested_json_and_unicode_digits_are_400(use: ModuleType, bal: ModuleType) -> None:
+    status, body, _ = invoke(use, http_event("POST", "/credits/use", raw_body="[" * 5000))
+    assert (status, body["error"]["code"]) == (400, "invalid_json")
+    status, body, _ = invoke(bal, http_event("GET", "/credits/transactions", query={"limit": "²"}))
+    assert (status, body["error"]["code"]) == (400, "validation_error")

@@ -175,10 +175,61 @@ def test_sessions_we_never_started_are_ignored(webhook: ModuleType, ledger: Ledg
     assert ledger.balance("user-1") == 0
 
 
-def test_refunds_and_disputes_for_payments_we_never_saw_are_ignored(webhook: ModuleType, ledger: Ledger) -> None:
-    assert send(webhook, "charge.refunded", se.charge("pi_unknown", refunded=500))[1]["outcome"] == "ignored"
-    assert send(webhook, "charge.dispute.created", se.dispute("pi_unknown"))[1]["outcome"] == "ignored"
+def test_refunds_and_disputes_for_payments_we_never_saw_change_no_balance(webhook: ModuleType, ledger: Ledger) -> None:
+    assert send(webhook, "charge.refunded", se.charge("pi_unknown", refunded=500))[1]["outcome"] == "pending"
+    assert send(webhook, "charge.dispute.created", se.dispute("pi_unknown"))[1]["outcome"] == "pending"
     assert ledger.balance("user-1") == 0
+    record = webhook.payments.record("pi_unknown")
+    assert record is not None and not record.granted  # remembered for a while, in case the purchase follows
+
+
+# ---- events out of order ------------------------------------------------------------------------
+
+
+def test_a_refund_that_arrives_before_its_purchase_is_applied_when_it_lands(
+    webhook: ModuleType, ledger: Ledger
+) -> None:
+    session = se.session(payment_intent="pi_early_refund")
+    assert send(webhook, "charge.refunded", se.charge("pi_early_refund", refunded=500))[1]["outcome"] == "pending"
+    status, body = send(webhook, "checkout.session.completed", session)
+    assert (status, body["outcome"]) == (200, "granted")
+    assert ledger.balance("user-1") == 0
+    assert types_and_amounts(ledger) == [("purchase", 100), ("refund", -100)]
+    record = webhook.payments.record("pi_early_refund")
+    assert record is not None and record.granted
+    # The record of a credited payment never expires.
+    item = webhook.payments.client.get_item(TableName="credits", Key=webhook.payments._key("pi_early_refund"))
+    assert "expires_at" not in item["Item"]
+
+
+def test_a_dispute_closed_before_it_was_created_stays_closed(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_ooo"))
+    assert send(webhook, "charge.dispute.closed", se.dispute("pi_ooo", status="won"))[1]["outcome"] == "noted"
+    assert send(webhook, "charge.dispute.created", se.dispute("pi_ooo"))[1]["outcome"] == "duplicate"
+    assert ledger.balance("user-1") == 100
+    assert types_and_amounts(ledger) == [("purchase", 100)]
+
+
+def test_an_older_refund_total_arriving_late_changes_nothing(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_late"))
+    send(webhook, "charge.refunded", se.charge("pi_late", refunded=400))
+    assert send(webhook, "charge.refunded", se.charge("pi_late", refunded=100))[1]["outcome"] == "duplicate"
+    assert ledger.balance("user-1") == 20
+
+
+def test_credits_follow_the_terms_fixed_at_checkout(webhook: ModuleType, ledger: Ledger, moto_dynamodb) -> None:
+    """The price changed after the user checked out: the session's own terms are honoured."""
+    session = se.session(payment_intent="pi_terms")
+    session["metadata"].update({"credits": "100", "price": "500", "currency": "usd"})
+    Catalog(moto_dynamodb, "credits").put(Package(id="starter", name="Starter", credits=80, price=600, currency="usd"))
+    assert send(webhook, "checkout.session.completed", session)[1]["credits"] == 100
+    assert send(webhook, "checkout.session.async_payment_succeeded", session)[1]["outcome"] == "duplicate"
+    assert ledger.balance("user-1") == 100
+    tampered = se.session(payment_intent="pi_terms_2")
+    tampered["metadata"].update({"credits": "100", "price": "500", "currency": "usd"})
+    tampered["amount_total"] = 50
+    assert send(webhook, "checkout.session.completed", tampered)[1]["outcome"] == "mismatch"
+    assert ledger.balance("user-1") == 100
 
 
 def test_unknown_event_types_are_200_and_ignored(webhook: ModuleType, ledger: Ledger) -> None:
@@ -248,6 +299,25 @@ def test_a_won_dispute_gives_the_credits_back_once(webhook: ModuleType, ledger: 
     assert ledger.audit("user-1").ok
 
 
+def test_an_inquiry_closed_without_a_chargeback_gives_the_credits_back(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_inquiry"))
+    send(webhook, "charge.dispute.created", se.dispute("pi_inquiry", status="warning_needs_response"))
+    assert ledger.balance("user-1") == 0
+    status, body = send(webhook, "charge.dispute.closed", se.dispute("pi_inquiry", status="warning_closed"))
+    assert (status, body["outcome"], body["credits"]) == (200, "restored", 100)
+    assert ledger.balance("user-1") == 100
+
+
+def test_a_refund_during_a_won_dispute_is_not_given_back(webhook: ModuleType, ledger: Ledger) -> None:
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_mixed"))
+    send(webhook, "charge.dispute.created", se.dispute("pi_mixed"))
+    send(webhook, "charge.refunded", se.charge("pi_mixed", refunded=250))
+    assert ledger.balance("user-1") == 0
+    send(webhook, "charge.dispute.closed", se.dispute("pi_mixed", status="won"))
+    assert ledger.balance("user-1") == 50  # half the money was refunded: half the credits stay taken
+    assert ledger.audit("user-1").ok
+
+
 def test_a_dispute_after_a_partial_refund_takes_only_what_is_left(webhook: ModuleType, ledger: Ledger) -> None:
     send(webhook, "checkout.session.completed", se.session(payment_intent="pi_both"))
     send(webhook, "charge.refunded", se.charge("pi_both", refunded=200))
@@ -287,3 +357,31 @@ def test_a_missing_webhook_secret_fails_at_cold_start(moto_dynamodb) -> None:
     with environment(STRIPE_WEBHOOK_SECRET=None, STRIPE_WEBHOOK_SECRET_PARAM=None):
         with pytest.raises(Exception, match="STRIPE_WEBHOOK_SECRET"):
             load_function("webhook")
+
+
+def test_a_crash_between_settlement_steps_is_finished_by_stripes_retry(
+    webhook: ModuleType, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refund during a dispute takes two ledger steps; the function dies after the first."""
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_crash"))
+    send(webhook, "charge.dispute.created", se.dispute("pi_crash"))
+    real_grant = webhook.payments.ledger.grant
+    calls = []
+
+    def dies_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("container died")
+        return real_grant(*args, **kwargs)
+
+    monkeypatch.setattr(webhook.payments.ledger, "grant", dies_once)
+    refund = se.event("charge.refunded", se.charge("pi_crash", refunded=250), event_id="evt_crash")
+    status, body = deliver(webhook, se.signed(refund))
+    assert (status, body["error"]["code"]) == (500, "internal_error")
+    assert ledger.balance("user-1") == -50  # the refund step landed, the dispute step did not
+
+    status, body = deliver(webhook, se.signed(refund))  # Stripe retries the same event
+    assert status == 200
+    assert ledger.balance("user-1") == 0  # 50 taken by the refund, 50 still held by the dispute
+    assert types_and_amounts(ledger) == [("purchase", 100), ("dispute", -100), ("refund", -50), ("dispute", 50)]
+    assert ledger.audit("user-1").ok
