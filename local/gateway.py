@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import json
 import mimetypes
 import re
+import sys
 import threading
 import time
 import uuid
@@ -80,15 +82,17 @@ class _Container:
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
-            result: dict[str, Any] = self.module.lambda_handler(event, _Context(self.module.__name__))
+            result: dict[str, Any] = self.module.lambda_handler(event, LocalContext(self.module.__name__))
             return result
 
 
-class _Context:
+class LocalContext:
+    """The Lambda context attributes Powertools reads."""
+
     function_version = "$LATEST"
     memory_limit_in_mb = 512
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str = "local-function") -> None:
         self.function_name = name
         self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{name}"
         self.aws_request_id = str(uuid.uuid4())
@@ -98,18 +102,18 @@ class _Context:
         return 15_000
 
 
-def load_handler(function: str) -> ModuleType:
-    """Import functions/<function>/app.py as its own module (one container)."""
-    import importlib.util
-    import sys
-
-    path = ROOT / "functions" / function / "app.py"
-    name = f"local_fn_{function}"
-    spec = importlib.util.spec_from_file_location(name, path)
+def load_handler(function: str, module_name: str | None = None) -> ModuleType:
+    """Import functions/<function>/app.py as its own module: one container, with its own cold start."""
+    name = module_name or f"local_fn_{function}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "functions" / function / "app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 

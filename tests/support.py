@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import base64
 import copy
-import importlib.util
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from local.gateway import LocalContext, load_handler
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_EVENT = json.loads((ROOT / "tests" / "events" / "http_api_proxy.json").read_text())
@@ -64,34 +64,12 @@ def http_event(
     return event
 
 
-class FakeContext:
-    """The Lambda context attributes Powertools reads."""
-
-    function_name = "test-function"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test-function"
-    aws_request_id = "test-request"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 10_000
+FakeContext = LocalContext
 
 
 def load_function(name: str) -> ModuleType:
-    """Import functions/<name>/app.py afresh (a new container), under a unique module name."""
-    path = ROOT / "functions" / name / "app.py"
-    module_name = f"fn_{name}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+    """Import functions/<name>/app.py afresh: a new container, under a unique module name."""
+    return load_handler(name, f"fn_{name}_{uuid.uuid4().hex[:8]}")
 
 
 def invoke(module: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
