@@ -283,8 +283,8 @@
         description: action.id, createdAt: new Date().toISOString() }], true);
       say(`${action.label}: ${credits(r.charged)} spent.`, "success");
     } catch (err) {
-      // After a network failure the outcome is unknown: the next click retries with the same key.
-      if (err.code === "network") state.retryKeys.set(action.id, key);
+      // After a network failure or a 503 the outcome is unknown: the next click retries with the same key.
+      if (err.code === "network" || err.code === "temporarily_unavailable") state.retryKeys.set(action.id, key);
       else state.retryKeys.delete(action.id);
       if (err.code === "insufficient_credits") {
         if (typeof err.details.balance === "number") setBalance(err.details.balance);

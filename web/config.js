@@ -1,5 +1,5 @@
 // The page's configuration. Action prices are not served by the API: keep them in step with the
-// CREDIT_COSTS the use-credits function is deployed with.
+// ActionCosts parameter the API is deployed with (ACTION_COSTS).
 //
 // Deployed: set apiBase to the API URL (no trailing slash) and auth to "token", and give the page a
 // getToken() that returns the signed-in user's JWT from your identity provider, e.g.
