@@ -68,6 +68,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
+    if real_stripe:
+        if not os.environ["STRIPE_SECRET_KEY"].startswith(("sk_test_", "rk_test_")):
+            print("error: make dev only uses Stripe test-mode keys (sk_test_...).", file=sys.stderr)
+            return 2
+        if not os.environ.get("STRIPE_WEBHOOK_SECRET"):
+            print(
+                "error: STRIPE_SECRET_KEY is set, so real Stripe (test mode) is used: also set "
+                "STRIPE_WEBHOOK_SECRET to the secret that "
+                f"`stripe listen --forward-to http://{args.host}:{args.port}/webhook` prints.",
+                file=sys.stderr,
+            )
+            return 2
+
     stopping = threading.Event()
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -99,15 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             **{variable: TABLES[logical] for logical, variable in TABLE_VARIABLES.items()},
         }
         os.environ.pop("AWS_PROFILE", None)
-        if real_stripe:
-            if not os.environ.get("STRIPE_WEBHOOK_SECRET"):
-                raise StartupError(
-                    "STRIPE_SECRET_KEY is set, so real Stripe (test mode) is used: also set STRIPE_WEBHOOK_SECRET "
-                    f"to the secret `stripe listen --forward-to {base}/webhook` prints."
-                )
-            if not os.environ["STRIPE_SECRET_KEY"].startswith(("sk_test_", "rk_test_")):
-                raise StartupError("make dev only uses Stripe test-mode keys (sk_test_...).")
-        else:
+        if not real_stripe:
             from local.stripe_emulator import StripeEmulator
 
             emulator = StripeEmulator(

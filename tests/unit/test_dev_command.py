@@ -22,3 +22,18 @@ def test_a_port_in_use_gets_a_clear_message(flag: str, capsys: pytest.CaptureFix
     assert f"port {ports[flag]} is in use ({flag})" in err
     assert "Traceback" not in err
     assert not (tmp_path / "dynamodb").exists()  # nothing was started
+
+
+def test_real_stripe_needs_a_test_key_and_the_webhook_secret(
+    capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRIPE_API_BASE", raising=False)
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
+    ports = ["--port", str(free_port()), "--dynamodb-port", str(free_port()), "--data-dir", str(tmp_path)]
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_live_real_money")
+    assert dev.main(ports) == 2
+    assert "test-mode keys" in capsys.readouterr().err
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_abc")
+    assert dev.main(ports) == 2
+    assert "stripe listen --forward-to" in capsys.readouterr().err
+    assert not (tmp_path / "dynamodb").exists()
