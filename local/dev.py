@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 webhook_url=f"{base}/webhook",
                 host=args.host,
                 port=args.stripe_port,
+                state_path=args.data_dir / "stripe-emulator.json",  # customers and prices outlive a restart
             )
             emulator.start()
             env.update(

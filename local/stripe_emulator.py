@@ -21,8 +21,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -379,8 +380,10 @@ class StripeEmulator:
         webhook_url: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        state_path: Path | None = None,
     ) -> None:
         self.api_key, self.webhook_secret, self.webhook_url = api_key, webhook_secret, webhook_url
+        self.state_path = state_path  # where `make dev` keeps customers, prices and sessions across restarts
         self.host, self.port, self.verbose = host, port, False
         self.base_url = f"http://{self._public_host()}:{port}"
         self.events: list[Json] = []
@@ -397,6 +400,7 @@ class StripeEmulator:
 
     def start(self) -> str:
         """Serve in a daemon thread; returns the base URL."""
+        self._load()
         handler = type("Handler", (_Handler,), {"emulator": self})
         self._server = ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
@@ -408,7 +412,8 @@ class StripeEmulator:
         return self.base_url
 
     def stop(self) -> None:
-        """Stop serving and release the port."""
+        """Stop serving and release the port (saving the state first, when kept)."""
+        self._save()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -416,6 +421,31 @@ class StripeEmulator:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        with self._lock:
+            state = {
+                "objects": self._objects,
+                "checkouts": {k: asdict(v) for k, v in self._checkouts.items()},
+                "inline": sorted(self._inline),
+                "events": self.events,
+            }
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_path)
+
+    def _load(self) -> None:
+        if self.state_path is None or not self.state_path.exists():
+            return
+        state = json.loads(self.state_path.read_text())
+        with self._lock:
+            self._objects = state["objects"]
+            self._checkouts = {k: _Checkout(**v) for k, v in state["checkouts"].items()}
+            self._inline = set(state["inline"])
+            self.events = state["events"]
 
     def _public_host(self) -> str:
         """The host to put in URLs (a wildcard bind is reached through loopback)."""

@@ -57,20 +57,26 @@ pick_python() {
 }
 PY=$(pick_python)
 
-make_venv() {  # dir requirements-file
+quiet_pip() {  # dir args...: pip install, without this machine's notes about absent local indexes
+  local dir=$1
+  shift
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+}
+
+make_venv() {  # dir requirements-file [files it includes]
   local dir=$1 req=$2 stamp
-  stamp=$(cat "$req" shared/requirements.txt | sha256sum | cut -d' ' -f1)
+  stamp=$(cat "${@:2}" | sha256sum | cut -d' ' -f1)
   if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$stamp" ]]; then
     return
   fi
   say "creating $dir from $req ($("$PY" --version))"
   rm -rf "$dir"
   "$PY" -m venv "$dir"
-  "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+  quiet_pip "$dir" --upgrade pip
+  quiet_pip "$dir" -r "$req"
   echo "$stamp" > "$dir/.stamp"
 }
-make_venv .venv requirements-dev.txt
+make_venv .venv requirements-dev.txt shared/requirements.txt
 make_venv .venv-sam requirements-sam.txt
 cp package-lock.json .venv/.npm-stamp
 

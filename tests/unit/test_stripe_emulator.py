@@ -709,3 +709,33 @@ def test_command_line_serves_until_interrupted(receiver: Receiver) -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
     assert proc.returncode == 0
+
+
+def test_state_kept_in_a_file_survives_a_restart(tmp_path: Any) -> None:
+    """`make dev` keeps the emulator's customers and prices, as the database keeps their ids."""
+    path = tmp_path / "stripe.json"
+    first = StripeEmulator(api_key=API_KEY, webhook_secret=SECRET, state_path=path)
+    first.start()
+    client = stripe.StripeClient(API_KEY, base_addresses={"api": first.base_url}, max_network_retries=0)
+    customer = client.v1.customers.create(params={"metadata": {"userId": "u1"}})
+    product = client.v1.products.create(params={"name": "Starter"})
+    price = client.v1.prices.create(params={"product": product.id, "unit_amount": 500, "currency": "usd"})
+    first.stop()
+
+    second = StripeEmulator(api_key=API_KEY, webhook_secret=SECRET, state_path=path)
+    second.start()
+    try:
+        client = stripe.StripeClient(API_KEY, base_addresses={"api": second.base_url}, max_network_retries=0)
+        assert client.v1.customers.retrieve(customer.id).id == customer.id
+        session = create_session(
+            client,
+            {
+                "mode": "payment",
+                "customer": customer.id,
+                "line_items": [{"price": price.id, "quantity": 1}],
+                "success_url": "http://localhost/ok",
+            },
+        )
+        assert session.amount_total == 500
+    finally:
+        second.stop()
