@@ -247,3 +247,47 @@ def test_completed_and_async_succeeded_racing_credit_once(local_tables: LocalTab
     assert [r["statusCode"] for r in responses] == [200, 200]
     assert sorted(json.loads(r["body"])["outcome"] for r in responses) == ["duplicate", "granted"]
     assert local_tables.ledger().balance("yan") == 100
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_refunds_and_a_dispute_racing_in_any_order_settle_exactly(local_tables: LocalTables, seed: int) -> None:
+    """Four containers receive a purchase's refunds and dispute at once, in a shuffled order."""
+    import random
+
+    from credits.packages import Catalog, Package
+
+    Catalog(local_tables.client, local_tables.credits).put(  # type: ignore[arg-type]
+        Package(id="starter", name="Starter", credits=100, price=500, currency="usd")
+    )
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
+        containers = [load_function("webhook") for _ in range(5)]
+    user, pi = f"racer-{seed}", f"pi_race_{seed}"
+    events = [
+        se.event("checkout.session.completed", se.session(user=user, payment_intent=pi)),
+        se.event("charge.refunded", se.charge(pi, refunded=200)),
+        se.event("charge.refunded", se.charge(pi, refunded=500)),
+        se.event("charge.dispute.created", se.dispute(pi)),
+        se.event("charge.dispute.closed", se.dispute(pi, status="won")),
+    ]
+    random.Random(seed).shuffle(events)
+    barrier = threading.Barrier(len(events))
+
+    def deliver(i: int) -> int:
+        request = se.signed(events[i])
+        barrier.wait()
+        status: int = containers[i].lambda_handler(request, FakeContext())["statusCode"]
+        return status
+
+    with ThreadPoolExecutor(len(events)) as pool:
+        first = list(pool.map(deliver, range(len(events))))
+    # Stripe retries whatever did not answer 2xx, and may redeliver the rest too.
+    for i, evt in enumerate(events):
+        assert containers[i].lambda_handler(se.signed(evt), FakeContext())["statusCode"] == 200, first
+
+    ledger = local_tables.ledger()
+    history = ledger.history(user)
+    assert ledger.balance(user) == 0  # fully refunded; the won dispute gives nothing back on top
+    assert sum(t.amount for t in history if t.type == "purchase") == 100
+    assert sum(t.amount for t in history if t.type == "refund") == -100
+    assert sum(t.amount for t in history if t.type == "dispute") == 0
+    assert ledger.audit(user).ok
