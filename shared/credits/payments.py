@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from credits import keys
 from credits.errors import TemporarilyUnavailable, ValidationError
-from credits.ledger import MAX_AMOUNT, ExtraConditionFailed, Ledger, from_item, to_item
+from credits.ledger import MAX_AMOUNT, Entry, ExtraConditionFailed, Ledger, Policy, from_item, to_item
 from credits.packages import Catalog
 
 if TYPE_CHECKING:
@@ -402,29 +402,13 @@ class Payments:
         if change == 0:
             return 0
         reference = f"dispute:{record.dispute_id}:{hold}"
-        update = self._state_update(record, credits_disputed=hold)
         if change < 0:
-            self.ledger.claw_back(
-                record.user_id,
-                -change,
-                type="dispute",
-                description=f"Payment disputed ({record.dispute_id})",
-                reference_id=reference,
-                monetary_amount=record.dispute_amount,
-                currency=record.currency,
-                extra=[update],
-            )
+            description = f"Payment disputed ({record.dispute_id})"
         else:
-            self.ledger.grant(
-                record.user_id,
-                change,
-                type="dispute",
-                description=f"Dispute {record.dispute_status} ({record.dispute_id}): credits restored",
-                reference_id=reference,
-                monetary_amount=record.dispute_amount,
-                currency=record.currency,
-                extra=[update],
-            )
+            description = f"Dispute {record.dispute_status} ({record.dispute_id}): credits restored"
+        entry = Entry(change, "dispute", description, reference, record.dispute_amount, record.currency)
+        policy = Policy.CLAWBACK if change < 0 else Policy.CREDIT  # a hold may go below zero; a release adds
+        self.ledger.post(record.user_id, entry, policy, extra=[self._state_update(record, credits_disputed=hold)])
         return change
 
     def _state_update(self, record: PaymentRecord, **changes: int) -> dict[str, Any]:

@@ -365,16 +365,17 @@ def test_a_crash_between_settlement_steps_is_finished_by_stripes_retry(
     """A refund during a dispute takes two ledger steps; the function dies after the first."""
     send(webhook, "checkout.session.completed", se.session(payment_intent="pi_crash"))
     send(webhook, "charge.dispute.created", se.dispute("pi_crash"))
-    real_grant = webhook.payments.ledger.grant
+    real_post = webhook.payments.ledger.post
     calls = []
 
-    def dies_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("container died")
-        return real_grant(*args, **kwargs)
+    def dies_before_the_first_release(user_id, entry, *args, **kwargs):
+        if entry.type == "dispute" and entry.amount > 0:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("container died")
+        return real_post(user_id, entry, *args, **kwargs)
 
-    monkeypatch.setattr(webhook.payments.ledger, "grant", dies_once)
+    monkeypatch.setattr(webhook.payments.ledger, "post", dies_before_the_first_release)
     refund = se.event("charge.refunded", se.charge("pi_crash", refunded=250), event_id="evt_crash")
     status, body = deliver(webhook, se.signed(refund))
     assert (status, body["error"]["code"]) == (500, "internal_error")
