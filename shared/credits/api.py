@@ -86,8 +86,6 @@ def idempotency(key: str | None, route: str, user_id: str, request: BaseModel) -
     """The Idempotency-Key of a request and its fingerprint (route, user and body)."""
     if key is None:
         return None
-    if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
-        raise ValidationError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.")
     return Idempotency(key, fingerprint({"route": route, "userId": user_id, "body": request.model_dump()}))
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
 from credits import keys
 from credits.errors import TemporarilyUnavailable
-from credits.ledger import from_item, to_item
+from credits.ledger import from_item, iso_utc, to_item
 from credits.packages import Catalog, Package
 
 if TYPE_CHECKING:
@@ -52,16 +52,9 @@ class Customers:
         value = from_item(response.get("Item", {})).get("stripe_customer_id")
         return str(value) if value else None
 
-    def user_for(self, customer_id: str) -> str | None:
-        response = self.client.get_item(
-            TableName=self.table, Key=to_item({"pk": keys.customer_pk(customer_id), "sk": keys.CUSTOMER_SK})
-        )
-        value = from_item(response.get("Item", {})).get("user_id")
-        return str(value) if value else None
-
     def link(self, user_id: str, customer_id: str) -> str:
         """Store the link unless the user has one already; returns the customer id that won."""
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = iso_utc(time.time())
         no_customer_yet = "attribute_not_exists(stripe_customer_id)"
         link_is_new = "attribute_not_exists(pk)"
         try:

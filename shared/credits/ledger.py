@@ -185,7 +185,8 @@ def from_item(item: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _now_iso(now: float) -> str:
+def iso_utc(now: float) -> str:
+    """A Unix time as ISO 8601 UTC with milliseconds, as every stored timestamp is written."""
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -352,7 +353,7 @@ class Ledger:
         extra: Sequence[dict[str, Any]],
     ) -> tuple[dict[str, Any], Posted]:
         now = self.clock()
-        now_iso = _now_iso(now)
+        now_iso = iso_utc(now)
         pk = keys.user_pk(user_id)
         seq = snapshot.seq + 1
         balance = snapshot.balance + entry.amount

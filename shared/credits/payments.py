@@ -16,8 +16,8 @@ EXACTLY ONCE (DESIGN.md invariant 4), kept here on top of the ledger's reference
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from credits import keys
 from credits.errors import TemporarilyUnavailable, ValidationError
-from credits.ledger import MAX_AMOUNT, Entry, ExtraConditionFailed, Ledger, Policy, from_item, to_item
+from credits.ledger import MAX_AMOUNT, Entry, ExtraConditionFailed, Ledger, Policy, from_item, iso_utc, to_item
 from credits.packages import Catalog
 
 if TYPE_CHECKING:
@@ -166,10 +166,6 @@ def _count(text: str | None) -> int | None:
     return value if 0 < value <= MAX_AMOUNT else None
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Payments:
     """Applies Stripe events to the ledger; the DynamoDB client, ledger and catalog are injected."""
 
@@ -278,7 +274,7 @@ class Payments:
                         ":amount": price,
                         ":currency": currency,
                         ":session": session_id,
-                        ":now": _now(),
+                        ":now": iso_utc(time.time()),
                         ":zero": 0,
                     }
                 ),
@@ -326,7 +322,7 @@ class Payments:
                 # Facts about a payment we never credited expire; a credited record never does.
                 expression += ", expires_at = if_not_exists(expires_at, :expires)"
                 condition += " AND attribute_not_exists(granted)"
-                values[":expires"] = int(datetime.now(UTC).timestamp()) + STUB_TTL_SECONDS
+                values[":expires"] = int(time.time()) + STUB_TTL_SECONDS
             else:
                 values.pop(":expires", None)
             try:
