@@ -117,6 +117,42 @@ def load_handler(function: str, module_name: str | None = None) -> ModuleType:
     return module
 
 
+def _event(
+    route_key: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes, *, account: str, api: str
+) -> dict[str, Any]:
+    """The payload 2.0 shape API Gateway and Function URLs share (a body, if any, base64-encoded)."""
+    now = datetime.now(UTC)
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": account,
+            "apiId": api,
+            "domainName": headers.get("host", "localhost"),
+            "domainPrefix": api,
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": headers.get("user-agent", ""),
+            },
+            "requestId": str(uuid.uuid4()),
+            "routeKey": route_key,
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "isBase64Encoded": bool(body),
+    }
+    if body:
+        event["body"] = base64.b64encode(body).decode()
+    return event
+
+
 class Gateway:
     """The HTTP server: API routes, the webhook URL, local sign-in and the static page."""
 
@@ -167,37 +203,9 @@ class Gateway:
         self, route: Route, path: str, query: str, headers: dict[str, str], body: bytes, claims: dict[str, Any] | None
     ) -> dict[str, Any]:
         """The HTTP API payload 2.0 event API Gateway sends for this request."""
-        now = datetime.now(UTC)
-        params = dict(parse_qsl(query, keep_blank_values=True))
-        event: dict[str, Any] = {
-            "version": "2.0",
-            "routeKey": f"{route.method} {route.path}",
-            "rawPath": path,
-            "rawQueryString": query,
-            "headers": headers,
-            "queryStringParameters": params or None,
-            "requestContext": {
-                "accountId": "000000000000",
-                "apiId": "local",
-                "domainName": headers.get("host", "localhost"),
-                "domainPrefix": "local",
-                "http": {
-                    "method": route.method,
-                    "path": path,
-                    "protocol": "HTTP/1.1",
-                    "sourceIp": "127.0.0.1",
-                    "userAgent": headers.get("user-agent", ""),
-                },
-                "requestId": str(uuid.uuid4()),
-                "routeKey": f"{route.method} {route.path}",
-                "stage": "$default",
-                "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-                "timeEpoch": int(now.timestamp() * 1000),
-            },
-            "isBase64Encoded": bool(body),
-        }
-        if body:
-            event["body"] = base64.b64encode(body).decode()
+        route_key = f"{route.method} {route.path}"
+        event = _event(route_key, route.method, path, query, headers, body, account="000000000000", api="local")
+        event["queryStringParameters"] = dict(parse_qsl(query, keep_blank_values=True)) or None
         if claims is not None:
             event["requestContext"]["authorizer"] = {
                 "jwt": {"claims": {k: str(v) for k, v in claims.items()}, "scopes": None}
@@ -205,35 +213,8 @@ class Gateway:
         return event
 
     def url_event(self, path: str, headers: dict[str, str], body: bytes, method: str) -> dict[str, Any]:
-        """The Function URL event Lambda sends the webhook (payload 2.0, base64 body)."""
-        now = datetime.now(UTC)
-        return {
-            "version": "2.0",
-            "routeKey": "$default",
-            "rawPath": path,
-            "rawQueryString": "",
-            "headers": headers,
-            "requestContext": {
-                "accountId": "anonymous",
-                "apiId": "local-webhook",
-                "domainName": headers.get("host", "localhost"),
-                "domainPrefix": "local-webhook",
-                "http": {
-                    "method": method,
-                    "path": path,
-                    "protocol": "HTTP/1.1",
-                    "sourceIp": "127.0.0.1",
-                    "userAgent": headers.get("user-agent", ""),
-                },
-                "requestId": str(uuid.uuid4()),
-                "routeKey": "$default",
-                "stage": "$default",
-                "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-                "timeEpoch": int(now.timestamp() * 1000),
-            },
-            "body": base64.b64encode(body).decode(),
-            "isBase64Encoded": True,
-        }
+        """The Function URL event Lambda sends the webhook (payload 2.0)."""
+        return _event("$default", method, path, "", headers, body, account="anonymous", api="local-webhook")
 
     # ---- HTTP ---------------------------------------------------------------------------------
 
