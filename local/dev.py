@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from local.containers import ContainerError
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
 from local.template import ROOT, TABLE_VARIABLES, create_tables
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         stopping.wait()
         return 0
-    except (StartupError, DynamoDBLocalError) as exc:
+    except (StartupError, DynamoDBLocalError, ContainerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

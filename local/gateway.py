@@ -5,6 +5,10 @@ becomes the payload 2.0 event the deployed function would receive. JWT routes ne
 this gateway signed at `POST /local/sign-in` (a LOCAL-ONLY stand-in for the JWT authorizer);
 `/internal/*` routes (IAM on AWS) are refused, as they are to a browser on AWS. The page in web/
 is served at `/`.
+
+Each function runs in its own container PROCESSES (local.containers), one invocation at a time
+each, as on Lambda: never as threads of this server, whose handlers would share Powertools'
+resolver state and read each other's requests.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from local.containers import ContainerError, ContainerPool, InvocationError
 from local.template import ROOT, Route, routes
 
 WEBHOOK_PATH = "/webhook"
@@ -71,19 +76,6 @@ class LocalTokens:
         if claims.get("iss") != ISSUER or claims.get("aud") != AUDIENCE or claims.get("exp", 0) < time.time():
             return None
         return claims
-
-
-class _Container:
-    """One warm Lambda container: a loaded handler that serves one request at a time, as on Lambda."""
-
-    def __init__(self, module: ModuleType) -> None:
-        self.module = module
-        self.lock = threading.Lock()
-
-    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
-        with self.lock:
-            result: dict[str, Any] = self.module.lambda_handler(event, LocalContext(self.module.__name__))
-            return result
 
 
 class LocalContext:
@@ -164,13 +156,14 @@ class Gateway:
         host: str = "127.0.0.1",
         port: int = 0,
         page_config: dict[str, Any] | None = None,
+        containers_per_function: int = 8,
     ) -> None:
         self.tokens = LocalTokens(token_secret)
         self.web_dir = web_dir
         self.routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes()}
-        self.containers: dict[str, _Container] = {}
+        functions = sorted({r.function for r in self.routes.values()} | {"webhook"})
+        self.pools = {f: ContainerPool(f, limit=containers_per_function) for f in functions}
         self.page_config = page_config or {}
-        self._load_lock = threading.Lock()
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -181,8 +174,14 @@ class Gateway:
         return f"http://{host!s}:{port}"
 
     def start(self) -> str:
-        for function in sorted({r.function for r in self.routes.values()} | {"webhook"}):
-            self.container(function)  # cold starts now, so a missing setting fails at start-up
+        # Two warm containers per function: a page asks for its balance and its history at once.
+        warming = [threading.Thread(target=pool.warm, args=(2,), daemon=True) for pool in self.pools.values()]
+        for thread in warming:
+            thread.start()
+        for thread in warming:
+            thread.join()
+        for pool in self.pools.values():
+            pool.warm()  # cold starts now, so a missing setting fails at start-up, naming it
         self.thread = threading.Thread(target=self.server.serve_forever, name="gateway", daemon=True)
         self.thread.start()
         return self.base_url
@@ -190,12 +189,16 @@ class Gateway:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        for pool in self.pools.values():
+            pool.close()
 
-    def container(self, function: str) -> _Container:
-        with self._load_lock:
-            if function not in self.containers:
-                self.containers[function] = _Container(load_handler(function))
-            return self.containers[function]
+    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
+        """One invocation in one of the function's containers; a crash is a 502, as API Gateway answers."""
+        try:
+            return self.pools[function].invoke(event)
+        except (ContainerError, InvocationError):
+            body = json.dumps({"message": "Internal Server Error"})
+            return {"statusCode": 502, "headers": {"Content-Type": "application/json"}, "body": body}
 
     # ---- events -----------------------------------------------------------------------------
 
@@ -254,7 +257,7 @@ class Gateway:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if path == WEBHOOK_PATH:
-                    self._lambda(gateway.container("webhook").invoke(gateway.url_event(path, headers, body, method)))
+                    self._lambda(gateway.invoke("webhook", gateway.url_event(path, headers, body, method)))
                     return
                 if path == "/local/sign-in" and method == "POST":
                     self._sign_in(body)
@@ -281,7 +284,7 @@ class Gateway:
                         self._json(401, {"message": "Unauthorized"})
                         return
                 event = gateway.api_event(route, path, split.query, headers, body, claims)
-                self._lambda(gateway.container(route.function).invoke(event))
+                self._lambda(gateway.invoke(route.function, event))
 
             def _lambda(self, response: dict[str, Any]) -> None:
                 raw = response.get("body") or ""

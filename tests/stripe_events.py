@@ -89,11 +89,13 @@ def charge(payment_intent: str, *, amount: int = 500, refunded: int = 0, currenc
     return obj
 
 
-def dispute(payment_intent: str, *, status: str = "needs_response", amount: int = 500) -> dict[str, Any]:
+def dispute(
+    payment_intent: str, *, status: str = "needs_response", amount: int = 500, dispute_id: str | None = None
+) -> dict[str, Any]:
     obj = copy.deepcopy(OBJECTS["dispute"])
     obj.update(
         {
-            "id": "dp_" + payment_intent[3:],
+            "id": dispute_id or "dp_" + payment_intent[3:],
             "amount": amount,
             "currency": "usd",
             "status": status,

@@ -6,6 +6,7 @@ import base64
 import copy
 import json
 import os
+import queue
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from local.containers import Container, start_containers
 from local.gateway import LocalContext, load_handler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +76,47 @@ def load_function(name: str) -> ModuleType:
 
 def invoke(module: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Call a handler; returns status, decoded JSON body and headers."""
-    response = module.lambda_handler(event, FakeContext())
+    return decode(module.lambda_handler(event, FakeContext()))
+
+
+class Fleet:
+    """Containers of one function, each its own PROCESS (never threads sharing resolver state).
+
+    `invoke` may be called from many threads at once: each call takes an idle container, as
+    Lambda routes a request to a free execution environment.
+    """
+
+    def __init__(self, containers: list[Container]) -> None:
+        self.containers = containers
+        self._idle: queue.Queue[Container] = queue.Queue()
+        for container in containers:
+            self._idle.put(container)
+
+    def invoke(self, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        container = self._idle.get()
+        try:
+            return decode(container.invoke(event))
+        finally:
+            self._idle.put(container)
+
+    def on(self, index: int, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Invoke one particular container."""
+        return decode(self.containers[index].invoke(event))
+
+
+@contextmanager
+def fleet(function: str, count: int, *, setup: str | None = None) -> Iterator[Fleet]:
+    """`count` containers of functions/<function>/app.py in their own processes, closed at the end."""
+    containers = start_containers(function, count, setup=setup)
+    try:
+        yield Fleet(containers)
+    finally:
+        for container in containers:
+            container.close()
+
+
+def decode(response: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A Lambda proxy response as status, decoded JSON body and headers."""
     body = response.get("body") or "null"
     if response.get("isBase64Encoded"):
         body = base64.b64decode(body).decode()

@@ -20,7 +20,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits import config
 from credits.aws import dynamodb_client
-from credits.errors import CreditsError, InternalError, TemporarilyUnavailable, http_error
+from credits.errors import (
+    CreditsError,
+    InternalError,
+    SettlementFailed,
+    TemporarilyUnavailable,
+    ValidationError,
+    http_error,
+)
 from credits.ledger import Ledger
 from credits.packages import Catalog
 from credits.payments import Payments
@@ -93,8 +100,15 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     except InvalidWebhook as exc:
         metrics.add_metric(name="WebhookRejected", unit=MetricUnit.Count, value=1)
         return respond(*http_error(exc))
+    except (ValidationError, TemporarilyUnavailable) as exc:
+        return respond(*http_error(exc))  # a body that is not an event (400); busy, retry (503)
     except CreditsError as exc:
-        return respond(*http_error(exc))
+        # A signed event we cannot settle is OUR failure, never the sender's: 5xx so Stripe retries,
+        # an error log line, and the alarmed SettlementFailed metric.
+        failure = exc if isinstance(exc, SettlementFailed) else SettlementFailed(type(exc).__name__)
+        logger.error("payment not settled", extra={"reason": str(failure), "error": type(exc).__name__})
+        metrics.add_metric(name="SettlementFailed", unit=MetricUnit.Count, value=1)
+        return respond(*http_error(failure))
     except Exception:
         logger.exception("webhook failed")  # ours: 5xx, so Stripe retries; nothing half-written
         return respond(*http_error(InternalError("Internal error.")))

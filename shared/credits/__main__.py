@@ -2,7 +2,8 @@
 
     python -m credits packages import FILE [--sync-stripe]   load (and optionally sync) the catalog
     python -m credits packages list                          show the catalog
-    python -m credits audit USER_ID [USER_ID ...]            check users' ledgers (exit 1 on a problem)
+    python -m credits audit USER_ID [USER_ID ...]            check users' ledgers and the payments credited
+                                                             to them (exit 1 on a problem)
 
 Reads CREDITS_TABLE_NAME (and, with --sync-stripe, STRIPE_SECRET_KEY and STRIPE_API_BASE).
 """
@@ -21,6 +22,7 @@ from credits.aws import dynamodb_client
 from credits.errors import CreditsError
 from credits.ledger import Ledger
 from credits.packages import Catalog, Package
+from credits.payments import Payments
 
 
 def load_catalog_file(path: Path) -> list[Package]:
@@ -99,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{p.id}: {p.credits} credits for {p.price} {p.currency} [{state}]")
             return 0
         ledger = Ledger(client, table)
+        payments = Payments(ledger, Catalog(client, table), client, table)
         failed = 0
         for user in args.users:
             report = ledger.audit(user)
+            report.problems += payments.audit(user, ledger.history(user))
             print(f"{user}: balance {report.balance}, {report.entries} entries: {'ok' if report.ok else 'PROBLEMS'}")
             for problem in report.problems:
                 print(f"  - {problem}")

@@ -10,14 +10,32 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from credits.errors import UnknownAction, ValidationError
-from credits.ledger import MAX_AMOUNT, MAX_KEY_LENGTH, Idempotency, Ledger, Posted, Transaction, fingerprint
+from credits.ledger import MAX_AMOUNT, Idempotency, Ledger, Posted, Transaction, fingerprint, key_problem
 from credits.packages import PackageId
 
-Token = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Description = Annotated[str, StringConstraints(max_length=500)]
+
+def _key_part(value: str) -> str:
+    """A value that becomes part of a DynamoDB key: limited in UTF-8 bytes, printable."""
+    problem = key_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _storable(value: str) -> str:
+    """Text we store: no lone surrogates (JSON allows them; UTF-8 and DynamoDB do not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+Token = Annotated[str, AfterValidator(_key_part)]
+Description = Annotated[str, StringConstraints(max_length=500), AfterValidator(_storable)]
 Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
 
 
@@ -151,7 +169,8 @@ def transactions_page(ledger: Ledger, user_id: str, limit: str | None, cursor: s
     """GET /credits/transactions?limit=&cursor=."""
     size = 20
     if limit is not None:
-        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 100:
+        # Checked as text first: int() of thousands of digits is refused (and slow) before any range check.
+        if not (limit.isascii() and limit.isdigit() and len(limit) <= 3) or not 1 <= int(limit) <= 100:
             raise ValidationError("limit must be an integer from 1 to 100.", [{"field": "limit"}])
         size = int(limit)
     entries, next_cursor = ledger.transactions(user_id, limit=size, cursor=cursor or None)

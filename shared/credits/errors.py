@@ -83,6 +83,11 @@ class TemporarilyUnavailable(CreditsError):
     """Throttled, contended or unavailable after retries; retry (with the same Idempotency-Key)."""
 
 
+class SettlementFailed(CreditsError):
+    """A payment's state cannot be settled (a conflict, an impossible record): our failure, never the
+    sender's. The webhook answers 5xx (Stripe retries), logs an error and raises an alarmed metric."""
+
+
 class ConfigError(CreditsError):
     """A required setting is missing or malformed (raised at cold start)."""
 
@@ -104,6 +109,7 @@ HTTP_ERRORS: dict[type[CreditsError], tuple[int, str]] = {
     ReferenceReused: (409, "reference_id_reused"),
     PaymentProviderError: (502, "payment_provider_error"),
     TemporarilyUnavailable: (503, "temporarily_unavailable"),
+    SettlementFailed: (500, "settlement_failed"),
     ConfigError: (500, "internal_error"),
     InternalError: (500, "internal_error"),
 }

@@ -5,8 +5,10 @@ from __future__ import annotations
 USER = "USER#"
 ACCOUNT = "ACCOUNT"
 TX = "TX#"
-REF = "REF#"
+REF = "REF#"  # a client's referenceId (POST /credits/use, /internal/*)
+SYSREF = "SYSREF#"  # a reference the system writes for itself (purchases, refunds, disputes)
 IDEM = "IDEM#"
+INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
 CUSTOMER = "CUSTOMER#"
 PACKAGE = "PACKAGE#"
 PAYMENT = "PAYMENT#"
@@ -29,12 +31,18 @@ def tx_sk(seq: int) -> str:
     return f"{TX}{seq:0{SEQ_DIGITS}d}"
 
 
-def ref_sk(reference_id: str) -> str:
-    return f"{REF}{reference_id}"
+def ref_sk(reference_id: str, *, system: bool = False) -> str:
+    """A reference marker. Clients' and the system's references live in separate key spaces, so no
+    value a client chooses can ever occupy (or replay) a reference the system writes for itself."""
+    return f"{SYSREF if system else REF}{reference_id}"
 
 
 def idem_sk(key: str) -> str:
     return f"{IDEM}{key}"
+
+
+def intent_sk(created_ms: int, intent_id: str) -> str:
+    return f"{INTENT}{created_ms:015d}#{intent_id}"
 
 
 def customer_pk(customer_id: str) -> str:

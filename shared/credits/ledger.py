@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import random
@@ -36,6 +37,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from credits import keys
 from credits.errors import (
+    CreditsError,
     IdempotencyKeyReused,
     InsufficientCredits,
     ReferenceReused,
@@ -47,7 +49,14 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 MAX_AMOUNT = 1_000_000_000
-MAX_KEY_LENGTH = 255
+MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit for one TransactWriteItems
+MAX_INTENTS_PER_PASS = 48  # a combiner reads at most this many queued changes (their markers fit one batch read)
+INTENT_GRACE_SECONDS = 2.0  # past its waiter's deadline plus this, a queued change is refused, never applied
+INTENT_TTL_SECONDS = 3600  # an intent its waiter never took off the queue (a crash) is deleted by TTL
+LEASE_MS = 1000  # the combiner lease: extended by every pass; a dead combiner is replaced after this
+POLL_SECONDS = 0.05  # a waiter looks for its decision about this often (then twice as long), jittered
+SERVE_AFTER_OWN_SECONDS = 0.5  # a combiner keeps serving the queue this long after its own change
+MAX_KEY_BYTES = 255  # user ids, reference ids and idempotency keys, in UTF-8 bytes (they become key parts)
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600  # Stripe keeps keys 24 h; we keep them twice as long.
 ENTRY_TYPES = frozenset({"purchase", "usage", "refund", "dispute", "expiration", "adjustment", "gift"})
 
@@ -85,6 +94,9 @@ class Entry:
     reference_id: str | None = None
     monetary_amount: int | None = None
     currency: str | None = None
+    # True for references the system writes for itself (`purchase:<pi>`, a settlement step): they
+    # live in their own key space (keys.SYSREF), which no client-chosen referenceId can reach.
+    system_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,7 @@ class Transaction:
     monetary_amount: int | None
     currency: str | None
     created_at: str
+    system_reference: bool = False
 
 
 @dataclass
@@ -155,12 +168,28 @@ def validate_amount(value: object, name: str = "amount") -> int:
     return value
 
 
+def key_problem(value: str) -> str | None:
+    """Why a string cannot be part of a key (user id, reference id, idempotency key), or None.
+
+    Limits are in UTF-8 bytes, because DynamoDB's are: 255 bytes keep every sort key we build
+    far below its 1,024-byte limit, whatever characters are used.
+    """
+    if not value:
+        return "must not be empty"
+    if not value.isprintable():  # control characters, lone surrogates, separators
+        return "must be printable characters"
+    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"must be at most {MAX_KEY_BYTES} bytes in UTF-8"
+    return None
+
+
 def validate_token(value: str, name: str) -> str:
-    """A user id, reference id or idempotency key: 1..255 printable characters."""
-    if not 0 < len(value) <= MAX_KEY_LENGTH or not value.isprintable():
+    """A user id, reference id or idempotency key: 1..255 bytes of printable characters."""
+    problem = key_problem(value)
+    if problem is not None:
         raise ValidationError(
-            f"{name} must be 1 to {MAX_KEY_LENGTH} printable characters.",
-            [{"field": name, "issue": f"must be 1 to {MAX_KEY_LENGTH} printable characters"}],
+            f"{name} must be 1 to {MAX_KEY_BYTES} bytes (UTF-8) of printable characters.",
+            [{"field": name, "issue": problem}],
         )
     return value
 
@@ -197,6 +226,161 @@ class _Snapshot:
     seq: int
     reference: dict[str, Any] | None
     idempotency: dict[str, Any] | None
+    combiner: str | None = None  # who holds the combiner lease (group commit), until when (Unix ms)
+    combiner_until: int = 0
+
+    def combining(self, now_ms: int) -> bool:
+        return self.combiner is not None and self.combiner_until > now_ms
+
+
+def _snapshot(account: Mapping[str, Any] | None, **markers: Any) -> _Snapshot:
+    has_ledger = account is not None and "seq" in account
+    return _Snapshot(
+        exists=has_ledger,
+        balance=account["balance"] if account and has_ledger else 0,
+        seq=account["seq"] if account and has_ledger else 0,
+        reference=markers.get("reference"),
+        idempotency=markers.get("idempotency"),
+        combiner=account.get("combiner") if account else None,
+        combiner_until=account.get("combiner_until", 0) if account else 0,
+    )
+
+
+@dataclass(frozen=True)
+class _Intent:
+    """A queued change (group commit): everything a combiner needs to decide and post it."""
+
+    id: str
+    created_ms: int
+    apply_before_ms: int
+    entry: Entry
+    policy: Policy
+    idempotency: Idempotency | None
+    ref_fingerprint: str
+
+    @property
+    def sk(self) -> str:
+        return keys.intent_sk(self.created_ms, self.id)
+
+    def item(self, pk: str, now: int) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "pk": pk,
+            "sk": self.sk,
+            "intent_id": self.id,
+            "apply_before_ms": self.apply_before_ms,
+            "amount": e.amount,
+            "type": e.type,
+            "description": e.description,
+            "reference_id": e.reference_id,
+            "system_reference": e.system_reference or None,
+            "monetary_amount": e.monetary_amount,
+            "currency": e.currency,
+            "policy": self.policy.value,
+            "idempotency_key": self.idempotency.key if self.idempotency else None,
+            "idempotency_fingerprint": self.idempotency.fingerprint if self.idempotency else None,
+            "ref_fingerprint": self.ref_fingerprint,
+            "expires_at": now + INTENT_TTL_SECONDS,  # never left behind, whatever happens
+        }
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> _Intent:
+        key = item.get("idempotency_key")
+        return cls(
+            id=item["intent_id"],
+            created_ms=int(item["sk"].split("#")[2]),
+            apply_before_ms=item["apply_before_ms"],
+            entry=Entry(
+                item["amount"],
+                item["type"],
+                item.get("description", ""),
+                item.get("reference_id"),
+                item.get("monetary_amount"),
+                item.get("currency"),
+                system_reference=bool(item.get("system_reference")),
+            ),
+            policy=Policy(item["policy"]),
+            idempotency=None if key is None else Idempotency(key, item["idempotency_fingerprint"]),
+            ref_fingerprint=item["ref_fingerprint"],
+        )
+
+
+# What a combiner may answer for an intent it refuses: the error, rebuilt from its stored fields.
+_REFUSALS: dict[str, Callable[[Mapping[str, Any]], CreditsError]] = {
+    "InsufficientCredits": lambda d: InsufficientCredits(required=int(d["required"]), balance=int(d["balance"])),
+    "IdempotencyKeyReused": lambda _d: IdempotencyKeyReused(
+        "This Idempotency-Key was already used for a different request."
+    ),
+    "ReferenceReused": lambda _d: ReferenceReused("This referenceId was already used for a different change."),
+    "ValidationError": lambda d: ValidationError(str(d.get("message", "The change is not valid."))),
+    "TemporarilyUnavailable": lambda _d: TemporarilyUnavailable("The balance is busy; nothing was written."),
+}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a combiner decided for an intent: posted (maybe a replay), or refused with an error."""
+
+    posted: Posted | None = None
+    error: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def applied(cls, posted: Posted) -> _Outcome:
+        return cls(posted=posted)
+
+    @classmethod
+    def refused(cls, exc: CreditsError) -> _Outcome:
+        name = next(c.__name__ for c in type(exc).__mro__ if c.__name__ in _REFUSALS)
+        return cls(error=name, details={**exc.details(), "message": str(exc)})
+
+    def result(self) -> Posted:
+        if self.posted is not None:
+            return self.posted
+        raise _REFUSALS[str(self.error)](self.details)
+
+    def attributes(self) -> dict[str, Any]:
+        if self.posted is not None:
+            p = self.posted
+            return {
+                "transaction_id": p.transaction_id,
+                "amount": p.amount,
+                "balance_after": p.balance,
+                "seq": p.seq,
+                "replayed": p.replayed,
+            }
+        details = {k: v for k, v in self.details.items() if k in ("required", "balance", "message")}
+        return {"error": self.error, **details}
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> _Outcome:
+        """From the `outcome` map written on an intent (nested numbers come back as Decimal)."""
+        if "error" in item:
+            return cls(error=str(item["error"]), details=item)
+        return cls(
+            posted=Posted(
+                str(item["transaction_id"]),
+                int(item["amount"]),
+                int(item["balance_after"]),
+                int(item["seq"]),
+                bool(item["replayed"]),
+            )
+        )
+
+
+def _decision_of(intent: Mapping[str, Any] | None) -> _Outcome | None:
+    """The decision written on an intent; None while it is queued."""
+    if intent is None:  # pragma: no cover - only its own waiter removes an intent
+        raise TemporarilyUnavailable("The outcome of this change is unknown; retry with the same key.")
+    return _Outcome.from_item(intent["outcome"]) if "outcome" in intent else None
+
+
+def _replay_outcome(marker: Mapping[str, Any], fingerprint_: str, reused: Callable[[str], CreditsError]) -> _Outcome:
+    """An intent whose key or reference is already posted: its first result, or reused (409)."""
+    if marker["fingerprint"] != fingerprint_:
+        what = "Idempotency-Key" if reused is IdempotencyKeyReused else "referenceId"
+        return _Outcome.refused(reused(f"This {what} was already used for a different request."))
+    return _Outcome.applied(_posted_from_marker(marker))
 
 
 class Ledger:
@@ -213,6 +397,7 @@ class Ledger:
         max_delay: float = 0.2,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        group_commit: bool = True,
     ) -> None:
         self.client = client
         self.table = table_name
@@ -224,6 +409,7 @@ class Ledger:
         self.max_delay = max_delay
         self.clock = clock
         self.sleep = sleep
+        self.group_commit = group_commit
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -309,14 +495,22 @@ class Ledger:
         for attempt in range(self.max_attempts):
             if time.monotonic() > deadline:
                 break
-            snapshot = self._read(user_id, entry.reference_id, idempotency)
+            snapshot = self._read(user_id, entry, idempotency)
             replay = self._replay(snapshot, idempotency, ref_fingerprint)
             if replay is not None:
                 return replay
             self._check_policy(snapshot, entry, policy)
+            queue = not extra and self.group_commit
+            if queue and snapshot.combining(int(self.clock() * 1000)):
+                # A combiner is applying queued changes: a direct write would only lose to it.
+                return self._queue(user_id, entry, policy, idempotency, ref_fingerprint, deadline, snapshot)
             request, posted = self._transaction(user_id, snapshot, entry, idempotency, ref_fingerprint, extra)
             if self._commit(request, first_extra=len(request["TransactItems"]) - len(extra)):
                 return posted
+            if queue:
+                # Lost a race: the balance is contended. Queue the change and let one writer
+                # apply every queued change in one transaction, instead of retrying alone.
+                return self._queue(user_id, entry, policy, idempotency, ref_fingerprint, deadline, None)
             self._backoff(attempt)
         raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
 
@@ -353,38 +547,69 @@ class Ledger:
         extra: Sequence[dict[str, Any]],
     ) -> tuple[dict[str, Any], Posted]:
         now = self.clock()
-        now_iso = iso_utc(now)
         pk = keys.user_pk(user_id)
         seq = snapshot.seq + 1
         balance = snapshot.balance + entry.amount
         tx_id = str(uuid.uuid4())
-        posted = Posted(tx_id, entry.amount, balance, seq)
-        result = {"transaction_id": tx_id, "amount": entry.amount, "balance_after": balance, "seq": seq}
+        items = [self._account_update(pk, snapshot, balance, seq, now)]
+        items += self._entry_items(pk, seq, balance, entry, idempotency, ref_fingerprint, now, tx_id)
+        items.extend(extra)
+        # The token makes a resend of this very request (lost response, timeout) a no-op for 10 min.
+        request = {"TransactItems": items, "ClientRequestToken": tx_id}
+        return request, Posted(tx_id, entry.amount, balance, seq)
 
-        # Invariant 2: the write only lands if nobody posted since we read. Each part named:
+    def _account_condition(self, snapshot: _Snapshot) -> tuple[str, dict[str, Any]]:
+        """Invariant 2: a write only lands if nobody posted since `snapshot` was read."""
         if snapshot.exists:
             account_unchanged = "seq = :expected_seq"
-            account_condition = account_unchanged
-        else:
-            # No ledger yet (the item may exist already, holding only a Stripe customer id).
-            account_has_no_ledger = "attribute_not_exists(seq)"
-            account_condition = account_has_no_ledger
-        values: dict[str, Any] = {":balance": balance, ":seq": seq, ":now": now_iso}
-        if snapshot.exists:
-            values[":expected_seq"] = snapshot.seq
+            return account_unchanged, {":expected_seq": snapshot.seq}
+        # No ledger yet (the item may exist already, holding only a Stripe customer id).
+        account_has_no_ledger = "attribute_not_exists(seq)"
+        return account_has_no_ledger, {}
+
+    def _account_update(self, pk: str, snapshot: _Snapshot, balance: int, seq: int, now: float) -> dict[str, Any]:
+        condition, values = self._account_condition(snapshot)
+        values.update({":balance": balance, ":seq": seq, ":now": iso_utc(now)})
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
+                "UpdateExpression": (
+                    "SET balance = :balance, seq = :seq, updated_at = :now, "
+                    "created_at = if_not_exists(created_at, :now)"
+                ),
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": to_item(values),
+            }
+        }
+
+    def _account_check(self, pk: str, snapshot: _Snapshot) -> dict[str, Any]:
+        """The same guard, writing nothing: refusals decided on a snapshot hold only if it is current."""
+        condition, values = self._account_condition(snapshot)
+        check: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
+            "ConditionExpression": condition,
+        }
+        if values:
+            check["ExpressionAttributeValues"] = to_item(values)
+        return {"ConditionCheck": check}
+
+    def _entry_items(
+        self,
+        pk: str,
+        seq: int,
+        balance: int,
+        entry: Entry,
+        idempotency: Idempotency | None,
+        ref_fingerprint: str,
+        now: float,
+        tx_id: str,
+    ) -> list[dict[str, Any]]:
+        """The ledger entry `TX#<seq>` and its reference and idempotency markers."""
+        now_iso = iso_utc(now)
+        result = {"transaction_id": tx_id, "amount": entry.amount, "balance_after": balance, "seq": seq}
         items: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": self.table,
-                    "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
-                    "UpdateExpression": (
-                        "SET balance = :balance, seq = :seq, updated_at = :now, "
-                        "created_at = if_not_exists(created_at, :now)"
-                    ),
-                    "ConditionExpression": account_condition,
-                    "ExpressionAttributeValues": to_item(values),
-                }
-            },
             {
                 "Put": {
                     "TableName": self.table,
@@ -399,6 +624,7 @@ class Ledger:
                             "type": entry.type,
                             "description": entry.description,
                             "reference_id": entry.reference_id,
+                            "reference_scope": "system" if entry.system_reference else None,
                             "monetary_amount": entry.monetary_amount,
                             "currency": entry.currency,
                             "created_at": now_iso,
@@ -417,7 +643,7 @@ class Ledger:
                         "Item": to_item(
                             {
                                 "pk": pk,
-                                "sk": keys.ref_sk(entry.reference_id),
+                                "sk": keys.ref_sk(entry.reference_id, system=entry.system_reference),
                                 "fingerprint": ref_fingerprint,
                                 "created_at": now_iso,
                                 **result,
@@ -450,10 +676,286 @@ class Ledger:
                     }
                 }
             )
-        items.extend(extra)
-        # The token makes a resend of this very request (lost response, timeout) a no-op for 10 min.
-        request = {"TransactItems": items, "ClientRequestToken": tx_id}
-        return request, posted
+        return items
+
+    # ---- group commit (contended balances; docs/adr/0004-group-commit.md) ------------------------
+
+    def _queue(
+        self,
+        user_id: str,
+        entry: Entry,
+        policy: Policy,
+        idempotency: Idempotency | None,
+        ref_fingerprint: str,
+        deadline: float,
+        seen: _Snapshot | None,
+    ) -> Posted:
+        """Queue a change as an intent item and wait until the combiner (possibly us) decides it.
+
+        One writer at a time holds the combiner lease (on the account item) and decides queued
+        changes in batches, one transaction per batch; the others poll their intent and take the
+        lease over if it lapses (a combiner that died). Exactly one of "decided" and "cancelled"
+        wins: a decision is written onto the intent only if it has none and still exists, and a
+        waiter that gives up cancels by deleting it only if it has no decision.
+        """
+        pk = keys.user_pk(user_id)
+        now = self.clock()
+        remaining = max(deadline - time.monotonic(), 0.0)
+        intent = _Intent(
+            id=str(uuid.uuid4()),
+            created_ms=int(now * 1000),
+            # a crashed waiter's intent is not applied long after its client was answered: past
+            # this moment a combiner refuses it instead
+            apply_before_ms=int((now + remaining + INTENT_GRACE_SECONDS) * 1000),
+            entry=entry,
+            policy=policy,
+            idempotency=idempotency,
+            ref_fingerprint=ref_fingerprint,
+        )
+        self._write("put_item", {"TableName": self.table, "Item": to_item(intent.item(pk, int(now)))})
+        try_lease = seen is None or not seen.combining(int(self.clock() * 1000))
+        polls = 0
+        while True:
+            if try_lease and self._take_lease(pk, intent.id):
+                outcome = self._serve(pk, intent)
+                if outcome is not None:
+                    return self._done(pk, intent, outcome)
+            if time.monotonic() > deadline:
+                return self._cancel(pk, intent)
+            self.sleep(random.uniform(0.5, 1.5) * POLL_SECONDS * min(1 + polls, 2))
+            polls += 1
+            # our intent and the account in one read: a decision, or whether the combiner is gone
+            found = self._get_many(pk, [intent.sk, keys.ACCOUNT])
+            outcome = _decision_of(found.get(intent.sk))
+            if outcome is not None:
+                return self._done(pk, intent, outcome)
+            try_lease = not _snapshot(found.get(keys.ACCOUNT)).combining(int(self.clock() * 1000))
+
+    def _done(self, pk: str, intent: _Intent, outcome: _Outcome) -> Posted:
+        """Take our decided intent off the queue (its decision is in our hands now) and answer it."""
+        with contextlib.suppress(ClientError, ConnectionError, HTTPClientError):
+            self.client.delete_item(TableName=self.table, Key=to_item({"pk": pk, "sk": intent.sk}))
+        return outcome.result()
+
+    def _take_lease(self, pk: str, owner: str) -> bool:
+        """Become the combiner if nobody is (or the last one's lease lapsed)."""
+        now_ms = int(self.clock() * 1000)
+        try:
+            self._write(
+                "update_item",
+                {
+                    "TableName": self.table,
+                    "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
+                    "UpdateExpression": "SET combiner = :me, combiner_until = :until",
+                    "ConditionExpression": "attribute_not_exists(combiner_until) OR combiner_until < :now",
+                    "ExpressionAttributeValues": to_item({":me": owner, ":until": now_ms + LEASE_MS, ":now": now_ms}),
+                },
+            )
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                "ConditionalCheckFailedException",
+                "TransactionConflictException",
+            ):
+                return False  # held by a live combiner (maybe committing right now)
+            raise
+
+    def _release_lease(self, pk: str, owner: str) -> None:
+        with contextlib.suppress(ClientError):
+            self._write(
+                "update_item",
+                {
+                    "TableName": self.table,
+                    "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
+                    "UpdateExpression": "REMOVE combiner, combiner_until",
+                    "ConditionExpression": "combiner = :me",
+                    "ExpressionAttributeValues": to_item({":me": owner}),
+                },
+            )
+
+    def _serve(self, pk: str, mine: _Intent) -> _Outcome | None:
+        """Hold the lease and decide queued changes, pass after pass, until ours is decided and the
+        queue is empty (or we served a little longer than our own change needed). Our outcome, or
+        None if we lost the lease before it was decided."""
+        outcome: _Outcome | None = None
+        stop_at = float("inf")
+        while True:
+            snapshot, intents = self._queued(pk)
+            if snapshot.combiner != mine.id or not snapshot.combining(int(self.clock() * 1000)):
+                return outcome  # the lease lapsed and was taken over
+            if not intents or time.monotonic() > stop_at:
+                self._release_lease(pk, mine.id)
+                return outcome if outcome is not None else self._outcome(pk, mine)
+            decided = self._combine(pk, snapshot, intents, mine.id)
+            if decided is not None and mine.id in decided:
+                outcome = decided[mine.id]
+                stop_at = min(stop_at, time.monotonic() + SERVE_AFTER_OWN_SECONDS)
+            # decided is None: a direct write moved the account; re-read and decide again
+
+    def _combine(self, pk: str, snapshot: _Snapshot, intents: list[_Intent], owner: str) -> dict[str, _Outcome] | None:
+        """One combiner pass: decide as many queued intents as fit in ONE transaction, in order, and
+        commit them together, guarded by the account's seq and our lease (which it extends).
+        The decisions, by intent id; None when the account moved first."""
+        markers = self._markers(pk, intents)
+        now = self.clock()
+        now_ms = int(now * 1000)
+        balance, seq = snapshot.balance, snapshot.seq
+        items: list[dict[str, Any]] = []
+        decided: dict[str, _Outcome] = {}
+        for intent in intents:
+            entry, idem = intent.entry, intent.idempotency
+            ref_sk = (
+                None if entry.reference_id is None else keys.ref_sk(entry.reference_id, system=entry.system_reference)
+            )
+            idem_sk = None if idem is None else keys.idem_sk(idem.key)
+            size = 2 + (ref_sk is not None) + (idem_sk is not None)  # the decision, TX, markers
+            if len(items) + 1 + size > MAX_TRANSACTION_ITEMS:
+                break
+            outcome: _Outcome | None = None
+            if intent.apply_before_ms < now_ms:
+                outcome = _Outcome.refused(TemporarilyUnavailable("The balance is busy; nothing was written."))
+            elif idem is not None and idem_sk in markers:
+                outcome = _replay_outcome(markers[keys.idem_sk(idem.key)], idem.fingerprint, IdempotencyKeyReused)
+            elif ref_sk is not None and ref_sk in markers:
+                outcome = _replay_outcome(markers[ref_sk], intent.ref_fingerprint, ReferenceReused)
+            if outcome is None:
+                try:
+                    self._check_policy(_Snapshot(True, balance, seq, None, None), entry, intent.policy)
+                except (InsufficientCredits, ValidationError) as refusal:
+                    outcome = _Outcome.refused(refusal)
+            if outcome is None:
+                seq, balance = seq + 1, balance + entry.amount
+                tx_id = str(uuid.uuid4())
+                items += self._entry_items(pk, seq, balance, entry, idem, intent.ref_fingerprint, now, tx_id)
+                posted = Posted(tx_id, entry.amount, balance, seq)
+                outcome = _Outcome.applied(posted)
+                # a later intent with the same key or reference in this batch replays this one
+                marker = {
+                    "fingerprint": "",
+                    "transaction_id": tx_id,
+                    "amount": entry.amount,
+                    "balance_after": balance,
+                    "seq": seq,
+                }
+                if idem is not None:
+                    markers[keys.idem_sk(idem.key)] = {**marker, "fingerprint": idem.fingerprint}
+                if ref_sk is not None:
+                    markers[ref_sk] = {**marker, "fingerprint": intent.ref_fingerprint}
+            decided[intent.id] = outcome
+            items.append(self._decision(pk, intent, outcome))
+        guard = self._account_update(pk, snapshot, balance, seq, now)
+        condition = guard["Update"]["ConditionExpression"]
+        guard["Update"]["ConditionExpression"] = f"({condition}) AND combiner = :me"
+        guard["Update"]["UpdateExpression"] += ", combiner_until = :until"
+        guard["Update"]["ExpressionAttributeValues"].update(
+            to_item({":me": owner, ":until": int(now * 1000) + LEASE_MS})
+        )
+        request = {"TransactItems": [guard, *items], "ClientRequestToken": str(uuid.uuid4())}
+        if self._commit(request, first_extra=len(request["TransactItems"])):
+            return decided
+        return None
+
+    def _decision(self, pk: str, intent: _Intent, outcome: _Outcome) -> dict[str, Any]:
+        """Write the decision onto the intent, only if it is still queued and undecided (a waiter
+        that cancelled has deleted it: the pass fails, and is decided again without it)."""
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": to_item({"pk": pk, "sk": intent.sk}),
+                "UpdateExpression": "SET outcome = :outcome",
+                "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(outcome)",
+                "ExpressionAttributeValues": to_item({":outcome": outcome.attributes()}),
+            }
+        }
+
+    def _queued(self, pk: str) -> tuple[_Snapshot, list[_Intent]]:
+        """The account and the first queued intents, oldest first, in ONE consistent Query (intents
+        sort right after the account item: `ACCOUNT`, `ACCOUNT#INTENT#<ms>#<id>`)."""
+        items = self._read_with_retries(
+            lambda: self.client.query(
+                TableName=self.table,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :account)",
+                FilterExpression="attribute_not_exists(outcome)",  # decided ones wait for their waiter
+                ExpressionAttributeValues=to_item({":pk": pk, ":account": keys.ACCOUNT}),
+                ConsistentRead=True,
+            ).get("Items", [])
+        )
+        account = None
+        intents: list[_Intent] = []
+        for raw in items:
+            item = from_item(raw)
+            if item["sk"] == keys.ACCOUNT:
+                account = item
+            elif len(intents) < MAX_INTENTS_PER_PASS:
+                intents.append(_Intent.from_item(item))
+        return _snapshot(account), intents
+
+    def _markers(self, pk: str, intents: list[_Intent]) -> dict[str, dict[str, Any]]:
+        """The reference and idempotency markers the intents name (one consistent batch read)."""
+        sks: set[str] = set()
+        for intent in intents:
+            if intent.entry.reference_id is not None:
+                sks.add(keys.ref_sk(intent.entry.reference_id, system=intent.entry.system_reference))
+            if intent.idempotency is not None:
+                sks.add(keys.idem_sk(intent.idempotency.key))
+        if not sks:
+            return {}
+        found = self._get_many(pk, sorted(sks))
+        now = int(self.clock())
+        return {
+            sk: item
+            for sk, item in found.items()
+            if not (sk.startswith(keys.IDEM) and item.get("expires_at", 0) < now)  # expired, awaiting TTL
+        }
+
+    def _outcome(self, pk: str, intent: _Intent) -> _Outcome | None:
+        """The decision on our intent, or None while it is queued."""
+        return _decision_of(self._get_many(pk, [intent.sk]).get(intent.sk))
+
+    def _cancel(self, pk: str, intent: _Intent) -> Posted:
+        """Give up waiting: withdraw the intent if it is still undecided; else answer its decision."""
+        try:
+            self._write(
+                "delete_item",
+                {
+                    "TableName": self.table,
+                    "Key": to_item({"pk": pk, "sk": intent.sk}),
+                    "ConditionExpression": "attribute_not_exists(outcome)",
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            outcome = self._outcome(pk, intent)
+            assert outcome is not None  # the condition failed: it has a decision
+            return self._done(pk, intent, outcome)
+        raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
+
+    def _write(self, operation: str, params: dict[str, Any]) -> None:
+        """A single-item write, retried on throttling and unknown outcomes (every one we make is
+        conditional, so a resend of one that landed fails its condition, which the caller judges)."""
+        retriable = RETRIABLE_CODES
+        for attempt in range(self.max_attempts):
+            try:
+                getattr(self.client, operation)(**params)
+                return
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code", "") not in retriable:
+                    raise
+            except (ConnectionError, HTTPClientError):
+                pass
+            self._backoff(attempt)
+        raise TemporarilyUnavailable("The credits store is unavailable. Please retry.")
+
+    def _read_with_retries(self, read: Callable[[], Any]) -> Any:
+        for attempt in range(self.max_attempts):
+            try:
+                return read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code", "") not in RETRIABLE_CODES:
+                    raise
+            except (ConnectionError, HTTPClientError):
+                pass
+            self._backoff(attempt)
+        raise TemporarilyUnavailable("The credits store is unavailable. Please retry.")
 
     def _commit(self, request: dict[str, Any], *, first_extra: int) -> bool:
         """True when the transaction landed; False when a condition or conflict asks for a re-read."""
@@ -488,12 +990,13 @@ class Ledger:
 
     # ---- reads --------------------------------------------------------------------------------
 
-    def _read(self, user_id: str, reference_id: str | None, idempotency: Idempotency | None) -> _Snapshot:
+    def _read(self, user_id: str, entry: Entry, idempotency: Idempotency | None) -> _Snapshot:
         """The account and the markers, in one consistent read (one DynamoDB call)."""
         pk = keys.user_pk(user_id)
         sks = [keys.ACCOUNT]
-        if reference_id is not None:
-            sks.append(keys.ref_sk(reference_id))
+        ref_sk = None if entry.reference_id is None else keys.ref_sk(entry.reference_id, system=entry.system_reference)
+        if ref_sk is not None:
+            sks.append(ref_sk)
         if idempotency is not None:
             sks.append(keys.idem_sk(idempotency.key))
         found = self._get_many(pk, sks)
@@ -501,14 +1004,28 @@ class Ledger:
         marker = found.get(keys.idem_sk(idempotency.key)) if idempotency else None
         if marker is not None and marker.get("expires_at", 0) < int(self.clock()):
             marker = None  # expired, awaiting TTL deletion
-        has_ledger = account is not None and "seq" in account
-        return _Snapshot(
-            exists=has_ledger,
-            balance=account["balance"] if account and has_ledger else 0,
-            seq=account["seq"] if account and has_ledger else 0,
-            reference=found.get(keys.ref_sk(reference_id)) if reference_id else None,
-            idempotency=marker,
-        )
+        return _snapshot(account, reference=found.get(ref_sk) if ref_sk else None, idempotency=marker)
+
+    def _batch_get(self, pk: str, sks: list[str]) -> dict[str, dict[str, Any]]:
+        """Several items of one user in one consistent BatchGetItem (unprocessed keys asked again).
+
+        Not a snapshot across items, and it need not be: every decision made from it is written
+        under conditions (the account's seq, markers' absence) that fail if it went stale. Unlike
+        TransactGetItems, it never collides with a transaction in flight.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        wanted = [to_item({"pk": pk, "sk": sk}) for sk in dict.fromkeys(sks)]
+        while wanted:
+            request: dict[str, Any] = {self.table: {"Keys": wanted, "ConsistentRead": True}}
+            response = self.client.batch_get_item(RequestItems=request)
+            for raw in response.get("Responses", {}).get(self.table, []):
+                item = from_item(raw)
+                found[item["sk"]] = item
+            unprocessed: dict[str, Any] = response.get("UnprocessedKeys") or {}
+            wanted = unprocessed.get(self.table, {}).get("Keys", [])
+            if wanted:
+                self._backoff(0)
+        return found
 
     def _get_many(self, pk: str, sks: list[str]) -> dict[str, dict[str, Any]]:
         for attempt in range(self.max_attempts):
@@ -519,16 +1036,11 @@ class Ledger:
                     )
                     items = [response["Item"]] if "Item" in response else []
                 else:
-                    got = self.client.transact_get_items(
-                        TransactItems=[
-                            {"Get": {"TableName": self.table, "Key": to_item({"pk": pk, "sk": sk})}} for sk in sks
-                        ]
-                    )
-                    items = [r["Item"] for r in got["Responses"] if r.get("Item")]
+                    return self._batch_get(pk, sks)
                 return {item["sk"]: item for item in map(from_item, items)}
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
-                if code not in RETRIABLE_CODES | {"TransactionCanceledException"}:
+                if code not in RETRIABLE_CODES:
                     raise
             except (ConnectionError, HTTPClientError):
                 pass
@@ -628,6 +1140,7 @@ def _transaction_from_item(item: Mapping[str, Any]) -> Transaction:
         monetary_amount=item.get("monetary_amount"),
         currency=item.get("currency"),
         created_at=item["created_at"],
+        system_reference=item.get("reference_scope") == "system",
     )
 
 
@@ -641,6 +1154,6 @@ def _decode_cursor(cursor: str) -> int:
         seq = json.loads(base64.urlsafe_b64decode(padded.encode()))["seq"]
     except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ValidationError("cursor is not valid.", [{"field": "cursor"}]) from exc
-    if type(seq) is not int or seq < 1:
+    if type(seq) is not int or not 1 <= seq < 10**keys.SEQ_DIGITS:
         raise ValidationError("cursor is not valid.", [{"field": "cursor"}])
     return seq

@@ -86,6 +86,7 @@ def test_an_async_payment_credits_when_it_clears(page: Page, dev_stack: DevStack
     dev_stack.emulator(session_id, "async_succeed")
     page.click("#refresh-button")
     expect(page.locator("#balance")).to_have_text("100")
+    expect(page.locator("#history tbody tr")).to_have_count(1)  # the history arrives on its own request
     assert history_types(page) == ["purchase"]
 
 

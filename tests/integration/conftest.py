@@ -5,10 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from credits.ledger import Ledger
+from credits.packages import Catalog
+from credits.payments import Payments
 from local.dynamodb_local import DynamoDBLocal
 from local.template import create_tables
 
@@ -24,6 +27,10 @@ class LocalTables:
 
     def ledger(self) -> Ledger:
         return Ledger(self.client, self.credits)  # type: ignore[arg-type]
+
+    def payments(self) -> Payments:
+        client: Any = self.client
+        return Payments(self.ledger(), Catalog(client, self.credits), client, self.credits)
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""Races on DynamoDB Local (AWS's own engine): many containers charging one balance at once."""
+"""Races on DynamoDB Local (AWS's own engine): many containers charging one balance at once.
+
+Every container is its own process (tests.support.fleet), as on Lambda: handlers run as threads of
+one process would share Powertools' resolver state and misattribute requests.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,26 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.integration.conftest import LocalTables
-from tests.support import http_event, invoke, load_function
+from tests.support import fleet, http_event
 
 
 def test_300_concurrent_charges_against_200_credits_never_overdraw(local_tables: LocalTables) -> None:
     ledger = local_tables.ledger()
     ledger.grant("racer", 200, type="purchase", description="pack", reference_id="pi_race")
-    containers = [load_function("use_credits") for _ in range(16)]  # one app per thread, as on Lambda
-    local = threading.local()
-    counter = iter(range(10**6))
-    lock = threading.Lock()
 
-    def charge(_: int) -> int:
-        if not hasattr(local, "fn"):
-            with lock:
-                local.fn = containers[next(counter)]
-        status, body, _h = invoke(local.fn, http_event("POST", "/credits/use", sub="racer", body={"action": "search"}))
-        if status == 402:
-            assert body["error"]["code"] == "insufficient_credits"
-        return status
+    with fleet("use_credits", 16) as containers:
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        statuses = Counter(pool.map(charge, range(300)))
+        def charge(i: int) -> int:
+            event = http_event(
+                "POST", "/credits/use", sub="racer", headers={"Idempotency-Key": f"k{i}"}, body={"action": "search"}
+            )
+            status, body, _h = containers.invoke(event)
+            if status == 402:
+                assert body["error"]["code"] == "insufficient_credits"
+            return status
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            statuses = Counter(pool.map(charge, range(300)))
 
     assert statuses == {200: 200, 402: 100}
     assert ledger.balance("racer") == 0
@@ -37,28 +39,54 @@ def test_300_concurrent_charges_against_200_credits_never_overdraw(local_tables:
     assert (audit.seq, audit.entries) == (201, 201)
 
 
+def test_concurrent_users_each_get_their_own_answers(local_tables: LocalTables) -> None:
+    """Requests of different users racing through the same containers are never misattributed."""
+    ledger = local_tables.ledger()
+    users = [f"user-{n}" for n in range(8)]
+    for n, user in enumerate(users):
+        ledger.grant(user, 1000 + n, type="gift", description="seed")
+
+    with fleet("use_credits", 8) as containers:
+
+        def charge(i: int) -> tuple[str, int, int]:
+            user = users[i % len(users)]
+            event = http_event("POST", "/credits/use", sub=user, body={"action": "search"})
+            status, body, _h = containers.invoke(event)
+            return user, status, body["balance"]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(charge, range(160)))
+
+    for n, user in enumerate(users):
+        mine = [balance for who, status, balance in answers if who == user and status == 200]
+        assert len(mine) == 20
+        # Every answer a user got is a balance of their own ledger: 1000+n minus 1..20 charges.
+        assert sorted(mine, reverse=True) == list(range(1000 + n - 1, 1000 + n - 21, -1)), (user, mine)
+        assert ledger.balance(user) == 1000 + n - 20
+        assert [t.amount for t in ledger.history(user)][1:] == [-1] * 20
+
+
 def test_20_concurrent_requests_with_one_idempotency_key_charge_once(local_tables: LocalTables) -> None:
     ledger = local_tables.ledger()
     ledger.grant("clicker", 100, type="gift", description="welcome")
-    containers = [load_function("use_credits") for _ in range(20)]
     barrier = threading.Barrier(20)
 
-    def request(fn_index: int) -> tuple[int, dict]:
-        barrier.wait()
-        status, body, _h = invoke(
-            containers[fn_index],
-            http_event(
+    with fleet("use_credits", 20) as containers:
+
+        def request(index: int) -> tuple[int, dict]:
+            event = http_event(
                 "POST",
                 "/credits/use",
                 sub="clicker",
                 headers={"Idempotency-Key": "double-click"},
                 body={"action": "generate"},
-            ),
-        )
-        return status, body
+            )
+            barrier.wait()
+            status, body, _h = containers.on(index, event)
+            return status, body
 
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        answers = list(pool.map(request, range(20)))
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            answers = list(pool.map(request, range(20)))
 
     assert all(a == answers[0] for a in answers), answers
     assert answers[0][0] == 200 and answers[0][1]["charged"] == 10 and answers[0][1]["balance"] == 90

@@ -63,16 +63,21 @@ def test_throttled_transactions_are_retried_and_charge_once(fn: ModuleType, loca
     assert ledger.balance("t1") == 15 and ledger.audit("t1").ok
 
 
-def test_transaction_conflicts_are_retried_with_a_fresh_read(fn: ModuleType, local_tables: LocalTables) -> None:
+def test_a_lost_race_is_queued_and_the_combiners_conflicts_re_read(fn: ModuleType, local_tables: LocalTables) -> None:
+    """The direct write loses (a conflict): the charge is queued; the combiner's first two passes
+    conflict too, and each is decided again from a fresh read of the queue."""
     ledger = local_tables.ledger()
     ledger.grant("t2", 20, type="gift", description="seed")
     conflict = [{"Code": "TransactionConflict"}, {"Code": "None"}]
     calls = inject(fn, "TransactWriteItems", [error("TransactionCanceledException", reasons=conflict)] * 3)
-    reads = inject(fn, "GetItem", [])
+    queued = inject(fn, "PutItem", [])
+    passes = inject(fn, "Query", [])
     status, body = charge(fn, "t2")
     assert (status, body["balance"]) == (200, 15)
-    assert (len(calls), len(reads)) == (4, 4)
+    assert (len(calls), len(queued)) == (4, 1)  # one direct attempt, three combiner passes; one intent
+    assert len(passes) >= 3
     assert [t.amount for t in ledger.history("t2")] == [20, -5]
+    assert ledger.audit("t2").ok
 
 
 def test_when_retries_run_out_the_api_answers_503_and_nothing_is_written(

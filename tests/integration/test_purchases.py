@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from local.stripe_emulator import StripeEmulator
 from local.template import ROOT
 from tests import stripe_events as se
 from tests.integration.conftest import LocalTables
-from tests.support import FakeContext, environment, load_function
+from tests.support import environment, fleet
 
 API_KEY = "sk_test_local_emulator"
 
@@ -199,23 +200,21 @@ def test_ten_concurrent_deliveries_of_one_event_credit_once(local_tables: LocalT
     Catalog(local_tables.client, local_tables.credits).put(  # type: ignore[arg-type]
         Package(id="starter", name="Starter", credits=100, price=500, currency="usd")
     )
-    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
-        containers = [load_function("webhook") for _ in range(10)]
     evt = se.event("checkout.session.completed", se.session(user="zoe"))
     barrier = threading.Barrier(10)
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET), fleet("webhook", 10) as containers:
 
-    def deliver(i: int) -> int:
-        request = se.signed(evt)
-        barrier.wait()
-        status: int = containers[i].lambda_handler(request, FakeContext())["statusCode"]
-        return status
+        def deliver(i: int) -> int:
+            request = se.signed(evt)
+            barrier.wait()
+            return containers.on(i, request)[0]
 
-    with ThreadPoolExecutor(10) as pool:
-        statuses = list(pool.map(deliver, range(10)))
-    # Overlapping duplicates get a retriable non-2xx; Stripe delivers them again later.
-    assert set(statuses) <= {200, 503} and 200 in statuses
-    for i in range(10):
-        assert containers[i].lambda_handler(se.signed(evt), FakeContext())["statusCode"] == 200
+        with ThreadPoolExecutor(10) as pool:
+            statuses = list(pool.map(deliver, range(10)))
+        # Overlapping duplicates get a retriable non-2xx; Stripe delivers them again later.
+        assert set(statuses) <= {200, 503} and 200 in statuses
+        for i in range(10):
+            assert containers.on(i, se.signed(evt))[0] == 200
     ledger = local_tables.ledger()
     assert ledger.balance("zoe") == 100
     assert [t.type for t in ledger.history("zoe")] == ["purchase"]
@@ -227,31 +226,30 @@ def test_completed_and_async_succeeded_racing_credit_once(local_tables: LocalTab
     Catalog(local_tables.client, local_tables.credits).put(  # type: ignore[arg-type]
         Package(id="starter", name="Starter", credits=100, price=500, currency="usd")
     )
-    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
-        containers = [load_function("webhook") for _ in range(2)]
     session = se.session(user="yan")
     events = [
         se.event("checkout.session.completed", session),
         se.event("checkout.session.async_payment_succeeded", session),
     ]
     barrier = threading.Barrier(2)
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET), fleet("webhook", 2) as containers:
 
-    def deliver(i: int) -> dict[str, Any]:
-        request = se.signed(events[i])
-        barrier.wait()
-        response: dict[str, Any] = containers[i].lambda_handler(request, FakeContext())
-        return response
+        def deliver(i: int) -> tuple[int, dict[str, Any]]:
+            request = se.signed(events[i])
+            barrier.wait()
+            status, body, _ = containers.on(i, request)
+            return status, body
 
-    with ThreadPoolExecutor(2) as pool:
-        responses = list(pool.map(deliver, range(2)))
-    assert [r["statusCode"] for r in responses] == [200, 200]
-    assert sorted(json.loads(r["body"])["outcome"] for r in responses) == ["duplicate", "granted"]
+        with ThreadPoolExecutor(2) as pool:
+            responses = list(pool.map(deliver, range(2)))
+    assert [status for status, _ in responses] == [200, 200]
+    assert sorted(body["outcome"] for _, body in responses) == ["duplicate", "granted"]
     assert local_tables.ledger().balance("yan") == 100
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_refunds_and_a_dispute_racing_in_any_order_settle_exactly(local_tables: LocalTables, seed: int) -> None:
-    """Four containers receive a purchase's refunds and dispute at once, in a shuffled order."""
+    """Five containers receive a purchase's refunds and dispute at once, in a shuffled order."""
     import random
 
     from credits.packages import Catalog, Package
@@ -259,8 +257,6 @@ def test_refunds_and_a_dispute_racing_in_any_order_settle_exactly(local_tables: 
     Catalog(local_tables.client, local_tables.credits).put(  # type: ignore[arg-type]
         Package(id="starter", name="Starter", credits=100, price=500, currency="usd")
     )
-    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
-        containers = [load_function("webhook") for _ in range(5)]
     user, pi = f"racer-{seed}", f"pi_race_{seed}"
     events = [
         se.event("checkout.session.completed", se.session(user=user, payment_intent=pi)),
@@ -271,18 +267,18 @@ def test_refunds_and_a_dispute_racing_in_any_order_settle_exactly(local_tables: 
     ]
     random.Random(seed).shuffle(events)
     barrier = threading.Barrier(len(events))
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET), fleet("webhook", len(events)) as containers:
 
-    def deliver(i: int) -> int:
-        request = se.signed(events[i])
-        barrier.wait()
-        status: int = containers[i].lambda_handler(request, FakeContext())["statusCode"]
-        return status
+        def deliver(i: int) -> int:
+            request = se.signed(events[i])
+            barrier.wait()
+            return containers.on(i, request)[0]
 
-    with ThreadPoolExecutor(len(events)) as pool:
-        first = list(pool.map(deliver, range(len(events))))
-    # Stripe retries whatever did not answer 2xx, and may redeliver the rest too.
-    for i, evt in enumerate(events):
-        assert containers[i].lambda_handler(se.signed(evt), FakeContext())["statusCode"] == 200, first
+        with ThreadPoolExecutor(len(events)) as pool:
+            first = list(pool.map(deliver, range(len(events))))
+        # Stripe retries whatever did not answer 2xx, and may redeliver the rest too.
+        for i, evt in enumerate(events):
+            assert containers.on(i, se.signed(evt))[0] == 200, first
 
     ledger = local_tables.ledger()
     history = ledger.history(user)
@@ -291,3 +287,78 @@ def test_refunds_and_a_dispute_racing_in_any_order_settle_exactly(local_tables: 
     assert sum(t.amount for t in history if t.type == "refund") == -100
     assert sum(t.amount for t in history if t.type == "dispute") == 0
     assert ledger.audit(user).ok
+
+
+def test_concurrent_users_through_the_gateway_each_see_only_their_own_account(stack: Stack) -> None:
+    """Many users at once through the local gateway: every answer is about the user who asked."""
+    users = [f"crowd-{n}" for n in range(6)]
+    tokens = {user: stack.sign_in(user) for user in users}
+    for n, user in enumerate(users):
+        stack.ledger.grant(user, 1000 * (n + 1), type="gift", description="seed")
+
+    def ask(i: int) -> tuple[str, str, int, Any]:
+        user = users[(i // 2) % len(users)]  # each user asks both kinds of question
+        if i % 2:
+            status, body = stack.call("GET", "/credits/balance", token=tokens[user])
+            return user, "balance", status, body
+        status, body = stack.call("POST", "/credits/use", {"action": "search"}, token=tokens[user])
+        return user, "use", status, body
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: any state shared between requests shows
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(ask, range(240)))
+    finally:
+        sys.setswitchinterval(switching)
+
+    for user, kind, status, body in answers:
+        n = users.index(user)
+        assert status == 200, (user, kind, body)
+        # 1000*(n+1) minus at most 20 charges: a balance of anyone else is thousands away
+        assert 1000 * (n + 1) - 20 <= body["balance"] <= 1000 * (n + 1), (user, kind, body)
+    for n, user in enumerate(users):
+        assert stack.ledger.balance(user) == 1000 * (n + 1) - 20
+        assert stack.ledger.audit(user).ok
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_two_disputes_and_a_refund_racing_in_any_order_take_everything(local_tables: LocalTables, seed: int) -> None:
+    """Dispute B won while dispute A is lost, with a partial refund, delivered at once in any order."""
+    import random
+
+    from credits.packages import Catalog, Package
+
+    Catalog(local_tables.client, local_tables.credits).put(  # type: ignore[arg-type]
+        Package(id="starter", name="Starter", credits=100, price=500, currency="usd")
+    )
+    user, pi = f"disputed-{seed}", f"pi_two_{seed}"
+    events = [
+        se.event("checkout.session.completed", se.session(user=user, payment_intent=pi)),
+        se.event("charge.refunded", se.charge(pi, refunded=200)),
+        se.event("charge.dispute.created", se.dispute(pi, dispute_id=f"dp_a{seed}")),
+        se.event("charge.dispute.created", se.dispute(pi, dispute_id=f"dp_b{seed}")),
+        se.event("charge.dispute.closed", se.dispute(pi, dispute_id=f"dp_b{seed}", status="won")),
+        se.event("charge.dispute.closed", se.dispute(pi, dispute_id=f"dp_a{seed}", status="lost")),
+    ]
+    random.Random(seed).shuffle(events)
+    barrier = threading.Barrier(len(events))
+    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET), fleet("webhook", len(events)) as containers:
+
+        def deliver(i: int) -> int:
+            request = se.signed(events[i])
+            barrier.wait()
+            return containers.on(i, request)[0]
+
+        with ThreadPoolExecutor(len(events)) as pool:
+            first = list(pool.map(deliver, range(len(events))))
+        assert set(first) <= {200, 503}, first  # busy at worst, never refused
+        for i, evt in enumerate(events):
+            assert containers.on(i, se.signed(evt))[0] == 200, first
+
+    ledger = local_tables.ledger()
+    history = ledger.history(user)
+    assert ledger.balance(user) == 0  # 40 refunded, the other 60 held by the lost dispute
+    assert sum(t.amount for t in history if t.type == "refund") == -40
+    assert sum(t.amount for t in history if t.type == "dispute") == -60
+    assert ledger.audit(user).ok and local_tables.payments().audit(user, history) == []

@@ -216,4 +216,4 @@ def test_a_charge_costs_one_read_and_one_transaction(ledger: Ledger, moto_dynamo
     assert calls == ["GetItem", "TransactWriteItems"]
     calls.clear()
     ledger.charge("kim", 1, description="search", reference_id="r1", idempotency=Idempotency("k", "f"))
-    assert calls == ["TransactGetItems", "TransactWriteItems"]
+    assert calls == ["BatchGetItem", "TransactWriteItems"]

@@ -1,0 +1,204 @@
+"""Lambda containers as processes, for `make dev` and the tests.
+
+On Lambda each execution environment runs one invocation at a time, in its own process. Powertools'
+resolver keeps the current event on the class (`BaseRouter.current_event`), so two handlers running
+as threads of ONE process read each other's requests: a charge lands on the wrong user. Anything
+that runs handlers concurrently must therefore give each concurrent container its own process;
+`Container` is one, `ContainerPool` scales them per function as Lambda does.
+
+Children are started with `spawn` (never `fork`: the parent has threads and open sockets) and
+inherit the environment as it is when they start, exactly like a cold start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from types import ModuleType
+from typing import Any
+
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+class ContainerError(RuntimeError):
+    """The container could not start (its cold start raised), or it died."""
+
+
+class InvocationError(RuntimeError):
+    """The handler raised instead of returning a response (Lambda reports an invocation error)."""
+
+
+def _resolve(path: str) -> Callable[[ModuleType], None]:
+    module_name, _, attribute = path.partition(":")
+    hook: Callable[[ModuleType], None] = getattr(importlib.import_module(module_name), attribute)
+    return hook
+
+
+def _serve(function: str, conn: Connection, setup: str | None) -> None:  # pragma: no cover - runs in the child
+    from local.gateway import LocalContext, load_handler
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes its containers
+    try:
+        module = load_handler(function)
+        if setup:
+            _resolve(setup)(module)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails loudly
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            event = conn.recv()
+        except (EOFError, OSError):
+            return
+        if event is None:
+            return
+        try:
+            conn.send(("ok", module.lambda_handler(event, LocalContext(module.__name__))))
+        except BaseException as exc:  # noqa: BLE001 - an invocation error, as Lambda reports it
+            conn.send(("raised", f"{type(exc).__name__}: {exc}"))
+
+
+class Container:
+    """One warm container of functions/<function>/app.py in its own process; one invocation at a time.
+
+    `setup` ("package.module:function") is called in the child with the loaded handler module,
+    after its cold start: the tests inject faults that way.
+    """
+
+    def __init__(self, function: str, *, setup: str | None = None, start: bool = True) -> None:
+        self.function = function
+        self._conn, child = _CONTEXT.Pipe()
+        self.process = _CONTEXT.Process(target=_serve, args=(function, child, setup), daemon=True)
+        self.process.start()
+        child.close()
+        self._lock = threading.Lock()
+        self._ready = False
+        if start:
+            self.wait_ready()
+
+    def wait_ready(self) -> Container:
+        """Block until the cold start is done; ContainerError with its reason if it failed."""
+        if not self._ready:
+            kind, detail = self._receive()
+            if kind != "ready":
+                self.close()
+                raise ContainerError(f"{self.function} failed to start: {detail}")
+            self._ready = True
+        return self
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.wait_ready()
+            try:
+                self._conn.send(event)
+            except (BrokenPipeError, OSError) as exc:
+                raise ContainerError(f"{self.function} container is gone") from exc
+            kind, detail = self._receive()
+        if kind == "raised":
+            raise InvocationError(detail)
+        result: dict[str, Any] = detail
+        return result
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            message: tuple[str, Any] = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise ContainerError(f"{self.function} container died (exit code {self.process.exitcode})") from exc
+        return message
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._conn.send(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self._conn.close()
+
+
+def start_containers(function: str, count: int, *, setup: str | None = None) -> list[Container]:
+    """`count` containers of one function, cold-started in parallel."""
+    containers = [Container(function, setup=setup, start=False) for _ in range(count)]
+    try:
+        return [c.wait_ready() for c in containers]
+    except BaseException:
+        for c in containers:
+            c.close()
+        raise
+
+
+class ContainerPool:
+    """The containers of one function: a request takes an idle one, or starts a new one (as Lambda
+    scales out), up to `limit`; beyond that it waits, as a throttled Lambda would make it retry."""
+
+    def __init__(self, function: str, *, limit: int = 8) -> None:
+        self.function = function
+        self.limit = limit
+        self._idle: list[Container] = []
+        self._count = 0
+        self._all: list[Container] = []
+        self._cv = threading.Condition()
+
+    def warm(self, count: int = 1) -> None:
+        """Start containers now (so a missing setting fails at start-up, naming it)."""
+        started = [self._acquire() for _ in range(count)]
+        for container in started:
+            self._release(container)
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        container = self._acquire()
+        try:
+            return container.invoke(event)
+        except ContainerError:
+            self._discard(container)
+            raise
+        finally:
+            if container.alive:
+                self._release(container)
+
+    def _acquire(self) -> Container:
+        with self._cv:
+            while not self._idle and self._count >= self.limit:
+                self._cv.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        try:
+            container = Container(self.function)
+        except BaseException:
+            with self._cv:
+                self._count -= 1
+                self._cv.notify()
+            raise
+        with self._cv:
+            self._all.append(container)
+        return container
+
+    def _release(self, container: Container) -> None:
+        with self._cv:
+            self._idle.append(container)
+            self._cv.notify()
+
+    def _discard(self, container: Container) -> None:
+        container.close()
+        with self._cv:
+            self._count -= 1
+            if container in self._all:
+                self._all.remove(container)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            containers, self._all, self._idle, self._count = self._all, [], [], 0
+        for container in containers:
+            container.close()

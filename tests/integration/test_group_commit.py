@@ -1,0 +1,194 @@
+"""Group commit on DynamoDB Local: a hot balance answered without 503s, a combiner that dies, and a
+waiter that gives up while its change is being applied (docs/adr/0004-group-commit.md)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from credits import keys
+from credits.errors import InsufficientCredits, TemporarilyUnavailable
+from credits.ledger import Entry, Idempotency, Ledger, Policy, _Intent, fingerprint, to_item
+from tests.integration.conftest import LocalTables
+from tests.support import fleet, http_event
+
+
+def charge_event(user: str, key: str) -> dict:
+    return http_event("POST", "/credits/use", sub=user, headers={"Idempotency-Key": key}, body={"action": "search"})
+
+
+def test_32_containers_600_charges_against_500_all_answered_and_replayable(local_tables: LocalTables) -> None:
+    ledger = local_tables.ledger()
+    ledger.grant("hot", 500, type="gift", description="seed")
+
+    with fleet("use_credits", 32) as containers:
+
+        def charge(i: int) -> tuple[int, dict]:
+            status, body, _ = containers.invoke(charge_event("hot", f"key-{i}"))
+            return status, body
+
+        with ThreadPoolExecutor(32) as pool:
+            first = list(pool.map(charge, range(600)))
+        statuses = Counter(status for status, _ in first)
+        assert statuses == {200: 500, 402: 100}, statuses
+
+        # every key replays its first answer (a 402 wrote nothing, so it is refused again)
+        with ThreadPoolExecutor(32) as pool:
+            again = list(pool.map(charge, range(600)))
+    assert again == first
+
+    assert ledger.balance("hot") == 0
+    audit = ledger.audit("hot")
+    assert audit.ok, audit.problems
+    assert audit.entries == 501
+    assert sorted(body["balance"] for status, body in first if status == 200) == list(range(500))
+    queued = local_tables.client.query(  # type: ignore[attr-defined]
+        TableName=local_tables.credits,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :intent)",
+        ExpressionAttributeValues=to_item({":pk": "USER#hot", ":intent": keys.INTENT}),
+        ConsistentRead=True,
+    )["Items"]
+    assert queued == []  # every waiter took its decided intent off the queue
+
+
+def test_a_combiner_that_dies_mid_pass_leaves_every_waiter_answered(local_tables: LocalTables) -> None:
+    """The combiner took the lease and read the queue, then died before its transaction."""
+    ledger = local_tables.ledger()
+    ledger.grant("orphaned", 100, type="gift", description="seed")
+    pk = keys.user_pk("orphaned")
+    assert ledger._take_lease(pk, "combiner-that-dies")
+
+    with fleet("use_credits", 8) as containers:
+        with ThreadPoolExecutor(8) as pool:
+            pending = [pool.submit(containers.invoke, charge_event("orphaned", f"o-{i}")) for i in range(30)]
+            time.sleep(0.3)
+            _snapshot, intents = ledger._queued(pk)  # the dying combiner's read...
+            assert intents  # ...saw queued changes, and it never commits them
+            answers = [f.result() for f in pending]
+
+    assert Counter(status for status, _, _ in answers) == {200: 30}
+    assert ledger.balance("orphaned") == 70
+    assert ledger.audit("orphaned").ok
+    assert sorted(body["balance"] for _, body, _ in answers) == list(range(70, 100))
+
+
+def queue(ledger: Ledger, user: str, amount: int, key: str) -> _Intent:
+    """A change queued as a waiter would queue it (the waiter itself is played by the test)."""
+    now = time.time()
+    entry = Entry(-amount, "usage", "queued")
+    intent = _Intent(
+        id=str(uuid.uuid4()),
+        created_ms=int(now * 1000),
+        apply_before_ms=int((now + 30) * 1000),
+        entry=entry,
+        policy=Policy.USAGE,
+        idempotency=Idempotency(key, fingerprint({"key": key})),
+        ref_fingerprint=fingerprint({"amount": -amount}),
+    )
+    ledger._write("put_item", {"TableName": ledger.table, "Item": to_item(intent.item(keys.user_pk(user), int(now)))})
+    return intent
+
+
+def combine_once(ledger: Ledger, user: str) -> dict:
+    pk = keys.user_pk(user)
+    owner = str(uuid.uuid4())
+    assert ledger._take_lease(pk, owner)
+    try:
+        snapshot, intents = ledger._queued(pk)
+        return ledger._combine(pk, snapshot, intents, owner) or {}
+    finally:
+        ledger._release_lease(pk, owner)
+
+
+def test_a_waiter_that_cancels_after_its_change_was_applied_answers_the_applied_result(
+    local_tables: LocalTables,
+) -> None:
+    ledger = local_tables.ledger()
+    ledger.grant("late", 10, type="gift", description="seed")
+    intent = queue(ledger, "late", 3, "k-late")
+    decided = combine_once(ledger, "late")
+    posted = ledger._cancel(keys.user_pk("late"), intent)  # gives up just after the combiner committed
+    assert posted.transaction_id == decided[intent.id].posted.transaction_id
+    assert (posted.amount, posted.balance) == (-3, 7)
+    assert ledger.balance("late") == 7 and ledger.audit("late").ok
+
+
+def test_a_waiter_that_cancels_first_is_never_applied(local_tables: LocalTables) -> None:
+    ledger = local_tables.ledger()
+    ledger.grant("early", 10, type="gift", description="seed")
+    intent = queue(ledger, "early", 3, "k-early")
+    with pytest.raises(TemporarilyUnavailable):
+        ledger._cancel(keys.user_pk("early"), intent)
+    assert combine_once(ledger, "early") == {}  # nothing left to decide
+    assert ledger.balance("early") == 10
+    assert [t.type for t in ledger.history("early")] == ["gift"]
+
+
+def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(local_tables: LocalTables) -> None:
+    ledger = local_tables.ledger()
+    ledger.grant("racing", 1000, type="gift", description="seed")
+    cancelled, applied = 0, 0
+    for round_ in range(25):
+        intents = [queue(ledger, "racing", 1, f"r{round_}-{i}") for i in range(4)]
+        barrier = threading.Barrier(2)
+        answers: dict[str, object] = {}
+
+        def cancel_all(
+            batch: list[_Intent] = intents, into: dict[str, object] = answers, start: threading.Barrier = barrier
+        ) -> None:
+            start.wait()
+            for intent in batch:
+                try:
+                    into[intent.id] = ledger._cancel(keys.user_pk("racing"), intent)
+                except TemporarilyUnavailable as exc:
+                    into[intent.id] = exc
+
+        def combine(start: threading.Barrier = barrier) -> None:
+            start.wait()
+            for _ in range(20):
+                try:
+                    combine_once(ledger, "racing")
+                    return
+                except AssertionError:  # the lease is busy: try again
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=cancel_all), threading.Thread(target=combine)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        history = {t.id for t in ledger.history("racing")}
+        for intent in intents:
+            answer = answers[intent.id]
+            if isinstance(answer, TemporarilyUnavailable):
+                cancelled += 1
+            else:
+                applied += 1
+                assert answer.transaction_id in history  # type: ignore[attr-defined]
+    usage = [t for t in ledger.history("racing") if t.type == "usage"]
+    assert len(usage) == applied and cancelled + applied == 100
+    assert ledger.balance("racing") == 1000 - applied
+    assert ledger.audit("racing").ok
+
+
+def test_refusals_in_a_batch_are_402_and_write_nothing(local_tables: LocalTables) -> None:
+    ledger = local_tables.ledger()
+    ledger.grant("tight", 5, type="gift", description="seed")
+    big, small, same_key = (
+        queue(ledger, "tight", 4, "a"),
+        queue(ledger, "tight", 4, "b"),
+        queue(ledger, "tight", 4, "a"),
+    )
+    decided = combine_once(ledger, "tight")
+    assert decided[big.id].posted is not None and decided[big.id].posted.balance == 1
+    with pytest.raises(InsufficientCredits) as refused:
+        decided[small.id].result()
+    assert (refused.value.required, refused.value.balance) == (4, 1)
+    replay = decided[same_key.id].result()  # the same key in the same batch replays the first
+    assert replay.transaction_id == decided[big.id].posted.transaction_id and replay.replayed
+    assert [t.amount for t in ledger.history("tight")] == [5, -4]
