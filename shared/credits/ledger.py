@@ -583,18 +583,6 @@ class Ledger:
             }
         }
 
-    def _account_check(self, pk: str, snapshot: _Snapshot) -> dict[str, Any]:
-        """The same guard, writing nothing: refusals decided on a snapshot hold only if it is current."""
-        condition, values = self._account_condition(snapshot)
-        check: dict[str, Any] = {
-            "TableName": self.table,
-            "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
-            "ConditionExpression": condition,
-        }
-        if values:
-            check["ExpressionAttributeValues"] = to_item(values)
-        return {"ConditionCheck": check}
-
     def _entry_items(
         self,
         pk: str,
