@@ -700,23 +700,61 @@ class Ledger:
             idempotency=idempotency,
             ref_fingerprint=ref_fingerprint,
         )
-        self._write("put_item", {"TableName": self.table, "Item": to_item(intent.item(pk, int(now)))})
+        try:
+            self._put_intent(pk, intent, int(now))
+            outcome = self._wait(pk, intent, deadline, seen)
+        except Exception as failure:
+            # Whatever went wrong, the client must not be told "not charged" while the intent can
+            # still be applied: withdraw it, or answer the decision it already has.
+            try:
+                outcome = self._withdraw(pk, intent)
+            except Exception:  # noqa: BLE001 - the withdrawal failed too: the outcome is unknown
+                raise TemporarilyUnavailable(
+                    "The outcome of this change is unknown. Retry with the same Idempotency-Key: "
+                    "the change may have landed."
+                ) from failure
+            if outcome is None:  # withdrawn: nothing was written, nothing will be
+                if isinstance(failure, CreditsError):
+                    raise
+                raise TemporarilyUnavailable(
+                    "The credits store failed; nothing was written. Please retry."
+                ) from failure
+        if outcome is None:
+            raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
+        return self._done(pk, intent, outcome)
+
+    def _put_intent(self, pk: str, intent: _Intent, now: int) -> None:
+        # Conditioned on absence: a resend after a lost answer must not wipe a decision already
+        # written onto the intent (which would let it be decided, and applied, again).
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self._write(
+                "put_item",
+                {
+                    "TableName": self.table,
+                    "Item": to_item(intent.item(pk, now)),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                },
+            )
+
+    def _wait(self, pk: str, intent: _Intent, deadline: float, seen: _Snapshot | None) -> _Outcome | None:
+        """Our intent's decision, serving as the combiner when the lease is free; None when we
+        withdrew it at our deadline."""
         try_lease = seen is None or not seen.combining(int(self.clock() * 1000))
         polls = 0
         while True:
             if try_lease and self._take_lease(pk, intent.id):
-                outcome = self._serve(pk, intent)
+                outcome = self._serve(pk, intent, deadline)
                 if outcome is not None:
-                    return self._done(pk, intent, outcome)
+                    return outcome
             if time.monotonic() > deadline:
-                return self._cancel(pk, intent)
+                return self._withdraw(pk, intent)
             self.sleep(random.uniform(0.5, 1.5) * POLL_SECONDS * min(1 + polls, 2))
             polls += 1
             # our intent and the account in one read: a decision, or whether the combiner is gone
             found = self._get_many(pk, [intent.sk, keys.ACCOUNT])
             outcome = _decision_of(found.get(intent.sk))
             if outcome is not None:
-                return self._done(pk, intent, outcome)
+                return outcome
             try_lease = not _snapshot(found.get(keys.ACCOUNT)).combining(int(self.clock() * 1000))
 
     def _done(self, pk: str, intent: _Intent, outcome: _Outcome) -> Posted:
@@ -735,7 +773,10 @@ class Ledger:
                     "TableName": self.table,
                     "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
                     "UpdateExpression": "SET combiner = :me, combiner_until = :until",
-                    "ConditionExpression": "attribute_not_exists(combiner_until) OR combiner_until < :now",
+                    # ours already counts: a resend after a lost answer finds the lease ours
+                    "ConditionExpression": (
+                        "attribute_not_exists(combiner_until) OR combiner_until < :now OR combiner = :me"
+                    ),
                     "ExpressionAttributeValues": to_item({":me": owner, ":until": now_ms + LEASE_MS, ":now": now_ms}),
                 },
             )
@@ -749,7 +790,8 @@ class Ledger:
             raise
 
     def _release_lease(self, pk: str, owner: str) -> None:
-        with contextlib.suppress(ClientError):
+        """Best effort: a lease we fail to release lapses by itself within LEASE_MS."""
+        with contextlib.suppress(ClientError, CreditsError):
             self._write(
                 "update_item",
                 {
@@ -761,24 +803,35 @@ class Ledger:
                 },
             )
 
-    def _serve(self, pk: str, mine: _Intent) -> _Outcome | None:
+    def _serve(self, pk: str, mine: _Intent, deadline: float) -> _Outcome | None:
         """Hold the lease and decide queued changes, pass after pass, until ours is decided and the
-        queue is empty (or we served a little longer than our own change needed). Our outcome, or
-        None if we lost the lease before it was decided."""
+        queue is empty, or we served a little longer than our own change needed, or our deadline
+        came. Our outcome, or None if it is not decided (the lease lapsed, or the deadline)."""
         outcome: _Outcome | None = None
-        stop_at = float("inf")
+        stop_at = deadline
         while True:
-            snapshot, intents = self._queued(pk)
-            if snapshot.combiner != mine.id or not snapshot.combining(int(self.clock() * 1000)):
-                return outcome  # the lease lapsed and was taken over
-            if not intents or time.monotonic() > stop_at:
-                self._release_lease(pk, mine.id)
-                return outcome if outcome is not None else self._outcome(pk, mine)
-            decided = self._combine(pk, snapshot, intents, mine.id)
-            if decided is not None and mine.id in decided:
-                outcome = decided[mine.id]
-                stop_at = min(stop_at, time.monotonic() + SERVE_AFTER_OWN_SECONDS)
-            # decided is None: a direct write moved the account; re-read and decide again
+            try:
+                snapshot, intents = self._queued(pk)
+                if snapshot.combiner != mine.id or not snapshot.combining(int(self.clock() * 1000)):
+                    return outcome  # the lease lapsed and was taken over
+                if outcome is None and all(i.id != mine.id for i in intents):
+                    # decided before we held the lease (or beyond this read): read it and serve briefly
+                    outcome = self._outcome(pk, mine)
+                    if outcome is not None:
+                        stop_at = min(stop_at, time.monotonic() + SERVE_AFTER_OWN_SECONDS)
+                if not intents or time.monotonic() > stop_at:
+                    self._release_lease(pk, mine.id)
+                    return outcome
+                decided = self._combine(pk, snapshot, intents, mine.id)
+                if decided is not None and mine.id in decided:
+                    outcome = decided[mine.id]
+                    stop_at = min(stop_at, time.monotonic() + SERVE_AFTER_OWN_SECONDS)
+                # decided is None: a direct write moved the account; re-read and decide again
+            except Exception:
+                if outcome is None:
+                    raise
+                # Serving others failed after ours was decided: ours stands (the lease lapses).
+                return outcome
 
     def _combine(self, pk: str, snapshot: _Snapshot, intents: list[_Intent], owner: str) -> dict[str, _Outcome] | None:
         """One combiner pass: decide as many queued intents as fit in ONE transaction, in order, and
@@ -900,8 +953,9 @@ class Ledger:
         """The decision on our intent, or None while it is queued."""
         return _decision_of(self._get_many(pk, [intent.sk]).get(intent.sk))
 
-    def _cancel(self, pk: str, intent: _Intent) -> Posted:
-        """Give up waiting: withdraw the intent if it is still undecided; else answer its decision."""
+    def _withdraw(self, pk: str, intent: _Intent) -> _Outcome | None:
+        """Give up waiting: delete the intent if it is still undecided (None: nothing was or will be
+        written), else return its decision. A decision and a withdrawal exclude each other."""
         try:
             self._write(
                 "delete_item",
@@ -910,17 +964,19 @@ class Ledger:
                     "Key": to_item({"pk": pk, "sk": intent.sk}),
                     "ConditionExpression": "attribute_not_exists(outcome)",
                 },
+                conflicts=True,  # a combiner's transaction on it in flight: ask again once it is done
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             outcome = self._outcome(pk, intent)
             assert outcome is not None  # the condition failed: it has a decision
-            return self._done(pk, intent, outcome)
-        raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
+            return outcome
+        return None
 
-    def _write(self, operation: str, params: dict[str, Any]) -> None:
+    def _write(self, operation: str, params: dict[str, Any], *, conflicts: bool = False) -> None:
         """A single-item write, retried on throttling and unknown outcomes (every one we make is
-        conditional, so a resend of one that landed fails its condition, which the caller judges)."""
-        retriable = RETRIABLE_CODES
+        conditional, so a resend of one that landed fails its condition, which the caller judges).
+        With `conflicts`, a clash with a transaction in flight on the item is retried too."""
+        retriable = RETRIABLE_CODES | ({"TransactionConflictException"} if conflicts else set())
         for attempt in range(self.max_attempts):
             try:
                 getattr(self.client, operation)(**params)

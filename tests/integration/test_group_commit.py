@@ -61,9 +61,9 @@ def test_a_combiner_that_dies_mid_pass_leaves_every_waiter_answered(local_tables
     ledger = local_tables.ledger()
     ledger.grant("orphaned", 100, type="gift", description="seed")
     pk = keys.user_pk("orphaned")
-    assert ledger._take_lease(pk, "combiner-that-dies")
 
     with fleet("use_credits", 8) as containers:
+        assert ledger._take_lease(pk, "combiner-that-dies")  # its lease is live when the charges arrive
         with ThreadPoolExecutor(8) as pool:
             pending = [pool.submit(containers.invoke, charge_event("orphaned", f"o-{i}")) for i in range(30)]
             time.sleep(0.3)
@@ -112,7 +112,9 @@ def test_a_waiter_that_cancels_after_its_change_was_applied_answers_the_applied_
     ledger.grant("late", 10, type="gift", description="seed")
     intent = queue(ledger, "late", 3, "k-late")
     decided = combine_once(ledger, "late")
-    posted = ledger._cancel(keys.user_pk("late"), intent)  # gives up just after the combiner committed
+    outcome = ledger._withdraw(keys.user_pk("late"), intent)  # gives up just after the combiner committed
+    assert outcome is not None and outcome.posted is not None
+    posted = outcome.result()
     assert posted.transaction_id == decided[intent.id].posted.transaction_id
     assert (posted.amount, posted.balance) == (-3, 7)
     assert ledger.balance("late") == 7 and ledger.audit("late").ok
@@ -122,8 +124,7 @@ def test_a_waiter_that_cancels_first_is_never_applied(local_tables: LocalTables)
     ledger = local_tables.ledger()
     ledger.grant("early", 10, type="gift", description="seed")
     intent = queue(ledger, "early", 3, "k-early")
-    with pytest.raises(TemporarilyUnavailable):
-        ledger._cancel(keys.user_pk("early"), intent)
+    assert ledger._withdraw(keys.user_pk("early"), intent) is None  # withdrawn: the answer is 503
     assert combine_once(ledger, "early") == {}  # nothing left to decide
     assert ledger.balance("early") == 10
     assert [t.type for t in ledger.history("early")] == ["gift"]
@@ -143,10 +144,7 @@ def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(lo
         ) -> None:
             start.wait()
             for intent in batch:
-                try:
-                    into[intent.id] = ledger._cancel(keys.user_pk("racing"), intent)
-                except TemporarilyUnavailable as exc:
-                    into[intent.id] = exc
+                into[intent.id] = ledger._withdraw(keys.user_pk("racing"), intent)
 
         def combine(start: threading.Barrier = barrier) -> None:
             start.wait()
@@ -165,11 +163,11 @@ def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(lo
         history = {t.id for t in ledger.history("racing")}
         for intent in intents:
             answer = answers[intent.id]
-            if isinstance(answer, TemporarilyUnavailable):
+            if answer is None:
                 cancelled += 1
             else:
                 applied += 1
-                assert answer.transaction_id in history  # type: ignore[attr-defined]
+                assert answer.result().transaction_id in history  # type: ignore[attr-defined]
     usage = [t for t in ledger.history("racing") if t.type == "usage"]
     assert len(usage) == applied and cancelled + applied == 100
     assert ledger.balance("racing") == 1000 - applied
@@ -192,3 +190,58 @@ def test_refusals_in_a_batch_are_402_and_write_nothing(local_tables: LocalTables
     replay = decided[same_key.id].result()  # the same key in the same batch replays the first
     assert replay.transaction_id == decided[big.id].posted.transaction_id and replay.replayed
     assert [t.amount for t in ledger.history("tight")] == [5, -4]
+
+
+def test_a_combiner_whose_later_pass_fails_still_answers_its_own_charge(
+    local_tables: LocalTables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own change landed in the first pass; serving the others then fails: it answers 200."""
+    ledger = local_tables.ledger()
+    ledger.grant("served", 10, type="gift", description="seed")
+    pk = keys.user_pk("served")
+    mine = queue(ledger, "served", 2, "mine")
+    real_combine, real_queued = ledger._combine, ledger._queued
+    reads: list[int] = []
+
+    def combine_then_more_arrive(*args, **kwargs):
+        decided = real_combine(*args, **kwargs)
+        queue(ledger, "served", 1, f"other-{len(reads)}")  # the queue never empties
+        return decided
+
+    def queued_then_throttled(pk_: str):
+        reads.append(1)
+        if len(reads) > 1:
+            raise TemporarilyUnavailable("throttled")
+        return real_queued(pk_)
+
+    monkeypatch.setattr(ledger, "_combine", combine_then_more_arrive)
+    monkeypatch.setattr(ledger, "_queued", queued_then_throttled)
+    assert ledger._take_lease(pk, mine.id)
+    outcome = ledger._serve(pk, mine, time.monotonic() + 5)
+    assert outcome is not None and outcome.result().balance == 8
+    assert ledger.balance("served") == 8
+
+
+def test_a_waiter_whose_store_fails_withdraws_its_change_before_answering(
+    local_tables: LocalTables, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polls fail while another combiner holds the lease: the answer is 503 and the change is
+    withdrawn, so no combiner can apply it after the client was told it failed."""
+    ledger = local_tables.ledger()
+    ledger.sleep = lambda _s: None
+    ledger.grant("flaky", 10, type="gift", description="seed")
+    pk = keys.user_pk("flaky")
+    assert ledger._take_lease(pk, "someone-else")
+
+    def fails(*_a, **_k):
+        raise TemporarilyUnavailable("throttled")
+
+    monkeypatch.setattr(ledger, "_get_many", fails)
+    snapshot, _ = ledger._queued(pk)
+    entry = Entry(-3, "usage", "flaky")
+    with pytest.raises(TemporarilyUnavailable):
+        ledger._queue("flaky", entry, Policy.USAGE, None, "rf", time.monotonic() + 5, snapshot)
+    monkeypatch.undo()
+    ledger._release_lease(pk, "someone-else")
+    assert combine_once(ledger, "flaky") == {}  # nothing left that could be applied later
+    assert ledger.balance("flaky") == 10
