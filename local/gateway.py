@@ -193,12 +193,14 @@ class Gateway:
             pool.close()
 
     def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
-        """One invocation in one of the function's containers; a crash is a 502, as API Gateway answers."""
+        """One invocation in one of the function's containers. A function that raises or dies is
+        answered as AWS answers it: 500 from the HTTP API, 502 from a Function URL (the webhook)."""
         try:
             return self.pools[function].invoke(event)
         except (ContainerError, InvocationError):
+            status = 502 if event.get("routeKey") == "$default" else 500
             body = json.dumps({"message": "Internal Server Error"})
-            return {"statusCode": 502, "headers": {"Content-Type": "application/json"}, "body": body}
+            return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": body}
 
     # ---- events -----------------------------------------------------------------------------
 
