@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -174,14 +175,10 @@ class Gateway:
         return f"http://{host!s}:{port}"
 
     def start(self) -> str:
-        # Two warm containers per function: a page asks for its balance and its history at once.
-        warming = [threading.Thread(target=pool.warm, args=(2,), daemon=True) for pool in self.pools.values()]
-        for thread in warming:
-            thread.start()
-        for thread in warming:
-            thread.join()
-        for pool in self.pools.values():
-            pool.warm()  # cold starts now, so a missing setting fails at start-up, naming it
+        # Cold starts now, in parallel, so a missing setting fails at start-up, naming it. Two warm
+        # containers per function: a page asks for its balance and its history at once.
+        with ThreadPoolExecutor(len(self.pools)) as pool:
+            list(pool.map(lambda p: p.warm(2), self.pools.values()))  # re-raises a failed cold start
         self.thread = threading.Thread(target=self.server.serve_forever, name="gateway", daemon=True)
         self.thread.start()
         return self.base_url

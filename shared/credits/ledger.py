@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
@@ -72,6 +72,7 @@ RETRIABLE_CODES = frozenset(
     }
 )
 
+T = TypeVar("T")
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -368,6 +369,15 @@ class _Outcome:
         )
 
 
+def _ref_sk(entry: Entry) -> str | None:
+    """The sort key of an entry's reference marker, in the client's or the system's key space."""
+    return None if entry.reference_id is None else keys.ref_sk(entry.reference_id, system=entry.system_reference)
+
+
+def _idem_sk(idempotency: Idempotency | None) -> str | None:
+    return None if idempotency is None else keys.idem_sk(idempotency.key)
+
+
 def _decision_of(intent: Mapping[str, Any] | None) -> _Outcome | None:
     """The decision written on an intent; None while it is queued."""
     if intent is None:  # pragma: no cover - only its own waiter removes an intent
@@ -397,7 +407,6 @@ class Ledger:
         max_delay: float = 0.2,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        group_commit: bool = True,
     ) -> None:
         self.client = client
         self.table = table_name
@@ -409,7 +418,6 @@ class Ledger:
         self.max_delay = max_delay
         self.clock = clock
         self.sleep = sleep
-        self.group_commit = group_commit
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -499,8 +507,8 @@ class Ledger:
             replay = self._replay(snapshot, idempotency, ref_fingerprint)
             if replay is not None:
                 return replay
-            self._check_policy(snapshot, entry, policy)
-            queue = not extra and self.group_commit
+            self._check_policy(snapshot.balance, entry, policy)
+            queue = not extra  # changes with items of their own retry alone (ADR 0004)
             if queue and snapshot.combining(int(self.clock() * 1000)):
                 # A combiner is applying queued changes: a direct write would only lose to it.
                 return self._queue(user_id, entry, policy, idempotency, ref_fingerprint, deadline, snapshot)
@@ -514,13 +522,13 @@ class Ledger:
             self._backoff(attempt)
         raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
 
-    def _check_policy(self, snapshot: _Snapshot, entry: Entry, policy: Policy) -> None:
+    def _check_policy(self, balance: int, entry: Entry, policy: Policy) -> None:
         if policy is Policy.USAGE:
             # Invariant 3: usage never overdraws, and a negative balance blocks all usage.
             if entry.amount >= 0:
                 raise ValidationError("A usage charge must be a debit.")
-            if snapshot.balance < 0 or snapshot.balance + entry.amount < 0:
-                raise InsufficientCredits(required=-entry.amount, balance=snapshot.balance)
+            if balance < 0 or balance + entry.amount < 0:
+                raise InsufficientCredits(required=-entry.amount, balance=balance)
         elif policy is Policy.CREDIT and entry.amount <= 0:
             raise ValidationError("A credit must be positive.")
         elif policy is Policy.CLAWBACK and entry.amount >= 0:
@@ -567,17 +575,23 @@ class Ledger:
         account_has_no_ledger = "attribute_not_exists(seq)"
         return account_has_no_ledger, {}
 
-    def _account_update(self, pk: str, snapshot: _Snapshot, balance: int, seq: int, now: float) -> dict[str, Any]:
+    def _account_update(
+        self, pk: str, snapshot: _Snapshot, balance: int, seq: int, now: float, *, combiner: str | None = None
+    ) -> dict[str, Any]:
+        """The account's new balance and seq, guarded by the snapshot's seq; for a combiner, also
+        by its lease, which the update extends."""
         condition, values = self._account_condition(snapshot)
         values.update({":balance": balance, ":seq": seq, ":now": iso_utc(now)})
+        update = "SET balance = :balance, seq = :seq, updated_at = :now, created_at = if_not_exists(created_at, :now)"
+        if combiner is not None:
+            condition = f"({condition}) AND combiner = :me"
+            update += ", combiner_until = :until"
+            values.update({":me": combiner, ":until": int(now * 1000) + LEASE_MS})
         return {
             "Update": {
                 "TableName": self.table,
                 "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
-                "UpdateExpression": (
-                    "SET balance = :balance, seq = :seq, updated_at = :now, "
-                    "created_at = if_not_exists(created_at, :now)"
-                ),
+                "UpdateExpression": update,
                 "ConditionExpression": condition,
                 "ExpressionAttributeValues": to_item(values),
             }
@@ -631,7 +645,7 @@ class Ledger:
                         "Item": to_item(
                             {
                                 "pk": pk,
-                                "sk": keys.ref_sk(entry.reference_id, system=entry.system_reference),
+                                "sk": _ref_sk(entry),
                                 "fingerprint": ref_fingerprint,
                                 "created_at": now_iso,
                                 **result,
@@ -845,23 +859,20 @@ class Ledger:
         decided: dict[str, _Outcome] = {}
         for intent in intents:
             entry, idem = intent.entry, intent.idempotency
-            ref_sk = (
-                None if entry.reference_id is None else keys.ref_sk(entry.reference_id, system=entry.system_reference)
-            )
-            idem_sk = None if idem is None else keys.idem_sk(idem.key)
+            ref_sk, idem_sk = _ref_sk(entry), _idem_sk(idem)
             size = 2 + (ref_sk is not None) + (idem_sk is not None)  # the decision, TX, markers
             if len(items) + 1 + size > MAX_TRANSACTION_ITEMS:
                 break
             outcome: _Outcome | None = None
             if intent.apply_before_ms < now_ms:
                 outcome = _Outcome.refused(TemporarilyUnavailable("The balance is busy; nothing was written."))
-            elif idem is not None and idem_sk in markers:
-                outcome = _replay_outcome(markers[keys.idem_sk(idem.key)], idem.fingerprint, IdempotencyKeyReused)
+            elif idem is not None and idem_sk is not None and idem_sk in markers:
+                outcome = _replay_outcome(markers[idem_sk], idem.fingerprint, IdempotencyKeyReused)
             elif ref_sk is not None and ref_sk in markers:
                 outcome = _replay_outcome(markers[ref_sk], intent.ref_fingerprint, ReferenceReused)
             if outcome is None:
                 try:
-                    self._check_policy(_Snapshot(True, balance, seq, None, None), entry, intent.policy)
+                    self._check_policy(balance, entry, intent.policy)
                 except (InsufficientCredits, ValidationError) as refusal:
                     outcome = _Outcome.refused(refusal)
             if outcome is None:
@@ -878,19 +889,13 @@ class Ledger:
                     "balance_after": balance,
                     "seq": seq,
                 }
-                if idem is not None:
-                    markers[keys.idem_sk(idem.key)] = {**marker, "fingerprint": idem.fingerprint}
+                if idem is not None and idem_sk is not None:
+                    markers[idem_sk] = {**marker, "fingerprint": idem.fingerprint}
                 if ref_sk is not None:
                     markers[ref_sk] = {**marker, "fingerprint": intent.ref_fingerprint}
             decided[intent.id] = outcome
             items.append(self._decision(pk, intent, outcome))
-        guard = self._account_update(pk, snapshot, balance, seq, now)
-        condition = guard["Update"]["ConditionExpression"]
-        guard["Update"]["ConditionExpression"] = f"({condition}) AND combiner = :me"
-        guard["Update"]["UpdateExpression"] += ", combiner_until = :until"
-        guard["Update"]["ExpressionAttributeValues"].update(
-            to_item({":me": owner, ":until": int(now * 1000) + LEASE_MS})
-        )
+        guard = self._account_update(pk, snapshot, balance, seq, now, combiner=owner)
         request = {"TransactItems": [guard, *items], "ClientRequestToken": str(uuid.uuid4())}
         if self._commit(request, first_extra=len(request["TransactItems"])):
             return decided
@@ -912,7 +917,7 @@ class Ledger:
     def _queued(self, pk: str) -> tuple[_Snapshot, list[_Intent]]:
         """The account and the first queued intents, oldest first, in ONE consistent Query (intents
         sort right after the account item: `ACCOUNT`, `ACCOUNT#INTENT#<ms>#<id>`)."""
-        items = self._read_with_retries(
+        items = self._with_retries(
             lambda: self.client.query(
                 TableName=self.table,
                 KeyConditionExpression="pk = :pk AND begins_with(sk, :account)",
@@ -933,21 +938,8 @@ class Ledger:
 
     def _markers(self, pk: str, intents: list[_Intent]) -> dict[str, dict[str, Any]]:
         """The reference and idempotency markers the intents name (one consistent batch read)."""
-        sks: set[str] = set()
-        for intent in intents:
-            if intent.entry.reference_id is not None:
-                sks.add(keys.ref_sk(intent.entry.reference_id, system=intent.entry.system_reference))
-            if intent.idempotency is not None:
-                sks.add(keys.idem_sk(intent.idempotency.key))
-        if not sks:
-            return {}
-        found = self._get_many(pk, sorted(sks))
-        now = int(self.clock())
-        return {
-            sk: item
-            for sk, item in found.items()
-            if not (sk.startswith(keys.IDEM) and item.get("expires_at", 0) < now)  # expired, awaiting TTL
-        }
+        sks = {sk for i in intents for sk in (_ref_sk(i.entry), _idem_sk(i.idempotency)) if sk is not None}
+        return self._live(self._get_many(pk, sorted(sks))) if sks else {}
 
     def _outcome(self, pk: str, intent: _Intent) -> _Outcome | None:
         """The decision on our intent, or None while it is queued."""
@@ -976,25 +968,16 @@ class Ledger:
         """A single-item write, retried on throttling and unknown outcomes (every one we make is
         conditional, so a resend of one that landed fails its condition, which the caller judges).
         With `conflicts`, a clash with a transaction in flight on the item is retried too."""
-        retriable = RETRIABLE_CODES | ({"TransactionConflictException"} if conflicts else set())
+        extra = {"TransactionConflictException"} if conflicts else set()
+        self._with_retries(lambda: getattr(self.client, operation)(**params), RETRIABLE_CODES | extra)
+
+    def _with_retries(self, call: Callable[[], T], retriable: frozenset[str] | set[str] = RETRIABLE_CODES) -> T:
+        """One DynamoDB call, retried with backoff on throttling and on unknown outcomes."""
         for attempt in range(self.max_attempts):
             try:
-                getattr(self.client, operation)(**params)
-                return
+                return call()
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code", "") not in retriable:
-                    raise
-            except (ConnectionError, HTTPClientError):
-                pass
-            self._backoff(attempt)
-        raise TemporarilyUnavailable("The credits store is unavailable. Please retry.")
-
-    def _read_with_retries(self, read: Callable[[], Any]) -> Any:
-        for attempt in range(self.max_attempts):
-            try:
-                return read()
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code", "") not in RETRIABLE_CODES:
                     raise
             except (ConnectionError, HTTPClientError):
                 pass
@@ -1038,17 +1021,21 @@ class Ledger:
         """The account and the markers, in one consistent read (one DynamoDB call)."""
         pk = keys.user_pk(user_id)
         sks = [keys.ACCOUNT]
-        ref_sk = None if entry.reference_id is None else keys.ref_sk(entry.reference_id, system=entry.system_reference)
-        if ref_sk is not None:
-            sks.append(ref_sk)
-        if idempotency is not None:
-            sks.append(keys.idem_sk(idempotency.key))
-        found = self._get_many(pk, sks)
-        account = found.get(keys.ACCOUNT)
-        marker = found.get(keys.idem_sk(idempotency.key)) if idempotency else None
-        if marker is not None and marker.get("expires_at", 0) < int(self.clock()):
-            marker = None  # expired, awaiting TTL deletion
-        return _snapshot(account, reference=found.get(ref_sk) if ref_sk else None, idempotency=marker)
+        ref_sk, idem_sk = _ref_sk(entry), _idem_sk(idempotency)
+        sks += [sk for sk in (ref_sk, idem_sk) if sk is not None]
+        found = self._live(self._get_many(pk, sks))
+        return _snapshot(
+            found.get(keys.ACCOUNT),
+            reference=found.get(ref_sk) if ref_sk else None,
+            idempotency=found.get(idem_sk) if idem_sk else None,
+        )
+
+    def _live(self, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Read items without idempotency markers past their expiry (TTL deletes lazily: they are gone)."""
+        now = int(self.clock())
+        return {
+            sk: item for sk, item in found.items() if not (sk.startswith(keys.IDEM) and item.get("expires_at", 0) < now)
+        }
 
     def _batch_get(self, pk: str, sks: list[str]) -> dict[str, dict[str, Any]]:
         """Several items of one user in one consistent BatchGetItem (unprocessed keys asked again).
@@ -1072,24 +1059,15 @@ class Ledger:
         return found
 
     def _get_many(self, pk: str, sks: list[str]) -> dict[str, dict[str, Any]]:
-        for attempt in range(self.max_attempts):
-            try:
-                if len(sks) == 1:
-                    response = self.client.get_item(
-                        TableName=self.table, Key=to_item({"pk": pk, "sk": sks[0]}), ConsistentRead=True
-                    )
-                    items = [response["Item"]] if "Item" in response else []
-                else:
-                    return self._batch_get(pk, sks)
-                return {item["sk"]: item for item in map(from_item, items)}
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code not in RETRIABLE_CODES:
-                    raise
-            except (ConnectionError, HTTPClientError):
-                pass
-            self._backoff(attempt)
-        raise TemporarilyUnavailable("The credits store is unavailable. Please retry.")
+        """Items of one user by sort key, consistently: one GetItem, or one batch read for several."""
+        if len(sks) > 1:
+            return self._with_retries(lambda: self._batch_get(pk, sks))
+        response = self._with_retries(
+            lambda: self.client.get_item(
+                TableName=self.table, Key=to_item({"pk": pk, "sk": sks[0]}), ConsistentRead=True
+            )
+        )
+        return {item["sk"]: item for item in map(from_item, [response["Item"]] if "Item" in response else [])}
 
     def balance(self, user_id: str) -> int:
         """The current balance; 0 for a user who never had credits."""

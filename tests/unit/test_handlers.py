@@ -12,21 +12,6 @@ from credits.packages import Catalog, Package
 from tests.support import environment, http_event, invoke, load_function
 
 
-@pytest.fixture
-def use(moto_dynamodb) -> ModuleType:
-    return load_function("use_credits")
-
-
-@pytest.fixture
-def bal(moto_dynamodb) -> ModuleType:
-    return load_function("balance")
-
-
-@pytest.fixture
-def ledger(moto_dynamodb) -> Ledger:
-    return Ledger(moto_dynamodb, "credits")
-
-
 def grant(use: ModuleType, user: str, amount: int, **extra: object) -> tuple[int, dict]:
     status, body, _ = invoke(
         use,

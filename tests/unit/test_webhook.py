@@ -15,18 +15,6 @@ from tests import stripe_events as se
 from tests.support import FakeContext, environment, load_function
 
 
-@pytest.fixture
-def webhook(moto_dynamodb) -> ModuleType:
-    Catalog(moto_dynamodb, "credits").put(Package(id="starter", name="Starter", credits=100, price=500, currency="usd"))
-    with environment(STRIPE_WEBHOOK_SECRET=se.SECRET):
-        return load_function("webhook")
-
-
-@pytest.fixture
-def ledger(moto_dynamodb) -> Ledger:
-    return Ledger(moto_dynamodb, "credits")
-
-
 def deliver(fn: ModuleType, request: dict) -> tuple[int, dict]:
     response = fn.lambda_handler(request, FakeContext())
     return response["statusCode"], json.loads(response["body"])
