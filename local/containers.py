@@ -22,6 +22,8 @@ from multiprocessing.connection import Connection
 from types import ModuleType
 from typing import Any
 
+from local.template import code_dir
+
 _CONTEXT = multiprocessing.get_context("spawn")
 
 
@@ -39,12 +41,12 @@ def _resolve(path: str) -> Callable[[ModuleType], None]:
     return hook
 
 
-def _serve(function: str, conn: Connection, setup: str | None) -> None:  # pragma: no cover - runs in the child
+def _serve(function: str, code: str, conn: Connection, setup: str | None) -> None:  # pragma: no cover - in the child
     from local.gateway import LocalContext, load_handler
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes its containers
     try:
-        module = load_handler(function)
+        module = load_handler(function, code=code)
         if setup:
             _resolve(setup)(module)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails loudly
@@ -65,16 +67,18 @@ def _serve(function: str, conn: Connection, setup: str | None) -> None:  # pragm
 
 
 class Container:
-    """One warm container of functions/<function>/app.py in its own process; one invocation at a time.
+    """One warm container of a function's `<code>/app.py` in its own process; one invocation at a time.
 
-    `setup` ("package.module:function") is called in the child with the loaded handler module,
-    after its cold start: the tests inject faults that way.
+    `code` is the function's code directory relative to the repository root (default: its CodeUri
+    in template.yaml). `setup` ("package.module:function") is called in the child with the loaded
+    handler module, after its cold start: the tests inject faults that way.
     """
 
-    def __init__(self, function: str, *, setup: str | None = None, start: bool = True) -> None:
+    def __init__(self, function: str, *, setup: str | None = None, start: bool = True, code: str | None = None) -> None:
         self.function = function
+        self.code = code if code is not None else code_dir(function)
         self._conn, child = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(target=_serve, args=(function, child, setup), daemon=True)
+        self.process = _CONTEXT.Process(target=_serve, args=(function, self.code, child, setup), daemon=True)
         self.process.start()
         child.close()
         self._lock = threading.Lock()
@@ -126,9 +130,11 @@ class Container:
         self._conn.close()
 
 
-def start_containers(function: str, count: int, *, setup: str | None = None) -> list[Container]:
+def start_containers(
+    function: str, count: int, *, setup: str | None = None, code: str | None = None
+) -> list[Container]:
     """`count` containers of one function, cold-started in parallel."""
-    containers = [Container(function, setup=setup, start=False) for _ in range(count)]
+    containers = [Container(function, setup=setup, start=False, code=code) for _ in range(count)]
     try:
         return [c.wait_ready() for c in containers]
     except BaseException:
@@ -141,8 +147,9 @@ class ContainerPool:
     """The containers of one function: a request takes an idle one, or starts a new one (as Lambda
     scales out), up to `limit`; beyond that it waits, as a throttled Lambda would make it retry."""
 
-    def __init__(self, function: str, *, limit: int = 8) -> None:
+    def __init__(self, function: str, *, limit: int = 8, code: str | None = None) -> None:
         self.function = function
+        self.code = code if code is not None else code_dir(function)
         self.limit = limit
         self._idle: list[Container] = []
         self._count = 0
@@ -174,7 +181,7 @@ class ContainerPool:
                 return self._idle.pop()
             self._count += 1
         try:
-            container = Container(self.function)
+            container = Container(self.function, code=self.code)
         except BaseException:
             with self._cv:
                 self._count -= 1

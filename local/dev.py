@@ -9,12 +9,15 @@ Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
 import socket
+import string
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -27,6 +30,7 @@ EXAMPLE_CATALOG = ROOT / "local" / "packages.example.json"
 EMULATOR_API_KEY = "sk_test_local_emulator"
 EMULATOR_WEBHOOK_SECRET = "whsec_local_emulator"  # noqa: S105 - the local emulator's, not a secret
 DEFAULT_COSTS = '{"search": 1, "analyze": 5, "generate": 10}'
+IAM_CREDENTIALS_FILE = "local-iam-credentials.json"  # the local key /internal/* accepts, under --data-dir
 
 
 class StartupError(Exception):
@@ -138,20 +142,23 @@ def main(argv: list[str] | None = None) -> int:
 
         from local.gateway import Gateway
 
+        key_id, secret = _iam_credentials(args.data_dir)
         gateway = Gateway(
             token_secret=_token_secret(args.data_dir),
             host=args.host,
             port=args.port,
             page_config={"apiBase": "", "auth": "local", "stripe": "real" if real_stripe else "emulator"},
+            iam_credentials=(key_id, secret),
         )
         gateway.start()
         print(
             "\n  Credits, running offline\n"
             f"  page:      {base}/\n"
-            f"  API:       {base}  (routes from template.yaml; /internal/* refused as on AWS)\n"
+            f"  API:       {base}  (routes from template.yaml; /internal/* needs SigV4 with the local key below)\n"
             f"  webhook:   {base}/webhook\n"
             f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
             f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
+            f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE)}"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
@@ -181,14 +188,49 @@ def seed_catalog() -> None:
         raise StartupError("could not import the example catalog")
 
 
+def internal_api_help(base: str, key_id: str, secret: str, kept_in: Path) -> str:
+    """The banner's lines on calling /internal/* (IAM on AWS) with the local key, ready to paste."""
+    grant = '{"userId":"alice","amount":100,"type":"gift","description":"welcome"}'
+    client = "from credits.client import CreditsClient; " + (
+        f'print(CreditsClient("{base}").grant("alice", 100, description="welcome"))'
+    )
+    return (
+        f"  IAM key:   {key_id} (local only; kept in {kept_in}); /internal/* with curl:\n"
+        f'    curl --aws-sigv4 "aws:amz:us-east-1:execute-api" --user "{key_id}:{secret}" \\\n'
+        f"      -H 'content-type: application/json' -d '{grant}' {base}/internal/credits/grant\n"
+        "  and from Python (credits.client, the caller's AWS credential chain):\n"
+        f"    AWS_ACCESS_KEY_ID={key_id} AWS_SECRET_ACCESS_KEY={secret} \\\n"
+        f"      PYTHONPATH=shared .venv/bin/python -c '{client}'\n"
+    )
+
+
+def _kept(path: Path, make: Callable[[], str]) -> str:
+    """A local secret kept with the data (created once, readable by its owner only)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(make())
+    return path.read_text().strip()
+
+
 def _token_secret(data_dir: Path) -> str:
     """The local sign-in key, kept with the data so sign-ins survive a restart."""
-    path = data_dir / "local-signing-key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return _kept(data_dir / "local-signing-key", lambda: secrets.token_urlsafe(32))
+
+
+def _iam_credentials(data_dir: Path) -> tuple[str, str]:
+    """The local IAM key (access key id, secret access key) that /internal/* accepts SigV4 signatures
+    of, kept with the data so a service configured with it keeps working across restarts."""
+
+    def make() -> str:
+        upper = string.ascii_uppercase + string.digits
+        key_id = "AKIALOCAL" + "".join(secrets.choice(upper) for _ in range(11))
+        secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
+        return json.dumps({"accessKeyId": key_id, "secretAccessKey": secret})
+
+    kept = json.loads(_kept(data_dir / IAM_CREDENTIALS_FILE, make))
+    return kept["accessKeyId"], kept["secretAccessKey"]
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """A local stand-in for API Gateway and the webhook's Function URL (for `make dev` and the tests).
 
-Routes and their functions are read from template.yaml, so nothing is listed twice. Each request
-becomes the payload 2.0 event the deployed function would receive. JWT routes need a token that
-this gateway signed at `POST /local/sign-in` (a LOCAL-ONLY stand-in for the JWT authorizer);
-`/internal/*` routes (IAM on AWS) are refused, as they are to a browser on AWS. The page in web/
+Routes and their functions are read from template.yaml, so nothing is listed twice (a function
+behind a CloudFormation Condition is served too). A `{name}` segment of a route's path matches one
+path segment; an exact route wins over a templated one. Each request becomes the payload 2.0 event
+the deployed function would receive, with its `pathParameters`.
+
+JWT routes need a token that this gateway signed at `POST /local/sign-in` (a LOCAL-ONLY stand-in
+for the JWT authorizer). IAM routes (`/internal/*`) need an AWS Signature Version 4 made with the
+gateway's local key (`iam_credentials`, local.sigv4), as API Gateway checks a caller's IAM
+signature; without a local key they are refused, as they are to a browser on AWS. The page in web/
 is served at `/`.
 
 Each function runs in its own container PROCESSES (local.containers), one invocation at a time
@@ -33,7 +38,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from local.containers import ContainerError, ContainerPool, InvocationError
-from local.template import ROOT, Route, routes
+from local.sigv4 import Rejected, verify
+from local.template import ROOT, Route, code_dir, functions, load, match_route, routes
 
 WEBHOOK_PATH = "/webhook"
 ISSUER = "credits-local"
@@ -95,10 +101,14 @@ class LocalContext:
         return 15_000
 
 
-def load_handler(function: str, module_name: str | None = None) -> ModuleType:
-    """Import functions/<function>/app.py as its own module: one container, with its own cold start."""
+def load_handler(function: str, module_name: str | None = None, *, code: str | None = None) -> ModuleType:
+    """Import a function's `<code>/app.py` as its own module: one container, with its own cold start.
+
+    `code` is the function's code directory relative to the repository root (default: its CodeUri
+    in template.yaml, e.g. functions/use_credits or examples/premium)."""
     name = module_name or f"local_fn_{function}"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "functions" / function / "app.py")
+    directory = ROOT / (code if code is not None else code_dir(function))
+    spec = importlib.util.spec_from_file_location(name, directory / "app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -158,12 +168,19 @@ class Gateway:
         port: int = 0,
         page_config: dict[str, Any] | None = None,
         containers_per_function: int = 8,
+        iam_credentials: tuple[str, str] | None = None,
     ) -> None:
         self.tokens = LocalTokens(token_secret)
+        # (access key id, secret access key) that IAM routes accept SigV4 signatures of; None refuses all.
+        self.iam_credentials = iam_credentials
         self.web_dir = web_dir
-        self.routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes()}
-        functions = sorted({r.function for r in self.routes.values()} | {"webhook"})
-        self.pools = {f: ContainerPool(f, limit=containers_per_function) for f in functions}
+        template = load()
+        self.routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes(template)}
+        # Every function of the template (the webhook has no route: it is the Function URL).
+        self.pools = {
+            name: ContainerPool(name, limit=containers_per_function, code=code)
+            for name, code in sorted(functions(template).items())
+        }
         self.page_config = page_config or {}
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
@@ -174,11 +191,13 @@ class Gateway:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def start(self) -> str:
+    def start(self, *, warm: bool = True) -> str:
         # Cold starts now, in parallel, so a missing setting fails at start-up, naming it. Two warm
-        # containers per function: a page asks for its balance and its history at once.
-        with ThreadPoolExecutor(len(self.pools)) as pool:
-            list(pool.map(lambda p: p.warm(2), self.pools.values()))  # re-raises a failed cold start
+        # containers per function: a page asks for its balance and its history at once. Without
+        # `warm` a function's first container starts with its first request (tests that use one).
+        if warm:
+            with ThreadPoolExecutor(len(self.pools)) as pool:
+                list(pool.map(lambda p: p.warm(2), self.pools.values()))  # re-raises a failed cold start
         self.thread = threading.Thread(target=self.server.serve_forever, name="gateway", daemon=True)
         self.thread.start()
         return self.base_url
@@ -202,16 +221,25 @@ class Gateway:
     # ---- events -----------------------------------------------------------------------------
 
     def api_event(
-        self, route: Route, path: str, query: str, headers: dict[str, str], body: bytes, claims: dict[str, Any] | None
+        self,
+        route: Route,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        authorizer: dict[str, Any] | None = None,
+        path_parameters: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The HTTP API payload 2.0 event API Gateway sends for this request."""
+        """The HTTP API payload 2.0 event API Gateway sends for this request; `routeKey` is the
+        template's route (`POST /internal/credits/holds/{holdId}/capture`)."""
         route_key = f"{route.method} {route.path}"
         event = _event(route_key, route.method, path, query, headers, body, account="000000000000", api="local")
         event["queryStringParameters"] = dict(parse_qsl(query, keep_blank_values=True)) or None
-        if claims is not None:
-            event["requestContext"]["authorizer"] = {
-                "jwt": {"claims": {k: str(v) for k, v in claims.items()}, "scopes": None}
-            }
+        if path_parameters:
+            event["pathParameters"] = path_parameters
+        if authorizer is not None:
+            event["requestContext"]["authorizer"] = authorizer
         return event
 
     def url_event(self, path: str, headers: dict[str, str], body: bytes, method: str) -> dict[str, Any]:
@@ -235,8 +263,17 @@ class Gateway:
             def do_POST(self) -> None:
                 self._dispatch("POST")
 
+            def do_PUT(self) -> None:
+                self._dispatch("PUT")
+
+            def do_PATCH(self) -> None:
+                self._dispatch("PATCH")
+
+            def do_DELETE(self) -> None:
+                self._dispatch("DELETE")
+
             def do_OPTIONS(self) -> None:
-                self._send(204, b"", {"Allow": "GET, POST, OPTIONS"})
+                self._send(204, b"", {"Allow": "GET, POST, PUT, PATCH, DELETE, OPTIONS"})
 
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
@@ -264,25 +301,36 @@ class Gateway:
                 if path == "/local/config.json" and method == "GET":
                     self._json(200, gateway.page_config)
                     return
-                route = gateway.routes.get((method, path))
-                if route is None:
+                found = match_route(gateway.routes, method, path)
+                if found is None:
                     if method == "GET" and self._static(path):
                         return
                     self._json(404, {"message": "Not Found"})
                     return
+                route, parameters = found
+                authorizer = None
                 if route.auth == "AWS_IAM":
-                    # On AWS an unsigned browser request to an IAM route is refused before any function runs.
-                    self._json(403, {"message": "Forbidden"})
-                    return
-                claims = None
-                if route.auth == "JWT":
+                    # As on AWS, a request without a valid signature is refused before any function runs.
+                    if gateway.iam_credentials is None:
+                        self._json(403, {"message": "Forbidden"})
+                        return
+                    try:
+                        caller = verify(method, path, split.query, headers, body, credentials=gateway.iam_credentials)
+                    except Rejected:
+                        self._json(403, {"message": "Forbidden"})
+                        return
+                    authorizer = caller.authorizer()
+                elif route.auth == "JWT":
                     auth = headers.get("authorization", "")
                     token = auth[7:] if auth.lower().startswith("bearer ") else ""
                     claims = gateway.tokens.verify(token) if token else None
                     if claims is None:
                         self._json(401, {"message": "Unauthorized"})
                         return
-                event = gateway.api_event(route, path, split.query, headers, body, claims)
+                    authorizer = {"jwt": {"claims": {k: str(v) for k, v in claims.items()}, "scopes": None}}
+                event = gateway.api_event(
+                    route, path, split.query, headers, body, authorizer=authorizer, path_parameters=parameters
+                )
                 self._lambda(gateway.invoke(route.function, event))
 
             def _lambda(self, response: dict[str, Any]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -81,19 +84,85 @@ def create_tables(client: DynamoDBClient, names: dict[str, str]) -> None:
             )
 
 
+def functions(template: dict[str, Any] | None = None) -> dict[str, str]:
+    """Every AWS::Serverless::Function of the template: its name (the last folder of its CodeUri) ->
+    its code directory relative to the repository root. A function behind a CloudFormation
+    `Condition` is listed too: locally everything is served."""
+    data = template or load()
+    out: dict[str, str] = {}
+    for logical_id, resource in data["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        code = Path(resource["Properties"]["CodeUri"]).as_posix()
+        name = Path(code).name
+        # The name keys the local container pools and module names, so two CodeUris may not share it.
+        assert name not in out, f"{logical_id}: a second function named {name!r} ({code} and {out[name]})"
+        out[name] = code
+    return out
+
+
+@lru_cache(maxsize=1)
+def _template_functions() -> dict[str, str]:
+    return functions()
+
+
+def code_dir(function: str) -> str:
+    """The code directory (relative to the repository root) of a function of template.yaml."""
+    try:
+        return _template_functions()[function]
+    except KeyError:
+        raise KeyError(f"no function {function!r} in {TEMPLATE.name}") from None
+
+
 @dataclass(frozen=True)
 class Route:
     """One HTTP API route of the template and the function that serves it."""
 
     method: str
-    path: str
-    function: str  # the folder under functions/
+    path: str  # as in the template: a `{name}` segment is a path parameter
+    function: str  # the function's name: the last folder of its CodeUri
     auth: str  # "JWT", "NONE" or "AWS_IAM"
+    code: str  # the function's code directory (its CodeUri, relative to the repository root)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters (URL-decoded, as API Gateway passes them) if this route's path
+        matches `path`, else None. A `{name}` segment matches exactly one non-empty segment."""
+        pattern, actual = self.path.split("/"), path.split("/")
+        if len(pattern) != len(actual):
+            return None
+        parameters: dict[str, str] = {}
+        for expected, segment in zip(pattern, actual, strict=True):
+            if expected.startswith("{") and expected.endswith("}"):
+                if not segment:
+                    return None
+                parameters[expected[1:-1]] = unquote(segment)
+            elif expected != segment:
+                return None
+        return parameters
+
+    @property
+    def parameters(self) -> int:
+        """How many path parameters the route has (0 for an exact route)."""
+        return self.path.count("{")
+
+
+def match_route(routes: Mapping[tuple[str, str], Route], method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    """The route serving a request, keyed by (method, template path), and its path parameters: an
+    exact route first, else the matching templated route with the fewest parameters."""
+    exact = routes.get((method, path))
+    if exact is not None and not exact.parameters:  # a literal `{holdId}` in a request is no parameter
+        return exact, {}
+    for route in sorted(routes.values(), key=lambda r: r.parameters):
+        parameters = route.match(path) if route.method == method and route.parameters else None
+        if parameters is not None:
+            return route, parameters
+    return None
 
 
 def routes(template: dict[str, Any] | None = None) -> list[Route]:
-    """Every HttpApi event of every function in the template."""
+    """Every HttpApi event of every function in the template (conditions are ignored)."""
     data = template or load()
+    code = functions(data)
     default_auth = "JWT"
     out: list[Route] = []
     for resource in data["Resources"].values():
@@ -106,5 +175,5 @@ def routes(template: dict[str, Any] | None = None) -> list[Route]:
             props = event["Properties"]
             authorizer = (props.get("Auth") or {}).get("Authorizer", default_auth)
             auth = authorizer if authorizer in ("NONE", "AWS_IAM") else "JWT"
-            out.append(Route(props["Method"].upper(), props["Path"], function, auth))
+            out.append(Route(props["Method"].upper(), props["Path"], function, auth, code[function]))
     return out

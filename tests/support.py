@@ -14,8 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from local.containers import Container, start_containers
-from local.gateway import LocalContext, load_handler
+from local.containers import Container, ContainerPool, start_containers
+from local.gateway import Gateway, LocalContext, load_handler
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_EVENT = json.loads((ROOT / "tests" / "events" / "http_api_proxy.json").read_text())
@@ -140,3 +140,27 @@ def environment(**values: str | None) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+ECHO_APP = """
+import json
+
+
+def lambda_handler(event, context):
+    return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": json.dumps(event)}
+"""
+
+
+@contextmanager
+def echo_gateway(code_dir: Path, *, iam_credentials: tuple[str, str] | None) -> Iterator[Gateway]:
+    """A local gateway whose use_credits routes answer with the event they receive (an app.py
+    written to `code_dir`): the authorizer's and routing's outcome, without a table."""
+    (code_dir / "app.py").write_text(ECHO_APP)
+    gateway = Gateway(token_secret="test-secret", web_dir=None, iam_credentials=iam_credentials)
+    gateway.pools["use_credits"].close()
+    gateway.pools["use_credits"] = ContainerPool("use_credits", code=str(code_dir))
+    gateway.start(warm=False)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

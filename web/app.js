@@ -2,7 +2,8 @@
 // The credits page: sign-in (local stand-in or host-supplied token), balance, packages, checkout
 // return, paid actions and history. Talks to the API only through its public routes.
 (() => {
-  const cfg = Object.assign({ apiBase: "", auth: "local", actions: [], lowBalance: 10 }, window.CREDITS_CONFIG);
+  const cfg = Object.assign({ apiBase: "", auth: "local", actions: [], actionPath: null, lowBalance: 10 },
+    window.CREDITS_CONFIG);
   const apiBase = String(cfg.apiBase || "").replace(/\/+$/, "");
   const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
   const [TOKEN_KEY, USER_KEY, BEFORE_KEY] = ["credits.token", "credits.user", "credits.balanceBeforeCheckout"];
@@ -82,6 +83,10 @@
   }
 
   async function api(method, path, body, extraHeaders = {}) {
+    return (await request(method, path, body, extraHeaders)).data;
+  }
+
+  async function request(method, path, body, extraHeaders = {}) {
     const token = path.startsWith("/local/") ? null : await getToken();
     const headers = Object.assign({ Accept: "application/json" }, extraHeaders);
     if (token) headers.Authorization = `Bearer ${token}`;
@@ -95,7 +100,7 @@
     const data = await res.json().catch(() => null);
     if (res.status === 401 && !path.startsWith("/local/")) signedOut("Your session has expired. Please sign in again.");
     if (!res.ok) throw new ApiError(res.status, data);
-    return data;
+    return { data, headers: res.headers };
   }
 
   function userFromToken(token) {
@@ -138,9 +143,16 @@
       : `Your balance is low (under ${credits(cfg.lowBalance)}): buy credits to keep using paid actions.`;
   }
 
+  function setHeld(held, available) {
+    const line = $("#held");
+    line.hidden = !held;
+    line.textContent = held ? `${credits(held)} held for a running action · ${available} available` : "";
+  }
+
   async function loadBalance() {
-    const { balance } = await api("GET", "/credits/balance");
+    const { balance, available, held } = await api("GET", "/credits/balance");
     setBalance(balance);
+    setHeld(held, available);
     return balance;
   }
 
@@ -272,28 +284,46 @@
     if (state.inflight.has(action.id)) return;
     if ($("#checkout-status").dataset.state !== "pending") showCheckout("");
     const key = state.retryKeys.get(action.id) || uuid();
+    const fail = $("#fail-next").checked;
     state.inflight.set(action.id, key);
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
+    say(`${action.label}: running…`, "info");
+    // A premium action (the example function) holds its price while it runs: show the hold.
+    const peek = cfg.actionPath ? setTimeout(() => loadBalance().catch(() => {}), 300) : null;
     try {
-      const r = await api("POST", "/credits/use", { action: action.id }, { "Idempotency-Key": key });
-      state.retryKeys.delete(action.id);
-      setBalance(r.balance);
-      addRows([{ id: r.transactionId, amount: -r.charged, balanceAfter: r.balance, type: "usage",
-        description: action.id, createdAt: new Date().toISOString() }], true);
-      say(`${action.label}: ${credits(r.charged)} spent.`, "success");
+      if (cfg.actionPath) {
+        const r = await request("POST", cfg.actionPath + action.id, fail ? { fail: true } : {}, { "Idempotency-Key": key });
+        const charged = Number(r.headers.get("Credits-Charged") || 0);
+        state.retryKeys.delete(action.id);
+        say(`${action.label} done: ${credits(charged)} spent.`, "success");
+        await refresh();
+      } else {
+        const r = await api("POST", "/credits/use", { action: action.id }, { "Idempotency-Key": key });
+        state.retryKeys.delete(action.id);
+        setBalance(r.balance);
+        addRows([{ id: r.transactionId, amount: -r.charged, balanceAfter: r.balance, type: "usage",
+          description: action.id, createdAt: new Date().toISOString() }], true);
+        say(`${action.label}: ${credits(r.charged)} spent.`, "success");
+      }
     } catch (err) {
       // After a network failure or a 503 the outcome is unknown: the next click retries with the same key.
       if (err.code === "network" || err.code === "temporarily_unavailable") state.retryKeys.set(action.id, key);
       else state.retryKeys.delete(action.id);
       if (err.code === "insufficient_credits") {
         if (typeof err.details.balance === "number") setBalance(err.details.balance);
-        say(`Not enough credits: this needs ${err.details.required}, you have ${err.details.balance}.`, "error");
+        const have = err.details.available ?? err.details.balance;
+        say(`Not enough credits: this needs ${err.details.required}, you have ${have} available.`, "error");
+      } else if (err.status >= 500 && err.code !== "temporarily_unavailable" && cfg.actionPath) {
+        say(`${action.label} failed, so nothing was charged.`, "error");
+        refresh();
       } else report(err);
     } finally {
+      clearTimeout(peek);
       state.inflight.delete(action.id);
       button.disabled = false;
       button.removeAttribute("aria-busy");
+      if (fail) $("#fail-next").checked = false;
     }
   }
 

@@ -13,5 +13,9 @@ window.CREDITS_CONFIG = {
     { id: "analyze", label: "Analyze", cost: 5 },
     { id: "generate", label: "Generate", cost: 10 },
   ],
+  // Where the action buttons send their requests: the example premium function, which holds the
+  // price while the action runs and charges only if it succeeds (deploy it with DeployExamples=true).
+  // null: charge through POST /credits/use instead.
+  actionPath: "/examples/",
   lowBalance: 10,
 };

@@ -1,4 +1,5 @@
-"""balance: GET /credits/balance and /credits/transactions (JWT user), GET /credit-packages (public).
+"""balance: GET /credits/balance, /credits/holds and /credits/transactions (JWT user), GET
+/credit-packages (public).
 
 Read-only; never imports stripe.
 
@@ -32,7 +33,13 @@ install_error_handlers(app, logger)
 
 @app.get("/credits/balance")
 def balance() -> Response:
-    return json_response(200, {"balance": ledger.balance(user_id(app))}, {"Cache-Control": "no-store"})
+    view = ledger.account(user_id(app))
+    return json_response(200, api.balance_body(view), {"Cache-Control": "no-store"})
+
+
+@app.get("/credits/holds")
+def holds() -> Response:
+    return json_response(200, api.holds_body(ledger.holds(user_id(app))), {"Cache-Control": "no-store"})
 
 
 @app.get("/credits/transactions")

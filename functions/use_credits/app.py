@@ -1,4 +1,5 @@
-"""use_credits: POST /credits/use (JWT user) and the IAM-only /internal/credits/use and /grant.
+"""use_credits: POST /credits/use (JWT user); the IAM-only /internal/credits/use and /grant, and
+holds: reserve, capture and release (/internal/credits/holds...).
 
 Traced by Lambda's own active tracing (template: Tracing: Active), not by Powertools' Tracer:
 importing the X-Ray SDK costs about 260 ms of every cold start, on the hottest path we have."""
@@ -63,6 +64,34 @@ def internal_grant() -> Response:
     request = api.parse(api.GrantRequest, json_body(app))
     posted = api.internal_grant(ledger, request, header(app, "Idempotency-Key"))
     return _answer(posted, api.granted_body(posted), "CreditsGranted")
+
+
+@app.post("/internal/credits/holds")
+def internal_reserve() -> Response:
+    request = api.parse(api.HoldRequest, json_body(app))
+    reserved = api.reserve(ledger, PRICES, request, header(app, "Idempotency-Key"))
+    if reserved.replayed:
+        return json_response(201, api.reserved_body(reserved), {"Idempotent-Replayed": "true"})
+    metrics.add_metric(name="CreditsHeld", unit=MetricUnit.Count, value=reserved.amount)
+    return json_response(201, api.reserved_body(reserved))
+
+
+@app.post("/internal/credits/holds/<hold_id>/capture")
+def internal_capture(hold_id: str) -> Response:
+    request = api.parse(api.CaptureRequest, json_body(app))
+    captured = api.capture(ledger, hold_id, request)
+    if captured.replayed:
+        return json_response(200, api.captured_body(captured), {"Idempotent-Replayed": "true"})
+    metrics.add_metric(name="CreditsCharged", unit=MetricUnit.Count, value=captured.charged)
+    return json_response(200, api.captured_body(captured))
+
+
+@app.post("/internal/credits/holds/<hold_id>/release")
+def internal_release(hold_id: str) -> Response:
+    request = api.parse(api.ReleaseRequest, json_body(app))
+    released = api.release(ledger, hold_id, request)
+    headers = {"Idempotent-Replayed": "true"} if released.replayed else None
+    return json_response(200, api.released_body(released), headers)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

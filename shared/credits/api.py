@@ -13,7 +13,23 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from credits.errors import UnknownAction, ValidationError
-from credits.ledger import MAX_AMOUNT, Idempotency, Ledger, Posted, Transaction, fingerprint, key_problem
+from credits.ledger import (
+    DEFAULT_HOLD_TTL_SECONDS,
+    MAX_AMOUNT,
+    MAX_HOLD_TTL_SECONDS,
+    AccountView,
+    Captured,
+    Hold,
+    Idempotency,
+    Ledger,
+    Posted,
+    Released,
+    Reserved,
+    Transaction,
+    fingerprint,
+    key_problem,
+    validate_token,
+)
 from credits.packages import PackageId
 
 
@@ -75,6 +91,35 @@ class GrantRequest(_Request):
     type: Literal["gift", "adjustment"]
     description: Description
     referenceId: Token | None = None
+
+
+class HoldRequest(_Request):
+    """POST /internal/credits/holds: a trusted service sets credits aside while an action runs."""
+
+    userId: Token
+    amount: Amount | None = None
+    action: Token | None = None
+    description: Description
+    ttlSeconds: Annotated[int, Field(strict=True, ge=1, le=MAX_HOLD_TTL_SECONDS)] = DEFAULT_HOLD_TTL_SECONDS
+
+    @model_validator(mode="after")
+    def _amount_or_action(self) -> HoldRequest:
+        if (self.amount is None) == (self.action is None):
+            raise ValueError("give exactly one of amount and action")
+        return self
+
+
+class CaptureRequest(_Request):
+    """POST /internal/credits/holds/{holdId}/capture: charge all of a hold, part of it, or 0."""
+
+    userId: Token
+    amount: Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)] | None = None
+
+
+class ReleaseRequest(_Request):
+    """POST /internal/credits/holds/{holdId}/release: end a hold without charging."""
+
+    userId: Token
 
 
 class CheckoutRequest(_Request):
@@ -154,6 +199,69 @@ def internal_grant(ledger: Ledger, request: GrantRequest, key: str | None) -> Po
         idempotency=idempotency(key, "POST /internal/credits/grant", request.userId, request),
     )
     return posted
+
+
+def reserve(ledger: Ledger, prices: Mapping[str, int], request: HoldRequest, key: str | None) -> Reserved:
+    """POST /internal/credits/holds."""
+    amount = request.amount if request.amount is not None else cost_of(str(request.action), prices)
+    return ledger.reserve(
+        request.userId,
+        amount,
+        description=request.description,
+        ttl_seconds=request.ttlSeconds,
+        idempotency=idempotency(key, "POST /internal/credits/holds", request.userId, request),
+    )
+
+
+def hold_id(value: str | None) -> str:
+    """A hold id from the path: any id that cannot be ours is simply not found."""
+    return validate_token(value or "", "holdId")
+
+
+def capture(ledger: Ledger, hold: str, request: CaptureRequest) -> Captured:
+    """POST /internal/credits/holds/{holdId}/capture."""
+    return ledger.capture(request.userId, hold_id(hold), request.amount)
+
+
+def release(ledger: Ledger, hold: str, request: ReleaseRequest) -> Released:
+    """POST /internal/credits/holds/{holdId}/release."""
+    return ledger.release(request.userId, hold_id(hold))
+
+
+def reserved_body(reserved: Reserved) -> dict[str, Any]:
+    return {
+        "holdId": reserved.hold_id,
+        "amount": reserved.amount,
+        "expiresAt": reserved.expires_at,
+        "balance": reserved.balance,
+        "available": reserved.available,
+    }
+
+
+def captured_body(captured: Captured) -> dict[str, Any]:
+    return {
+        "transactionId": captured.transaction_id,
+        "charged": captured.charged,
+        "balance": captured.balance,
+        "available": captured.available,
+    }
+
+
+def released_body(released: Released) -> dict[str, Any]:
+    return {"released": released.released, "balance": released.balance, "available": released.available}
+
+
+def balance_body(view: AccountView) -> dict[str, Any]:
+    return {"balance": view.balance, "available": view.available, "held": view.held}
+
+
+def holds_body(holds: list[Hold]) -> dict[str, Any]:
+    return {
+        "holds": [
+            {"holdId": h.hold_id, "amount": h.amount, "description": h.description, "expiresAt": h.expires_at}
+            for h in holds
+        ]
+    }
 
 
 def charged_body(posted: Posted) -> dict[str, Any]:

@@ -36,15 +36,49 @@ class Unauthorized(CreditsError):
 
 
 class InsufficientCredits(CreditsError):
-    """A charge exceeds the balance, or the balance is negative."""
+    """A charge or hold exceeds the available credits (balance minus open holds), or the balance is negative."""
 
-    def __init__(self, required: int, balance: int) -> None:
-        super().__init__(f"This action needs {required} credits; the balance is {balance}.")
+    def __init__(self, required: int, balance: int, available: int | None = None) -> None:
+        available = balance if available is None else available
+        if available == balance:
+            message = f"This action needs {required} credits; the balance is {balance}."
+        else:
+            message = f"This action needs {required} credits; {available} of the balance of {balance} are available."
+        super().__init__(message)
         self.required = required
         self.balance = balance
+        self.available = available
 
     def details(self) -> dict[str, Any]:
-        return {"required": self.required, "balance": self.balance}
+        return {"required": self.required, "balance": self.balance, "available": self.available}
+
+
+class HoldNotFound(CreditsError):
+    """No such hold for this user (another user's hold id is not found either)."""
+
+
+class HoldEnded(CreditsError):
+    """A hold's end is final: it was captured, released or it expired."""
+
+
+class HoldExpired(HoldEnded):
+    """The hold expired before it was captured; it counts for nothing and charges nothing."""
+
+
+class HoldCaptured(HoldEnded):
+    """The hold was captured already (a different capture, or a release after it)."""
+
+
+class HoldReleased(HoldEnded):
+    """The hold was released already; it can no longer be captured."""
+
+
+class CaptureExceedsHold(CreditsError):
+    """A capture asked for more than the hold holds; nothing changed, the hold stays open."""
+
+
+class TooManyHolds(CreditsError):
+    """The user has as many open holds as an account keeps; end or let some expire first."""
 
 
 class UnknownAction(CreditsError):
@@ -106,6 +140,12 @@ HTTP_ERRORS: dict[type[CreditsError], tuple[int, str]] = {
     PackageNotFound: (404, "package_not_found"),
     NotFound: (404, "not_found"),
     IdempotencyKeyReused: (409, "idempotency_key_reused"),
+    HoldNotFound: (404, "hold_not_found"),
+    HoldExpired: (409, "hold_expired"),
+    HoldCaptured: (409, "hold_captured"),
+    HoldReleased: (409, "hold_released"),
+    CaptureExceedsHold: (409, "capture_exceeds_hold"),
+    TooManyHolds: (409, "too_many_holds"),
     ReferenceReused: (409, "reference_id_reused"),
     PaymentProviderError: (502, "payment_provider_error"),
     TemporarilyUnavailable: (503, "temporarily_unavailable"),

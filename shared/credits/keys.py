@@ -8,6 +8,7 @@ TX = "TX#"
 REF = "REF#"  # a client's referenceId (POST /credits/use, /internal/*)
 SYSREF = "SYSREF#"  # a reference the system writes for itself (purchases, refunds, disputes)
 IDEM = "IDEM#"
+HOLD = "HOLD#"
 INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
 CUSTOMER = "CUSTOMER#"
 PACKAGE = "PACKAGE#"
@@ -39,6 +40,10 @@ def ref_sk(reference_id: str, *, system: bool = False) -> str:
 
 def idem_sk(key: str) -> str:
     return f"{IDEM}{key}"
+
+
+def hold_sk(hold_id: str) -> str:
+    return f"{HOLD}{hold_id}"
 
 
 def intent_sk(created_ms: int, intent_id: str) -> str:

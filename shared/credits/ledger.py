@@ -37,11 +37,18 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from credits import keys
 from credits.errors import (
+    CaptureExceedsHold,
     CreditsError,
+    HoldCaptured,
+    HoldEnded,
+    HoldExpired,
+    HoldNotFound,
+    HoldReleased,
     IdempotencyKeyReused,
     InsufficientCredits,
     ReferenceReused,
     TemporarilyUnavailable,
+    TooManyHolds,
     ValidationError,
 )
 
@@ -58,6 +65,10 @@ POLL_SECONDS = 0.05  # a waiter looks for its decision about this often (then tw
 SERVE_AFTER_OWN_SECONDS = 0.5  # a combiner keeps serving the queue this long after its own change
 MAX_KEY_BYTES = 255  # user ids, reference ids and idempotency keys, in UTF-8 bytes (they become key parts)
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600  # Stripe keeps keys 24 h; we keep them twice as long.
+DEFAULT_HOLD_TTL_SECONDS = 300
+MAX_HOLD_TTL_SECONDS = 86_400
+HOLD_RETENTION_SECONDS = 7 * 86_400  # a hold item outlives its end by a week: a late capture is a 409
+MAX_OPEN_HOLDS = 1000  # per account: the account item carries them (about 60 bytes each)
 ENTRY_TYPES = frozenset({"purchase", "usage", "refund", "dispute", "expiration", "adjustment", "gift"})
 
 # DynamoDB errors after which the same request, resent with the same ClientRequestToken, is safe.
@@ -151,6 +162,72 @@ class Audit:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class Reserved:
+    """A hold just opened, or the same hold replayed for a repeated Idempotency-Key."""
+
+    hold_id: str
+    amount: int
+    expires_at_ms: int
+    balance: int
+    available: int
+    replayed: bool = False
+
+    @property
+    def expires_at(self) -> str:
+        return iso_utc(self.expires_at_ms / 1000)
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A hold's capture: one usage entry of `charged` (none, and no transaction id, for 0)."""
+
+    hold_id: str
+    transaction_id: str | None
+    charged: int
+    balance: int
+    available: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Released:
+    """A hold's release: nothing was charged."""
+
+    hold_id: str
+    released: int
+    balance: int
+    available: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A hold as read back; `state` is open, captured, released or expired."""
+
+    hold_id: str
+    amount: int
+    state: str
+    expires_at_ms: int
+    description: str
+    captured: int | None = None
+    transaction_id: str | None = None
+
+    @property
+    def expires_at(self) -> str:
+        return iso_utc(self.expires_at_ms / 1000)
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """The balance, and how much of it open holds take: available = balance - held (invariant 6)."""
+
+    balance: int
+    available: int
+    held: int
+    open_holds: Mapping[str, int]  # hold id -> expires at (Unix ms)
+
+
 class ExtraConditionFailed(Exception):
     """A caller-supplied transaction item's condition failed (its state moved); re-read and retry."""
 
@@ -207,12 +284,19 @@ def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def from_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A DynamoDB attribute map to Python values, numbers as int."""
-    out: dict[str, Any] = {}
-    for k, v in item.items():
-        value = _deserializer.deserialize(v)
-        out[k] = int(value) if isinstance(value, Decimal) else value
-    return out
+    """A DynamoDB attribute map to Python values, numbers as int (in nested maps and lists too)."""
+    return {k: _plain(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    """Nested DynamoDB values as plain Python: Decimal numbers as int, maps and lists recursively."""
+    if isinstance(value, Decimal):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def iso_utc(now: float) -> str:
@@ -222,20 +306,33 @@ def iso_utc(now: float) -> str:
 
 @dataclass
 class _Snapshot:
+    """What one read of the account tells: the ledger's head, the open holds, the combiner lease."""
+
     exists: bool
     balance: int
     seq: int
-    reference: dict[str, Any] | None
-    idempotency: dict[str, Any] | None
+    reference: dict[str, Any] | None = None
+    idempotency: dict[str, Any] | None = None
     combiner: str | None = None  # who holds the combiner lease (group commit), until when (Unix ms)
     combiner_until: int = 0
+    # open holds as last written, hold id -> (amount, expires at in Unix ms); expired ones count for
+    # nothing from that millisecond on, whether or not a write has pruned them yet (invariant 7)
+    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    holds_rev: int = 0  # moves with every change of `holds`: a write guards it like `seq`
 
     def combining(self, now_ms: int) -> bool:
         return self.combiner is not None and self.combiner_until > now_ms
 
+    def held(self, now_ms: int) -> int:
+        return sum(amount for amount, until in self.holds.values() if until > now_ms)
+
+    def available(self, now_ms: int) -> int:
+        return self.balance - self.held(now_ms)
+
 
 def _snapshot(account: Mapping[str, Any] | None, **markers: Any) -> _Snapshot:
     has_ledger = account is not None and "seq" in account
+    raw_holds = _plain(account.get("holds") or {}) if account else {}
     return _Snapshot(
         exists=has_ledger,
         balance=account["balance"] if account and has_ledger else 0,
@@ -244,7 +341,131 @@ def _snapshot(account: Mapping[str, Any] | None, **markers: Any) -> _Snapshot:
         idempotency=markers.get("idempotency"),
         combiner=account.get("combiner") if account else None,
         combiner_until=account.get("combiner_until", 0) if account else 0,
+        holds={hold_id: (h["a"], h["u"]) for hold_id, h in raw_holds.items()},
+        holds_rev=account.get("holds_rev", 0) if account else 0,
     )
+
+
+@dataclass
+class _Work:
+    """The account as a pass of decisions changes it (one change directly, many in a combiner pass)."""
+
+    base: _Snapshot
+    balance: int
+    seq: int
+    holds: dict[str, tuple[int, int]]
+    holds_changed: bool = False
+
+    @classmethod
+    def of(cls, snapshot: _Snapshot) -> _Work:
+        return cls(snapshot, snapshot.balance, snapshot.seq, dict(snapshot.holds))
+
+    def held(self, now_ms: int) -> int:
+        return sum(amount for amount, until in self.holds.values() if until > now_ms)
+
+    def available(self, now_ms: int) -> int:
+        return self.balance - self.held(now_ms)
+
+    def prune(self, now_ms: int) -> None:
+        """Forget expired holds, so the account item never grows with the number of holds ever made."""
+        expired = [hold_id for hold_id, (_, until) in self.holds.items() if until <= now_ms]
+        for hold_id in expired:
+            del self.holds[hold_id]
+        self.holds_changed |= bool(expired)
+
+
+class _Kind(Enum):
+    POST = "post"  # a ledger entry (usage, credit, clawback)
+    RESERVE = "reserve"  # open a hold
+    CAPTURE = "capture"  # end a hold with one usage entry (or none, for 0)
+    RELEASE = "release"  # end a hold with no entry
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One change to a user's account, decided by `Ledger._apply` directly or in a combiner pass."""
+
+    kind: _Kind
+    entry: Entry | None = None  # POST
+    policy: Policy | None = None  # POST
+    idempotency: Idempotency | None = None  # POST, RESERVE
+    ref_fingerprint: str = ""  # POST
+    hold_id: str | None = None  # CAPTURE, RELEASE
+    amount: int | None = None  # RESERVE: the amount held; CAPTURE: the amount asked (None: all of it)
+    ttl_seconds: int = 0  # RESERVE
+    description: str = ""  # RESERVE
+
+    def sks(self) -> list[str]:
+        """The items this change reads besides the account: its markers, or its hold."""
+        sks = [] if self.entry is None else [_ref_sk(self.entry)]
+        sks.append(_idem_sk(self.idempotency))
+        if self.hold_id is not None:
+            sks.append(keys.hold_sk(self.hold_id))
+        return [sk for sk in sks if sk is not None]
+
+    def writes(self, found: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """The items besides the account and the ledger entry it would write, as `found` stands: none
+        when a marker of it exists already (it replays or is refused) or its hold is not open."""
+        if self.hold_id is None:
+            sks = set(self.sks())
+            return set() if sks & found.keys() else sks
+        hold = found.get(keys.hold_sk(self.hold_id))
+        if hold is None or hold["state"] != "open":
+            return set()
+        key = hold.get("idempotency_key")
+        return {keys.hold_sk(self.hold_id)} | ({keys.idem_sk(key)} if key else set())
+
+    def size(self) -> int:
+        """The most transaction items it may write, besides the account and the decision."""
+        if self.kind is _Kind.POST:
+            return 1 + len(self.sks())  # TX and its markers
+        if self.kind is _Kind.RESERVE:
+            return 1 + len(self.sks())  # HOLD and its idempotency marker
+        return 3  # CAPTURE: HOLD, TX, its reference marker; RELEASE: HOLD and the freed key
+
+    def fields(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "kind": self.kind.value,
+            "amount": e.amount if e is not None else self.amount,
+            "type": e.type if e is not None else None,
+            "description": e.description if e is not None else self.description,
+            "reference_id": e.reference_id if e is not None else None,
+            "system_reference": (e.system_reference or None) if e is not None else None,
+            "monetary_amount": e.monetary_amount if e is not None else None,
+            "currency": e.currency if e is not None else None,
+            "policy": self.policy.value if self.policy is not None else None,
+            "idempotency_key": self.idempotency.key if self.idempotency else None,
+            "idempotency_fingerprint": self.idempotency.fingerprint if self.idempotency else None,
+            "ref_fingerprint": self.ref_fingerprint,
+            "hold_id": self.hold_id,
+            "ttl_seconds": self.ttl_seconds or None,
+        }
+
+    @classmethod
+    def from_fields(cls, item: Mapping[str, Any]) -> _Op:
+        kind = _Kind(item.get("kind", _Kind.POST.value))
+        key = item.get("idempotency_key")
+        idempotency = None if key is None else Idempotency(key, item["idempotency_fingerprint"])
+        if kind is not _Kind.POST:
+            return cls(
+                kind,
+                idempotency=idempotency,
+                hold_id=item.get("hold_id"),
+                amount=item.get("amount"),
+                ttl_seconds=item.get("ttl_seconds", 0),
+                description=item.get("description", ""),
+            )
+        entry = Entry(
+            item["amount"],
+            item["type"],
+            item.get("description", ""),
+            item.get("reference_id"),
+            item.get("monetary_amount"),
+            item.get("currency"),
+            system_reference=bool(item.get("system_reference")),
+        )
+        return cls(kind, entry, Policy(item["policy"]), idempotency, item.get("ref_fingerprint", ""))
 
 
 @dataclass(frozen=True)
@@ -254,119 +475,107 @@ class _Intent:
     id: str
     created_ms: int
     apply_before_ms: int
-    entry: Entry
-    policy: Policy
-    idempotency: Idempotency | None
-    ref_fingerprint: str
+    op: _Op
 
     @property
     def sk(self) -> str:
         return keys.intent_sk(self.created_ms, self.id)
 
     def item(self, pk: str, now: int) -> dict[str, Any]:
-        e = self.entry
         return {
             "pk": pk,
             "sk": self.sk,
             "intent_id": self.id,
             "apply_before_ms": self.apply_before_ms,
-            "amount": e.amount,
-            "type": e.type,
-            "description": e.description,
-            "reference_id": e.reference_id,
-            "system_reference": e.system_reference or None,
-            "monetary_amount": e.monetary_amount,
-            "currency": e.currency,
-            "policy": self.policy.value,
-            "idempotency_key": self.idempotency.key if self.idempotency else None,
-            "idempotency_fingerprint": self.idempotency.fingerprint if self.idempotency else None,
-            "ref_fingerprint": self.ref_fingerprint,
+            **self.op.fields(),
             "expires_at": now + INTENT_TTL_SECONDS,  # never left behind, whatever happens
         }
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> _Intent:
-        key = item.get("idempotency_key")
         return cls(
             id=item["intent_id"],
             created_ms=int(item["sk"].split("#")[2]),
             apply_before_ms=item["apply_before_ms"],
-            entry=Entry(
-                item["amount"],
-                item["type"],
-                item.get("description", ""),
-                item.get("reference_id"),
-                item.get("monetary_amount"),
-                item.get("currency"),
-                system_reference=bool(item.get("system_reference")),
-            ),
-            policy=Policy(item["policy"]),
-            idempotency=None if key is None else Idempotency(key, item["idempotency_fingerprint"]),
-            ref_fingerprint=item["ref_fingerprint"],
+            op=_Op.from_fields(item),
         )
 
 
-# What a combiner may answer for an intent it refuses: the error, rebuilt from its stored fields.
+# The errors a decision may refuse a change with, rebuilt from the fields stored with it (a waiter
+# reads its combiner's decision from the table).
 _REFUSALS: dict[str, Callable[[Mapping[str, Any]], CreditsError]] = {
-    "InsufficientCredits": lambda d: InsufficientCredits(required=int(d["required"]), balance=int(d["balance"])),
-    "IdempotencyKeyReused": lambda _d: IdempotencyKeyReused(
-        "This Idempotency-Key was already used for a different request."
+    "InsufficientCredits": lambda d: InsufficientCredits(
+        required=int(d["required"]), balance=int(d["balance"]), available=int(d.get("available", d["balance"]))
     ),
-    "ReferenceReused": lambda _d: ReferenceReused("This referenceId was already used for a different change."),
+    "IdempotencyKeyReused": lambda d: IdempotencyKeyReused(str(d["message"])),
+    "ReferenceReused": lambda d: ReferenceReused(str(d["message"])),
     "ValidationError": lambda d: ValidationError(str(d.get("message", "The change is not valid."))),
-    "TemporarilyUnavailable": lambda _d: TemporarilyUnavailable("The balance is busy; nothing was written."),
+    "TemporarilyUnavailable": lambda d: TemporarilyUnavailable(str(d["message"])),
+    "HoldNotFound": lambda d: HoldNotFound(str(d["message"])),
+    "HoldExpired": lambda d: HoldExpired(str(d["message"])),
+    "HoldCaptured": lambda d: HoldCaptured(str(d["message"])),
+    "HoldReleased": lambda d: HoldReleased(str(d["message"])),
+    "CaptureExceedsHold": lambda d: CaptureExceedsHold(str(d["message"])),
+    "TooManyHolds": lambda d: TooManyHolds(str(d["message"])),
 }
+_REFUSAL_DETAILS = ("required", "balance", "available", "message")
 
 
 @dataclass(frozen=True)
 class _Outcome:
-    """What a combiner decided for an intent: posted (maybe a replay), or refused with an error."""
+    """What was decided for a change: applied (a result, maybe a replay), or refused with an error."""
 
-    posted: Posted | None = None
+    value: Mapping[str, Any] | None = None
     error: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def applied(cls, posted: Posted) -> _Outcome:
-        return cls(posted=posted)
+    def applied(cls, value: Mapping[str, Any]) -> _Outcome:
+        return cls(value=value)
 
     @classmethod
     def refused(cls, exc: CreditsError) -> _Outcome:
         name = next(c.__name__ for c in type(exc).__mro__ if c.__name__ in _REFUSALS)
         return cls(error=name, details={**exc.details(), "message": str(exc)})
 
-    def result(self) -> Posted:
-        if self.posted is not None:
-            return self.posted
+    def result(self) -> Mapping[str, Any]:
+        if self.value is not None:
+            return self.value
         raise _REFUSALS[str(self.error)](self.details)
 
     def attributes(self) -> dict[str, Any]:
-        if self.posted is not None:
-            p = self.posted
-            return {
-                "transaction_id": p.transaction_id,
-                "amount": p.amount,
-                "balance_after": p.balance,
-                "seq": p.seq,
-                "replayed": p.replayed,
-            }
-        details = {k: v for k, v in self.details.items() if k in ("required", "balance", "message")}
+        if self.value is not None:
+            return dict(self.value)
+        details = {k: v for k, v in self.details.items() if k in _REFUSAL_DETAILS}
         return {"error": self.error, **details}
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> _Outcome:
-        """From the `outcome` map written on an intent (nested numbers come back as Decimal)."""
-        if "error" in item:
-            return cls(error=str(item["error"]), details=item)
-        return cls(
-            posted=Posted(
-                str(item["transaction_id"]),
-                int(item["amount"]),
-                int(item["balance_after"]),
-                int(item["seq"]),
-                bool(item["replayed"]),
-            )
-        )
+        """From the `outcome` map written on an intent."""
+        plain = _plain(dict(item))
+        if "error" in plain:
+            return cls(error=str(plain["error"]), details=plain)
+        return cls(value=plain)
+
+
+def _posted_value(posted: Posted) -> dict[str, Any]:
+    return {
+        "transaction_id": posted.transaction_id,
+        "amount": posted.amount,
+        "balance_after": posted.balance,
+        "seq": posted.seq,
+        "replayed": posted.replayed,
+    }
+
+
+def _posted(value: Mapping[str, Any]) -> Posted:
+    return Posted(
+        str(value["transaction_id"]),
+        int(value["amount"]),
+        int(value["balance_after"]),
+        int(value["seq"]),
+        bool(value.get("replayed", False)),
+    )
 
 
 def _ref_sk(entry: Entry) -> str | None:
@@ -385,12 +594,16 @@ def _decision_of(intent: Mapping[str, Any] | None) -> _Outcome | None:
     return _Outcome.from_item(intent["outcome"]) if "outcome" in intent else None
 
 
-def _replay_outcome(marker: Mapping[str, Any], fingerprint_: str, reused: Callable[[str], CreditsError]) -> _Outcome:
-    """An intent whose key or reference is already posted: its first result, or reused (409)."""
-    if marker["fingerprint"] != fingerprint_:
+def _replay_outcome(
+    marker: Mapping[str, Any], fingerprint_: str, reused: Callable[[str], CreditsError], result_field: str
+) -> _Outcome:
+    """A change whose key or reference is already used: its first result, or reused (409). A marker
+    left by another kind of change (a charge's key sent to open a hold) is a different request."""
+    if marker["fingerprint"] != fingerprint_ or result_field not in marker:
         what = "Idempotency-Key" if reused is IdempotencyKeyReused else "referenceId"
         return _Outcome.refused(reused(f"This {what} was already used for a different request."))
-    return _Outcome.applied(_posted_from_marker(marker))
+    value = marker.get("result") or _posted_value(_posted_from_marker(marker))
+    return _Outcome.applied({**value, "replayed": True})
 
 
 class Ledger:
@@ -430,7 +643,7 @@ class Ledger:
         reference_id: str | None = None,
         idempotency: Idempotency | None = None,
     ) -> Posted:
-        """Spend credits for usage; InsufficientCredits when the balance does not cover it."""
+        """Spend credits for usage; InsufficientCredits when `available` does not cover it."""
         validate_amount(amount)
         entry = Entry(-amount, "usage", description, reference_id)
         return self.post(user_id, entry, Policy.USAGE, idempotency=idempotency)
@@ -491,98 +704,303 @@ class Ledger:
             validate_token(entry.reference_id, "referenceId")
         if idempotency is not None:
             validate_token(idempotency.key, "Idempotency-Key")
-        ref_fingerprint = fingerprint(
-            {
-                "amount": entry.amount,
-                "type": entry.type,
-                "monetaryAmount": entry.monetary_amount,
-                "currency": entry.currency,
-            }
+        op = _Op(_Kind.POST, entry, policy, idempotency, _entry_fingerprint(entry))
+        return _posted(self._run(user_id, op, extra=extra))
+
+    def reserve(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        description: str,
+        ttl_seconds: int = DEFAULT_HOLD_TTL_SECONDS,
+        idempotency: Idempotency | None = None,
+    ) -> Reserved:
+        """Open a hold of `amount` credits for `ttl_seconds` (invariant 6): it counts against
+        `available` until it is captured, released or expires. InsufficientCredits when it does
+        not fit. A repeat with the same Idempotency-Key returns the same hold."""
+        validate_token(user_id, "userId")
+        validate_amount(amount)
+        if type(ttl_seconds) is not int or not 1 <= ttl_seconds <= MAX_HOLD_TTL_SECONDS:
+            raise ValidationError(
+                f"ttlSeconds must be an integer from 1 to {MAX_HOLD_TTL_SECONDS}.", [{"field": "ttlSeconds"}]
+            )
+        if idempotency is not None:
+            validate_token(idempotency.key, "Idempotency-Key")
+        op = _Op(
+            _Kind.RESERVE, idempotency=idempotency, amount=amount, ttl_seconds=ttl_seconds, description=description
         )
+        v = self._run(user_id, op)
+        return Reserved(
+            v["hold_id"], v["amount"], v["expires_at_ms"], v["balance"], v["available"], bool(v.get("replayed"))
+        )
+
+    def capture(self, user_id: str, hold_id: str, amount: int | None = None) -> Captured:
+        """End an open hold with ONE usage entry of `amount` (default: all of it; 0 posts nothing),
+        reference `hold:<holdId>`; the rest is released. A repeat replays the first answer."""
+        validate_token(user_id, "userId")
+        validate_token(hold_id, "holdId")
+        if amount is not None and (type(amount) is not int or not 0 <= amount <= MAX_AMOUNT):
+            raise ValidationError(f"amount must be an integer from 0 to {MAX_AMOUNT}.", [{"field": "amount"}])
+        v = self._run(user_id, _Op(_Kind.CAPTURE, hold_id=hold_id, amount=amount))
+        return Captured(
+            hold_id, v["transaction_id"], v["charged"], v["balance"], v["available"], bool(v.get("replayed"))
+        )
+
+    def release(self, user_id: str, hold_id: str) -> Released:
+        """End an open hold with no entry; a released hold's Idempotency-Key may be used again.
+        Releasing an expired hold changes nothing and says so (it already counts for nothing)."""
+        validate_token(user_id, "userId")
+        validate_token(hold_id, "holdId")
+        v = self._run(user_id, _Op(_Kind.RELEASE, hold_id=hold_id))
+        return Released(hold_id, v["released"], v["balance"], v["available"], bool(v.get("replayed")))
+
+    def _run(self, user_id: str, op: _Op, *, extra: Sequence[dict[str, Any]] = ()) -> Mapping[str, Any]:
+        """Decide a change from one read and write it in ONE transaction, guarded by what was read;
+        a lost race queues it for the combiner (group commit), which decides it the same way."""
+        pk = keys.user_pk(user_id)
         deadline = time.monotonic() + self.time_budget
         for attempt in range(self.max_attempts):
             if time.monotonic() > deadline:
                 break
-            snapshot = self._read(user_id, entry, idempotency)
-            replay = self._replay(snapshot, idempotency, ref_fingerprint)
-            if replay is not None:
-                return replay
-            self._check_policy(snapshot.balance, entry, policy)
+            # the account and every item the change names, in one consistent read (one DynamoDB call)
+            found = self._live(self._get_many(pk, [keys.ACCOUNT, *op.sks()]))
+            snapshot = _snapshot(found.pop(keys.ACCOUNT, None))
+            now = self.clock()
+            work = _Work.of(snapshot)
+            outcome, items = self._apply(pk, op, work, found, now)
+            if not items:
+                return outcome.result()  # a replay, a refusal, or nothing to write
             queue = not extra  # changes with items of their own retry alone (ADR 0004)
-            if queue and snapshot.combining(int(self.clock() * 1000)):
+            if queue and snapshot.combining(int(now * 1000)):
                 # A combiner is applying queued changes: a direct write would only lose to it.
-                return self._queue(user_id, entry, policy, idempotency, ref_fingerprint, deadline, snapshot)
-            request, posted = self._transaction(user_id, snapshot, entry, idempotency, ref_fingerprint, extra)
-            if self._commit(request, first_extra=len(request["TransactItems"]) - len(extra)):
-                return posted
+                return self._queue(pk, op, deadline, snapshot)
+            transact = [self._account_update(pk, work, now), *items, *extra]
+            # The token makes a resend of this very request (lost response, timeout) a no-op for 10 min;
+            # it is the id of what the request creates (fresh for every decision), so it is traceable.
+            value = outcome.result()
+            token = value.get("transaction_id") or (value["hold_id"] if op.kind is _Kind.RESERVE else None)
+            request = {"TransactItems": transact, "ClientRequestToken": token or str(uuid.uuid4())}
+            if self._commit(request, first_extra=len(transact) - len(extra)):
+                return outcome.result()
             if queue:
                 # Lost a race: the balance is contended. Queue the change and let one writer
                 # apply every queued change in one transaction, instead of retrying alone.
-                return self._queue(user_id, entry, policy, idempotency, ref_fingerprint, deadline, None)
+                return self._queue(pk, op, deadline, None)
             self._backoff(attempt)
         raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
 
-    def _check_policy(self, balance: int, entry: Entry, policy: Policy) -> None:
+    # ---- deciding a change (the same rules directly and in a combiner pass) -------------------
+
+    def _apply(
+        self, pk: str, op: _Op, work: _Work, found: dict[str, dict[str, Any]], now: float
+    ) -> tuple[_Outcome, list[dict[str, Any]]]:
+        """Decide one change against the account as `work` holds it and the items in `found`: its
+        outcome, and the transaction items that write it (none for a replay or a refusal). `work`
+        and `found` are updated, so the next change of a combiner pass sees this one."""
+        try:
+            if op.kind is _Kind.POST:
+                return self._apply_post(pk, op, work, found, now)
+            if op.kind is _Kind.RESERVE:
+                return self._apply_reserve(pk, op, work, found, now)
+            return self._apply_end(pk, op, work, found, now)
+        except (InsufficientCredits, ValidationError, HoldNotFound, HoldEnded, CaptureExceedsHold, TooManyHolds) as no:
+            return _Outcome.refused(no), []
+
+    def _apply_post(
+        self, pk: str, op: _Op, work: _Work, found: dict[str, dict[str, Any]], now: float
+    ) -> tuple[_Outcome, list[dict[str, Any]]]:
+        entry, idem = op.entry, op.idempotency
+        assert entry is not None and op.policy is not None
+        idem_sk, ref_sk = _idem_sk(idem), _ref_sk(entry)
+        if idem is not None and idem_sk in found:
+            return _replay_outcome(found[idem_sk], idem.fingerprint, IdempotencyKeyReused, "transaction_id"), []
+        if ref_sk is not None and ref_sk in found:
+            return _replay_outcome(found[ref_sk], op.ref_fingerprint, ReferenceReused, "transaction_id"), []
+        self._check_policy(work, entry, op.policy, int(now * 1000))
+        posted, items = self._append(pk, work, entry, idem, op.ref_fingerprint, now, found)
+        return _Outcome.applied(_posted_value(posted)), items
+
+    def _check_policy(self, work: _Work, entry: Entry, policy: Policy, now_ms: int) -> None:
         if policy is Policy.USAGE:
-            # Invariant 3: usage never overdraws, and a negative balance blocks all usage.
+            # Invariants 3 and 6: usage never overdraws what is available (the balance less open
+            # holds), and a negative balance blocks all usage.
             if entry.amount >= 0:
                 raise ValidationError("A usage charge must be a debit.")
-            if balance < 0 or balance + entry.amount < 0:
-                raise InsufficientCredits(required=-entry.amount, balance=balance)
+            available = work.available(now_ms)
+            if work.balance < 0 or available + entry.amount < 0:
+                raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
         elif policy is Policy.CREDIT and entry.amount <= 0:
             raise ValidationError("A credit must be positive.")
         elif policy is Policy.CLAWBACK and entry.amount >= 0:
             raise ValidationError("A clawback must be a debit.")
 
-    def _replay(self, snapshot: _Snapshot, idempotency: Idempotency | None, ref_fingerprint: str) -> Posted | None:
-        if idempotency is not None and snapshot.idempotency is not None:
-            if snapshot.idempotency["fingerprint"] != idempotency.fingerprint:
-                raise IdempotencyKeyReused("This Idempotency-Key was already used for a different request.")
-            return _posted_from_marker(snapshot.idempotency)
-        if snapshot.reference is not None:
-            if snapshot.reference["fingerprint"] != ref_fingerprint:
-                raise ReferenceReused("This referenceId was already used for a different change.")
-            return _posted_from_marker(snapshot.reference)
-        return None
-
-    def _transaction(
+    def _append(
         self,
-        user_id: str,
-        snapshot: _Snapshot,
+        pk: str,
+        work: _Work,
         entry: Entry,
-        idempotency: Idempotency | None,
+        idem: Idempotency | None,
         ref_fingerprint: str,
-        extra: Sequence[dict[str, Any]],
-    ) -> tuple[dict[str, Any], Posted]:
-        now = self.clock()
-        pk = keys.user_pk(user_id)
-        seq = snapshot.seq + 1
-        balance = snapshot.balance + entry.amount
+        now: float,
+        found: dict[str, dict[str, Any]],
+    ) -> tuple[Posted, list[dict[str, Any]]]:
+        """The next ledger entry and its markers; a later change of the same pass with the same key
+        or reference finds them in `found` and replays this one."""
+        work.seq, work.balance = work.seq + 1, work.balance + entry.amount
         tx_id = str(uuid.uuid4())
-        items = [self._account_update(pk, snapshot, balance, seq, now)]
-        items += self._entry_items(pk, seq, balance, entry, idempotency, ref_fingerprint, now, tx_id)
-        items.extend(extra)
-        # The token makes a resend of this very request (lost response, timeout) a no-op for 10 min.
-        request = {"TransactItems": items, "ClientRequestToken": tx_id}
-        return request, Posted(tx_id, entry.amount, balance, seq)
+        items = self._entry_items(pk, work.seq, work.balance, entry, idem, ref_fingerprint, now, tx_id)
+        posted = Posted(tx_id, entry.amount, work.balance, work.seq)
+        marker = {"transaction_id": tx_id, "amount": entry.amount, "balance_after": work.balance, "seq": work.seq}
+        if idem is not None:
+            found[keys.idem_sk(idem.key)] = {**marker, "fingerprint": idem.fingerprint}
+        ref_sk = _ref_sk(entry)
+        if ref_sk is not None:
+            found[ref_sk] = {**marker, "fingerprint": ref_fingerprint}
+        return posted, items
 
-    def _account_condition(self, snapshot: _Snapshot) -> tuple[str, dict[str, Any]]:
-        """Invariant 2: a write only lands if nobody posted since `snapshot` was read."""
-        if snapshot.exists:
-            account_unchanged = "seq = :expected_seq"
-            return account_unchanged, {":expected_seq": snapshot.seq}
-        # No ledger yet (the item may exist already, holding only a Stripe customer id).
-        account_has_no_ledger = "attribute_not_exists(seq)"
-        return account_has_no_ledger, {}
+    def _apply_reserve(
+        self, pk: str, op: _Op, work: _Work, found: dict[str, dict[str, Any]], now: float
+    ) -> tuple[_Outcome, list[dict[str, Any]]]:
+        idem, idem_sk = op.idempotency, _idem_sk(op.idempotency)
+        if idem is not None and idem_sk is not None and idem_sk in found:
+            return _replay_outcome(found[idem_sk], idem.fingerprint, IdempotencyKeyReused, "hold_id"), []
+        assert op.amount is not None
+        now_ms = int(now * 1000)
+        work.prune(now_ms)
+        available = work.available(now_ms)
+        if work.balance < 0 or op.amount > available:
+            raise InsufficientCredits(required=op.amount, balance=work.balance, available=available)
+        if len(work.holds) >= MAX_OPEN_HOLDS:
+            raise TooManyHolds(f"An account keeps at most {MAX_OPEN_HOLDS} open holds; end some first.")
+        hold_id = str(uuid.uuid4())
+        until_ms = now_ms + op.ttl_seconds * 1000
+        work.holds[hold_id] = (op.amount, until_ms)
+        work.holds_changed = True
+        value = {
+            "hold_id": hold_id,
+            "amount": op.amount,
+            "expires_at_ms": until_ms,
+            "balance": work.balance,
+            "available": available - op.amount,
+            "replayed": False,
+        }
+        hold = {
+            "pk": pk,
+            "sk": keys.hold_sk(hold_id),
+            "hold_id": hold_id,
+            "amount": op.amount,
+            "state": "open",
+            "until_ms": until_ms,
+            "description": op.description,
+            "idempotency_key": idem.key if idem else None,
+            "created_at": iso_utc(now),
+            # kept a week past its end, so a late capture is told "expired", never "not found"
+            "expires_at": until_ms // 1000 + HOLD_RETENTION_SECONDS,
+        }
+        items = [
+            {"Put": {"TableName": self.table, "Item": to_item(hold), "ConditionExpression": "attribute_not_exists(pk)"}}
+        ]
+        found[keys.hold_sk(hold_id)] = hold
+        if idem is not None:
+            marker = {"fingerprint": idem.fingerprint, "hold_id": hold_id, "result": value}
+            items.append(self._idempotency_put(pk, idem, marker, now))
+            found[keys.idem_sk(idem.key)] = marker
+        return _Outcome.applied(value), items
 
-    def _account_update(
-        self, pk: str, snapshot: _Snapshot, balance: int, seq: int, now: float, *, combiner: str | None = None
-    ) -> dict[str, Any]:
-        """The account's new balance and seq, guarded by the snapshot's seq; for a combiner, also
-        by its lease, which the update extends."""
-        condition, values = self._account_condition(snapshot)
-        values.update({":balance": balance, ":seq": seq, ":now": iso_utc(now)})
+    def _apply_end(
+        self, pk: str, op: _Op, work: _Work, found: dict[str, dict[str, Any]], now: float
+    ) -> tuple[_Outcome, list[dict[str, Any]]]:
+        """Capture or release a hold: it ends once (invariant 7)."""
+        assert op.hold_id is not None
+        now_ms = int(now * 1000)
+        sk = keys.hold_sk(op.hold_id)
+        hold = found.get(sk)
+        if hold is None:
+            raise HoldNotFound("No such hold for this user.")
+        capture = op.kind is _Kind.CAPTURE
+        if hold["state"] == "captured":
+            if capture and op.amount in (None, hold["captured"]):
+                return _Outcome.applied({**hold["result"], "replayed": True}), []
+            raise HoldCaptured(f"This hold was already captured, for {hold['captured']} credits.")
+        if hold["state"] == "released":
+            if not capture:
+                return _Outcome.applied({**hold["result"], "replayed": True}), []
+            raise HoldReleased("This hold was released; it can no longer be captured.")
+        if hold["until_ms"] <= now_ms:
+            if capture:
+                raise HoldExpired(f"This hold expired at {iso_utc(hold['until_ms'] / 1000)}; it charges nothing.")
+            # already counts for nothing: say so, write nothing
+            nothing = {"hold_id": op.hold_id, "released": hold["amount"], "balance": work.balance}
+            return _Outcome.applied({**nothing, "available": work.available(now_ms), "replayed": False}), []
+        amount = hold["amount"] if op.amount is None or not capture else op.amount
+        if amount > hold["amount"]:
+            raise CaptureExceedsHold(f"The hold is for {hold['amount']} credits; {amount} cannot be captured.")
+        if capture and amount > 0 and work.balance - amount < 0:
+            # invariant 3: only a clawback takes a balance below zero (one came since the hold)
+            raise InsufficientCredits(required=amount, balance=work.balance, available=work.available(now_ms))
+        work.holds.pop(op.hold_id, None)
+        work.holds_changed = True
+        work.prune(now_ms)
+        items: list[dict[str, Any]] = []
+        if capture:
+            transaction_id = None
+            if amount > 0:
+                entry = Entry(
+                    -amount, "usage", hold.get("description", ""), f"hold:{op.hold_id}", system_reference=True
+                )
+                posted, items = self._append(pk, work, entry, None, _entry_fingerprint(entry), now, found)
+                transaction_id = posted.transaction_id
+            value: dict[str, Any] = {"hold_id": op.hold_id, "transaction_id": transaction_id, "charged": amount}
+            ended = {"state": "captured", "captured": amount}
+        else:
+            value = {"hold_id": op.hold_id, "released": amount}
+            ended = {"state": "released"}
+            if hold.get("idempotency_key"):
+                # a released hold charged nothing: its key is free for a retry that should charge
+                idem_sk = keys.idem_sk(hold["idempotency_key"])
+                items.append({"Delete": {"TableName": self.table, "Key": to_item({"pk": pk, "sk": idem_sk})}})
+                found.pop(idem_sk, None)
+        value.update({"balance": work.balance, "available": work.available(now_ms), "replayed": False})
+        ended.update({"result": value, "ended_at": iso_utc(now)})
+        items.append(
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": to_item({"pk": pk, "sk": sk}),
+                    "UpdateExpression": "SET " + ", ".join(f"#{k} = :{k}" for k in ended),
+                    "ConditionExpression": "#state = :open",  # ends once
+                    "ExpressionAttributeNames": {f"#{k}": k for k in ended},
+                    "ExpressionAttributeValues": to_item({":open": "open", **{f":{k}": v for k, v in ended.items()}}),
+                }
+            }
+        )
+        found[sk] = {**hold, **ended}
+        return _Outcome.applied(value), items
+
+    # ---- transaction items --------------------------------------------------------------------
+
+    def _account_update(self, pk: str, work: _Work, now: float, *, combiner: str | None = None) -> dict[str, Any]:
+        """The account's new balance, seq and holds, guarded by what was read (invariant 2: a write
+        only lands if nobody changed the ledger or the holds since); for a combiner, also by its
+        lease, which the update extends."""
+        base = work.base
+        values: dict[str, Any] = {":balance": work.balance, ":seq": work.seq, ":now": iso_utc(now)}
+        if base.exists:
+            condition = "seq = :expected_seq"
+            values[":expected_seq"] = base.seq
+        else:  # no ledger yet (the item may exist already, holding only a Stripe customer id)
+            condition = "attribute_not_exists(seq)"
+        if base.holds_rev:
+            condition += " AND holds_rev = :expected_holds_rev"
+            values[":expected_holds_rev"] = base.holds_rev
+        else:
+            condition += " AND attribute_not_exists(holds_rev)"
         update = "SET balance = :balance, seq = :seq, updated_at = :now, created_at = if_not_exists(created_at, :now)"
+        if work.holds_changed:
+            update += ", holds = :holds, holds_rev = :holds_rev"
+            values[":holds"] = {hold_id: {"a": a, "u": u} for hold_id, (a, u) in work.holds.items()}
+            values[":holds_rev"] = base.holds_rev + 1
         if combiner is not None:
             condition = f"({condition}) AND combiner = :me"
             update += ", combiner_until = :until"
@@ -594,6 +1012,28 @@ class Ledger:
                 "UpdateExpression": update,
                 "ConditionExpression": condition,
                 "ExpressionAttributeValues": to_item(values),
+            }
+        }
+
+    def _idempotency_put(
+        self, pk: str, idempotency: Idempotency, fields: Mapping[str, Any], now: float
+    ) -> dict[str, Any]:
+        """An Idempotency-Key's marker: written once while it lives (TTL deletes lazily, so an
+        expired marker counts as gone)."""
+        return {
+            "Put": {
+                "TableName": self.table,
+                "Item": to_item(
+                    {
+                        "pk": pk,
+                        "sk": keys.idem_sk(idempotency.key),
+                        "created_at": iso_utc(now),
+                        "expires_at": int(now) + IDEMPOTENCY_TTL_SECONDS,
+                        **fields,
+                    }
+                ),
+                "ConditionExpression": "attribute_not_exists(pk) OR expires_at < :now_epoch",
+                "ExpressionAttributeValues": to_item({":now_epoch": int(now)}),
             }
         }
 
@@ -657,41 +1097,14 @@ class Ledger:
                 }
             )
         if idempotency is not None:
-            key_unused = "attribute_not_exists(pk)"
-            key_expired = "expires_at < :now_epoch"  # TTL deletes lazily; an expired marker is gone
             items.append(
-                {
-                    "Put": {
-                        "TableName": self.table,
-                        "Item": to_item(
-                            {
-                                "pk": pk,
-                                "sk": keys.idem_sk(idempotency.key),
-                                "fingerprint": idempotency.fingerprint,
-                                "created_at": now_iso,
-                                "expires_at": int(now) + IDEMPOTENCY_TTL_SECONDS,
-                                **result,
-                            }
-                        ),
-                        "ConditionExpression": f"{key_unused} OR {key_expired}",
-                        "ExpressionAttributeValues": to_item({":now_epoch": int(now)}),
-                    }
-                }
+                self._idempotency_put(pk, idempotency, {"fingerprint": idempotency.fingerprint, **result}, now)
             )
         return items
 
     # ---- group commit (contended balances; docs/adr/0004-group-commit.md) ------------------------
 
-    def _queue(
-        self,
-        user_id: str,
-        entry: Entry,
-        policy: Policy,
-        idempotency: Idempotency | None,
-        ref_fingerprint: str,
-        deadline: float,
-        seen: _Snapshot | None,
-    ) -> Posted:
+    def _queue(self, pk: str, op: _Op, deadline: float, seen: _Snapshot | None) -> Mapping[str, Any]:
         """Queue a change as an intent item and wait until the combiner (possibly us) decides it.
 
         One writer at a time holds the combiner lease (on the account item) and decides queued
@@ -700,7 +1113,6 @@ class Ledger:
         wins: a decision is written onto the intent only if it has none and still exists, and a
         waiter that gives up cancels by deleting it only if it has no decision.
         """
-        pk = keys.user_pk(user_id)
         now = self.clock()
         remaining = max(deadline - time.monotonic(), 0.0)
         intent = _Intent(
@@ -709,10 +1121,7 @@ class Ledger:
             # a crashed waiter's intent is not applied long after its client was answered: past
             # this moment a combiner refuses it instead
             apply_before_ms=int((now + remaining + INTENT_GRACE_SECONDS) * 1000),
-            entry=entry,
-            policy=policy,
-            idempotency=idempotency,
-            ref_fingerprint=ref_fingerprint,
+            op=op,
         )
         try:
             self._put_intent(pk, intent, int(now))
@@ -771,7 +1180,7 @@ class Ledger:
                 return outcome
             try_lease = not _snapshot(found.get(keys.ACCOUNT)).combining(int(self.clock() * 1000))
 
-    def _done(self, pk: str, intent: _Intent, outcome: _Outcome) -> Posted:
+    def _done(self, pk: str, intent: _Intent, outcome: _Outcome) -> Mapping[str, Any]:
         """Take our decided intent off the queue (its decision is in our hands now) and answer it."""
         with contextlib.suppress(ClientError, ConnectionError, HTTPClientError):
             self.client.delete_item(TableName=self.table, Key=to_item({"pk": pk, "sk": intent.sk}))
@@ -848,54 +1257,36 @@ class Ledger:
                 return outcome
 
     def _combine(self, pk: str, snapshot: _Snapshot, intents: list[_Intent], owner: str) -> dict[str, _Outcome] | None:
-        """One combiner pass: decide as many queued intents as fit in ONE transaction, in order, and
-        commit them together, guarded by the account's seq and our lease (which it extends).
+        """One combiner pass: decide as many queued intents as fit in ONE transaction, in order, by
+        the same rules as a direct change (`_apply`), and commit them together, guarded by the
+        account's seq and holds and by our lease (which it extends).
         The decisions, by intent id; None when the account moved first."""
-        markers = self._markers(pk, intents)
+        found = self._markers(pk, intents)
         now = self.clock()
         now_ms = int(now * 1000)
-        balance, seq = snapshot.balance, snapshot.seq
+        work = _Work.of(snapshot)
         items: list[dict[str, Any]] = []
+        touched: set[str] = set()
         decided: dict[str, _Outcome] = {}
         for intent in intents:
-            entry, idem = intent.entry, intent.idempotency
-            ref_sk, idem_sk = _ref_sk(entry), _idem_sk(idem)
-            size = 2 + (ref_sk is not None) + (idem_sk is not None)  # the decision, TX, markers
-            if len(items) + 1 + size > MAX_TRANSACTION_ITEMS:
+            op = intent.op
+            if 1 + len(items) + 1 + op.size() > MAX_TRANSACTION_ITEMS:
                 break
-            outcome: _Outcome | None = None
+            # One transaction may not touch an item twice: a change that shares a marker or a hold
+            # with one already in this pass waits for the next pass (where it may replay it).
+            writes = op.writes(found)
+            if writes & touched:
+                break
+            touched |= writes
+            new: list[dict[str, Any]] = []
             if intent.apply_before_ms < now_ms:
                 outcome = _Outcome.refused(TemporarilyUnavailable("The balance is busy; nothing was written."))
-            elif idem is not None and idem_sk is not None and idem_sk in markers:
-                outcome = _replay_outcome(markers[idem_sk], idem.fingerprint, IdempotencyKeyReused)
-            elif ref_sk is not None and ref_sk in markers:
-                outcome = _replay_outcome(markers[ref_sk], intent.ref_fingerprint, ReferenceReused)
-            if outcome is None:
-                try:
-                    self._check_policy(balance, entry, intent.policy)
-                except (InsufficientCredits, ValidationError) as refusal:
-                    outcome = _Outcome.refused(refusal)
-            if outcome is None:
-                seq, balance = seq + 1, balance + entry.amount
-                tx_id = str(uuid.uuid4())
-                items += self._entry_items(pk, seq, balance, entry, idem, intent.ref_fingerprint, now, tx_id)
-                posted = Posted(tx_id, entry.amount, balance, seq)
-                outcome = _Outcome.applied(posted)
-                # a later intent with the same key or reference in this batch replays this one
-                marker = {
-                    "fingerprint": "",
-                    "transaction_id": tx_id,
-                    "amount": entry.amount,
-                    "balance_after": balance,
-                    "seq": seq,
-                }
-                if idem is not None and idem_sk is not None:
-                    markers[idem_sk] = {**marker, "fingerprint": idem.fingerprint}
-                if ref_sk is not None:
-                    markers[ref_sk] = {**marker, "fingerprint": intent.ref_fingerprint}
+            else:
+                outcome, new = self._apply(pk, op, work, found, now)
+            items += new
             decided[intent.id] = outcome
             items.append(self._decision(pk, intent, outcome))
-        guard = self._account_update(pk, snapshot, balance, seq, now, combiner=owner)
+        guard = self._account_update(pk, work, now, combiner=owner)
         request = {"TransactItems": [guard, *items], "ClientRequestToken": str(uuid.uuid4())}
         if self._commit(request, first_extra=len(request["TransactItems"])):
             return decided
@@ -938,7 +1329,7 @@ class Ledger:
 
     def _markers(self, pk: str, intents: list[_Intent]) -> dict[str, dict[str, Any]]:
         """The reference and idempotency markers the intents name (one consistent batch read)."""
-        sks = {sk for i in intents for sk in (_ref_sk(i.entry), _idem_sk(i.idempotency)) if sk is not None}
+        sks = {sk for i in intents for sk in i.op.sks()}
         return self._live(self._get_many(pk, sorted(sks))) if sks else {}
 
     def _outcome(self, pk: str, intent: _Intent) -> _Outcome | None:
@@ -1017,19 +1408,6 @@ class Ledger:
 
     # ---- reads --------------------------------------------------------------------------------
 
-    def _read(self, user_id: str, entry: Entry, idempotency: Idempotency | None) -> _Snapshot:
-        """The account and the markers, in one consistent read (one DynamoDB call)."""
-        pk = keys.user_pk(user_id)
-        sks = [keys.ACCOUNT]
-        ref_sk, idem_sk = _ref_sk(entry), _idem_sk(idempotency)
-        sks += [sk for sk in (ref_sk, idem_sk) if sk is not None]
-        found = self._live(self._get_many(pk, sks))
-        return _snapshot(
-            found.get(keys.ACCOUNT),
-            reference=found.get(ref_sk) if ref_sk else None,
-            idempotency=found.get(idem_sk) if idem_sk else None,
-        )
-
     def _live(self, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Read items without idempotency markers past their expiry (TTL deletes lazily: they are gone)."""
         now = int(self.clock())
@@ -1045,7 +1423,13 @@ class Ledger:
         TransactGetItems, it never collides with a transaction in flight.
         """
         found: dict[str, dict[str, Any]] = {}
-        wanted = [to_item({"pk": pk, "sk": sk}) for sk in dict.fromkeys(sks)]
+        keys_ = [to_item({"pk": pk, "sk": sk}) for sk in dict.fromkeys(sks)]
+        for start in range(0, len(keys_), 100):  # BatchGetItem reads at most 100 keys
+            found.update(self._batch_get_chunk(keys_[start : start + 100]))
+        return found
+
+    def _batch_get_chunk(self, wanted: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
         while wanted:
             request: dict[str, Any] = {self.table: {"Keys": wanted, "ConsistentRead": True}}
             response = self.client.batch_get_item(RequestItems=request)
@@ -1071,9 +1455,33 @@ class Ledger:
 
     def balance(self, user_id: str) -> int:
         """The current balance; 0 for a user who never had credits."""
+        return self.account(user_id).balance
+
+    def account(self, user_id: str) -> AccountView:
+        """The balance, what is available of it and what open holds take (one consistent read)."""
         validate_token(user_id, "userId")
-        account = self._get_many(keys.user_pk(user_id), [keys.ACCOUNT]).get(keys.ACCOUNT) or {}
-        return int(account.get("balance", 0))
+        snapshot = _snapshot(self._get_many(keys.user_pk(user_id), [keys.ACCOUNT]).get(keys.ACCOUNT))
+        now_ms = int(self.clock() * 1000)
+        held = snapshot.held(now_ms)
+        open_ = {hold_id: until for hold_id, (_, until) in snapshot.holds.items() if until > now_ms}
+        return AccountView(snapshot.balance, snapshot.balance - held, held, open_)
+
+    def holds(self, user_id: str) -> list[Hold]:
+        """The open, unexpired holds, soonest to expire first."""
+        view = self.account(user_id)
+        if not view.open_holds:
+            return []
+        found = self._get_many(keys.user_pk(user_id), [keys.hold_sk(h) for h in view.open_holds])
+        now_ms = int(self.clock() * 1000)
+        holds = [_hold_from_item(item, now_ms) for item in found.values()]
+        return sorted((h for h in holds if h.state == "open"), key=lambda h: (h.expires_at_ms, h.hold_id))
+
+    def hold(self, user_id: str, hold_id: str) -> Hold | None:
+        """One hold as it stands (state "expired" once past its end while still open), or None."""
+        validate_token(user_id, "userId")
+        validate_token(hold_id, "holdId")
+        item = self._get_many(keys.user_pk(user_id), [keys.hold_sk(hold_id)]).get(keys.hold_sk(hold_id))
+        return None if item is None else _hold_from_item(item, int(self.clock() * 1000))
 
     def transactions(
         self, user_id: str, *, limit: int = 20, cursor: str | None = None
@@ -1147,6 +1555,34 @@ def _posted_from_marker(marker: Mapping[str, Any]) -> Posted:
         balance=marker["balance_after"],
         seq=marker["seq"],
         replayed=True,
+    )
+
+
+def _hold_from_item(item: Mapping[str, Any], now_ms: int) -> Hold:
+    state = item["state"]
+    if state == "open" and item["until_ms"] <= now_ms:
+        state = "expired"
+    result = _plain(item.get("result") or {})
+    return Hold(
+        hold_id=item["hold_id"],
+        amount=item["amount"],
+        state=state,
+        expires_at_ms=item["until_ms"],
+        description=item.get("description", ""),
+        captured=item.get("captured"),
+        transaction_id=result.get("transaction_id"),
+    )
+
+
+def _entry_fingerprint(entry: Entry) -> str:
+    """What a reference marker remembers of its change, to tell a replay from a different change."""
+    return fingerprint(
+        {
+            "amount": entry.amount,
+            "type": entry.type,
+            "monetaryAmount": entry.monetary_amount,
+            "currency": entry.currency,
+        }
     )
 
 

@@ -63,7 +63,7 @@ def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> 
 
     for _ in range(8):
         page.click('button.action[data-action="generate"]')
-        page.wait_for_timeout(150)
+        expect(page.locator('button.action[data-action="generate"]')).not_to_have_attribute("aria-busy", "true")
     expect(page.locator("#balance")).to_have_text("5")
     page.click('button.action[data-action="generate"]')
     expect(page.locator("#message")).to_contain_text("Not enough credits")
@@ -72,6 +72,30 @@ def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> 
     expect(page.locator("#balance")).to_have_text("5")
     screenshot(page, "05-insufficient-credits")
     assert history_types(page).count("usage") == 10
+
+
+def test_a_failed_action_holds_its_price_while_it_runs_and_charges_nothing(page: Page, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack)
+    go_to_checkout(page, "starter")
+    page.click("#pay")
+    expect(page.locator("#balance")).to_have_text("100", timeout=30_000)
+
+    page.check("#fail-next")
+    page.click('button.action[data-action="analyze"]')
+    expect(page.locator("#held")).to_contain_text("5 credits held")  # while the action runs
+    expect(page.locator("#held")).to_contain_text("95 available")
+    screenshot(page, "09-action-running")
+    expect(page.locator("#message")).to_contain_text("failed, so nothing was charged")
+    expect(page.locator("#message")).to_have_attribute("data-kind", "error")
+    expect(page.locator("#held")).to_be_hidden()
+    expect(page.locator("#balance")).to_have_text("100")
+    assert history_types(page) == ["purchase"]
+    screenshot(page, "10-action-failed")
+
+    page.click('button.action[data-action="analyze"]')  # the box clears itself: this one succeeds
+    expect(page.locator("#message")).to_contain_text("5 credits spent")
+    expect(page.locator("#balance")).to_have_text("95")
+    assert history_types(page) == ["usage", "purchase"]
 
 
 def test_an_async_payment_credits_when_it_clears(page: Page, dev_stack: DevStack) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from credits import keys
 from credits.errors import InsufficientCredits, TemporarilyUnavailable
-from credits.ledger import Entry, Idempotency, Ledger, Policy, _Intent, fingerprint, to_item
+from credits.ledger import Entry, Idempotency, Ledger, Policy, _Intent, _Kind, _Op, _posted, fingerprint, to_item
 from tests.integration.conftest import LocalTables
 from tests.support import fleet, http_event
 
@@ -89,10 +89,7 @@ def queue(ledger: Ledger, user: str, amount: int, key: str) -> _Intent:
         id=str(uuid.uuid4()),
         created_ms=int(now * 1000),
         apply_before_ms=int((now + 30) * 1000),
-        entry=entry,
-        policy=Policy.USAGE,
-        idempotency=Idempotency(key, fingerprint({"key": key})),
-        ref_fingerprint=fingerprint({"amount": -amount}),
+        op=_Op(_Kind.POST, entry, Policy.USAGE, Idempotency(key, fingerprint({"key": key})), "rf"),
     )
     ledger._write("put_item", {"TableName": ledger.table, "Item": to_item(intent.item(keys.user_pk(user), int(now)))})
     return intent
@@ -117,9 +114,9 @@ def test_a_waiter_that_cancels_after_its_change_was_applied_answers_the_applied_
     intent = queue(ledger, "late", 3, "k-late")
     decided = combine_once(ledger, "late")
     outcome = ledger._withdraw(keys.user_pk("late"), intent)  # gives up just after the combiner committed
-    assert outcome is not None and outcome.posted is not None
-    posted = outcome.result()
-    assert posted.transaction_id == decided[intent.id].posted.transaction_id
+    assert outcome is not None and outcome.value is not None
+    posted = _posted(outcome.result())
+    assert posted.transaction_id == _posted(decided[intent.id].result()).transaction_id
     assert (posted.amount, posted.balance) == (-3, 7)
     assert ledger.balance("late") == 7 and ledger.audit("late").ok
 
@@ -187,12 +184,12 @@ def test_refusals_in_a_batch_are_402_and_write_nothing(local_tables: LocalTables
         queue(ledger, "tight", 4, "a"),
     )
     decided = combine_once(ledger, "tight")
-    assert decided[big.id].posted is not None and decided[big.id].posted.balance == 1
+    assert _posted(decided[big.id].result()).balance == 1
     with pytest.raises(InsufficientCredits) as refused:
         decided[small.id].result()
     assert (refused.value.required, refused.value.balance) == (4, 1)
-    replay = decided[same_key.id].result()  # the same key in the same batch replays the first
-    assert replay.transaction_id == decided[big.id].posted.transaction_id and replay.replayed
+    replay = _posted(decided[same_key.id].result())  # the same key in the same batch replays the first
+    assert replay.transaction_id == _posted(decided[big.id].result()).transaction_id and replay.replayed
     assert [t.amount for t in ledger.history("tight")] == [5, -4]
 
 
@@ -222,7 +219,7 @@ def test_a_combiner_whose_later_pass_fails_still_answers_its_own_charge(
     monkeypatch.setattr(ledger, "_queued", queued_then_throttled)
     assert ledger._take_lease(pk, mine.id)
     outcome = ledger._serve(pk, mine, time.monotonic() + 5)
-    assert outcome is not None and outcome.result().balance == 8
+    assert outcome is not None and _posted(outcome.result()).balance == 8
     assert ledger.balance("served") == 8
 
 
@@ -244,7 +241,7 @@ def test_a_waiter_whose_store_fails_withdraws_its_change_before_answering(
     snapshot, _ = ledger._queued(pk)
     entry = Entry(-3, "usage", "flaky")
     with pytest.raises(TemporarilyUnavailable):
-        ledger._queue("flaky", entry, Policy.USAGE, None, "rf", time.monotonic() + 5, snapshot)
+        ledger._queue(pk, _Op(_Kind.POST, entry, Policy.USAGE, None, "rf"), time.monotonic() + 5, snapshot)
     monkeypatch.undo()
     ledger._release_lease(pk, "someone-else")
     assert combine_once(ledger, "flaky") == {}  # nothing left that could be applied later

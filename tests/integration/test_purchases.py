@@ -83,7 +83,7 @@ def test_worked_example_buy_spend_refund(stack: Stack) -> None:
     starter = next(p for p in body["packages"] if p["id"] == "starter")
     assert (starter["credits"], starter["price"], starter["currency"]) == (100, 500, "usd")
 
-    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 0})
+    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 0, "available": 0, "held": 0})
     status, checkout = stack.call("POST", "/credits/checkout", {"packageId": "starter"}, token=token)
     assert status == 201
     assert checkout["checkoutUrl"].startswith(stack.stripe.base_url)
@@ -91,13 +91,13 @@ def test_worked_example_buy_spend_refund(stack: Stack) -> None:
 
     stack.stripe.pay(checkout["sessionId"])
     assert stack.stripe.deliveries[-1][1] == 200
-    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 100})
+    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 100, "available": 100, "held": 0})
 
     status, spent = stack.call("POST", "/credits/use", {"action": "analyze"}, token=token)
     assert (status, spent["charged"], spent["balance"]) == (200, 5, 95)
 
     stack.stripe.refund(checkout["sessionId"], 250)
-    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 45})
+    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 45, "available": 45, "held": 0})
 
     status, page = stack.call("GET", "/credits/transactions", token=token)
     assert [(t["type"], t["amount"], t["balanceAfter"]) for t in page["transactions"]] == [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import stat
 
 import pytest
 
@@ -37,3 +39,15 @@ def test_real_stripe_needs_a_test_key_and_the_webhook_secret(
     assert dev.main(ports) == 2
     assert "stripe listen --forward-to" in capsys.readouterr().err
     assert not (tmp_path / "dynamodb").exists()
+
+
+def test_the_local_iam_key_is_made_once_kept_private_and_printed_ready_to_paste(tmp_path) -> None:
+    key_id, secret = dev._iam_credentials(tmp_path)
+    assert re.fullmatch(r"AKIALOCAL[A-Z0-9]{11}", key_id)
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", secret)
+    assert dev._iam_credentials(tmp_path) == (key_id, secret)  # kept across restarts
+    assert stat.S_IMODE((tmp_path / dev.IAM_CREDENTIALS_FILE).stat().st_mode) == 0o600
+    banner = dev.internal_api_help("http://127.0.0.1:8000", key_id, secret, tmp_path / dev.IAM_CREDENTIALS_FILE)
+    assert f'--aws-sigv4 "aws:amz:us-east-1:execute-api" --user "{key_id}:{secret}"' in banner
+    assert "http://127.0.0.1:8000/internal/credits/grant" in banner
+    assert f"AWS_ACCESS_KEY_ID={key_id} AWS_SECRET_ACCESS_KEY={secret}" in banner

@@ -1,0 +1,223 @@
+"""Charge credits for your own routes: a Powertools route middleware (DESIGN.md section 10).
+
+    from credits.paywall import charge_credits
+
+    @app.post("/reports", middlewares=[charge_credits("analyze")])
+    def create_report(): ...
+
+Before the route runs, the price is reserved as a hold (402 with the standard error body if it does
+not fit, and the route does not run). A route that answers 2xx or 3xx has the hold captured, or
+less of it with `app.append_context(credits_used=n)`; a route that raises or answers 4xx or 5xx has
+it released, so the user pays nothing. A hold outlives the invocation (its TTL is the function's
+remaining time plus a margin), so a container that dies mid-route leaves a hold that expires by
+itself and never charges. The `Idempotency-Key` header makes a retry reuse the same hold: one key,
+at most one charge. A capture that fails after the route succeeded is retried; if it still fails,
+the hold expires (the user is not charged), an error is logged and the `CaptureFailed` metric is
+raised (template.yaml alarms on it).
+
+Configuration comes from the environment at cold start (CREDITS_TABLE_NAME, ACTION_COSTS), or from
+an injected `Paywall` (tests, several tables).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from credits import config
+from credits.errors import ConfigError, CreditsError, HoldCaptured, HoldExpired, TemporarilyUnavailable
+from credits.http import error_response, header, user_id
+from credits.ledger import (
+    DEFAULT_HOLD_TTL_SECONDS,
+    MAX_HOLD_TTL_SECONDS,
+    Captured,
+    Idempotency,
+    Ledger,
+    fingerprint,
+    validate_amount,
+)
+
+logger = Logger(service="credits-paywall")
+
+HOLD_MARGIN_SECONDS = 60  # a hold outlives the invocation that made it by this much
+CAPTURE_ATTEMPTS = 3
+
+
+class Paywall:
+    """The ledger and price list the middleware charges with; built once per container."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        prices: Mapping[str, int],
+        *,
+        ttl_seconds: int | None = None,
+        capture_attempts: int = CAPTURE_ATTEMPTS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ledger = ledger
+        self.prices = dict(prices)
+        self.ttl_seconds = ttl_seconds  # None: the invocation's remaining time plus a margin
+        self.capture_attempts = capture_attempts
+        self.sleep = sleep
+
+    def price(self, action: str) -> int:
+        try:
+            return self.prices[action]
+        except KeyError:
+            raise ConfigError(f"charge_credits({action!r}): the action is not in ACTION_COSTS.") from None
+
+    def run(self, app: APIGatewayHttpResolver, next_middleware: NextMiddleware, price: int, label: str) -> Response:
+        """Reserve, run the route, then capture or release (the middleware's whole behaviour)."""
+        try:
+            user = user_id(app)
+            reserved = self.ledger.reserve(
+                user,
+                price,
+                description=label,
+                ttl_seconds=self._ttl(app),
+                idempotency=self._idempotency(app, user, price),
+            )
+            if reserved.replayed:
+                hold = self.ledger.hold(user, reserved.hold_id)
+                if hold is None or hold.state == "expired":
+                    raise HoldExpired("This Idempotency-Key's hold expired before it was captured; use a new key.")
+        except CreditsError as refused:
+            return error_response(refused)  # 401, 402, 409 or 503: the route does not run
+        try:
+            response = next_middleware(app)
+        except Exception:
+            self._release(user, reserved.hold_id)
+            raise
+        if not 200 <= response.status_code < 400:
+            self._release(user, reserved.hold_id)
+            return response
+        captured = self._capture(user, reserved.hold_id, self._credits_used(app, price))
+        if captured is not None:
+            response.headers["Credits-Charged"] = str(captured.charged)
+            response.headers["Credits-Balance"] = str(captured.balance)
+        return response
+
+    def _ttl(self, app: APIGatewayHttpResolver) -> int:
+        if self.ttl_seconds is not None:
+            return self.ttl_seconds
+        context = getattr(app, "lambda_context", None)
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining is None:
+            return DEFAULT_HOLD_TTL_SECONDS
+        seconds = math.ceil(remaining() / 1000) + HOLD_MARGIN_SECONDS
+        return min(max(seconds, 1), MAX_HOLD_TTL_SECONDS)
+
+    def _idempotency(self, app: APIGatewayHttpResolver, user: str, price: int) -> Idempotency | None:
+        key = header(app, "Idempotency-Key")
+        if key is None:
+            return None
+        event = app.current_event
+        request = {"paywall": f"{event.http_method} {event.path}", "userId": user, "amount": price}
+        return Idempotency(key, fingerprint(request))
+
+    def _credits_used(self, app: APIGatewayHttpResolver, price: int) -> int:
+        """What the route says it used (`app.append_context(credits_used=n)`), else the whole price."""
+        used: Any = app.context.get("credits_used", price)
+        if type(used) is not int or not 0 <= used <= price:
+            # a bug in the route: charge the price it declared, never more, and say so
+            logger.error("credits_used must be an integer from 0 to the price", extra={"credits_used": repr(used)})
+            return price
+        return used
+
+    def _capture(self, user: str, hold_id: str, amount: int) -> Captured | None:
+        """Capture, retrying what a retry can fix; None (logged, alarmed) when it failed for good."""
+        for attempt in range(self.capture_attempts):
+            try:
+                return self.ledger.capture(user, hold_id, amount)
+            except HoldCaptured:
+                # a retry with the same Idempotency-Key whose route used a different amount: the
+                # first capture stands, and is what this response reports
+                hold = self.ledger.hold(user, hold_id)
+                if hold is None or hold.captured is None:
+                    break
+                view = self.ledger.account(user)
+                return Captured(hold_id, hold.transaction_id, hold.captured, view.balance, view.available, True)
+            except TemporarilyUnavailable:
+                pass  # nothing was written, or a resend replays what was: retry
+            except CreditsError:
+                break  # expired (the route outlived its hold), released: a retry cannot help
+            except Exception:
+                logger.exception("capture attempt failed", extra={"hold_id": hold_id})
+            if attempt + 1 < self.capture_attempts:
+                self.sleep(0.1 * 2**attempt)
+        logger.error(
+            "capture failed after the route succeeded: the hold expires and the user is not charged",
+            extra={"user_id": user, "hold_id": hold_id, "amount": amount},
+        )
+        with single_metric(
+            name="CaptureFailed",
+            unit=MetricUnit.Count,
+            value=1,
+            namespace="Credits",
+            default_dimensions={"service": "credits"},
+        ):
+            pass
+        return None
+
+    def _release(self, user: str, hold_id: str) -> None:
+        """Best effort: a hold that is not released expires by itself and charges nothing."""
+        try:
+            self.ledger.release(user, hold_id)
+        except Exception:
+            logger.exception("release failed; the hold will expire", extra={"user_id": user, "hold_id": hold_id})
+
+
+@functools.cache
+def default_paywall() -> Paywall:
+    """The paywall of this container, from CREDITS_TABLE_NAME and ACTION_COSTS (read once)."""
+    from credits.aws import dynamodb_client
+
+    raw_prices = config.optional("ACTION_COSTS")
+    prices = config.action_costs(raw_prices) if raw_prices else {}
+    return Paywall(Ledger(dynamodb_client(), config.require("CREDITS_TABLE_NAME")), prices)
+
+
+class _ChargeCredits:
+    """The middleware one route gets from `charge_credits`."""
+
+    def __init__(self, paywall: Paywall | None, price: int | None, action: str | None) -> None:
+        self._paywall = paywall
+        self._price = price
+        self.action = action
+        self.__name__ = f"charge_credits({action or price})"  # Powertools names middlewares in its logs
+
+    @property
+    def paywall(self) -> Paywall:
+        return self._paywall or default_paywall()
+
+    def __call__(self, app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response:
+        paywall = self.paywall
+        price = self._price if self._price is not None else paywall.price(str(self.action))
+        return paywall.run(app, next_middleware, price, self.action or "charge")
+
+
+def charge_credits(
+    action: str | None = None, *, amount: int | None = None, paywall: Paywall | None = None
+) -> _ChargeCredits:
+    """A route middleware that charges `action`'s price (from ACTION_COSTS) or a fixed `amount`.
+
+    The price list is checked now, at cold start: an action missing from ACTION_COSTS, or a missing
+    CREDITS_TABLE_NAME, fails the import naming it, not the first paying request.
+    """
+    if (action is None) == (amount is None):
+        raise ConfigError("charge_credits takes an action or amount=n, not both.")
+    if amount is not None:
+        validate_amount(amount)
+    middleware = _ChargeCredits(paywall, amount, action)
+    if action is not None:
+        middleware.paywall.price(action)
+    return middleware

@@ -1,0 +1,189 @@
+"""credits.paywall.charge_credits on a small resolver app (moto): reserve, run, capture or release."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from credits.errors import ConfigError, TemporarilyUnavailable
+from credits.http import install_error_handlers, json_response
+from credits.ledger import Ledger
+from credits.paywall import Paywall, charge_credits
+from tests.support import FakeContext, decode, http_event
+
+PRICES = {"analyze": 5, "search": 1}
+
+
+class App:
+    """A team's function: four routes behind the paywall, counting how often each one ran."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.runs: dict[str, int] = {}
+        self.paywall = Paywall(ledger, PRICES, sleep=lambda _s: None)
+        app = APIGatewayHttpResolver()
+        install_error_handlers(app, Logger(service="team"))
+        self.app = app
+        charge = charge_credits("analyze", paywall=self.paywall)
+
+        @app.post("/ok", middlewares=[charge])
+        def ok() -> Response:
+            return self.ran("ok", json_response(200, {"done": True}))
+
+        @app.post("/raises", middlewares=[charge])
+        def raises() -> Response:
+            self.ran("raises", None)
+            raise RuntimeError("the action crashed")
+
+        @app.post("/fails", middlewares=[charge])
+        def fails() -> Response:
+            return self.ran("fails", json_response(500, {"error": {"code": "oops", "message": "failed"}}))
+
+        @app.post("/cheaper", middlewares=[charge])
+        def cheaper() -> Response:
+            used = (app.current_event.json_body or {}).get("used")
+            app.append_context(credits_used=used)
+            return self.ran("cheaper", json_response(200, {"done": True}))
+
+        @app.post("/flaky", middlewares=[charge])
+        def flaky() -> Response:
+            fail = (app.current_event.json_body or {}).get("fail")
+            return self.ran("flaky", json_response(500 if fail else 200, {"failed": bool(fail)}))
+
+        @app.post("/fixed", middlewares=[charge_credits(amount=2, paywall=self.paywall)])
+        def fixed() -> Response:
+            return self.ran("fixed", json_response(201, {"done": True}))
+
+    def ran(self, name: str, response: Any) -> Any:
+        self.runs[name] = self.runs.get(name, 0) + 1
+        return response
+
+    def call(self, path: str, **kwargs: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        event = http_event("POST", path, body=kwargs.pop("body", {}), **kwargs)
+        return decode(self.app.resolve(event, cast(LambdaContext, FakeContext())))
+
+
+@pytest.fixture
+def ledger(moto_dynamodb) -> Ledger:
+    ledger = Ledger(moto_dynamodb, "credits", sleep=lambda _s: None)
+    ledger.grant("user-1", 12, type="gift", description="seed")
+    return ledger
+
+
+@pytest.fixture
+def team(ledger: Ledger) -> App:
+    return App(ledger)
+
+
+def test_a_successful_route_charges_once_and_says_so_in_headers(team: App, ledger: Ledger) -> None:
+    status, body, headers = team.call("/ok")
+    assert (status, body) == (200, {"done": True})
+    assert (headers["Credits-Charged"], headers["Credits-Balance"]) == ("5", "7")
+    assert [(t.amount, t.type, t.description) for t in ledger.history("user-1")][1:] == [(-5, "usage", "analyze")]
+    assert ledger.account("user-1").held == 0
+
+
+@pytest.mark.parametrize(("path", "status"), [("/raises", 500), ("/fails", 500)])
+def test_a_route_that_raises_or_answers_5xx_charges_nothing(team: App, ledger: Ledger, path: str, status: int) -> None:
+    code, _body, headers = team.call(path)
+    assert code == status and "Credits-Charged" not in headers
+    assert team.runs == {path[1:]: 1}
+    view = ledger.account("user-1")
+    assert (view.balance, view.available, view.held) == (12, 12, 0)
+    assert len(ledger.history("user-1")) == 1
+
+
+def test_not_enough_credits_is_402_and_the_route_never_runs(team: App, ledger: Ledger) -> None:
+    ledger.charge("user-1", 10, description="spent")
+    status, body, _ = team.call("/ok")
+    assert status == 402
+    assert body["error"]["code"] == "insufficient_credits"
+    assert (body["error"]["required"], body["error"]["balance"], body["error"]["available"]) == (5, 2, 2)
+    assert team.runs == {}
+
+
+def test_no_identity_is_401_and_the_route_never_runs(team: App) -> None:
+    status, body, _ = team.call("/ok", sub=None)
+    assert (status, body["error"]["code"], team.runs) == (401, "unauthorized", {})
+
+
+def test_a_retry_with_the_same_idempotency_key_charges_once(team: App, ledger: Ledger) -> None:
+    first = team.call("/ok", headers={"Idempotency-Key": "report-1"})
+    again = team.call("/ok", headers={"Idempotency-Key": "report-1"})
+    assert first[0] == again[0] == 200
+    assert first[2]["Credits-Charged"] == again[2]["Credits-Charged"] == "5"
+    assert [t.amount for t in ledger.history("user-1")] == [12, -5]
+
+
+def test_a_retry_after_a_failure_with_the_same_key_runs_again_and_charges_once(team: App, ledger: Ledger) -> None:
+    """A failed attempt charged nothing, so its key is free: the retry that succeeds pays, once."""
+    assert team.call("/flaky", body={"fail": True}, headers={"Idempotency-Key": "k"})[0] == 500
+    assert ledger.balance("user-1") == 12
+    first = team.call("/flaky", headers={"Idempotency-Key": "k"})
+    again = team.call("/flaky", headers={"Idempotency-Key": "k"})
+    assert first[2]["Credits-Charged"] == again[2]["Credits-Charged"] == "5"
+    assert team.runs == {"flaky": 3}
+    assert [t.amount for t in ledger.history("user-1")] == [12, -5]
+
+
+@pytest.mark.parametrize(("used", "charged"), [(3, 3), (0, 0), (5, 5), (9, 5), (-1, 5), ("2", 5)])
+def test_credits_used_charges_less_never_more(team: App, ledger: Ledger, used: object, charged: int) -> None:
+    status, _, headers = team.call("/cheaper", body={"used": used})
+    assert status == 200 and headers["Credits-Charged"] == str(charged)
+    assert ledger.balance("user-1") == 12 - charged
+    assert len(ledger.history("user-1")) == (1 if charged == 0 else 2)
+    assert ledger.account("user-1").held == 0
+
+
+def test_a_fixed_amount_and_a_3xx_or_201_capture(team: App, ledger: Ledger) -> None:
+    status, _, headers = team.call("/fixed")
+    assert (status, headers["Credits-Charged"], ledger.balance("user-1")) == (201, "2", 10)
+
+
+def test_a_capture_that_keeps_failing_charges_nothing_and_is_reported(
+    team: App,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts: list[int] = []
+
+    def failing(*_a: object, **_k: object) -> None:
+        attempts.append(1)
+        raise TemporarilyUnavailable("throttled")
+
+    monkeypatch.setattr(ledger, "capture", failing)
+    status, body, headers = team.call("/ok")
+    assert (status, body) == (200, {"done": True}) and "Credits-Charged" not in headers
+    assert len(attempts) == 3
+    assert '"CaptureFailed":[1.0]' in capsys.readouterr().out  # the metric, as EMF
+    assert "capture failed" in caplog.text
+    assert [t.amount for t in ledger.history("user-1")] == [12]  # not charged; the hold expires
+
+
+def test_a_capture_that_fails_once_is_retried_and_charges_once(
+    team: App, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ledger.capture
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TemporarilyUnavailable("throttled")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "capture", flaky)
+    assert team.call("/ok")[2]["Credits-Charged"] == "5"
+    assert [t.amount for t in ledger.history("user-1")] == [12, -5]
+
+
+def test_an_unknown_action_fails_at_cold_start(ledger: Ledger) -> None:
+    with pytest.raises(ConfigError, match="ACTION_COSTS"):
+        charge_credits("teleport", paywall=Paywall(ledger, PRICES))
+    with pytest.raises(ConfigError):
+        charge_credits("analyze", amount=3, paywall=Paywall(ledger, PRICES))

@@ -1,0 +1,48 @@
+"""template.yaml against the code: the IAM a deployed function gets covers the calls its code makes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from local.template import ROOT, load
+
+CREDITS = ROOT / "shared" / "credits"
+ITEM_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+
+
+def _action(snake: str) -> str:
+    return "".join(part.capitalize() for part in snake.split("_"))
+
+
+def dynamodb_actions(source: Path) -> set[str]:
+    """The DynamoDB actions a module's code calls: client methods, and the items of its transactions."""
+    text = source.read_text()
+    calls = set(re.findall(r"self\.client\.(\w+)\(", text)) | set(re.findall(r'_write\(\s*"(\w+)"', text))
+    calls -= {"meta", "exceptions"}
+    actions = {_action(call) for call in calls if call != "transact_write_items"}
+    if "transact_write_items" in calls:
+        actions |= {ITEM_ACTIONS[kind] for kind in re.findall(r'\{\s*"(Put|Update|Delete|ConditionCheck)":', text)}
+    return {f"dynamodb:{a}" for a in actions}
+
+
+def test_the_ledger_policy_allows_exactly_the_calls_the_ledger_and_the_payments_make() -> None:
+    policy = load()["Resources"]["CreditsLedgerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    allowed = {action for statement in policy for action in statement["Action"]}
+    used = dynamodb_actions(CREDITS / "ledger.py") | dynamodb_actions(CREDITS / "payments.py")
+    assert {"dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:GetItem"} <= used
+    assert used == allowed
+
+
+def test_every_function_that_writes_the_ledger_attaches_the_ledger_policy() -> None:
+    resources = load()["Resources"]
+    for name in ("UseCreditsFunction", "WebhookFunction", "PremiumExampleFunction"):
+        assert {"Ref": "CreditsLedgerPolicy"} in resources[name]["Properties"]["Policies"], name
+    exported = {output.get("Export", {}).get("Name", {}).get("Sub", "") for output in load()["Outputs"].values()}
+    assert "${AWS::StackName}-CreditsLedgerPolicyArn" in exported
+    assert "${AWS::StackName}-CreditsLayerArn" in exported
