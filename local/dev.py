@@ -2,8 +2,9 @@
 
 DynamoDB Local (data kept under .local-data/), the tables from template.yaml, the example catalog,
 the Stripe emulator with its hosted checkout page (or real Stripe in test mode, when
-STRIPE_SECRET_KEY is set), and the local gateway serving the API, the webhook URL and the page.
-Ctrl-C stops everything.
+STRIPE_SECRET_KEY is set), the local gateway serving the API, the webhook URL and the page, and the
+credits table's stream feeding the events function, which puts its events on a local EventBridge
+bus (the page shows them). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import string
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from local.containers import ContainerError
+from local.containers import ContainerError, ContainerPool
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
+from local.eventbridge import LocalEventBridge
+from local.streams import StreamPoller
 from local.template import ROOT, TABLE_VARIABLES, create_tables
 
 TABLES = {"CreditsTable": "credits", "IdempotencyTable": "credits-idempotency"}
@@ -31,6 +35,10 @@ EMULATOR_API_KEY = "sk_test_local_emulator"
 EMULATOR_WEBHOOK_SECRET = "whsec_local_emulator"  # noqa: S105 - the local emulator's, not a secret
 DEFAULT_COSTS = '{"search": 1, "analyze": 5, "generate": 10}'
 IAM_CREDENTIALS_FILE = "local-iam-credentials.json"  # the local key /internal/* accepts, under --data-dir
+EVENT_BUS = "credits-local"
+EVENTS_FUNCTION = "events"  # the function the credits table's stream invokes (template.yaml)
+EVENTS_FILE = "eventbridge-events.json"  # the local bus's events, under --data-dir
+STREAM_CHECKPOINTS_FILE = "stream-checkpoints.json"  # how far the events function has read the stream
 
 
 class StartupError(Exception):
@@ -95,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
 
     database = DynamoDBLocal(port=args.dynamodb_port, db_path=args.data_dir / "dynamodb", host=args.host)
+    bridge = LocalEventBridge(bus_name=EVENT_BUS, host=args.host, state_path=args.data_dir / EVENTS_FILE)
     emulator = None
     gateway = None
+    events: ContainerPool | None = None
+    poller: StreamPoller | None = None
     try:
         database.start()
         create_tables(database.client(), TABLES)
+        bridge.start()
         base = f"http://{args.host}:{args.port}"
         env = {
             "AWS_ENDPOINT_URL_DYNAMODB": database.endpoint,
@@ -114,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
             "POWERTOOLS_METRICS_DISABLED": "true",
+            "EVENT_BUS_NAME": EVENT_BUS,
+            "AWS_ENDPOINT_URL_EVENTBRIDGE": bridge.endpoint,
+            "LOW_BALANCE_THRESHOLD": os.environ.get("LOW_BALANCE_THRESHOLD", "10"),
             **{variable: TABLES[logical] for logical, variable in TABLE_VARIABLES.items()},
         }
         os.environ.pop("AWS_PROFILE", None)
@@ -149,8 +164,23 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             page_config={"apiBase": "", "auth": "local", "stripe": "real" if real_stripe else "emulator"},
             iam_credentials=(key_id, secret),
+            event_bridge=bridge,
         )
-        gateway.start()
+        # The events function runs in its own container, as the stream's event source mapping
+        # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
+        events = ContainerPool(EVENTS_FUNCTION, limit=1)
+        with ThreadPoolExecutor(1) as warming:
+            events_warm = warming.submit(events.warm, 1)
+            gateway.start()
+            events_warm.result()
+        poller = StreamPoller.for_function(
+            EVENTS_FUNCTION,
+            endpoint=database.endpoint,
+            table_name=TABLES["CreditsTable"],
+            deliver=events.invoke,
+            starting_position="TRIM_HORIZON",  # what was written while make dev was down is not missed
+            checkpoint_path=args.data_dir / STREAM_CHECKPOINTS_FILE,
+        ).start()
         print(
             "\n  Credits, running offline\n"
             f"  page:      {base}/\n"
@@ -158,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  webhook:   {base}/webhook\n"
             f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
             f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
+            f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {bridge.endpoint} "
+            f"(bus {EVENT_BUS}; GET /_local/events; the page shows yours)\n"
             f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE)}"
             "  Ctrl-C stops everything.\n",
             flush=True,
@@ -168,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
+        if poller is not None:
+            poller.stop()
+        if events is not None:
+            events.close()
         if gateway is not None:
             gateway.stop()
+        bridge.stop()
         if emulator is not None:
             emulator.stop()
         database.stop()

@@ -9,7 +9,8 @@ JWT routes need a token that this gateway signed at `POST /local/sign-in` (a LOC
 for the JWT authorizer). IAM routes (`/internal/*`) need an AWS Signature Version 4 made with the
 gateway's local key (`iam_credentials`, local.sigv4), as API Gateway checks a caller's IAM
 signature; without a local key they are refused, as they are to a browser on AWS. The page in web/
-is served at `/`.
+is served at `/`. `GET /local/notifications` (LOCAL-ONLY, with a local token) answers the signed-in
+user's events from the local EventBridge (local.eventbridge), newest first, for the page to show.
 
 Each function runs in its own container PROCESSES (local.containers), one invocation at a time
 each, as on Lambda: never as threads of this server, whose handlers would share Powertools'
@@ -34,18 +35,23 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from local.containers import ContainerError, ContainerPool, InvocationError
 from local.sigv4 import Rejected, verify
-from local.template import ROOT, Route, code_dir, functions, load, match_route, routes
+from local.template import ROOT, Route, code_dir, functions, http_functions, load, match_route, routes
+
+if TYPE_CHECKING:
+    from local.eventbridge import LocalEventBridge
 
 WEBHOOK_PATH = "/webhook"
 ISSUER = "credits-local"
 AUDIENCE = "credits-local-web"
 TOKEN_TTL_SECONDS = 12 * 3600
 USER_NAME = re.compile(r"^[a-zA-Z0-9_.@-]{1,64}$")
+NOTIFICATIONS = 20  # the most /local/notifications answers
+EVENT_SOURCE = "credits"
 
 
 def _b64(data: bytes) -> str:
@@ -169,17 +175,22 @@ class Gateway:
         page_config: dict[str, Any] | None = None,
         containers_per_function: int = 8,
         iam_credentials: tuple[str, str] | None = None,
+        event_bridge: LocalEventBridge | None = None,
     ) -> None:
         self.tokens = LocalTokens(token_secret)
+        self.event_bridge = event_bridge  # where /local/notifications reads the events; None: no such route
         # (access key id, secret access key) that IAM routes accept SigV4 signatures of; None refuses all.
         self.iam_credentials = iam_credentials
         self.web_dir = web_dir
         template = load()
         self.routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes(template)}
-        # Every function of the template (the webhook has no route: it is the Function URL).
+        # Every function served over HTTP (the webhook has no route: it is the Function URL). One a
+        # stream invokes (events) is not the gateway's: local.streams feeds it.
+        served = http_functions(template)
         self.pools = {
             name: ContainerPool(name, limit=containers_per_function, code=code)
             for name, code in sorted(functions(template).items())
+            if name in served
         }
         self.page_config = page_config or {}
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -217,6 +228,22 @@ class Gateway:
             status = 502 if event.get("routeKey") == "$default" else 500
             body = json.dumps({"message": "Internal Server Error"})
             return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": body}
+
+    def notifications(self, user: str, limit: int = NOTIFICATIONS) -> list[dict[str, Any]]:
+        """The user's events on the local bus, newest first, each once however often it was
+        delivered (events are delivered at least once; `detail.eventId` names the fact)."""
+        assert self.event_bridge is not None
+        seen: set[str] = set()
+        found: list[dict[str, Any]] = []
+        for event in self.event_bridge.events(user_id=user):
+            event_id = str(event["detail"].get("eventId") or event["id"])
+            if event["source"] != EVENT_SOURCE or event_id in seen:
+                continue
+            seen.add(event_id)
+            found.append(
+                {"id": event_id, "detailType": event["detail-type"], "detail": event["detail"], "time": event["time"]}
+            )
+        return found[::-1][:limit]
 
     # ---- events -----------------------------------------------------------------------------
 
@@ -301,6 +328,13 @@ class Gateway:
                 if path == "/local/config.json" and method == "GET":
                     self._json(200, gateway.page_config)
                     return
+                if path == "/local/notifications" and method == "GET" and gateway.event_bridge is not None:
+                    claims = self._claims(headers)
+                    if claims is None:
+                        self._json(401, {"message": "Unauthorized"})
+                        return
+                    self._json(200, {"notifications": gateway.notifications(str(claims["sub"]))})
+                    return
                 found = match_route(gateway.routes, method, path)
                 if found is None:
                     if method == "GET" and self._static(path):
@@ -321,9 +355,7 @@ class Gateway:
                         return
                     authorizer = caller.authorizer()
                 elif route.auth == "JWT":
-                    auth = headers.get("authorization", "")
-                    token = auth[7:] if auth.lower().startswith("bearer ") else ""
-                    claims = gateway.tokens.verify(token) if token else None
+                    claims = self._claims(headers)
                     if claims is None:
                         self._json(401, {"message": "Unauthorized"})
                         return
@@ -332,6 +364,12 @@ class Gateway:
                     route, path, split.query, headers, body, authorizer=authorizer, path_parameters=parameters
                 )
                 self._lambda(gateway.invoke(route.function, event))
+
+            def _claims(self, headers: dict[str, str]) -> dict[str, Any] | None:
+                """The claims of the request's bearer token, if the gateway signed it and it is valid."""
+                auth = headers.get("authorization", "")
+                token = auth[7:] if auth.lower().startswith("bearer ") else ""
+                return gateway.tokens.verify(token) if token else None
 
             def _lambda(self, response: dict[str, Any]) -> None:
                 raw = response.get("body") or ""

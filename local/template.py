@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,8 +60,19 @@ def table_definitions(template: dict[str, Any] | None = None) -> dict[str, dict[
         }
         if props.get("GlobalSecondaryIndexes"):
             definition["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        stream = stream_specification(props)
+        if stream:
+            definition["StreamSpecification"] = stream
         out[logical_id] = definition
     return out
+
+
+def stream_specification(table_properties: dict[str, Any]) -> dict[str, Any] | None:
+    """create_table's StreamSpecification for a table's properties in the template, or None.
+    (CloudFormation enables the stream by naming its view type; the API also wants the switch.)"""
+    spec = table_properties.get("StreamSpecification") or {}
+    view = spec.get("StreamViewType")
+    return {"StreamEnabled": True, "StreamViewType": view} if view else None
 
 
 def ttl_attribute(logical_id: str, template: dict[str, Any] | None = None) -> str | None:
@@ -69,11 +81,13 @@ def ttl_attribute(logical_id: str, template: dict[str, Any] | None = None) -> st
 
 
 def create_tables(client: DynamoDBClient, names: dict[str, str]) -> None:
-    """Create each table of the template under the given names (logical id -> name), if missing."""
+    """Create each table of the template under the given names (logical id -> name), if missing.
+    A table kept from before the template gave it a stream gets the stream now."""
     existing = set(client.list_tables().get("TableNames", []))
     for logical_id, definition in table_definitions().items():
         name = names[logical_id]
         if name in existing:
+            _enable_stream(client, name, definition.get("StreamSpecification"))
             continue
         client.create_table(TableName=name, **definition)
         client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
@@ -82,6 +96,16 @@ def create_tables(client: DynamoDBClient, names: dict[str, str]) -> None:
             client.update_time_to_live(
                 TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
             )
+
+
+def _enable_stream(client: DynamoDBClient, name: str, wanted: dict[str, Any] | None) -> None:
+    if wanted is None:
+        return
+    current = client.describe_table(TableName=name)["Table"].get("StreamSpecification")
+    if current and current.get("StreamEnabled"):
+        return
+    client.update_table(TableName=name, StreamSpecification=wanted)  # type: ignore[arg-type]
+    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
 
 def functions(template: dict[str, Any] | None = None) -> dict[str, str]:
@@ -177,3 +201,76 @@ def routes(template: dict[str, Any] | None = None) -> list[Route]:
             auth = authorizer if authorizer in ("NONE", "AWS_IAM") else "JWT"
             out.append(Route(props["Method"].upper(), props["Path"], function, auth, code[function]))
     return out
+
+
+def http_functions(template: dict[str, Any] | None = None) -> set[str]:
+    """The functions served over HTTP: those with an HttpApi route or a Function URL (the webhook).
+    Others (the events function, which a stream invokes) need no container behind the gateway."""
+    data = template or load()
+    out: set[str] = set()
+    for resource in data["Resources"].values():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        props = resource["Properties"]
+        events = (props.get("Events") or {}).values()
+        if props.get("FunctionUrlConfig") or any(event["Type"] == "HttpApi" for event in events):
+            out.add(Path(props["CodeUri"]).name)
+    return out
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """One `DynamoDB` event of a function in the template: which table's stream invokes it, and how."""
+
+    function: str  # the function's name: the last folder of its CodeUri
+    code: str  # its code directory, relative to the repository root
+    table: str  # the logical id of the table whose stream it reads
+    batch_size: int
+    starting_position: str  # TRIM_HORIZON or LATEST
+    patterns: tuple[dict[str, Any], ...]  # FilterCriteria: a record is delivered if it matches one (all if none)
+    report_batch_item_failures: bool
+
+
+def _stream_table(stream: Any) -> str:
+    """The table's logical id in `!GetAtt Table.StreamArn` (either form)."""
+    target = stream.get("GetAtt", stream.get("Fn::GetAtt")) if isinstance(stream, dict) else None
+    parts = target.split(".", 1) if isinstance(target, str) else target
+    if not isinstance(parts, list) or len(parts) != 2 or parts[1] != "StreamArn":
+        raise ValueError(f"a DynamoDB event's Stream must be !GetAtt <Table>.StreamArn, not {stream!r}")
+    return str(parts[0])
+
+
+def stream_sources(template: dict[str, Any] | None = None) -> list[StreamSource]:
+    """Every DynamoDB stream event of every function in the template."""
+    data = template or load()
+    out: list[StreamSource] = []
+    for resource in data["Resources"].values():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        props = resource["Properties"]
+        code = Path(props["CodeUri"]).as_posix()
+        for event in (props.get("Events") or {}).values():
+            if event["Type"] != "DynamoDB":
+                continue
+            source = event["Properties"]
+            filters = (source.get("FilterCriteria") or {}).get("Filters") or []
+            out.append(
+                StreamSource(
+                    function=Path(code).name,
+                    code=code,
+                    table=_stream_table(source["Stream"]),
+                    batch_size=int(source.get("BatchSize", 100)),
+                    starting_position=source["StartingPosition"],
+                    patterns=tuple(json.loads(f["Pattern"]) for f in filters),
+                    report_batch_item_failures="ReportBatchItemFailures" in (source.get("FunctionResponseTypes") or []),
+                )
+            )
+    return out
+
+
+def stream_source(function: str, template: dict[str, Any] | None = None) -> StreamSource:
+    """The one stream event of a function (e.g. `events`)."""
+    found = [s for s in stream_sources(template) if s.function == function]
+    if len(found) != 1:
+        raise KeyError(f"{function!r} has {len(found)} DynamoDB stream events in {TEMPLATE.name}, not one")
+    return found[0]

@@ -1,6 +1,7 @@
 "use strict";
 // The credits page: sign-in (local stand-in or host-supplied token), balance, packages, checkout
-// return, paid actions and history. Talks to the API only through its public routes.
+// return, paid actions, settings and history. Talks to the API only through its public routes; on the
+// local stack it also shows the user's events from the local event bus (/local/notifications).
 (() => {
   const cfg = Object.assign({ apiBase: "", auth: "local", actions: [], actionPath: null, lowBalance: 10 },
     window.CREDITS_CONFIG);
@@ -8,8 +9,13 @@
   const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
   const [TOKEN_KEY, USER_KEY, BEFORE_KEY] = ["credits.token", "credits.user", "credits.balanceBeforeCheckout"];
   const POLL_SECONDS = 30;
+  const [NOTES_EVERY_MS, NOTES_MAX, NOTE_NEW_MS] = [3000, 20, 10000];
   const $ = (selector) => document.querySelector(selector);
-  const state = { balance: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map() };
+  const state = {
+    balance: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map(), packages: [],
+    settings: null, settingsDirty: false, notes: new Set(), notesLoaded: false, notesTimer: null, notesBusy: false,
+  };
+  let packagesReady = Promise.resolve();
 
   class ApiError extends Error {
     constructor(status, data) {
@@ -87,7 +93,9 @@
   }
 
   async function request(method, path, body, extraHeaders = {}) {
-    const token = path.startsWith("/local/") ? null : await getToken();
+    // The local sign-in and config need no token; every other route, /local/notifications included, does.
+    const anonymous = path.startsWith("/local/") && path !== "/local/notifications";
+    const token = anonymous ? null : await getToken();
     const headers = Object.assign({ Accept: "application/json" }, extraHeaders);
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -98,7 +106,7 @@
       throw new ApiError(0, { error: { code: "network", message: "Network problem: check your connection and try again." } });
     }
     const data = await res.json().catch(() => null);
-    if (res.status === 401 && !path.startsWith("/local/")) signedOut("Your session has expired. Please sign in again.");
+    if (res.status === 401 && !anonymous) signedOut("Your session has expired. Please sign in again.");
     if (!res.ok) throw new ApiError(res.status, data);
     return { data, headers: res.headers };
   }
@@ -107,11 +115,15 @@
     try { return JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).sub || null; } catch { return null; }
   }
 
-  const showSignedIn = (yes) => ["#account", "#wallet", "#history-card"].forEach((id) => ($(id).hidden = !yes));
+  function showSignedIn(yes) {
+    ["#account", "#wallet", "#settings-card", "#history-card"].forEach((id) => ($(id).hidden = !yes));
+    $("#notifications-card").hidden = !yes || cfg.auth !== "local"; // the local event bus only
+  }
 
   function signedIn(user) {
     $("#signin").hidden = true;
     showSignedIn(true);
+    startNotifications();
     $("#signed-in-as").textContent = user ? `Signed in as ${user}` : "Signed in";
     $("#signout-button").hidden = cfg.auth === "token" && typeof cfg.signOut !== "function";
   }
@@ -119,8 +131,10 @@
   function signedOut(reason) {
     localStorage.removeItem(TOKEN_KEY);
     localStorage.removeItem(USER_KEY);
-    Object.assign(state, { balance: null, cursor: null });
+    Object.assign(state, { balance: null, cursor: null, settings: null, settingsDirty: false });
     state.ids.clear();
+    stopNotifications();
+    clearSettingsForm();
     $("#history tbody").replaceChildren();
     $("#balance").textContent = "";
     showSignedIn(false);
@@ -135,12 +149,14 @@
   function setBalance(balance) {
     state.balance = balance;
     $("#balance").textContent = String(balance);
+    // The user's own threshold once settings are loaded (0 turns the notice off), else the page's default.
+    const threshold = state.settings ? state.settings.lowBalanceThreshold : cfg.lowBalance;
     const low = $("#low-balance");
-    low.hidden = balance >= cfg.lowBalance;
+    low.hidden = balance >= 0 && (threshold <= 0 || balance >= threshold);
     low.dataset.kind = balance < 0 ? "error" : "warn";
     low.textContent = balance < 0
       ? "Your balance is negative after a refund or dispute; buy credits to continue."
-      : `Your balance is low (under ${credits(cfg.lowBalance)}): buy credits to keep using paid actions.`;
+      : `Your balance is low (under ${credits(threshold)}): buy credits to keep using paid actions.`;
   }
 
   function setHeld(held, available) {
@@ -190,13 +206,179 @@
     $("#history-more").hidden = !page.nextCursor;
   }
 
-  const refresh = () => Promise.all([loadBalance(), loadHistory()]).catch(report);
+  const refresh = () => Promise.all([loadBalance(), loadHistory(), loadSettings()]).catch(report);
+
+  // ---- settings -----------------------------------------------------------------------------
+  const SETTINGS_FIELDS = { lowBalanceThreshold: "#low-balance-threshold", monthlySpendLimit: "#monthly-spend-limit" };
+
+  function showSettings(settings, keepInputs = false) {
+    state.settings = settings;
+    if (!keepInputs) {
+      $("#low-balance-threshold").value = String(settings.lowBalanceThreshold);
+      $("#monthly-spend-limit").value = settings.monthlySpendLimit == null ? "" : String(settings.monthlySpendLimit);
+      state.settingsDirty = false;
+    }
+    const spent = settings.spentThisMonth;
+    $("#spent-this-month").textContent = settings.monthlySpendLimit == null
+      ? `Spent this month: ${credits(spent)} (no limit).`
+      : `Spent this month: ${spent} of ${credits(settings.monthlySpendLimit)}.`;
+    if (state.balance !== null) setBalance(state.balance); // the low-balance notice follows the threshold
+  }
+
+  async function loadSettings() {
+    // What the user is typing is kept; the month's spending is always brought up to date.
+    showSettings(await api("GET", "/credits/settings"), state.settingsDirty);
+  }
+
+  function settingsStatus(text, kind = "info") {
+    const status = $("#settings-status");
+    status.textContent = text;
+    status.dataset.kind = kind;
+    status.hidden = !text;
+  }
+
+  function fieldError(input, text) {
+    const box = $(`#${input.id}-error`);
+    box.textContent = text;
+    box.hidden = !text;
+    if (text) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+
+  function clearSettingsForm() {
+    Object.values(SETTINGS_FIELDS).forEach((id) => { $(id).value = ""; fieldError($(id), ""); });
+    $("#spent-this-month").textContent = "";
+    settingsStatus("");
+  }
+
+  async function saveSettings(event) {
+    event.preventDefault();
+    const inputs = Object.entries(SETTINGS_FIELDS).map(([field, id]) => [field, $(id)]);
+    inputs.forEach(([, input]) => fieldError(input, ""));
+    const threshold = $(SETTINGS_FIELDS.lowBalanceThreshold);
+    const unreadable = inputs.find(([, input]) => input.validity.badInput)?.[1]
+      || (threshold.value.trim() === "" ? threshold : null);
+    if (unreadable) {
+      fieldError(unreadable, unreadable === threshold && !threshold.validity.badInput
+        ? "Enter a number of credits (0 turns the alert off)." : "Enter a whole number of credits.");
+      unreadable.focus();
+      return settingsStatus("Not saved: check the highlighted field.", "error");
+    }
+    // An empty limit means no limit (null); numbers are sent as typed and the API checks them.
+    const body = Object.fromEntries(inputs.map(([field, input]) =>
+      [field, input.value.trim() === "" ? null : Number(input.value)]));
+    const button = $("#settings-save");
+    button.disabled = true;
+    settingsStatus("Saving…");
+    try {
+      showSettings(await api("PUT", "/credits/settings", body));
+      settingsStatus("Settings saved.", "success");
+    } catch (err) {
+      if (err.status !== 400) return settingsStatus(`Not saved: ${err.message}`, "error");
+      const others = [];
+      let first = null;
+      for (const issue of err.details.errors || []) {
+        const text = String(issue.issue || "").replace(/^Value error, /, "");
+        const id = SETTINGS_FIELDS[issue.field];
+        if (!id) { others.push(text); continue; }
+        const message = text.charAt(0).toUpperCase() + text.slice(1);
+        fieldError($(id), message.endsWith(".") ? message : `${message}.`);
+        first = first || $(id);
+      }
+      if (first) first.focus();
+      settingsStatus(others.length ? `Not saved: ${others.join(" ")}` : first
+        ? "Not saved: check the highlighted field." : `Not saved: ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---- notifications (local stack: the user's events on the local event bus) -----------------
+  function noteSentence({ detailType, detail: d }) {
+    switch (detailType) {
+      case "Credits Purchased": {
+        const currency = String(d.currency || "").toLowerCase();
+        const pkg = state.packages.find((p) => p.credits === d.credits && p.price === d.monetaryAmount
+          && String(p.currency).toLowerCase() === currency);
+        if (pkg) return `${credits(d.credits)} added: ${pkg.name}.`;
+        return d.monetaryAmount != null && currency
+          ? `${credits(d.credits)} added for ${money(d.monetaryAmount, currency)}.` : `${credits(d.credits)} added.`;
+      }
+      case "Credits Clawed Back":
+        return `${credits(d.credits)} taken back after a ${d.reason === "dispute" ? "dispute" : "refund"}; `
+          + `your balance is ${d.balance}.`;
+      case "Balance Low":
+        return `Your balance is low: ${credits(d.balance)} left (under ${d.threshold}).`;
+      case "Balance Negative":
+        return `Your balance is negative (${d.balance}): buy credits to use paid actions again.`;
+      case "Spend Limit Reached":
+        return `Monthly spending limit of ${credits(d.limit)} reached.`;
+      default:
+        return `${detailType}.`;
+    }
+  }
+
+  function noteItem(note, isNew) {
+    const when = new Date(note.time);
+    const item = el("li", { class: "notification", "data-type": note.detailType.toLowerCase().replace(/\s+/g, "-"),
+      "data-id": note.id },
+      el("p", { class: "notification-text" }, noteSentence(note)),
+      el("time", { class: "notification-time", dateTime: note.time }, when.toLocaleString(undefined, DATE_FORMAT)));
+    if (isNew) {
+      item.classList.add("is-new");
+      setTimeout(() => item.classList.remove("is-new"), NOTE_NEW_MS);
+    }
+    return item;
+  }
+
+  function showNotes(notes) {
+    // Newest first; only what this page has not shown yet is added, at the top. What is already there
+    // when the page opens is listed plainly; what arrives later is highlighted for a while and announced.
+    const fresh = notes.filter((n) => !state.notes.has(n.id));
+    fresh.forEach((n) => state.notes.add(n.id));
+    const list = $("#notifications");
+    list.prepend(...fresh.map((n) => noteItem(n, state.notesLoaded)));
+    while (list.children.length > NOTES_MAX) list.lastElementChild.remove();
+    if (state.notesLoaded && fresh.length) $("#notifications-live").textContent = fresh.map(noteSentence).join(" ");
+    state.notesLoaded = true;
+    $("#notifications-empty").hidden = list.children.length > 0;
+  }
+
+  async function pollNotes() {
+    if (state.notesBusy || !isSignedIn() || document.hidden) return;
+    state.notesBusy = true;
+    const token = await getToken();
+    try {
+      const { notifications } = await api("GET", "/local/notifications");
+      if (token === (await getToken()) && isSignedIn()) showNotes(notifications); // still the same user
+    } catch {
+      // A missed poll is made up by the next one.
+    } finally {
+      state.notesBusy = false;
+    }
+  }
+
+  function startNotifications() {
+    if (cfg.auth !== "local" || state.notesTimer) return;
+    packagesReady.finally(pollNotes); // purchases are named after their package
+    state.notesTimer = setInterval(pollNotes, NOTES_EVERY_MS);
+  }
+
+  function stopNotifications() {
+    clearInterval(state.notesTimer);
+    Object.assign(state, { notesTimer: null, notesLoaded: false });
+    state.notes.clear();
+    $("#notifications").replaceChildren();
+    $("#notifications-empty").hidden = false;
+    $("#notifications-live").textContent = "";
+  }
 
   // ---- packages and checkout ----------------------------------------------------------------
   async function loadPackages() {
     const box = $("#packages");
     try {
       const { packages } = await api("GET", "/credit-packages");
+      state.packages = packages;
       box.replaceChildren(...packages.map((p) => {
         const price = money(p.price, p.currency);
         const buy = el("button", { type: "button", class: "buy", "aria-label": `Buy ${p.name} for ${price}` }, "Buy");
@@ -305,6 +487,7 @@
         addRows([{ id: r.transactionId, amount: -r.charged, balanceAfter: r.balance, type: "usage",
           description: action.id, createdAt: new Date().toISOString() }], true);
         say(`${action.label}: ${credits(r.charged)} spent.`, "success");
+        loadSettings().catch(() => {});
       }
     } catch (err) {
       // After a network failure or a 503 the outcome is unknown: the next click retries with the same key.
@@ -314,6 +497,10 @@
         if (typeof err.details.balance === "number") setBalance(err.details.balance);
         const have = err.details.available ?? err.details.balance;
         say(`Not enough credits: this needs ${err.details.required}, you have ${have} available.`, "error");
+      } else if (err.code === "spend_limit_reached") {
+        say(`Monthly spending limit reached: you have spent ${err.details.spent} of your ${credits(err.details.limit)} `
+          + "this month, and this action would pass it. Raise or clear the limit in Settings to continue.", "error");
+        loadSettings().catch(() => {});
       } else if (err.status >= 500 && err.code !== "temporarily_unavailable" && cfg.actionPath) {
         say(`${action.label} failed, so nothing was charged.`, "error");
         refresh();
@@ -362,12 +549,14 @@
       say("Signed out.", "info");
     });
     $("#refresh-button").addEventListener("click", refresh);
+    $("#settings-form").addEventListener("submit", saveSettings);
+    $("#settings-form").addEventListener("input", () => (state.settingsDirty = true));
     $("#history-more").addEventListener("click", (e) => {
       e.target.disabled = true;
       loadHistory(true).catch(report).finally(() => (e.target.disabled = false));
     });
     renderActions();
-    const packages = loadPackages();
+    const packages = (packagesReady = loadPackages());
     showPaymentsMode();
     if (cfg.auth === "local") {
       const token = localStorage.getItem(TOKEN_KEY);

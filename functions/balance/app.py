@@ -1,4 +1,4 @@
-"""balance: GET /credits/balance, /credits/holds and /credits/transactions (JWT user), GET
+"""balance: GET /credits/balance, /credits/holds, /credits/settings and /credits/transactions (JWT user), GET
 /credit-packages (public).
 
 Read-only; never imports stripe.
@@ -23,7 +23,7 @@ from credits.packages import Catalog
 
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
-ledger = Ledger(_client, _table)
+ledger = Ledger(_client, _table, default_threshold=config.low_balance_threshold())
 catalog = Catalog(_client, _table)
 
 logger = Logger()
@@ -35,6 +35,11 @@ install_error_handlers(app, logger)
 def balance() -> Response:
     view = ledger.account(user_id(app))
     return json_response(200, api.balance_body(view), {"Cache-Control": "no-store"})
+
+
+@app.get("/credits/settings")
+def settings() -> Response:
+    return json_response(200, api.settings_body(ledger.settings(user_id(app))), {"Cache-Control": "no-store"})
 
 
 @app.get("/credits/holds")

@@ -1,5 +1,5 @@
-"""use_credits: POST /credits/use (JWT user); the IAM-only /internal/credits/use and /grant, and
-holds: reserve, capture and release (/internal/credits/holds...).
+"""use_credits: POST /credits/use and PUT /credits/settings (JWT user); the IAM-only
+/internal/credits/use and /grant, and holds: reserve, capture and release (/internal/credits/holds...).
 
 Traced by Lambda's own active tracing (template: Tracing: Active), not by Powertools' Tracer:
 importing the X-Ray SDK costs about 260 ms of every cold start, on the hottest path we have."""
@@ -16,13 +16,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits import api, config
 from credits.aws import dynamodb_client
-from credits.errors import InsufficientCredits
+from credits.errors import CreditsError, InsufficientCredits, SpendLimitReached, TemporarilyUnavailable
 from credits.http import error_response, header, install_error_handlers, json_body, json_response, user_id
 from credits.ledger import Ledger, Posted
 
 # Built once per container: configuration (fails here, naming the variable) and the adapters.
 PRICES = config.action_costs(config.require("ACTION_COSTS"))
-ledger = Ledger(dynamodb_client(), config.require("CREDITS_TABLE_NAME"))
+ledger = Ledger(
+    dynamodb_client(), config.require("CREDITS_TABLE_NAME"), default_threshold=config.low_balance_threshold()
+)
 
 logger = Logger()
 metrics = Metrics()
@@ -38,9 +40,18 @@ def _answer(posted: Posted, body: dict[str, Any], metric: str) -> Response:
     return json_response(200, body)
 
 
-@app.exception_handler(InsufficientCredits)
-def _insufficient(exc: InsufficientCredits) -> Response:
-    metrics.add_metric(name="InsufficientCredits", unit=MetricUnit.Count, value=1)
+# Refusals the dashboard counts (402s by cause, 503s); the answer is the standard error body.
+REFUSAL_METRICS = {
+    InsufficientCredits: "InsufficientCredits",
+    SpendLimitReached: "SpendLimitRefused",
+    TemporarilyUnavailable: "Unavailable",
+}
+
+
+@app.exception_handler(list(REFUSAL_METRICS))
+def _refused(exc: CreditsError) -> Response:
+    name = next(REFUSAL_METRICS[c] for c in type(exc).__mro__ if c in REFUSAL_METRICS)
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
     return error_response(exc)
 
 
@@ -64,6 +75,13 @@ def internal_grant() -> Response:
     request = api.parse(api.GrantRequest, json_body(app))
     posted = api.internal_grant(ledger, request, header(app, "Idempotency-Key"))
     return _answer(posted, api.granted_body(posted), "CreditsGranted")
+
+
+@app.put("/credits/settings")
+def put_settings() -> Response:
+    request = api.parse(api.SettingsRequest, json_body(app))
+    settings = api.update_settings(ledger, user_id(app), request)
+    return json_response(200, api.settings_body(settings), {"Cache-Control": "no-store"})
 
 
 @app.post("/internal/credits/holds")

@@ -36,7 +36,8 @@ from credits.stripe_gateway import InvalidWebhook, verify_webhook
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
 WEBHOOK_SECRET = config.secret("STRIPE_WEBHOOK_SECRET")
-payments = Payments(Ledger(_client, _table), Catalog(_client, _table), _client, _table)
+ledger = Ledger(_client, _table, default_threshold=config.low_balance_threshold())
+payments = Payments(ledger, Catalog(_client, _table), _client, _table)
 
 # Event-id dedupe in front; the ledger's payment reference is what makes credits exactly-once.
 persistence = DynamoDBPersistenceLayer(table_name=config.require("IDEMPOTENCY_TABLE_NAME"), boto3_client=_client)

@@ -17,6 +17,7 @@ from credits.ledger import (
     DEFAULT_HOLD_TTL_SECONDS,
     MAX_AMOUNT,
     MAX_HOLD_TTL_SECONDS,
+    UNCHANGED,
     AccountView,
     Captured,
     Hold,
@@ -25,7 +26,9 @@ from credits.ledger import (
     Posted,
     Released,
     Reserved,
+    Settings,
     Transaction,
+    Unchanged,
     fingerprint,
     key_problem,
     validate_token,
@@ -120,6 +123,19 @@ class ReleaseRequest(_Request):
     """POST /internal/credits/holds/{holdId}/release: end a hold without charging."""
 
     userId: Token
+
+
+class SettingsRequest(_Request):
+    """PUT /credits/settings: a field left out keeps its value; a null limit removes it."""
+
+    lowBalanceThreshold: Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)] | None = None
+    monthlySpendLimit: Amount | None = None
+
+    @model_validator(mode="after")
+    def _threshold_not_null(self) -> SettingsRequest:
+        if "lowBalanceThreshold" in self.model_fields_set and self.lowBalanceThreshold is None:
+            raise ValueError("lowBalanceThreshold cannot be null: send 0 to turn low-balance events off")
+        return self
 
 
 class CheckoutRequest(_Request):
@@ -249,6 +265,22 @@ def captured_body(captured: Captured) -> dict[str, Any]:
 
 def released_body(released: Released) -> dict[str, Any]:
     return {"released": released.released, "balance": released.balance, "available": released.available}
+
+
+def update_settings(ledger: Ledger, user_id: str, request: SettingsRequest) -> Settings:
+    """PUT /credits/settings."""
+    limit: int | Unchanged | None = UNCHANGED
+    if "monthlySpendLimit" in request.model_fields_set:
+        limit = request.monthlySpendLimit
+    return ledger.update_settings(user_id, low_balance_threshold=request.lowBalanceThreshold, monthly_spend_limit=limit)
+
+
+def settings_body(settings: Settings) -> dict[str, Any]:
+    return {
+        "lowBalanceThreshold": settings.low_balance_threshold,
+        "monthlySpendLimit": settings.monthly_spend_limit,
+        "spentThisMonth": settings.spent_this_month,
+    }
 
 
 def balance_body(view: AccountView) -> dict[str, Any]:

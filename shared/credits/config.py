@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 
 from credits.errors import ConfigError
-from credits.ledger import MAX_AMOUNT
+from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, MAX_AMOUNT
 
 
 def require(name: str, env: Mapping[str, str] | None = None) -> str:
@@ -55,3 +55,13 @@ def optional(name: str, env: Mapping[str, str] | None = None) -> str | None:
     """The value of an optional variable, or None when unset or blank."""
     value = (os.environ if env is None else env).get(name, "").strip()
     return value or None
+
+
+def low_balance_threshold(env: Mapping[str, str] | None = None) -> int:
+    """LOW_BALANCE_THRESHOLD: the balance under which Balance Low fires for users who set none (0: off)."""
+    raw = optional("LOW_BALANCE_THRESHOLD", env)
+    if raw is None:
+        return DEFAULT_LOW_BALANCE_THRESHOLD
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_AMOUNT:
+        raise ConfigError("LOW_BALANCE_THRESHOLD must be an integer from 0 to 1000000000.")
+    return int(raw)

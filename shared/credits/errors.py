@@ -53,6 +53,19 @@ class InsufficientCredits(CreditsError):
         return {"required": self.required, "balance": self.balance, "available": self.available}
 
 
+class SpendLimitReached(CreditsError):
+    """The charge or hold would take the month's usage above the user's monthly spend limit."""
+
+    def __init__(self, limit: int, spent: int, month: str) -> None:
+        super().__init__(f"This would pass your monthly spending limit of {limit} credits ({spent} used in {month}).")
+        self.limit = limit
+        self.spent = spent
+        self.month = month
+
+    def details(self) -> dict[str, Any]:
+        return {"limit": self.limit, "spent": self.spent, "month": self.month}
+
+
 class HoldNotFound(CreditsError):
     """No such hold for this user (another user's hold id is not found either)."""
 
@@ -105,6 +118,10 @@ class IdempotencyKeyReused(CreditsError):
     """The Idempotency-Key was used before for a different request."""
 
 
+class RequestInProgress(CreditsError):
+    """A request with this Idempotency-Key is still running; retry it once that one has answered."""
+
+
 class ReferenceReused(CreditsError):
     """The referenceId was used before for a different request."""
 
@@ -136,10 +153,12 @@ HTTP_ERRORS: dict[type[CreditsError], tuple[int, str]] = {
     ValidationError: (400, "validation_error"),
     Unauthorized: (401, "unauthorized"),
     InsufficientCredits: (402, "insufficient_credits"),
+    SpendLimitReached: (402, "spend_limit_reached"),
     UnknownAction: (404, "unknown_action"),
     PackageNotFound: (404, "package_not_found"),
     NotFound: (404, "not_found"),
     IdempotencyKeyReused: (409, "idempotency_key_reused"),
+    RequestInProgress: (409, "request_in_progress"),
     HoldNotFound: (404, "hold_not_found"),
     HoldExpired: (409, "hold_expired"),
     HoldCaptured: (409, "hold_captured"),

@@ -26,7 +26,8 @@ def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | N
 
 def error_response(exc: CreditsError) -> Response:
     status, body = http_error(exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    retry = status == 503 or body["error"]["code"] == "request_in_progress"
+    headers = {"Retry-After": "1"} if retry else None
     return json_response(status, body, headers)
 
 

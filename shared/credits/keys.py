@@ -9,6 +9,7 @@ REF = "REF#"  # a client's referenceId (POST /credits/use, /internal/*)
 SYSREF = "SYSREF#"  # a reference the system writes for itself (purchases, refunds, disputes)
 IDEM = "IDEM#"
 HOLD = "HOLD#"
+LIMIT = "LIMIT#"  # the first refusal of a month by the user's spend limit (an event, once)
 INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
 CUSTOMER = "CUSTOMER#"
 PACKAGE = "PACKAGE#"
@@ -44,6 +45,10 @@ def idem_sk(key: str) -> str:
 
 def hold_sk(hold_id: str) -> str:
     return f"{HOLD}{hold_id}"
+
+
+def limit_sk(month: str) -> str:
+    return f"{LIMIT}{month}"
 
 
 def intent_sk(created_ms: int, intent_id: str) -> str:

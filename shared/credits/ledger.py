@@ -47,6 +47,7 @@ from credits.errors import (
     IdempotencyKeyReused,
     InsufficientCredits,
     ReferenceReused,
+    SpendLimitReached,
     TemporarilyUnavailable,
     TooManyHolds,
     ValidationError,
@@ -66,8 +67,11 @@ SERVE_AFTER_OWN_SECONDS = 0.5  # a combiner keeps serving the queue this long af
 MAX_KEY_BYTES = 255  # user ids, reference ids and idempotency keys, in UTF-8 bytes (they become key parts)
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600  # Stripe keeps keys 24 h; we keep them twice as long.
 DEFAULT_HOLD_TTL_SECONDS = 300
+DEFAULT_LOW_BALANCE_THRESHOLD = 10
+LIMIT_NOTE_TTL_SECONDS = 400 * 86_400
 MAX_HOLD_TTL_SECONDS = 86_400
 HOLD_RETENTION_SECONDS = 7 * 86_400  # a hold item outlives its end by a week: a late capture is a 409
+MAX_NOTE_BYTES = 32 * 1024
 MAX_OPEN_HOLDS = 1000  # per account: the account item carries them (about 60 bytes each)
 ENTRY_TYPES = frozenset({"purchase", "usage", "refund", "dispute", "expiration", "adjustment", "gift"})
 
@@ -212,10 +216,30 @@ class Hold:
     description: str
     captured: int | None = None
     transaction_id: str | None = None
+    response: str | None = None  # the note written with its capture
+    balance_after: int | None = None  # the balance its end left
 
     @property
     def expires_at(self) -> str:
         return iso_utc(self.expires_at_ms / 1000)
+
+
+class Unchanged(Enum):
+    """A setting left out of a change keeps its value."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A user's settings as in force: their threshold (or the default) and their monthly limit."""
+
+    low_balance_threshold: int
+    monthly_spend_limit: int | None
+    spent_this_month: int  # usage posted this month plus open holds (what counts against the limit)
 
 
 @dataclass(frozen=True)
@@ -319,6 +343,11 @@ class _Snapshot:
     # nothing from that millisecond on, whether or not a write has pruned them yet (invariant 7)
     holds: dict[str, tuple[int, int]] = field(default_factory=dict)
     holds_rev: int = 0  # moves with every change of `holds`: a write guards it like `seq`
+    # the user's settings (DESIGN.md section 11) and the usage posted in `spend_month` (YYYY-MM)
+    threshold: int | None = None
+    spend_limit: int | None = None
+    spend_month: str | None = None
+    spent: int = 0
 
     def combining(self, now_ms: int) -> bool:
         return self.combiner is not None and self.combiner_until > now_ms
@@ -343,7 +372,16 @@ def _snapshot(account: Mapping[str, Any] | None, **markers: Any) -> _Snapshot:
         combiner_until=account.get("combiner_until", 0) if account else 0,
         holds={hold_id: (h["a"], h["u"]) for hold_id, h in raw_holds.items()},
         holds_rev=account.get("holds_rev", 0) if account else 0,
+        threshold=account.get("low_balance_threshold") if account else None,
+        spend_limit=account.get("monthly_spend_limit") if account else None,
+        spend_month=account.get("spend_month") if account else None,
+        spent=account.get("spent", 0) if account else 0,
     )
+
+
+def month_of(now: float) -> str:
+    """The UTC calendar month of a Unix time, `YYYY-MM`: spend limits count usage per month."""
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
 
 
 @dataclass
@@ -354,11 +392,26 @@ class _Work:
     balance: int
     seq: int
     holds: dict[str, tuple[int, int]]
+    month: str
+    spent: int  # usage posted this month (captures and charges; open holds count on top)
     holds_changed: bool = False
+    spent_changed: bool = False
 
     @classmethod
-    def of(cls, snapshot: _Snapshot) -> _Work:
-        return cls(snapshot, snapshot.balance, snapshot.seq, dict(snapshot.holds))
+    def of(cls, snapshot: _Snapshot, now: float) -> _Work:
+        month = month_of(now)
+        spent = snapshot.spent if snapshot.spend_month == month else 0  # a new month starts from 0
+        return cls(snapshot, snapshot.balance, snapshot.seq, dict(snapshot.holds), month, spent)
+
+    def spend(self, amount: int) -> None:
+        self.spent += amount
+        self.spent_changed = True
+
+    def check_limit(self, amount: int, now_ms: int) -> None:
+        """Invariant 8: usage this month (posted, plus open holds) never passes the user's limit."""
+        limit = self.base.spend_limit
+        if limit is not None and self.spent + self.held(now_ms) + amount > limit:
+            raise SpendLimitReached(limit=limit, spent=self.spent + self.held(now_ms), month=self.month)
 
     def held(self, now_ms: int) -> int:
         return sum(amount for amount, until in self.holds.values() if until > now_ms)
@@ -394,6 +447,7 @@ class _Op:
     amount: int | None = None  # RESERVE: the amount held; CAPTURE: the amount asked (None: all of it)
     ttl_seconds: int = 0  # RESERVE
     description: str = ""  # RESERVE
+    note: str | None = None  # CAPTURE: kept on the hold with its end (the paywall's response, to replay)
 
     def sks(self) -> list[str]:
         """The items this change reads besides the account: its markers, or its hold."""
@@ -440,6 +494,7 @@ class _Op:
             "ref_fingerprint": self.ref_fingerprint,
             "hold_id": self.hold_id,
             "ttl_seconds": self.ttl_seconds or None,
+            "note": self.note,
         }
 
     @classmethod
@@ -455,6 +510,7 @@ class _Op:
                 amount=item.get("amount"),
                 ttl_seconds=item.get("ttl_seconds", 0),
                 description=item.get("description", ""),
+                note=item.get("note"),
             )
         entry = Entry(
             item["amount"],
@@ -517,8 +573,9 @@ _REFUSALS: dict[str, Callable[[Mapping[str, Any]], CreditsError]] = {
     "HoldReleased": lambda d: HoldReleased(str(d["message"])),
     "CaptureExceedsHold": lambda d: CaptureExceedsHold(str(d["message"])),
     "TooManyHolds": lambda d: TooManyHolds(str(d["message"])),
+    "SpendLimitReached": lambda d: SpendLimitReached(int(d["limit"]), int(d["spent"]), str(d["month"])),
 }
-_REFUSAL_DETAILS = ("required", "balance", "available", "message")
+_REFUSAL_DETAILS = ("required", "balance", "available", "limit", "spent", "month", "message")
 
 
 @dataclass(frozen=True)
@@ -620,9 +677,11 @@ class Ledger:
         max_delay: float = 0.2,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        default_threshold: int = DEFAULT_LOW_BALANCE_THRESHOLD,
     ) -> None:
         self.client = client
         self.table = table_name
+        self.default_threshold = default_threshold  # LOW_BALANCE_THRESHOLD: for users who set none
         # Bounds sized by tests/integration/test_concurrency.py and `make bench`: 16 writers on one
         # balance in DynamoDB Local needed up to 34 attempts; whichever bound comes first ends the retries.
         self.max_attempts = max_attempts
@@ -735,14 +794,17 @@ class Ledger:
             v["hold_id"], v["amount"], v["expires_at_ms"], v["balance"], v["available"], bool(v.get("replayed"))
         )
 
-    def capture(self, user_id: str, hold_id: str, amount: int | None = None) -> Captured:
+    def capture(self, user_id: str, hold_id: str, amount: int | None = None, *, note: str | None = None) -> Captured:
         """End an open hold with ONE usage entry of `amount` (default: all of it; 0 posts nothing),
-        reference `hold:<holdId>`; the rest is released. A repeat replays the first answer."""
+        reference `hold:<holdId>`; the rest is released. A repeat replays the first answer. `note`
+        (at most MAX_NOTE_BYTES) is kept on the hold, written with its end."""
         validate_token(user_id, "userId")
         validate_token(hold_id, "holdId")
+        if note is not None and len(note.encode("utf-8")) > MAX_NOTE_BYTES:
+            raise ValidationError(f"A capture's note is at most {MAX_NOTE_BYTES} bytes.")
         if amount is not None and (type(amount) is not int or not 0 <= amount <= MAX_AMOUNT):
             raise ValidationError(f"amount must be an integer from 0 to {MAX_AMOUNT}.", [{"field": "amount"}])
-        v = self._run(user_id, _Op(_Kind.CAPTURE, hold_id=hold_id, amount=amount))
+        v = self._run(user_id, _Op(_Kind.CAPTURE, hold_id=hold_id, amount=amount, note=note))
         return Captured(
             hold_id, v["transaction_id"], v["charged"], v["balance"], v["available"], bool(v.get("replayed"))
         )
@@ -756,6 +818,32 @@ class Ledger:
         return Released(hold_id, v["released"], v["balance"], v["available"], bool(v.get("replayed")))
 
     def _run(self, user_id: str, op: _Op, *, extra: Sequence[dict[str, Any]] = ()) -> Mapping[str, Any]:
+        """Decide and write a change (`_decide`); the first refusal of a month by the user's spend
+        limit is noted (`LIMIT#<month>`), once, for the Spend Limit Reached event."""
+        try:
+            return self._decide(user_id, op, extra)
+        except SpendLimitReached as refused:
+            self._note_limit(keys.user_pk(user_id), refused)
+            raise
+
+    def _note_limit(self, pk: str, refused: SpendLimitReached) -> None:
+        """Best effort (the refusal stands either way): a conditional put, so the event is once."""
+        item = {
+            "pk": pk,
+            "sk": keys.limit_sk(refused.month),
+            "limit": refused.limit,
+            "spent": refused.spent,
+            "month": refused.month,
+            "created_at": iso_utc(self.clock()),
+            "expires_at": int(self.clock()) + LIMIT_NOTE_TTL_SECONDS,
+        }
+        with contextlib.suppress(ClientError, CreditsError):
+            self._write(
+                "put_item",
+                {"TableName": self.table, "Item": to_item(item), "ConditionExpression": "attribute_not_exists(pk)"},
+            )
+
+    def _decide(self, user_id: str, op: _Op, extra: Sequence[dict[str, Any]]) -> Mapping[str, Any]:
         """Decide a change from one read and write it in ONE transaction, guarded by what was read;
         a lost race queues it for the combiner (group commit), which decides it the same way."""
         pk = keys.user_pk(user_id)
@@ -767,7 +855,7 @@ class Ledger:
             found = self._live(self._get_many(pk, [keys.ACCOUNT, *op.sks()]))
             snapshot = _snapshot(found.pop(keys.ACCOUNT, None))
             now = self.clock()
-            work = _Work.of(snapshot)
+            work = _Work.of(snapshot, now)
             outcome, items = self._apply(pk, op, work, found, now)
             if not items:
                 return outcome.result()  # a replay, a refusal, or nothing to write
@@ -804,7 +892,15 @@ class Ledger:
             if op.kind is _Kind.RESERVE:
                 return self._apply_reserve(pk, op, work, found, now)
             return self._apply_end(pk, op, work, found, now)
-        except (InsufficientCredits, ValidationError, HoldNotFound, HoldEnded, CaptureExceedsHold, TooManyHolds) as no:
+        except (
+            InsufficientCredits,
+            SpendLimitReached,
+            ValidationError,
+            HoldNotFound,
+            HoldEnded,
+            CaptureExceedsHold,
+            TooManyHolds,
+        ) as no:
             return _Outcome.refused(no), []
 
     def _apply_post(
@@ -818,6 +914,8 @@ class Ledger:
         if ref_sk is not None and ref_sk in found:
             return _replay_outcome(found[ref_sk], op.ref_fingerprint, ReferenceReused, "transaction_id"), []
         self._check_policy(work, entry, op.policy, int(now * 1000))
+        if op.policy is Policy.USAGE:
+            work.spend(-entry.amount)
         posted, items = self._append(pk, work, entry, idem, op.ref_fingerprint, now, found)
         return _Outcome.applied(_posted_value(posted)), items
 
@@ -830,6 +928,7 @@ class Ledger:
             available = work.available(now_ms)
             if work.balance < 0 or available + entry.amount < 0:
                 raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
+            work.check_limit(-entry.amount, now_ms)
         elif policy is Policy.CREDIT and entry.amount <= 0:
             raise ValidationError("A credit must be positive.")
         elif policy is Policy.CLAWBACK and entry.amount >= 0:
@@ -849,7 +948,8 @@ class Ledger:
         or reference finds them in `found` and replays this one."""
         work.seq, work.balance = work.seq + 1, work.balance + entry.amount
         tx_id = str(uuid.uuid4())
-        items = self._entry_items(pk, work.seq, work.balance, entry, idem, ref_fingerprint, now, tx_id)
+        threshold = work.base.threshold if work.base.threshold is not None else self.default_threshold
+        items = self._entry_items(pk, work.seq, work.balance, entry, idem, ref_fingerprint, now, tx_id, threshold)
         posted = Posted(tx_id, entry.amount, work.balance, work.seq)
         marker = {"transaction_id": tx_id, "amount": entry.amount, "balance_after": work.balance, "seq": work.seq}
         if idem is not None:
@@ -871,6 +971,7 @@ class Ledger:
         available = work.available(now_ms)
         if work.balance < 0 or op.amount > available:
             raise InsufficientCredits(required=op.amount, balance=work.balance, available=available)
+        work.check_limit(op.amount, now_ms)
         if len(work.holds) >= MAX_OPEN_HOLDS:
             raise TooManyHolds(f"An account keeps at most {MAX_OPEN_HOLDS} open holds; end some first.")
         hold_id = str(uuid.uuid4())
@@ -927,7 +1028,9 @@ class Ledger:
             if not capture:
                 return _Outcome.applied({**hold["result"], "replayed": True}), []
             raise HoldReleased("This hold was released; it can no longer be captured.")
-        if hold["until_ms"] <= now_ms:
+        # The account's map decides whether a hold still counts (a writer whose clock ran ahead may have
+        # pruned it already): one that no longer counts can no longer charge.
+        if hold["until_ms"] <= now_ms or op.hold_id not in work.holds:
             if capture:
                 raise HoldExpired(f"This hold expired at {iso_utc(hold['until_ms'] / 1000)}; it charges nothing.")
             # already counts for nothing: say so, write nothing
@@ -949,10 +1052,13 @@ class Ledger:
                 entry = Entry(
                     -amount, "usage", hold.get("description", ""), f"hold:{op.hold_id}", system_reference=True
                 )
+                work.spend(amount)
                 posted, items = self._append(pk, work, entry, None, _entry_fingerprint(entry), now, found)
                 transaction_id = posted.transaction_id
             value: dict[str, Any] = {"hold_id": op.hold_id, "transaction_id": transaction_id, "charged": amount}
             ended = {"state": "captured", "captured": amount}
+            if op.note is not None:
+                ended["response"] = op.note
         else:
             value = {"hold_id": op.hold_id, "released": amount}
             ended = {"state": "released"}
@@ -997,6 +1103,9 @@ class Ledger:
         else:
             condition += " AND attribute_not_exists(holds_rev)"
         update = "SET balance = :balance, seq = :seq, updated_at = :now, created_at = if_not_exists(created_at, :now)"
+        if work.spent_changed:
+            update += ", spent = :spent, spend_month = :month"
+            values.update({":spent": work.spent, ":month": work.month})
         if work.holds_changed:
             update += ", holds = :holds, holds_rev = :holds_rev"
             values[":holds"] = {hold_id: {"a": a, "u": u} for hold_id, (a, u) in work.holds.items()}
@@ -1047,8 +1156,10 @@ class Ledger:
         ref_fingerprint: str,
         now: float,
         tx_id: str,
+        threshold: int,
     ) -> list[dict[str, Any]]:
-        """The ledger entry `TX#<seq>` and its reference and idempotency markers."""
+        """The ledger entry `TX#<seq>` and its reference and idempotency markers. The entry carries
+        the low-balance threshold in force, so its events are derived from the entry alone."""
         now_iso = iso_utc(now)
         result = {"transaction_id": tx_id, "amount": entry.amount, "balance_after": balance, "seq": seq}
         items: list[dict[str, Any]] = [
@@ -1070,6 +1181,7 @@ class Ledger:
                             "monetary_amount": entry.monetary_amount,
                             "currency": entry.currency,
                             "created_at": now_iso,
+                            "low_balance_threshold": threshold,
                         }
                     ),
                     # Invariant 2: a ledger slot is written once.
@@ -1264,7 +1376,7 @@ class Ledger:
         found = self._markers(pk, intents)
         now = self.clock()
         now_ms = int(now * 1000)
-        work = _Work.of(snapshot)
+        work = _Work.of(snapshot, now)
         items: list[dict[str, Any]] = []
         touched: set[str] = set()
         decided: dict[str, _Outcome] = {}
@@ -1466,6 +1578,51 @@ class Ledger:
         open_ = {hold_id: until for hold_id, (_, until) in snapshot.holds.items() if until > now_ms}
         return AccountView(snapshot.balance, snapshot.balance - held, held, open_)
 
+    def settings(self, user_id: str) -> Settings:
+        """The user's low-balance threshold and monthly limit, and the month's usage so far."""
+        validate_token(user_id, "userId")
+        snapshot = _snapshot(self._get_many(keys.user_pk(user_id), [keys.ACCOUNT]).get(keys.ACCOUNT))
+        now = self.clock()
+        spent = _Work.of(snapshot, now).spent + snapshot.held(int(now * 1000))
+        threshold = snapshot.threshold if snapshot.threshold is not None else self.default_threshold
+        return Settings(threshold, snapshot.spend_limit, spent)
+
+    def update_settings(
+        self,
+        user_id: str,
+        *,
+        low_balance_threshold: int | None = None,
+        monthly_spend_limit: int | Unchanged | None = UNCHANGED,
+    ) -> Settings:
+        """Change a user's settings (None threshold: keep it; `monthly_spend_limit=None`: no limit).
+        They live on the account item but never touch its balance, ledger or holds."""
+        validate_token(user_id, "userId")
+        sets, removes = ["updated_at = :now", "created_at = if_not_exists(created_at, :now)"], []
+        values: dict[str, Any] = {":now": iso_utc(self.clock())}
+        if low_balance_threshold is not None:
+            if type(low_balance_threshold) is not int or not 0 <= low_balance_threshold <= MAX_AMOUNT:
+                raise ValidationError("lowBalanceThreshold must be an integer from 0 to 1000000000.")
+            sets.append("low_balance_threshold = :threshold")
+            values[":threshold"] = low_balance_threshold
+        if monthly_spend_limit is None:
+            removes.append("monthly_spend_limit")
+        elif not isinstance(monthly_spend_limit, Unchanged):
+            validate_amount(monthly_spend_limit, "monthlySpendLimit")
+            sets.append("monthly_spend_limit = :limit")
+            values[":limit"] = monthly_spend_limit
+        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        self._write(
+            "update_item",
+            {
+                "TableName": self.table,
+                "Key": to_item({"pk": keys.user_pk(user_id), "sk": keys.ACCOUNT}),
+                "UpdateExpression": update,
+                "ExpressionAttributeValues": to_item(values),
+            },
+            conflicts=True,  # a transaction in flight on the account: ask again once it is done
+        )
+        return self.settings(user_id)
+
     def holds(self, user_id: str) -> list[Hold]:
         """The open, unexpired holds, soonest to expire first."""
         view = self.account(user_id)
@@ -1571,6 +1728,8 @@ def _hold_from_item(item: Mapping[str, Any], now_ms: int) -> Hold:
         description=item.get("description", ""),
         captured=item.get("captured"),
         transaction_id=result.get("transaction_id"),
+        response=item.get("response"),
+        balance_after=result.get("balance"),
     )
 
 

@@ -10,10 +10,13 @@ not fit, and the route does not run). A route that answers 2xx or 3xx has the ho
 less of it with `app.append_context(credits_used=n)`; a route that raises or answers 4xx or 5xx has
 it released, so the user pays nothing. A hold outlives the invocation (its TTL is the function's
 remaining time plus a margin), so a container that dies mid-route leaves a hold that expires by
-itself and never charges. The `Idempotency-Key` header makes a retry reuse the same hold: one key,
-at most one charge. A capture that fails after the route succeeded is retried; if it still fails,
-the hold expires (the user is not charged), an error is logged and the `CaptureFailed` metric is
-raised (template.yaml alarms on it).
+itself and never charges. With an `Idempotency-Key` the route runs at most once per key: while the
+first request runs, a retry is 409 `request_in_progress`; once it was charged, a retry gets the first
+response again (kept with the capture, up to 32 KB); once it failed (nothing charged), a retry runs
+and pays as usual; the same key with another request is 409 `idempotency_key_reused`. A capture
+that fails after the route succeeded is retried; if it still fails, the hold expires (the user is
+not charged), an error is logged and the `CaptureFailed` metric is raised (template.yaml alarms on
+it).
 
 Configuration comes from the environment at cold start (CREDITS_TABLE_NAME, ACTION_COSTS), or from
 an injected `Paywall` (tests, several tables).
@@ -21,7 +24,10 @@ an injected `Paywall` (tests, several tables).
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -33,11 +39,20 @@ from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from credits import config
-from credits.errors import ConfigError, CreditsError, HoldCaptured, HoldExpired, TemporarilyUnavailable
+from credits.errors import (
+    ConfigError,
+    CreditsError,
+    HoldCaptured,
+    HoldExpired,
+    IdempotencyKeyReused,
+    RequestInProgress,
+    TemporarilyUnavailable,
+)
 from credits.http import error_response, header, user_id
 from credits.ledger import (
     DEFAULT_HOLD_TTL_SECONDS,
     MAX_HOLD_TTL_SECONDS,
+    MAX_NOTE_BYTES,
     Captured,
     Idempotency,
     Ledger,
@@ -87,9 +102,7 @@ class Paywall:
                 idempotency=self._idempotency(app, user, price),
             )
             if reserved.replayed:
-                hold = self.ledger.hold(user, reserved.hold_id)
-                if hold is None or hold.state == "expired":
-                    raise HoldExpired("This Idempotency-Key's hold expired before it was captured; use a new key.")
+                return self._replay(user, reserved.hold_id)  # the route never runs twice for one key
         except CreditsError as refused:
             return error_response(refused)  # 401, 402, 409 or 503: the route does not run
         try:
@@ -100,11 +113,35 @@ class Paywall:
         if not 200 <= response.status_code < 400:
             self._release(user, reserved.hold_id)
             return response
-        captured = self._capture(user, reserved.hold_id, self._credits_used(app, price))
-        if captured is not None:
-            response.headers["Credits-Charged"] = str(captured.charged)
-            response.headers["Credits-Balance"] = str(captured.balance)
+        used = self._credits_used(app, price)
+        response.headers["Credits-Charged"] = str(used)  # kept with the capture, for a replay
+        captured = self._capture(user, reserved.hold_id, used, _note(app, response))
+        if captured is None:
+            del response.headers["Credits-Charged"]
+            return response
+        response.headers["Credits-Charged"] = str(captured.charged)
+        response.headers["Credits-Balance"] = str(captured.balance)
         return response
+
+    def _replay(self, user: str, hold_id: str) -> Response:
+        """A request whose Idempotency-Key already opened a hold: the first answer, never a second run."""
+        hold = self.ledger.hold(user, hold_id)
+        if hold is None or hold.state in ("open", "released"):
+            # running right now (or just failed, which frees the key): the client retries shortly
+            raise RequestInProgress("A request with this Idempotency-Key is running; retry once it has answered.")
+        if hold.state == "expired":
+            raise HoldExpired("This Idempotency-Key's request was never charged and its hold expired; use a new key.")
+        if hold.response is None:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key's request already ran and was charged once; its response was too large to "
+                "keep. Use a new key for a new request."
+            )
+        kept = json.loads(hold.response)
+        body = base64.b64decode(kept["body"]) if kept.get("base64") else kept["body"]
+        headers = {**kept["headers"], "Idempotent-Replayed": "true"}
+        if hold.balance_after is not None:
+            headers["Credits-Balance"] = str(hold.balance_after)
+        return Response(status_code=kept["status"], body=body, headers=headers, content_type=kept.get("contentType"))
 
     def _ttl(self, app: APIGatewayHttpResolver) -> int:
         if self.ttl_seconds is not None:
@@ -117,11 +154,19 @@ class Paywall:
         return min(max(seconds, 1), MAX_HOLD_TTL_SECONDS)
 
     def _idempotency(self, app: APIGatewayHttpResolver, user: str, price: int) -> Idempotency | None:
+        """The key, and a fingerprint of the whole request: the same key with another body is 409."""
         key = header(app, "Idempotency-Key")
         if key is None:
             return None
         event = app.current_event
-        request = {"paywall": f"{event.http_method} {event.path}", "userId": user, "amount": price}
+        body = hashlib.sha256(event.decoded_body.encode() if event.decoded_body else b"").hexdigest()
+        request = {
+            "paywall": f"{event.http_method} {event.path}",
+            "query": event.raw_event.get("rawQueryString", ""),
+            "body": body,
+            "userId": user,
+            "amount": price,
+        }
         return Idempotency(key, fingerprint(request))
 
     def _credits_used(self, app: APIGatewayHttpResolver, price: int) -> int:
@@ -133,11 +178,11 @@ class Paywall:
             return price
         return used
 
-    def _capture(self, user: str, hold_id: str, amount: int) -> Captured | None:
+    def _capture(self, user: str, hold_id: str, amount: int, note: str | None) -> Captured | None:
         """Capture, retrying what a retry can fix; None (logged, alarmed) when it failed for good."""
         for attempt in range(self.capture_attempts):
             try:
-                return self.ledger.capture(user, hold_id, amount)
+                return self.ledger.capture(user, hold_id, amount, note=note)
             except HoldCaptured:
                 # a retry with the same Idempotency-Key whose route used a different amount: the
                 # first capture stands, and is what this response reports
@@ -176,6 +221,20 @@ class Paywall:
             logger.exception("release failed; the hold will expire", extra={"user_id": user, "hold_id": hold_id})
 
 
+def _note(app: APIGatewayHttpResolver, response: Response) -> str | None:
+    """The route's response as kept with its capture, to replay; None when too large to keep."""
+    body: Any = response.body
+    encoded = isinstance(body, bytes)
+    if encoded:
+        body = base64.b64encode(body).decode()
+    elif body is not None and not isinstance(body, str):
+        body = app._serializer(body)  # what the resolver itself sends for a dict or a model
+    headers = {k: v for k, v in response.headers.items() if isinstance(v, str)}
+    kept = {"status": response.status_code, "headers": headers, "body": body, "contentType": response.content_type}
+    note = json.dumps({**kept, "base64": encoded}, separators=(",", ":"))
+    return note if len(note.encode()) <= MAX_NOTE_BYTES else None
+
+
 @functools.cache
 def default_paywall() -> Paywall:
     """The paywall of this container, from CREDITS_TABLE_NAME and ACTION_COSTS (read once)."""
@@ -183,7 +242,8 @@ def default_paywall() -> Paywall:
 
     raw_prices = config.optional("ACTION_COSTS")
     prices = config.action_costs(raw_prices) if raw_prices else {}
-    return Paywall(Ledger(dynamodb_client(), config.require("CREDITS_TABLE_NAME")), prices)
+    table = config.require("CREDITS_TABLE_NAME")
+    return Paywall(Ledger(dynamodb_client(), table, default_threshold=config.low_balance_threshold()), prices)
 
 
 class _ChargeCredits:

@@ -221,3 +221,18 @@ def test_reserve_and_capture_each_cost_one_read_and_one_transaction(ledger: Ledg
     calls.clear()
     ledger.charge("ann", 1, description="search")  # a charge next to holds still reads one item
     assert calls == ["GetItem", "TransactWriteItems"]
+
+
+def test_a_hold_a_writer_ahead_in_time_has_pruned_can_no_longer_charge(
+    ledger: Ledger, clock: Clock, moto_dynamodb
+) -> None:
+    """Clocks of two containers differ: once the account no longer counts a hold, it cannot be captured."""
+    first = ledger.reserve("ann", 10, description="a", ttl_seconds=5)
+    ahead = Clock()
+    ahead.now = clock.now + 6  # this writer believes the hold has expired
+    Ledger(moto_dynamodb, "credits", clock=ahead, sleep=lambda _s: None).reserve("ann", 10, description="b")
+    with pytest.raises(HoldExpired):
+        ledger.capture("ann", first.hold_id)
+    view = ledger.account("ann")
+    assert (view.balance, view.available, view.held) == (10, 0, 10)
+    assert [t.amount for t in ledger.history("ann")] == [10]

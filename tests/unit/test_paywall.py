@@ -110,11 +110,38 @@ def test_no_identity_is_401_and_the_route_never_runs(team: App) -> None:
     assert (status, body["error"]["code"], team.runs) == (401, "unauthorized", {})
 
 
-def test_a_retry_with_the_same_idempotency_key_charges_once(team: App, ledger: Ledger) -> None:
+def test_a_retry_with_the_same_idempotency_key_replays_the_first_answer_and_charges_once(
+    team: App, ledger: Ledger
+) -> None:
     first = team.call("/ok", headers={"Idempotency-Key": "report-1"})
     again = team.call("/ok", headers={"Idempotency-Key": "report-1"})
-    assert first[0] == again[0] == 200
+    assert first[:2] == again[:2] == (200, {"done": True})
     assert first[2]["Credits-Charged"] == again[2]["Credits-Charged"] == "5"
+    assert first[2]["Credits-Balance"] == again[2]["Credits-Balance"] == "7"
+    assert again[2]["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first[2]
+    assert team.runs == {"ok": 1}  # the route never runs twice for one key
+    assert [t.amount for t in ledger.history("user-1")] == [12, -5]
+
+
+def test_the_same_key_with_another_body_is_409_and_runs_nothing(team: App, ledger: Ledger) -> None:
+    assert team.call("/cheaper", body={"used": 1}, headers={"Idempotency-Key": "k"})[0] == 200
+    status, body, _ = team.call("/cheaper", body={"used": 2}, headers={"Idempotency-Key": "k"})
+    assert (status, body["error"]["code"]) == (409, "idempotency_key_reused")
+    assert team.runs == {"cheaper": 1} and ledger.balance("user-1") == 11
+
+
+def test_a_retry_while_the_first_request_runs_is_409_and_cannot_release_its_hold(team: App, ledger: Ledger) -> None:
+    """A second request with the key arrives while the first runs (here: from inside its route)."""
+    inner: list[tuple[int, dict[str, Any], dict[str, str]]] = []
+
+    @team.app.post("/slow", middlewares=[charge_credits("analyze", paywall=team.paywall)])
+    def slow() -> Response:
+        inner.append(team.call("/slow", headers={"Idempotency-Key": "same"}))
+        return json_response(200, {"done": True})
+
+    status, _, headers = team.call("/slow", headers={"Idempotency-Key": "same"})
+    assert (inner[0][0], inner[0][1]["error"]["code"], inner[0][2]["Retry-After"]) == (409, "request_in_progress", "1")
+    assert (status, headers["Credits-Charged"]) == (200, "5")
     assert [t.amount for t in ledger.history("user-1")] == [12, -5]
 
 
@@ -125,7 +152,7 @@ def test_a_retry_after_a_failure_with_the_same_key_runs_again_and_charges_once(t
     first = team.call("/flaky", headers={"Idempotency-Key": "k"})
     again = team.call("/flaky", headers={"Idempotency-Key": "k"})
     assert first[2]["Credits-Charged"] == again[2]["Credits-Charged"] == "5"
-    assert team.runs == {"flaky": 3}
+    assert team.runs == {"flaky": 2} and again[2]["Idempotent-Replayed"] == "true"
     assert [t.amount for t in ledger.history("user-1")] == [12, -5]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -46,3 +47,25 @@ def test_every_function_that_writes_the_ledger_attaches_the_ledger_policy() -> N
     exported = {output.get("Export", {}).get("Name", {}).get("Sub", "") for output in load()["Outputs"].values()}
     assert "${AWS::StackName}-CreditsLedgerPolicyArn" in exported
     assert "${AWS::StackName}-CreditsLayerArn" in exported
+
+
+def test_the_dashboard_is_valid_json_and_shows_what_the_code_measures() -> None:
+    body, variables = load()["Resources"]["CreditsDashboard"]["Properties"]["DashboardBody"]["Sub"]
+    rendered = re.sub(r"\$\{[^}]+\}", "x", body)
+    widgets = json.loads(rendered)["widgets"]
+    shown = set()
+    for widget in widgets:
+        namespace = None
+        for metric in widget["properties"]["metrics"]:
+            namespace = namespace if metric[0] in (".", "...") else metric[0]  # "." repeats the row above
+            if namespace == "Credits":
+                shown.add(metric[1])
+    emitted = set()
+    for source in [*ROOT.glob("functions/*/app.py"), *CREDITS.glob("*.py")]:
+        emitted |= set(re.findall(r'name="([A-Z][A-Za-z]+)"', source.read_text()))
+        emitted |= set(re.findall(r'"[a-z_]+": "([A-Z][A-Za-z]+)"', source.read_text()))  # metric tables
+        emitted |= set(re.findall(r': "([A-Z][A-Za-z]+)",\n', source.read_text()))
+        emitted |= set(re.findall(r'_answer\(.*, "([A-Z][A-Za-z]+)"\)', source.read_text()))
+    assert shown <= emitted, shown - emitted
+    assert {"CreditsCharged", "InsufficientCredits", "Unavailable", "CreditsPurchased", "EventsFailed"} <= shown
+    assert set(variables) == {"DeadLetterQueue"}
