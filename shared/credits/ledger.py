@@ -348,6 +348,7 @@ class _Snapshot:
     spend_limit: int | None = None
     spend_month: str | None = None
     spent: int = 0
+    settings_rev: int = 0  # moves with every settings change: a write guards it like `seq`
 
     def combining(self, now_ms: int) -> bool:
         return self.combiner is not None and self.combiner_until > now_ms
@@ -376,6 +377,7 @@ def _snapshot(account: Mapping[str, Any] | None, **markers: Any) -> _Snapshot:
         spend_limit=account.get("monthly_spend_limit") if account else None,
         spend_month=account.get("spend_month") if account else None,
         spent=account.get("spent", 0) if account else 0,
+        settings_rev=account.get("settings_rev", 0) if account else 0,
     )
 
 
@@ -400,6 +402,8 @@ class _Work:
     @classmethod
     def of(cls, snapshot: _Snapshot, now: float) -> _Work:
         month = month_of(now)
+        if snapshot.spend_month is not None and snapshot.spend_month > month:
+            month = snapshot.spend_month  # a writer whose clock is behind never goes back a month
         spent = snapshot.spent if snapshot.spend_month == month else 0  # a new month starts from 0
         return cls(snapshot, snapshot.balance, snapshot.seq, dict(snapshot.holds), month, spent)
 
@@ -1102,6 +1106,12 @@ class Ledger:
             values[":expected_holds_rev"] = base.holds_rev
         else:
             condition += " AND attribute_not_exists(holds_rev)"
+        # a decision made against a limit or threshold the user has changed since is made again
+        if base.settings_rev:
+            condition += " AND settings_rev = :expected_settings_rev"
+            values[":expected_settings_rev"] = base.settings_rev
+        else:
+            condition += " AND attribute_not_exists(settings_rev)"
         update = "SET balance = :balance, seq = :seq, updated_at = :now, created_at = if_not_exists(created_at, :now)"
         if work.spent_changed:
             update += ", spent = :spent, spend_month = :month"
@@ -1597,8 +1607,14 @@ class Ledger:
         """Change a user's settings (None threshold: keep it; `monthly_spend_limit=None`: no limit).
         They live on the account item but never touch its balance, ledger or holds."""
         validate_token(user_id, "userId")
-        sets, removes = ["updated_at = :now", "created_at = if_not_exists(created_at, :now)"], []
-        values: dict[str, Any] = {":now": iso_utc(self.clock())}
+        sets = [
+            "updated_at = :now",
+            "created_at = if_not_exists(created_at, :now)",
+            # charges decided against the old settings fail their guard and are decided again
+            "settings_rev = if_not_exists(settings_rev, :zero) + :one",
+        ]
+        removes: list[str] = []
+        values: dict[str, Any] = {":now": iso_utc(self.clock()), ":zero": 0, ":one": 1}
         if low_balance_threshold is not None:
             if type(low_balance_threshold) is not int or not 0 <= low_balance_threshold <= MAX_AMOUNT:
                 raise ValidationError("lowBalanceThreshold must be an integer from 0 to 1000000000.")

@@ -104,6 +104,8 @@ class Paywall:
             if reserved.replayed:
                 return self._replay(user, reserved.hold_id)  # the route never runs twice for one key
         except CreditsError as refused:
+            if type(refused).__name__ in REFUSAL_METRICS:
+                _metric(REFUSAL_METRICS[type(refused).__name__], 1)
             return error_response(refused)  # 401, 402, 409 or 503: the route does not run
         try:
             response = next_middleware(app)
@@ -121,6 +123,8 @@ class Paywall:
             return response
         response.headers["Credits-Charged"] = str(captured.charged)
         response.headers["Credits-Balance"] = str(captured.balance)
+        if not captured.replayed:
+            _metric("CreditsCharged", captured.charged)  # on the dashboard and the anomaly alarm
         return response
 
     def _replay(self, user: str, hold_id: str) -> Response:
@@ -203,14 +207,7 @@ class Paywall:
             "capture failed after the route succeeded: the hold expires and the user is not charged",
             extra={"user_id": user, "hold_id": hold_id, "amount": amount},
         )
-        with single_metric(
-            name="CaptureFailed",
-            unit=MetricUnit.Count,
-            value=1,
-            namespace="Credits",
-            default_dimensions={"service": "credits"},
-        ):
-            pass
+        _metric("CaptureFailed", 1)
         return None
 
     def _release(self, user: str, hold_id: str) -> None:
@@ -219,6 +216,22 @@ class Paywall:
             self.ledger.release(user, hold_id)
         except Exception:
             logger.exception("release failed; the hold will expire", extra={"user_id": user, "hold_id": hold_id})
+
+
+# Refusals counted as the stack's own functions count them (the dashboard's 402s and 503s).
+REFUSAL_METRICS = {
+    "InsufficientCredits": "InsufficientCredits",
+    "SpendLimitReached": "SpendLimitRefused",
+    "TemporarilyUnavailable": "Unavailable",
+}
+
+
+def _metric(name: str, value: int) -> None:
+    """One metric in the stack's namespace and dimension, whatever the team's function uses for its own."""
+    with single_metric(
+        name=name, unit=MetricUnit.Count, value=value, namespace="Credits", default_dimensions={"service": "credits"}
+    ):
+        pass
 
 
 def _note(app: APIGatewayHttpResolver, response: Response) -> str | None:

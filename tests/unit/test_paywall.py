@@ -78,8 +78,11 @@ def team(ledger: Ledger) -> App:
     return App(ledger)
 
 
-def test_a_successful_route_charges_once_and_says_so_in_headers(team: App, ledger: Ledger) -> None:
+def test_a_successful_route_charges_once_and_says_so_in_headers(
+    team: App, ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
     status, body, headers = team.call("/ok")
+    assert '"CreditsCharged":[5.0]' in capsys.readouterr().out  # the stack's dashboard sees it
     assert (status, body) == (200, {"done": True})
     assert (headers["Credits-Charged"], headers["Credits-Balance"]) == ("5", "7")
     assert [(t.amount, t.type, t.description) for t in ledger.history("user-1")][1:] == [(-5, "usage", "analyze")]
@@ -96,10 +99,13 @@ def test_a_route_that_raises_or_answers_5xx_charges_nothing(team: App, ledger: L
     assert len(ledger.history("user-1")) == 1
 
 
-def test_not_enough_credits_is_402_and_the_route_never_runs(team: App, ledger: Ledger) -> None:
+def test_not_enough_credits_is_402_and_the_route_never_runs(
+    team: App, ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
     ledger.charge("user-1", 10, description="spent")
     status, body, _ = team.call("/ok")
     assert status == 402
+    assert '"InsufficientCredits":[1.0]' in capsys.readouterr().out
     assert body["error"]["code"] == "insufficient_credits"
     assert (body["error"]["required"], body["error"]["balance"], body["error"]["available"]) == (5, 2, 2)
     assert team.runs == {}

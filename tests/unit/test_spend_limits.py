@@ -141,3 +141,38 @@ def test_a_charge_under_a_limit_and_a_threshold_is_still_one_read_and_one_transa
     ledger.charge("ann", 3, description="search")
     assert calls == ["GetItem", "TransactWriteItems"]
     assert ledger.settings("ann").spent_this_month == 8
+
+
+def test_a_charge_decided_before_a_new_limit_is_decided_again_against_it(
+    ledger: Ledger, moto_dynamodb, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user lowers their limit while a charge is between its read and its write."""
+    ledger.charge("ann", 40, description="earlier")
+    other = Ledger(moto_dynamodb, "credits", clock=clock, sleep=lambda _s: None)  # another container
+    real_commit = ledger._commit
+    raced: list[int] = []
+
+    def settings_change_first(request: dict, **kwargs: object) -> bool:
+        if not raced:
+            raced.append(1)
+            other.update_settings("ann", monthly_spend_limit=50)
+        return real_commit(request, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger, "_commit", settings_change_first)
+    with pytest.raises(SpendLimitReached):
+        ledger.charge("ann", 20, description="decided against no limit")
+    assert ledger.settings("ann").spent_this_month == 40 and ledger.balance("ann") == 60
+
+
+def test_a_writer_whose_clock_is_behind_never_takes_the_month_back(ledger: Ledger, moto_dynamodb) -> None:
+    february = Clock()
+    february.now = datetime(2026, 2, 1, 0, 0, 0, 50_000, tzinfo=UTC).timestamp()
+    behind = Clock()
+    behind.now = datetime(2026, 1, 31, 23, 59, 59, 990_000, tzinfo=UTC).timestamp()
+    ahead_ledger = Ledger(moto_dynamodb, "credits", clock=february, sleep=lambda _s: None)
+    behind_ledger = Ledger(moto_dynamodb, "credits", clock=behind, sleep=lambda _s: None)
+    ahead_ledger.update_settings("ann", monthly_spend_limit=10)
+    ahead_ledger.charge("ann", 8, description="february")
+    with pytest.raises(SpendLimitReached):
+        behind_ledger.charge("ann", 9, description="still january here, but february there")
+    assert ahead_ledger.settings("ann").spent_this_month == 8
