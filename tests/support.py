@@ -69,6 +69,16 @@ def http_event(
 FakeContext = LocalContext
 
 
+class ManualClock:
+    """A clock a test moves by hand (`clock.now += 2`), for the ledger's `clock=`."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def load_function(name: str) -> ModuleType:
     """Import functions/<name>/app.py afresh: a new container, under a unique module name."""
     return load_handler(name, f"fn_{name}_{uuid.uuid4().hex[:8]}")

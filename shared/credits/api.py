@@ -70,20 +70,28 @@ class UseRequest(_Request):
     description: Description | None = None
 
 
-class InternalUseRequest(_Request):
-    """POST /internal/credits/use: a trusted service charges a user by amount or by action."""
+class _PricedRequest(_Request):
+    """A trusted service's change for a user, by amount or by the price of an action."""
 
     userId: Token
     amount: Amount | None = None
     action: Token | None = None
     description: Description
-    referenceId: Token | None = None
 
     @model_validator(mode="after")
-    def _amount_or_action(self) -> InternalUseRequest:
+    def _amount_or_action(self) -> _PricedRequest:
         if (self.amount is None) == (self.action is None):
             raise ValueError("give exactly one of amount and action")
         return self
+
+    def price(self, prices: Mapping[str, int]) -> int:
+        return self.amount if self.amount is not None else cost_of(str(self.action), prices)
+
+
+class InternalUseRequest(_PricedRequest):
+    """POST /internal/credits/use: a trusted service charges a user by amount or by action."""
+
+    referenceId: Token | None = None
 
 
 class GrantRequest(_Request):
@@ -96,20 +104,10 @@ class GrantRequest(_Request):
     referenceId: Token | None = None
 
 
-class HoldRequest(_Request):
+class HoldRequest(_PricedRequest):
     """POST /internal/credits/holds: a trusted service sets credits aside while an action runs."""
 
-    userId: Token
-    amount: Amount | None = None
-    action: Token | None = None
-    description: Description
     ttlSeconds: Annotated[int, Field(strict=True, ge=1, le=MAX_HOLD_TTL_SECONDS)] = DEFAULT_HOLD_TTL_SECONDS
-
-    @model_validator(mode="after")
-    def _amount_or_action(self) -> HoldRequest:
-        if (self.amount is None) == (self.action is None):
-            raise ValueError("give exactly one of amount and action")
-        return self
 
 
 class CaptureRequest(_Request):
@@ -193,10 +191,9 @@ def use_credits(
 
 def internal_use(ledger: Ledger, prices: Mapping[str, int], request: InternalUseRequest, key: str | None) -> Posted:
     """POST /internal/credits/use."""
-    amount = request.amount if request.amount is not None else cost_of(str(request.action), prices)
     posted = ledger.charge(
         request.userId,
-        amount,
+        request.price(prices),
         description=request.description,
         reference_id=request.referenceId,
         idempotency=idempotency(key, "POST /internal/credits/use", request.userId, request),
@@ -219,10 +216,9 @@ def internal_grant(ledger: Ledger, request: GrantRequest, key: str | None) -> Po
 
 def reserve(ledger: Ledger, prices: Mapping[str, int], request: HoldRequest, key: str | None) -> Reserved:
     """POST /internal/credits/holds."""
-    amount = request.amount if request.amount is not None else cost_of(str(request.action), prices)
     return ledger.reserve(
         request.userId,
-        amount,
+        request.price(prices),
         description=request.description,
         ttl_seconds=request.ttlSeconds,
         idempotency=idempotency(key, "POST /internal/credits/holds", request.userId, request),

@@ -17,14 +17,7 @@ from credits.errors import (
     ValidationError,
 )
 from credits.ledger import Idempotency, Ledger, from_item, to_item
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import ManualClock as Clock
 
 
 @pytest.fixture
@@ -228,8 +221,7 @@ def test_a_hold_a_writer_ahead_in_time_has_pruned_can_no_longer_charge(
 ) -> None:
     """Clocks of two containers differ: once the account no longer counts a hold, it cannot be captured."""
     first = ledger.reserve("ann", 10, description="a", ttl_seconds=5)
-    ahead = Clock()
-    ahead.now = clock.now + 6  # this writer believes the hold has expired
+    ahead = Clock(clock.now + 6)  # this writer believes the hold has expired
     Ledger(moto_dynamodb, "credits", clock=ahead, sleep=lambda _s: None).reserve("ann", 10, description="b")
     with pytest.raises(HoldExpired):
         ledger.capture("ann", first.hold_id)

@@ -9,20 +9,13 @@ import pytest
 
 from credits.errors import SpendLimitReached
 from credits.ledger import Ledger
+from tests.support import ManualClock as Clock
 from tests.support import http_event, invoke
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 30, 23, 59, 0, tzinfo=UTC).timestamp()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(datetime(2026, 11, 30, 23, 59, 0, tzinfo=UTC).timestamp())
 
 
 @pytest.fixture
@@ -165,10 +158,8 @@ def test_a_charge_decided_before_a_new_limit_is_decided_again_against_it(
 
 
 def test_a_writer_whose_clock_is_behind_never_takes_the_month_back(ledger: Ledger, moto_dynamodb) -> None:
-    february = Clock()
-    february.now = datetime(2026, 2, 1, 0, 0, 0, 50_000, tzinfo=UTC).timestamp()
-    behind = Clock()
-    behind.now = datetime(2026, 1, 31, 23, 59, 59, 990_000, tzinfo=UTC).timestamp()
+    february = Clock(datetime(2026, 2, 1, 0, 0, 0, 50_000, tzinfo=UTC).timestamp())
+    behind = Clock(datetime(2026, 1, 31, 23, 59, 59, 990_000, tzinfo=UTC).timestamp())
     ahead_ledger = Ledger(moto_dynamodb, "credits", clock=february, sleep=lambda _s: None)
     behind_ledger = Ledger(moto_dynamodb, "credits", clock=behind, sleep=lambda _s: None)
     ahead_ledger.update_settings("ann", monthly_spend_limit=10)
