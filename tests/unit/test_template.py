@@ -66,6 +66,7 @@ def test_the_dashboard_is_valid_json_and_shows_what_the_code_measures() -> None:
         emitted |= set(re.findall(r'"[a-z_]+": "([A-Z][A-Za-z]+)"', source.read_text()))  # metric tables
         emitted |= set(re.findall(r': "([A-Z][A-Za-z]+)",\n', source.read_text()))
         emitted |= set(re.findall(r'_answer\(.*, "([A-Z][A-Za-z]+)"\)', source.read_text()))
+        emitted |= set(re.findall(r'_metric\("([A-Z][A-Za-z]+)"', source.read_text()))
     assert shown <= emitted, shown - emitted
     assert {"CreditsCharged", "InsufficientCredits", "Unavailable", "CreditsPurchased", "EventsFailed"} <= shown
     assert set(variables) == {"DeadLetterQueue"}
