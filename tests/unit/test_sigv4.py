@@ -203,8 +203,9 @@ def _curl_has_sigv4() -> bool:
     return "--aws-sigv4" in subprocess.run([curl, "--help", "all"], capture_output=True, text=True).stdout
 
 
-@pytest.mark.skipif(not _curl_has_sigv4(), reason="curl with --aws-sigv4 (7.75+) is not installed")
 def test_curl_aws_sigv4_is_accepted_and_a_wrong_secret_refused(echo: Gateway) -> None:
+    assert _curl_has_sigv4(), "curl with --aws-sigv4 (7.75+) is missing: `make install` installs it"
+
     def curl(secret: str) -> tuple[int, Any]:
         out = subprocess.run(
             [
