@@ -8,7 +8,7 @@ export SAM_CLI_TELEMETRY := 0
 # `sam build` needs the runtime's python3.12 on PATH: our venv's interpreter is 3.12 where one exists.
 SAM_PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install test lint typecheck validate unit integration e2e dev bench build deploy clean
+.PHONY: help install test lint typecheck validate unit integration e2e contract dev bench build deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ integration: install  ## the tests on DynamoDB Local
 
 e2e: install  ## the browser tests against the local stack
 	$(PY) -m pytest tests/e2e
+
+contract: install  ## the HTTP API fuzzed against docs/openapi.yaml (Schemathesis; CONTRACT_SEED=, CONTRACT_EXAMPLES=)
+	$(PY) -m pytest tests/integration/test_contract.py
 
 dev: install  ## the whole product offline: DynamoDB Local, API, Stripe emulator and the page
 	PYTHONPATH=shared $(PY) -m local.dev $(ARGS)

@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             "\n  Credits, running offline\n"
             f"  page:      {base}/\n"
             f"  API:       {base}  (routes from template.yaml; /internal/* needs SigV4 with the local key below)\n"
+            f"  API docs:  {base}/docs  (the contract: {base}/openapi.yaml)\n"
             f"  webhook:   {base}/webhook\n"
             f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
             f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"

@@ -9,7 +9,8 @@ JWT routes need a token that this gateway signed at `POST /local/sign-in` (a LOC
 for the JWT authorizer). IAM routes (`/internal/*`) need an AWS Signature Version 4 made with the
 gateway's local key (`iam_credentials`, local.sigv4), as API Gateway checks a caller's IAM
 signature; without a local key they are refused, as they are to a browser on AWS. The page in web/
-is served at `/`. `GET /local/notifications` (LOCAL-ONLY, with a local token) answers the signed-in
+is served at `/`, the API's contract (docs/openapi.yaml) at `/openapi.yaml` and a reference to read at
+`/docs`. `GET /local/notifications` (LOCAL-ONLY, with a local token) answers the signed-in
 user's events from the local EventBridge (local.eventbridge), newest first, for the page to show.
 
 Each function runs in its own container PROCESSES (local.containers), one invocation at a time
@@ -46,6 +47,15 @@ if TYPE_CHECKING:
     from local.eventbridge import LocalEventBridge
 
 WEBHOOK_PATH = "/webhook"
+# The API's contract and a readable reference of it (Swagger UI from npm's swagger-ui-dist, pinned in
+# package.json, served from node_modules: no CDN), as `make dev` serves them.
+OPENAPI_SPEC = ROOT / "docs" / "openapi.yaml"
+API_DOCS = {
+    "/docs/": ROOT / "local" / "docs" / "index.html",
+    "/docs/api-docs.js": ROOT / "local" / "docs" / "api-docs.js",
+    "/docs/swagger-ui.css": ROOT / "node_modules" / "swagger-ui-dist" / "swagger-ui.css",
+    "/docs/swagger-ui-bundle.js": ROOT / "node_modules" / "swagger-ui-dist" / "swagger-ui-bundle.js",
+}
 ISSUER = "credits-local"
 AUDIENCE = "credits-local-web"
 TOKEN_TTL_SECONDS = 12 * 3600
@@ -302,6 +312,12 @@ class Gateway:
             def do_OPTIONS(self) -> None:
                 self._send(204, b"", {"Allow": "GET, POST, PUT, PATCH, DELETE, OPTIONS"})
 
+            def __getattr__(self, name: str) -> Any:
+                # Any other method (TRACE, HEAD, made-up ones) matches no route: API Gateway's 404.
+                if name.startswith("do_"):
+                    return lambda: self._dispatch(name[3:])
+                raise AttributeError(name)
+
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 for k, v in (headers or {}).items():
@@ -334,6 +350,8 @@ class Gateway:
                         self._json(401, {"message": "Unauthorized"})
                         return
                     self._json(200, {"notifications": gateway.notifications(str(claims["sub"]))})
+                    return
+                if method == "GET" and self._api_docs(path):
                     return
                 found = match_route(gateway.routes, method, path)
                 if found is None:
@@ -396,6 +414,25 @@ class Gateway:
                     return
                 self._json(200, {"token": gateway.tokens.issue(user), "userId": user, "localOnly": True})
 
+            def _api_docs(self, path: str) -> bool:
+                if path == "/docs":
+                    self._send(308, b"", {"Location": "/docs/"})
+                    return True
+                if path == "/openapi.yaml":
+                    self._file(OPENAPI_SPEC, "application/yaml; charset=utf-8")
+                    return True
+                if path in API_DOCS:
+                    self._file(API_DOCS[path])
+                    return True
+                return False
+
+            def _file(self, target: Path, kind: str | None = None) -> None:
+                if not target.is_file():
+                    self._json(404, {"message": "Not Found"})
+                    return
+                kind = kind or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+                self._send(200, target.read_bytes(), {"Content-Type": kind, "Cache-Control": "no-cache"})
+
             def _static(self, path: str) -> bool:
                 if gateway.web_dir is None:
                     return False
@@ -405,8 +442,7 @@ class Gateway:
                     target = target / "index.html"
                 if not target.is_file() or root not in target.parents:
                     return False
-                kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-                self._send(200, target.read_bytes(), {"Content-Type": kind, "Cache-Control": "no-cache"})
+                self._file(target)
                 return True
 
         return Handler

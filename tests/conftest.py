@@ -51,3 +51,10 @@ def dynamodb_local() -> Iterator[DynamoDBLocal]:
     """AWS's DynamoDB Local on a free port, for the whole session; stopped at the end."""
     with DynamoDBLocal() as server:
         yield server
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from tests.support import contract_run
+
+    seed, examples = contract_run()
+    return f"contract suite: seed {seed}, {examples} examples per operation (repeat a run: CONTRACT_SEED={seed})"

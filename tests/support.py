@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,3 +175,10 @@ def echo_gateway(code_dir: Path, *, iam_credentials: tuple[str, str] | None) -> 
         yield gateway
     finally:
         gateway.stop()
+
+
+def contract_run() -> tuple[int, int]:
+    """The contract suite's seed and examples per operation: CONTRACT_SEED repeats a run (its seed is
+    in pytest's header); otherwise the seed follows the spec, so an unchanged spec fuzzes the same."""
+    seed = os.environ.get("CONTRACT_SEED") or zlib.crc32((ROOT / "docs" / "openapi.yaml").read_bytes())
+    return int(seed), int(os.environ.get("CONTRACT_EXAMPLES", "25"))

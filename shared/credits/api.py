@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from credits.errors import UnknownAction, ValidationError
+from credits.errors import InvalidJson, UnknownAction, ValidationError
 from credits.ledger import (
     DEFAULT_HOLD_TTL_SECONDS,
     MAX_AMOUNT,
@@ -147,8 +147,8 @@ M = TypeVar("M", bound=BaseModel)
 
 def parse(model: type[M], body: object) -> M:
     """Validate a decoded JSON body against a request model, or raise ValidationError."""
-    if not isinstance(body, dict):
-        raise ValidationError("The body must be a JSON object.")
+    if not isinstance(body, dict):  # one cause, one code: an empty, malformed or non-object body
+        raise InvalidJson("The body must be a JSON object.")
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as exc:

@@ -8,9 +8,19 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from credits.errors import CreditsError, InternalError, InvalidJson, NotFound, Unauthorized, http_error
-from credits.ledger import validate_token
+from credits.errors import (
+    CreditsError,
+    InternalError,
+    InvalidJson,
+    NotFound,
+    TemporarilyUnavailable,
+    Unauthorized,
+    http_error,
+)
+from credits.ledger import RETRIABLE_CODES, validate_token
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -43,6 +53,18 @@ def install_error_handlers(app: APIGatewayHttpResolver, logger: Logger) -> None:
     def _not_found(exc: NotFoundError) -> Response:
         return error_response(NotFound("No such route."))
 
+    @app.exception_handler([ClientError, BotoConnectionError, HTTPClientError])
+    def _store_failed(exc: Exception) -> Response:
+        # A DynamoDB call that no retry of the ledger's wrapped (a read of the catalog, of the
+        # ledger's pages): throttling, an unknown outcome or an outage is retriable, so 503 with
+        # Retry-After; any other AWS error is a bug of ours.
+        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else "connection"
+        if code == "connection" or code in RETRIABLE_CODES:
+            logger.warning("store unavailable", extra={"error": code})
+            return error_response(TemporarilyUnavailable("The credits store is unavailable. Please retry."))
+        logger.exception("unhandled AWS error")
+        return error_response(InternalError("Internal error."))
+
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
         # Our own failure: logged with its stack; the client gets no detail of it.
@@ -66,7 +88,9 @@ def json_body(app: APIGatewayHttpResolver) -> object:
         raw = app.current_event.decoded_body  # base64-decoded when isBase64Encoded
         if not raw:
             raise InvalidJson("The body must be a JSON object.")
-        if len(raw) > MAX_BODY_BYTES:
+        # In UTF-8 bytes, as the limit says (a character can take four); the length in characters
+        # first, so that a huge body is refused before it is encoded.
+        if len(raw) > MAX_BODY_BYTES or len(raw.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
             raise InvalidJson("The body is too large.")
         return json.loads(raw)
     except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; absurdly nested JSON

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from local.gateway import load_handler
-from local.template import Route, code_dir, functions, match_route, routes
+from local.gateway import Gateway, load_handler
+from local.template import ROOT, Route, code_dir, functions, match_route, routes
 
 CAPTURE = Route("POST", "/internal/credits/holds/{holdId}/capture", "use_credits", "AWS_IAM", "functions/use_credits")
 
@@ -95,3 +98,25 @@ def test_a_handler_loads_from_its_code_directory(tmp_path: Path, monkeypatch: py
     monkeypatch.setitem(sys.modules, "probe_for_test", None)  # removed again at the end
     module = load_handler("probe", "probe_for_test", code=str(tmp_path))
     assert module.lambda_handler({}, None) == {"statusCode": 204}
+
+
+def test_a_method_or_path_no_route_has_gets_api_gateway_s_404_and_the_contract_is_served() -> None:
+    """As API Gateway answers: JSON 404 for TRACE, HEAD or a made-up method (the standard library
+    would answer an HTML 501); /openapi.yaml is the repository's file; /docs leads to the reference."""
+    gateway = Gateway(token_secret="test-secret", web_dir=None)
+    gateway.start(warm=False)
+    host, port = gateway.server.server_address[:2]
+    try:
+        for method in ("TRACE", "BREW", "DELETE"):
+            connection = http.client.HTTPConnection(str(host), port, timeout=10)
+            connection.request(method, "/credits/use")
+            answer = connection.getresponse()
+            assert (answer.status, answer.getheader("Content-Type")) == (404, "application/json"), method
+            assert json.loads(answer.read()) == {"message": "Not Found"}
+            connection.close()
+        with urllib.request.urlopen(f"{gateway.base_url}/openapi.yaml", timeout=10) as spec:
+            assert spec.read() == (ROOT / "docs" / "openapi.yaml").read_bytes()
+        with urllib.request.urlopen(f"{gateway.base_url}/docs", timeout=10) as docs:  # follows the redirect
+            assert docs.url.endswith("/docs/") and b"/openapi.yaml" in docs.read()
+    finally:
+        gateway.stop()

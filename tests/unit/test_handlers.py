@@ -6,6 +6,7 @@ import json
 from types import ModuleType
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from credits.ledger import Ledger
 from credits.packages import Catalog, Package
@@ -84,8 +85,9 @@ def test_the_user_is_the_jwt_subject_never_a_body_field(use: ModuleType, ledger:
 
 BAD_BODIES = [
     ("{not json", "invalid_json"),
-    ("[1, 2]", "validation_error"),
-    ('"search"', "validation_error"),
+    ("[1, 2]", "invalid_json"),
+    ('"search"', "invalid_json"),
+    ("null", "invalid_json"),
     ("", "invalid_json"),
     (json.dumps({"action": 5}), "validation_error"),
     (json.dumps({"action": "search", "surprise": 1}), "validation_error"),
@@ -93,6 +95,8 @@ BAD_BODIES = [
     (json.dumps({"action": "search", "referenceId": "r" * 256}), "validation_error"),
     (json.dumps({"action": "search", "referenceId": ""}), "validation_error"),
     (json.dumps({"action": "search", "description": "d" * 501}), "validation_error"),
+    # 16 KiB is counted in UTF-8 bytes: 6,000 euro signs are 18,000 bytes
+    (json.dumps({"action": "search", "description": "€" * 6000}, ensure_ascii=False), "invalid_json"),
 ]
 
 
@@ -352,3 +356,44 @@ def test_absurdly_nested_json_and_unicode_digits_are_400(use: ModuleType, bal: M
     assert (status, body["error"]["code"]) == (400, "invalid_json")
     status, body, _ = invoke(bal, http_event("GET", "/credits/transactions", query={"limit": "²"}))
     assert (status, body["error"]["code"]) == (400, "validation_error")
+
+
+class Failing:
+    """A DynamoDB client whose reads fail with `error` (a ClientError code, or a lost connection)."""
+
+    def __init__(self, client: object, error: str) -> None:
+        self.client, self.error = client, error
+
+    def __getattr__(self, name: str) -> object:
+        if name not in ("query", "scan", "get_item", "batch_get_item"):
+            return getattr(self.client, name)
+
+        def fail(**_: object) -> None:
+            if self.error == "connection":
+                raise EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+            raise ClientError({"Error": {"Code": self.error, "Message": "no"}}, name)
+
+        return fail
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        ("ThrottlingException", 503, "temporarily_unavailable"),
+        ("ProvisionedThroughputExceededException", 503, "temporarily_unavailable"),
+        ("connection", 503, "temporarily_unavailable"),
+        ("AccessDeniedException", 500, "internal_error"),
+    ],
+)
+def test_a_read_the_store_refuses_is_retriable_when_it_can_be(
+    bal: ModuleType, monkeypatch: pytest.MonkeyPatch, error: str, status: int, code: str
+) -> None:
+    """Throttled or unreachable reads (the ledger's pages, the catalog) say "retry", with Retry-After;
+    any other AWS error is ours (500), and no answer carries its text."""
+    for adapter in (bal.ledger, bal.catalog):
+        monkeypatch.setattr(adapter, "client", Failing(adapter.client, error))
+    for path, sub in (("/credits/transactions", "user-1"), ("/credit-packages", None)):
+        got, body, headers = invoke(bal, http_event("GET", path, sub=sub))
+        assert (got, body["error"]["code"]) == (status, code), path
+        assert (headers.get("Retry-After") == "1") == (status == 503)
+        assert error not in json.dumps(body)
