@@ -39,6 +39,7 @@ EVENT_BUS = "credits-local"
 EVENTS_FUNCTION = "events"  # the function the credits table's stream invokes (template.yaml)
 EVENTS_FILE = "eventbridge-events.json"  # the local bus's events, under --data-dir
 STREAM_CHECKPOINTS_FILE = "stream-checkpoints.json"  # how far the events function has read the stream
+STATE_FILE = "stack.json"  # where the `credits` CLI finds this stack while it runs (credits.cli)
 
 
 class StartupError(Exception):
@@ -181,12 +182,20 @@ def main(argv: list[str] | None = None) -> int:
             starting_position="TRIM_HORIZON",  # what was written while make dev was down is not missed
             checkpoint_path=args.data_dir / STREAM_CHECKPOINTS_FILE,
         ).start()
+        write_state(
+            args.data_dir,
+            api=base,
+            dynamodb_endpoint=database.endpoint,
+            region=env["AWS_DEFAULT_REGION"],
+            stripe_api_base=emulator.base_url if emulator else None,
+        )
         print(
             "\n  Credits, running offline\n"
             f"  page:      {base}/\n"
             f"  API:       {base}  (routes from template.yaml; /internal/* needs SigV4 with the local key below)\n"
             f"  API docs:  {base}/docs  (the contract: {base}/openapi.yaml)\n"
             f"  webhook:   {base}/webhook\n"
+            "  CLI:       .venv/bin/credits user alice  (finds this stack; `credits --help`)\n"
             f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
             f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
             f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {bridge.endpoint} "
@@ -201,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
+        (args.data_dir / STATE_FILE).unlink(missing_ok=True)
         if poller is not None:
             poller.stop()
         if events is not None:
@@ -214,10 +224,25 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped.", flush=True)
 
 
+def write_state(data_dir: Path, *, api: str, dynamodb_endpoint: str, region: str, stripe_api_base: str | None) -> None:
+    """What the `credits` CLI needs to find this stack (credits.cli): removed when make dev stops."""
+    state = {
+        "pid": os.getpid(),
+        "api": api,
+        "dynamodbEndpoint": dynamodb_endpoint,
+        "region": region,
+        "creditsTable": TABLES["CreditsTable"],
+        "idempotencyTable": TABLES["IdempotencyTable"],
+        # the emulator's fixed local key; with real Stripe the CLI reads STRIPE_SECRET_KEY itself
+        "stripe": {"apiBase": stripe_api_base, "secretKey": EMULATOR_API_KEY} if stripe_api_base else None,
+    }
+    (data_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
 def seed_catalog() -> None:
     """Import the example catalog (and its Stripe prices) when the catalog is empty."""
-    from credits.__main__ import main as credits_cli
     from credits.aws import dynamodb_client
+    from credits.cli import main as credits_cli
     from credits.packages import Catalog
 
     if Catalog(dynamodb_client(), os.environ["CREDITS_TABLE_NAME"]).all():

@@ -80,9 +80,13 @@ make_venv() {  # dir requirements-file [files it includes]
   "$PY" -m venv "$dir"
   quiet_pip "$dir" --upgrade pip
   quiet_pip "$dir" -r "$req"
+  if [[ $dir == .venv ]]; then  # the project itself, for its console script `credits` (pyproject.toml)
+    quiet_pip "$dir" --no-deps -e .
+    rm -rf shared/credits.egg-info  # the build's by-product; it must not ship in the layer
+  fi
   echo "$stamp" > "$dir/.stamp"
 }
-make_venv .venv requirements-dev.txt shared/requirements.txt
+make_venv .venv requirements-dev.txt shared/requirements.txt pyproject.toml
 make_venv .venv-sam requirements-sam.txt
 cp package-lock.json .venv/.npm-stamp
 

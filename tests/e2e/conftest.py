@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -37,6 +38,7 @@ class DevStack:
     url: str
     stripe_url: str
     process: subprocess.Popen[str]
+    data_dir: Path  # `--data-dir`: a `.local-data` folder, as in a checkout (the CLI finds it from its parent)
 
     def emulator(self, session_id: str, action: str) -> dict[str, object]:
         request = urllib.request.Request(f"{self.stripe_url}/_emulator/sessions/{session_id}/{action}", method="POST")
@@ -51,7 +53,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     port, stripe_port, dynamodb_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "AWS_ENDPOINT"))}
     env["PYTHONPATH"] = str(ROOT / "shared")
-    data = tmp_path_factory.mktemp("dev-data")
+    data = tmp_path_factory.mktemp("checkout") / ".local-data"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -87,7 +89,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
             process.kill()
             raise RuntimeError("make dev did not come up in 90 s")
         time.sleep(0.3)
-    yield DevStack(url, f"http://127.0.0.1:{stripe_port}", process)
+    yield DevStack(url, f"http://127.0.0.1:{stripe_port}", process, data)
     process.send_signal(signal.SIGINT)  # Ctrl-C stops the whole stack cleanly
     try:
         assert process.wait(timeout=20) == 0
