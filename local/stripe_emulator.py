@@ -83,7 +83,17 @@ PRICE_LIST_PARAMS: Json = {
     "limit": "int",
     **_EXPAND,
 }
-SESSION_LIST_PARAMS: Json = {"payment_intent": "str", "customer": "str", "limit": "int", **_EXPAND}
+# Lists page as Stripe's do: newest first, `limit` (1-100), `starting_after` / `ending_before` an id of
+# the list, `created[gt|gte|lt|lte]` in Unix seconds.
+_PAGES: Json = {
+    "limit": "int",
+    "starting_after": "str",
+    "ending_before": "str",
+    "created": {"gt": "int", "gte": "int", "lt": "int", "lte": "int"},
+}
+SESSION_LIST_PARAMS: Json = {"payment_intent": "str", "customer": "str", "status": "str", **_PAGES, **_EXPAND}
+REFUND_LIST_PARAMS: Json = {"charge": "str", "payment_intent": "str", **_PAGES, **_EXPAND}
+DISPUTE_LIST_PARAMS: Json = {"charge": "str", "payment_intent": "str", **_PAGES, **_EXPAND}
 SEARCH_PARAMS: Json = {"query": "str", "limit": "int", **_EXPAND}
 COLLECTIONS = {
     "customers": "customer",
@@ -363,10 +373,13 @@ class StripeEmulator:
             ("GET", r"/v1/prices", "api", "_list_prices"),
             ("POST", r"/v1/checkout/sessions", "api", "_create_session"),
             ("GET", r"/v1/checkout/sessions", "api", "_list_sessions"),
+            ("GET", r"/v1/refunds", "api", "_list_refunds"),
+            ("GET", r"/v1/disputes", "api", "_list_disputes"),
             ("GET", r"/v1/(" + "|".join(COLLECTIONS) + r")/([^/]+)", "api", "_retrieve"),
             ("POST", r"/_emulator/sessions/([^/]+)/(\w+)", "control", "_control_session"),
             ("POST", r"/_emulator/events/([^/]+)/redeliver", "control", "_control_redeliver"),
             ("GET", r"/_emulator/events", "control", "_control_events"),
+            ("POST", r"/_emulator/webhooks", "control", "_control_webhooks"),
             ("GET", r"/checkout/([^/]+)", "page", "_checkout_page"),
             ("POST", r"/checkout/([^/]+)/(pay|pay_later|cancel)", "page", "_checkout_action"),
         ]
@@ -388,6 +401,9 @@ class StripeEmulator:
         self.base_url = f"http://{self._public_host()}:{port}"
         self.events: list[Json] = []
         self.deliveries: list[tuple[str, int]] = []
+        # While True, events are made but never sent (as when the webhook endpoint is down for longer
+        # than Stripe retries): what `credits reconcile` exists to find. Status 0 in `deliveries`.
+        self.drop_deliveries = False
         self._objects: dict[str, Json] = {}
         self._checkouts: dict[str, _Checkout] = {}
         self._inline: set[str] = set()  # made from price_data: never listed or searched
@@ -464,7 +480,7 @@ class StripeEmulator:
                 self._objects[event["id"]] = event
                 self.events.append(event)
         payload = json.dumps(event, indent=2).encode()
-        status = self._post(payload)
+        status = 0 if self.drop_deliveries else self._post(payload)
         with self._lock:
             self.deliveries.append((event["id"], status))
         return status
@@ -952,17 +968,35 @@ class StripeEmulator:
         return self._store(self._session(session_id, p, price))
 
     def _list_sessions(self, params: Json) -> Json:
-        """GET /v1/checkout/sessions filtered by payment_intent or customer."""
+        """GET /v1/checkout/sessions filtered by payment_intent, customer, status or created."""
         p = validate(params, SESSION_LIST_PARAMS)
         return self._list(
             [
                 x
                 for x in self._all("checkout.session")
-                if all(x[f] == p[f] for f in ("payment_intent", "customer") if f in p)
+                if all(x[f] == p[f] for f in ("payment_intent", "customer", "status") if f in p)
             ],
             p,
             "/v1/checkout/sessions",
         )
+
+    def _list_refunds(self, params: Json) -> Json:
+        """GET /v1/refunds filtered by charge, payment_intent or created."""
+        p = validate(params, REFUND_LIST_PARAMS)
+        found = [x for x in self._all("refund") if all(x[f] == p[f] for f in ("charge", "payment_intent") if f in p)]
+        return self._list(found, p, "/v1/refunds")
+
+    def _list_disputes(self, params: Json) -> Json:
+        """GET /v1/disputes filtered by charge, payment_intent or created."""
+        p = validate(params, DISPUTE_LIST_PARAMS)
+        found = [x for x in self._all("dispute") if all(x[f] == p[f] for f in ("charge", "payment_intent") if f in p)]
+        return self._list(found, p, "/v1/disputes")
+
+    def _control_webhooks(self, params: Json) -> Json:
+        """POST /_emulator/webhooks drop=true|false: stop (or resume) sending events."""
+        p = validate(params, {"drop": "bool"})
+        self.drop_deliveries = bool(p.get("drop", self.drop_deliveries))
+        return {"dropDeliveries": self.drop_deliveries}
 
     def _retrieve(self, collection: str, obj_id: str, params: Json) -> Json:
         """GET /v1/{collection}/{id}."""
@@ -972,10 +1006,26 @@ class StripeEmulator:
 
     @staticmethod
     def _list(items: list[Json], p: Json, url: str) -> Json:
-        """A list object honouring limit (no further pages)."""
+        """One page of a list object, as Stripe pages: `items` newest first (as `_all` gives them,
+        ties in `created` by the order they were made), narrowed to `created`, then the page after
+        `starting_after` (or before `ending_before`), at most `limit` long."""
         limit = p.get("limit", 10)
         if not 1 <= limit <= 100:
             raise EmulatorError("Invalid limit: must be between 1 and 100.", param="limit")
+        bounds = p.get("created", {})
+        tests = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
+        items = [x for x in items if all(tests[op](int(x["created"]), v) for op, v in bounds.items())]
+        ids = [x["id"] for x in items]
+        if "starting_after" in p or "ending_before" in p:
+            cursor = p.get("starting_after", p.get("ending_before"))
+            if cursor not in ids:
+                raise EmulatorError(f"No such object: '{cursor}'", code="resource_missing", param="starting_after")
+            at = ids.index(cursor)
+            if "starting_after" in p:
+                items = items[at + 1 :]
+            else:
+                before = items[:at]
+                return {"object": "list", "data": before[-limit:], "has_more": len(before) > limit, "url": url}
         return {"object": "list", "data": items[:limit], "has_more": len(items) > limit, "url": url}
 
     def _expand(self, obj: Any, paths: list[str]) -> Any:

@@ -3,6 +3,7 @@
     credits user USER                       balance, available, held, open holds, settings, last entries
     credits grant USER AMOUNT --type gift|adjustment --description TEXT [--reference REF]
     credits audit USER... | --all           gapless ledgers that add up, and payments credited right
+    credits reconcile --since 3d [--apply]  paid purchases, refunds and disputes the ledger misses
     credits packages import FILE [--sync-stripe] | list
 
 Where it acts: against `make dev` with nothing to set (it reads the state file `make dev` leaves in
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +63,19 @@ class Target:
     where: str
     stripe_api_base: str | None = None
     stripe_secret_key: str | None = None
+    stripe_key_parameter: str | None = None  # --stack: the SSM SecureString the stack reads its key from
+    session: Any = None
+
+    def stripe(self) -> Any:
+        """The Stripe adapter: make dev's emulator, STRIPE_SECRET_KEY (or STRIPE_SECRET_KEY_PARAM), or
+        the secret key the stack itself uses (its SSM parameter)."""
+        from credits.stripe_gateway import StripeGateway  # only the commands that talk to Stripe load it
+
+        key = self.stripe_secret_key
+        if key is None and self.stripe_key_parameter and not os.environ.get("STRIPE_SECRET_KEY"):
+            answer = self.session.client("ssm").get_parameter(Name=self.stripe_key_parameter, WithDecryption=True)
+            key = str(answer["Parameter"]["Value"])
+        return StripeGateway.connect(key or config.secret("STRIPE_SECRET_KEY"), self.stripe_api_base)
 
     def ledger(self) -> Ledger:
         return Ledger(self.client, self.table)
@@ -100,7 +115,11 @@ def locate(stack: str | None, region: str | None) -> Target:
         outputs = {o["OutputKey"]: o["OutputValue"] for o in answer["Stacks"][0].get("Outputs", [])}
         if "CreditsTableName" not in outputs:
             raise Failed(f"stack {stack} has no CreditsTableName output: is it this project's stack?")
-        return Target(session.client("dynamodb"), outputs["CreditsTableName"], f"stack {stack}")
+        parameters = {p["ParameterKey"]: p.get("ParameterValue") for p in answer["Stacks"][0].get("Parameters", [])}
+        found = Target(session.client("dynamodb"), outputs["CreditsTableName"], f"stack {stack}")
+        found.stripe_key_parameter = parameters.get("StripeSecretKeyParam")
+        found.session = session
+        return found
     if os.environ.get("CREDITS_TABLE_NAME"):
         from credits.aws import dynamodb_client
 
@@ -341,6 +360,42 @@ def import_packages_command(ctx: click.Context, file: Path, sync_stripe: bool) -
     return 0
 
 
+@cli.command()
+@click.option("--since", "period", default="3d", show_default=True, help="how far back: 90m, 12h, 3d ... 30d")
+@click.option("--apply", "do_apply", is_flag=True, help="apply what is missing (as the webhook would have)")
+@click.pass_context
+@one_line_errors
+def reconcile(ctx: click.Context, period: str, do_apply: bool) -> int:
+    """Find paid purchases, refunds and disputes of the period that the ledger does not show (a
+    webhook never delivered); with --apply, apply them through the webhook's own exactly-once path.
+    Exit 1 when a dry run finds something missing; 0 when nothing is, or all of it was applied."""
+    from credits.reconcile import SETTLED, apply, find_missing, window
+
+    since = int(time.time()) - window(period)
+    target = target_of(ctx)
+    payments = Payments(target.ledger(), target.catalog(), target.client, target.table)
+    missing = find_missing(payments, target.stripe(), since)
+    start = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if not missing:
+        click.echo(f"nothing missing since {start} ({target.where})")
+        return 0
+    click.echo(f"{len(missing)} missing since {start} ({target.where}):")
+    for item in missing:
+        click.echo(f"  {item.kind:<9} {item.user_id or '?':<20} {item.detail}")
+    if not do_apply:
+        click.echo("run again with --apply to apply them")
+        return 1
+    unsettled = 0
+    for item, outcome in apply(payments, missing):
+        change = f" ({credits(outcome.credits)})" if outcome.credits else ""
+        if outcome.kind in SETTLED:
+            click.echo(f"  applied {item.kind} {item.stripe_id}: {outcome.kind}{change}")
+        else:  # a mismatch (paid other than sold), say: the webhook would not have credited it either
+            unsettled += 1
+            click.echo(f"  NOT applied {item.kind} {item.stripe_id}: {outcome.kind}: {outcome.detail}")
+    return 1 if unsettled else 0
+
+
 def load_catalog_file(path: Path) -> list[Package]:
     """Packages from a JSON file, validated, ids unique; Failed names every problem."""
     try:
@@ -369,13 +424,7 @@ def load_catalog_file(path: Path) -> list[Package]:
 def import_packages(target: Target, found: list[Package], sync_stripe: bool) -> list[Package]:
     catalog = target.catalog()
     stored: list[Package] = []
-    gateway = None
-    if sync_stripe:
-        from credits.stripe_gateway import StripeGateway  # only this command needs stripe
-
-        # make dev's emulator key, else STRIPE_SECRET_KEY or the SSM parameter STRIPE_SECRET_KEY_PARAM names
-        key = target.stripe_secret_key or config.secret("STRIPE_SECRET_KEY")
-        gateway = StripeGateway.connect(key, target.stripe_api_base)
+    gateway = target.stripe() if sync_stripe else None
     for package in found:
         if gateway is not None:
             package = gateway.sync_package(package)

@@ -7,6 +7,7 @@ Stripe failure into PaymentProviderError, so the domain never sees a Stripe exce
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import stripe
@@ -149,3 +150,39 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise PaymentProviderError(f"Could not sync package {package.id} with Stripe.") from exc
         return package.model_copy(update={"stripe_product_id": product_id, "stripe_price_id": price_id})
+
+    # ---- reconciling (credits.reconcile): what Stripe knows of a period, every page of it --------
+
+    def sessions_since(self, created_gte: int) -> Iterator[dict[str, Any]]:
+        """Checkout Sessions created at or after `created_gte` (Unix seconds), newest first."""
+        params: Any = {"created": {"gte": created_gte}, "limit": 100}
+        yield from self._every(lambda: self.client.v1.checkout.sessions.list(params=params))
+
+    def refunded_charges_since(self, created_gte: int) -> Iterator[dict[str, Any]]:
+        """Each charge with a refund created at or after `created_gte`, once, as it is now (its
+        `amount_refunded` is the total, as in the `charge.refunded` event)."""
+        params: Any = {"created": {"gte": created_gte}, "limit": 100}
+        seen: set[str] = set()
+        for refund in self._every(lambda: self.client.v1.refunds.list(params=params)):
+            charge_id = refund.get("charge")
+            if not isinstance(charge_id, str) or charge_id in seen:
+                continue
+            seen.add(charge_id)
+            try:
+                yield self.client.v1.charges.retrieve(charge_id).to_dict()
+            except stripe.StripeError as exc:
+                raise PaymentProviderError(f"Could not read charge {charge_id} from Stripe.") from exc
+
+    def disputes_since(self, created_gte: int) -> Iterator[dict[str, Any]]:
+        """Disputes created at or after `created_gte`, as they are now (open, won or lost)."""
+        params: Any = {"created": {"gte": created_gte}, "limit": 100}
+        yield from self._every(lambda: self.client.v1.disputes.list(params=params))
+
+    @staticmethod
+    def _every(first_page: Callable[[], Any]) -> Iterator[dict[str, Any]]:
+        """Every object of a list, page after page (Stripe's starting_after), as plain dicts."""
+        try:
+            for obj in first_page().auto_paging_iter():
+                yield obj.to_dict()
+        except stripe.StripeError as exc:
+            raise PaymentProviderError("Could not list objects from Stripe.") from exc

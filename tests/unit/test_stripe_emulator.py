@@ -739,3 +739,35 @@ def test_state_kept_in_a_file_survives_a_restart(tmp_path: Any) -> None:
         assert session.amount_total == 500
     finally:
         second.stop()
+
+
+def test_lists_page_as_stripe_s_do_and_deliveries_can_be_dropped(
+    emulator: StripeEmulator, client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    """Newest first, `limit` pages with has_more, `starting_after` continues, `created` narrows; refunds
+    and disputes list too. With deliveries dropped (the control endpoint), events are made, not sent."""
+    sessions = [make_session(client) for _ in range(5)]
+    first = client.v1.checkout.sessions.list(params={"limit": 2})
+    assert [s.id for s in first.data] == [sessions[4].id, sessions[3].id] and first.has_more
+    rest = client.v1.checkout.sessions.list(params={"limit": 100, "starting_after": first.data[-1].id})
+    assert [s.id for s in rest.data] == [s.id for s in sessions[2::-1]] and not rest.has_more
+    every = [s.id for s in client.v1.checkout.sessions.list(params={"limit": 2}).auto_paging_iter()]
+    assert every == [s.id for s in sessions[::-1]]
+    future = int(time.time()) + 60
+    assert client.v1.checkout.sessions.list(params={"created": {"gte": future}}).data == []
+
+    status, _, body = send("POST", f"{emulator.base_url}/_emulator/webhooks", {"drop": "true"})
+    assert (status, json.loads(body)) == (200, {"dropDeliveries": True})
+    emulator.pay(sessions[0].id)
+    emulator.refund(sessions[0].id, 300)
+    emulator.dispute(sessions[0].id)
+    assert receiver.requests == [] and {status for _, status in emulator.deliveries} == {0}
+    refunds = client.v1.refunds.list(params={"created": {"gte": future - 120}})
+    assert [(r.amount, r.status) for r in refunds.data] == [(300, "succeeded")]
+    disputes = client.v1.disputes.list(params={"limit": 10})
+    assert [d.status for d in disputes.data] == ["needs_response"]
+    assert disputes.data[0].payment_intent == refunds.data[0].payment_intent
+
+    send("POST", f"{emulator.base_url}/_emulator/webhooks", {"drop": "false"})
+    emulator.close_dispute(sessions[0].id, "won")
+    assert [e.type for e in receiver.events()] == ["charge.dispute.closed"]

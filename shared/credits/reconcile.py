@@ -1,0 +1,139 @@
+"""Missed-payment recovery: what Stripe says happened in a period that the ledger does not show.
+
+Stripe retries a webhook for three days. If the endpoint was down longer, or a deploy broke it, a
+paid purchase is never credited (and a refund or a dispute never applied), and nobody knows. This
+module lists, from Stripe, the paid Checkout Sessions created in the period and the refunds and
+disputes created in it, and compares each with the payment's record in the table (ADR 0002):
+
+- a paid session of this product whose payment is not on record as credited: a missing purchase;
+- a refund whose charge's refunded total is more than the record knows: a missing refund;
+- a dispute the record does not know, or knows in an earlier state: a missing dispute change.
+
+Applying goes through `Payments.handle` with the event the webhook would have received, built from
+the object as Stripe returns it now: exactly the path the webhook takes, so a purchase is credited
+once whoever applies it first (this, the webhook, a second run), and a refund or dispute moves the
+ledger only as far as its facts require.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from credits.errors import ValidationError
+from credits.payments import CLOSED, DisputeFact, Outcome, PaymentRecord, Payments
+
+MAX_WINDOW_SECONDS = 30 * 24 * 3600  # Stripe keeps events for 30 days; nothing older is looked at
+UNITS = {"m": 60, "h": 3600, "d": 24 * 3600}
+ORDER = {"purchase": 0, "refund": 1, "dispute": 2}  # a refund or dispute settles against its purchase
+# Outcomes of Payments.handle after which the ledger shows what Stripe says (a mismatch, say, is not:
+# the webhook would not have credited it either; it is for a person to look at).
+SETTLED = frozenset({"granted", "duplicate", "clawed_back", "restored", "noted"})
+
+
+class StripeSource(Protocol):
+    """What reconciling asks of Stripe (credits.stripe_gateway.StripeGateway; tests: the emulator)."""
+
+    def sessions_since(self, created_gte: int) -> Iterable[dict[str, Any]]: ...
+    def refunded_charges_since(self, created_gte: int) -> Iterable[dict[str, Any]]: ...
+    def disputes_since(self, created_gte: int) -> Iterable[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Missing:
+    """One thing Stripe knows that the ledger does not show, and the event that applies it."""
+
+    kind: str  # purchase, refund, dispute
+    stripe_id: str  # the session, charge or dispute
+    payment_id: str
+    user_id: str | None
+    detail: str
+    event: dict[str, Any]
+
+
+def window(text: str) -> int:
+    """`3d`, `12h`, `90m` as seconds: at least a minute, at most Stripe's 30 days."""
+    match = re.fullmatch(r"([0-9]{1,5})([mhd])", text.strip())
+    if not match:
+        raise ValidationError(f"{text!r} is not a period such as 3d, 12h or 90m.")
+    seconds = int(match.group(1)) * UNITS[match.group(2)]
+    if not 60 <= seconds <= MAX_WINDOW_SECONDS:
+        raise ValidationError("The period must be from 1m to 30d (Stripe keeps 30 days of events).")
+    return seconds
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """The event the webhook would have received for `obj` (its id names the recovery, not Stripe)."""
+    return {"id": f"evt_reconcile_{obj['id']}", "object": "event", "type": kind, "data": {"object": obj}}
+
+
+def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> list[Missing]:
+    """Everything of the period that the ledger does not show, purchases first."""
+    found: list[Missing] = []
+    records: dict[str, PaymentRecord | None] = {}
+
+    def record(payment_id: str) -> PaymentRecord | None:
+        if payment_id not in records:
+            records[payment_id] = payments.record(payment_id)
+        return records[payment_id]
+
+    ours: set[str] = set()  # payments of this product's sessions in the period
+    for session in stripe.sessions_since(created_gte):
+        metadata = session.get("metadata") or {}
+        user_id = session.get("client_reference_id") or metadata.get("userId")
+        if session.get("mode") not in (None, "payment") or not user_id or not metadata.get("packageId"):
+            continue  # not started by this product
+        payment_id = _id(session.get("payment_intent")) or str(session["id"])
+        ours.add(payment_id)
+        if session.get("status") != "complete" or session.get("payment_status") != "paid":
+            continue  # not paid (yet): nothing is owed
+        known = record(payment_id)
+        if known is None or not known.granted:
+            detail = f"session {session['id']}: {metadata.get('packageId')} paid, not credited"
+            event = _event("checkout.session.completed", session)
+            found.append(Missing("purchase", str(session["id"]), payment_id, user_id, detail, event))
+
+    for charge in stripe.refunded_charges_since(created_gte):
+        payment_id = _id(charge.get("payment_intent")) or str(charge["id"])
+        known = record(payment_id)
+        refunded = int(charge.get("amount_refunded") or 0)
+        if (known is None or not known.granted) and payment_id not in ours:
+            continue  # a payment this product never credited (another product's, or too old)
+        if known is None or known.refunded_amount < refunded:
+            user_id = known.user_id if known else None
+            before = known.refunded_amount if known else 0
+            detail = f"charge {charge['id']}: {refunded} refunded, the ledger knows {before}"
+            event = _event("charge.refunded", charge)
+            found.append(Missing("refund", str(charge["id"]), payment_id, user_id, detail, event))
+
+    for dispute in stripe.disputes_since(created_gte):
+        disputed = _id(dispute.get("payment_intent"))
+        if disputed is None:
+            continue
+        payment_id = disputed
+        known = record(payment_id)
+        if (known is None or not known.granted) and payment_id not in ours:
+            continue
+        fact = DisputeFact(str(dispute.get("status")), dispute.get("amount"))
+        seen = known.disputes.get(str(dispute["id"])) if known else None
+        if seen is None or seen.rank < fact.rank:
+            kind = "charge.dispute.closed" if fact.status in CLOSED else "charge.dispute.created"
+            user_id = known.user_id if known else None
+            detail = f"dispute {dispute['id']} ({fact.status}): the ledger knows {seen.status if seen else 'nothing'}"
+            found.append(Missing("dispute", str(dispute["id"]), payment_id, user_id, detail, _event(kind, dispute)))
+
+    return sorted(found, key=lambda m: ORDER[m.kind])
+
+
+def apply(payments: Payments, missing: Iterable[Missing]) -> Iterator[tuple[Missing, Outcome]]:
+    """Apply each through the webhook's own path, in order (purchases before their refunds)."""
+    for item in sorted(missing, key=lambda m: ORDER[m.kind]):
+        yield item, payments.handle(item.event)
