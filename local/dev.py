@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             page_config={"apiBase": "", "auth": "local", "stripe": "real" if real_stripe else "emulator"},
             iam_credentials=(key_id, secret),
             event_bridge=bridge,
+            stripe_emulator_url=emulator.base_url if emulator else None,  # the page's test tools
         )
         # The events function runs in its own container, as the stream's event source mapping
         # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.

@@ -12,6 +12,9 @@ signature; without a local key they are refused, as they are to a browser on AWS
 is served at `/`, the API's contract (docs/openapi.yaml) at `/openapi.yaml` and a reference to read at
 `/docs`. `GET /local/notifications` (LOCAL-ONLY, with a local token) answers the signed-in
 user's events from the local EventBridge (local.eventbridge), newest first, for the page to show.
+Given the local Stripe emulator's URL (`stripe_emulator_url`), `GET /local/stripe/payments` and
+`POST /local/stripe/payments/{sessionId}/{action}` (LOCAL-ONLY, with a local token) are the page's
+test tools: the signed-in user's own payments at the emulator, and its control actions on them.
 
 Each function runs in its own container PROCESSES (local.containers), one invocation at a time
 each, as on Lambda: never as threads of this server, whose handlers would share Powertools'
@@ -30,6 +33,8 @@ import re
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -37,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from local.containers import ContainerError, ContainerPool, InvocationError
 from local.sigv4 import Rejected, verify
@@ -62,6 +67,12 @@ TOKEN_TTL_SECONDS = 12 * 3600
 USER_NAME = re.compile(r"^[a-zA-Z0-9_.@-]{1,64}$")
 NOTIFICATIONS = 20  # the most /local/notifications answers
 EVENT_SOURCE = "credits"
+# LOCAL-ONLY Stripe test tools (/local/stripe/payments): the emulator's control actions a user may run
+# on their own payments, how many payments are listed, and how long an action (its webhooks) may take.
+STRIPE_ACTIONS = frozenset({"async_succeed", "async_fail", "refund", "dispute", "close_dispute"})
+STRIPE_PAYMENTS = 10
+STRIPE_TIMEOUT = 60.0
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _b64(data: bytes) -> str:
@@ -186,8 +197,12 @@ class Gateway:
         containers_per_function: int = 8,
         iam_credentials: tuple[str, str] | None = None,
         event_bridge: LocalEventBridge | None = None,
+        stripe_emulator_url: str | None = None,
     ) -> None:
         self.tokens = LocalTokens(token_secret)
+        # The local Stripe emulator's base URL: the page's test tools act on the signed-in user's own
+        # Checkout Sessions through /local/stripe/payments. None (real Stripe, AWS): no such routes.
+        self.stripe_emulator_url = stripe_emulator_url.rstrip("/") if stripe_emulator_url else None
         self.event_bridge = event_bridge  # where /local/notifications reads the events; None: no such route
         # (access key id, secret access key) that IAM routes accept SigV4 signatures of; None refuses all.
         self.iam_credentials = iam_credentials
@@ -254,6 +269,63 @@ class Gateway:
                 {"id": event_id, "detailType": event["detail-type"], "detail": event["detail"], "time": event["time"]}
             )
         return found[::-1][:limit]
+
+    def stripe_payments(self, user: str, limit: int = STRIPE_PAYMENTS) -> list[dict[str, Any]]:
+        """The user's payments at the local Stripe emulator (their Checkout Sessions that were paid or
+        submitted, newest first), each with the control actions that apply to it now."""
+        status, answer = self._emulator("GET", "/_emulator/sessions?" + urlencode({"client_reference_id": user}))
+        if status != 200:
+            raise ValueError(f"the Stripe emulator answered {status} to its list of sessions")
+        sessions = answer.get("sessions") or []
+        return [s for s in sessions if s.get("state") not in ("open", "expired")][:limit]
+
+    def stripe_action(self, user: str, session_id: str, action: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """One emulator control action on one of the user's own payments: (status, answer)."""
+        if action not in STRIPE_ACTIONS:
+            return 404, {"error": {"code": "not_found", "message": f"No such test action: {action}."}}
+        try:
+            given = json.loads(body or b"{}")
+        except ValueError:
+            given = None
+        if not isinstance(given, dict):
+            return 400, {"error": {"code": "invalid_json", "message": "The body must be a JSON object."}}
+        params: dict[str, Any] = {}
+        if action == "refund" and given.get("amount") is not None:
+            amount = given["amount"]
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+                return 400, {"error": {"code": "validation_error", "message": "amount: a positive whole number."}}
+            params["amount"] = amount
+        if action == "close_dispute":
+            if given.get("status") not in ("won", "lost"):
+                return 400, {"error": {"code": "validation_error", "message": "status: won or lost."}}
+            params["status"] = given["status"]
+        if not any(p.get("id") == session_id for p in self.stripe_payments(user, limit=1000)):
+            return 404, {"error": {"code": "not_found", "message": "No such payment of yours."}}
+        status, answer = self._emulator("POST", f"/_emulator/sessions/{quote(session_id, safe='')}/{action}", params)
+        if status != 200:
+            error = answer.get("error") or {}
+            message = str(error.get("message") or f"The Stripe emulator answered {status}.")
+            return 409, {"error": {"code": str(error.get("code") or "emulator_refused"), "message": message}}
+        delivered = [int(d[1]) for d in answer.get("deliveries") or []]
+        payment = next((p for p in self.stripe_payments(user, limit=1000) if p.get("id") == session_id), None)
+        return 200, {"payment": payment, "delivered": all(200 <= d < 300 for d in delivered), "deliveries": delivered}
+
+    def _emulator(self, method: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """A call to the emulator's control API (no proxy: it is on this machine)."""
+        assert self.stripe_emulator_url is not None
+        data = json.dumps(params).encode() if params is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}  # a GET's query is a form
+        request = urllib.request.Request(self.stripe_emulator_url + path, data=data, method=method, headers=headers)
+        try:
+            with _NO_PROXY.open(request, timeout=STRIPE_TIMEOUT) as response:
+                return int(response.status), json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read() or b"{}")
+            except ValueError:
+                return exc.code, {}
+            finally:
+                exc.close()
 
     # ---- events -----------------------------------------------------------------------------
 
@@ -351,6 +423,10 @@ class Gateway:
                         return
                     self._json(200, {"notifications": gateway.notifications(str(claims["sub"]))})
                     return
+                tools = path == "/local/stripe/payments" or path.startswith("/local/stripe/payments/")
+                if tools and gateway.stripe_emulator_url is not None:
+                    self._stripe_tools(method, path, headers, body)
+                    return
                 if method == "GET" and self._api_docs(path):
                     return
                 found = match_route(gateway.routes, method, path)
@@ -382,6 +458,27 @@ class Gateway:
                     route, path, split.query, headers, body, authorizer=authorizer, path_parameters=parameters
                 )
                 self._lambda(gateway.invoke(route.function, event))
+
+            def _stripe_tools(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+                """LOCAL-ONLY test tools: GET /local/stripe/payments (the signed-in user's payments at the
+                emulator) and POST /local/stripe/payments/{sessionId}/{action} (on one of them only)."""
+                parts = path.split("/")[4:]  # after /local/stripe/payments
+                if not (method == "GET" and parts == []) and not (method == "POST" and len(parts) == 2 and all(parts)):
+                    self._json(404, {"message": "Not Found"})
+                    return
+                claims = self._claims(headers)
+                if claims is None:
+                    self._json(401, {"message": "Unauthorized"})
+                    return
+                user = str(claims["sub"])
+                try:
+                    if method == "GET":
+                        self._json(200, {"payments": gateway.stripe_payments(user)})
+                    else:
+                        self._json(*gateway.stripe_action(user, parts[0], parts[1], body))
+                except (OSError, ValueError):
+                    message = "The local Stripe emulator did not answer."
+                    self._json(502, {"error": {"code": "emulator_unavailable", "message": message}})
 
             def _claims(self, headers: dict[str, str]) -> dict[str, Any] | None:
                 """The claims of the request's bearer token, if the gateway signed it and it is valid."""

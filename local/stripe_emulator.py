@@ -377,6 +377,7 @@ class StripeEmulator:
             ("GET", r"/v1/disputes", "api", "_list_disputes"),
             ("GET", r"/v1/(" + "|".join(COLLECTIONS) + r")/([^/]+)", "api", "_retrieve"),
             ("POST", r"/_emulator/sessions/([^/]+)/(\w+)", "control", "_control_session"),
+            ("GET", r"/_emulator/sessions", "control", "_control_sessions"),
             ("POST", r"/_emulator/events/([^/]+)/redeliver", "control", "_control_redeliver"),
             ("GET", r"/_emulator/events", "control", "_control_events"),
             ("POST", r"/_emulator/webhooks", "control", "_control_webhooks"),
@@ -1188,21 +1189,92 @@ class StripeEmulator:
         with self._lock:
             return {"events": snapshot(self.events), "deliveries": [list(d) for d in self.deliveries]}
 
+    def _control_sessions(self, params: Json) -> Json:
+        """GET /_emulator/sessions: every Checkout Session, newest first, as a summary of what was paid
+        and which control actions it allows now (the local page's test tools show them); filtered by
+        `client_reference_id` and `customer` when given."""
+        wanted = {k: params[k] for k in ("client_reference_id", "customer") if k in params}
+        with self._lock:
+            found = [s for s in self._all("checkout.session") if all(s[k] == v for k, v in wanted.items())]
+            return {"sessions": [self._control_summary(session) for session in found]}
+
+    def _control_summary(self, session: Json) -> Json:
+        """One session for the test tools: its state (open, expired, processing, failed, paid), what
+        was bought, refunds and dispute so far, and the control actions that apply to it now."""
+        checkout = self._checkouts[session["id"]]
+        intent = self._objects.get(session["payment_intent"] or "")
+        charge = self._objects.get(checkout.charge or "")
+        dispute = self._objects.get(checkout.dispute or "")
+        if session["status"] == "open":
+            state = "open" if session["expires_at"] > time.time() else "expired"
+        elif session["status"] != "complete":
+            state = str(session["status"])
+        elif session["payment_status"] == "paid":
+            state = "paid"
+        else:
+            state = "processing" if intent is not None and intent["status"] == "processing" else "failed"
+        actions = ["async_succeed", "async_fail"] if state == "processing" else []
+        refunded = charge["amount_refunded"] if charge else 0
+        dispute_status = dispute["status"] if dispute else None
+        if charge is not None:
+            if refunded < charge["amount_captured"] and dispute_status not in ("needs_response", "lost"):
+                actions.append("refund")
+            if dispute is None:
+                actions.append("dispute")
+            elif dispute_status == "needs_response":
+                actions.append("close_dispute")
+        return {
+            "id": session["id"],
+            "created": session["created"],
+            "state": state,
+            "product": checkout.product_name,
+            "credits": self._control_credits(session, checkout),
+            "amount": session["amount_total"],
+            "currency": session["currency"],
+            "method": checkout.method if session["status"] == "complete" else None,
+            "paymentIntent": intent["id"] if intent else None,
+            "refunded": refunded,
+            "dispute": dispute_status,
+            "actions": actions,
+        }
+
+    def _control_credits(self, session: Json, checkout: _Checkout) -> int | None:
+        """The credits a session sells: its metadata's (the product writes the terms of the sale there
+        at checkout), else its price's metadata (the catalog's Stripe sync writes them there)."""
+        price = self._objects.get(checkout.price, {})
+        for metadata in (session.get("metadata") or {}, price.get("metadata") or {}):
+            text = str(metadata.get("credits", ""))
+            if re.fullmatch(r"[0-9]{1,10}", text) and int(text) > 0:
+                return int(text)
+        return None
+
     def _checkout_page(self, session_id: str, params: Json, notice: str = "", status: int = 200) -> Reply:
         """GET /checkout/{id}: the hosted payment page."""
         with self._lock:
             if session_id not in self._checkouts:
                 return _html(404, "Not found", "<h1>No such checkout session</h1>")
-            session, name = snapshot(self._objects[session_id]), self._checkouts[session_id].product_name
+            session, checkout = snapshot(self._objects[session_id]), self._checkouts[session_id]
+            name, credits = checkout.product_name, self._control_credits(session, checkout)
+            state = self._control_summary(session)["state"]
         amount, path = (
             format_amount(session["amount_total"], session["currency"]),
             f"/checkout/{html.escape(session_id)}",
         )
-        if session["status"] == "complete":
-            pending = "" if session["payment_status"] == "paid" else " The payment is still processing."
-            action = f'<p class="note" id="state">This checkout session is already paid.{pending}</p>'
-        elif session["status"] == "expired":
-            action = '<p class="note" id="state">This checkout session has expired.</p>'
+        # After paying (or on its way out), the page links back to the site: Back is never a dead end.
+        back_to = session["success_url" if session["status"] == "complete" else "cancel_url"] or ""
+        back = (
+            f'<a class="back" id="back" href="{html.escape(back_to.replace("{CHECKOUT_SESSION_ID}", session_id))}">'
+            "Back to the site</a>"
+            if back_to
+            else ""
+        )
+        if state == "failed":
+            action = f'<p class="note failed" id="state">This checkout session\'s payment failed.</p>{back}'
+        elif session["status"] == "complete":
+            pending = "" if state == "paid" else " The payment is still processing."
+            action = f'<p class="note" id="state">This checkout session is already paid.{pending}</p>{back}'
+        elif state == "expired":
+            action = f'<p class="note" id="state">This checkout session has expired.</p>{back}'
         else:
             action = "".join(
                 [
@@ -1219,7 +1291,11 @@ class StripeEmulator:
             "".join(
                 [
                     '<p class="label">Local Stripe emulator — no real payment</p>',
-                    f'<h1 id="product">{html.escape(name)}</h1><p class="amount" id="amount">{amount}</p>',
+                    f'<h1 id="product">{html.escape(name)}</h1>',
+                    f'<p class="credits" id="credits">{credits:,} {"credit" if credits == 1 else "credits"}</p>'
+                    if credits
+                    else "",
+                    f'<p class="amount" id="amount">{amount}</p>',
                     f'<p class="error" id="notice">{html.escape(notice)}</p>' if notice else "",
                     action,
                 ]
@@ -1250,7 +1326,10 @@ h1{margin:20px 0 4px;font-size:20px}.amount{margin:0 0 24px;font-size:34px;font-
 button{display:block;width:100%;margin-top:12px;padding:12px;border:1px solid #cfd7df;border-radius:8px;
 background:#fff;font:inherit;cursor:pointer}button.primary{background:#635bff;border-color:#635bff;color:#fff;
 font-weight:600}button.link{border:0;color:#697386}.note{padding:12px;border-radius:8px;background:#e6f7ee;
-color:#0b6b3a}.error{color:#c0123c}"""
+color:#0b6b3a}.note.failed{background:#fdecef;color:#c0123c}.error{color:#c0123c}
+.credits{margin:0;color:#635bff;font-weight:600}.back{display:block;margin-top:16px;padding:12px;
+border-radius:8px;background:#635bff;color:#fff;font-weight:600;text-align:center;text-decoration:none}
+.back::before{content:"\\2190  "}.back:focus-visible{outline:3px solid rgba(99,91,255,.4);outline-offset:2px}"""
 
 
 def _html(status: int, title: str, content: str) -> Reply:

