@@ -234,6 +234,7 @@ def write_state(data_dir: Path, *, api: str, dynamodb_endpoint: str, region: str
         "region": region,
         "creditsTable": TABLES["CreditsTable"],
         "idempotencyTable": TABLES["IdempotencyTable"],
+        "lowBalanceThreshold": int(os.environ.get("LOW_BALANCE_THRESHOLD", "10")),
         # the emulator's fixed local key; with real Stripe the CLI reads STRIPE_SECRET_KEY itself
         "stripe": {"apiBase": stripe_api_base, "secretKey": EMULATOR_API_KEY} if stripe_api_base else None,
     }

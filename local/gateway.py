@@ -396,7 +396,8 @@ class Gateway:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a HEAD answer has the headers of its GET, never a body
+                    self.wfile.write(body)
 
             def _json(self, status: int, body: dict[str, Any]) -> None:
                 self._send(status, json.dumps(body).encode(), {"Content-Type": "application/json"})

@@ -94,6 +94,7 @@ _PAGES: Json = {
 SESSION_LIST_PARAMS: Json = {"payment_intent": "str", "customer": "str", "status": "str", **_PAGES, **_EXPAND}
 REFUND_LIST_PARAMS: Json = {"charge": "str", "payment_intent": "str", **_PAGES, **_EXPAND}
 DISPUTE_LIST_PARAMS: Json = {"charge": "str", "payment_intent": "str", **_PAGES, **_EXPAND}
+EVENT_LIST_PARAMS: Json = {"type": "str", "types": "list", **_PAGES, **_EXPAND}
 SEARCH_PARAMS: Json = {"query": "str", "limit": "int", **_EXPAND}
 COLLECTIONS = {
     "customers": "customer",
@@ -375,6 +376,7 @@ class StripeEmulator:
             ("GET", r"/v1/checkout/sessions", "api", "_list_sessions"),
             ("GET", r"/v1/refunds", "api", "_list_refunds"),
             ("GET", r"/v1/disputes", "api", "_list_disputes"),
+            ("GET", r"/v1/events", "api", "_list_events"),
             ("GET", r"/v1/(" + "|".join(COLLECTIONS) + r")/([^/]+)", "api", "_retrieve"),
             ("POST", r"/_emulator/sessions/([^/]+)/(\w+)", "control", "_control_session"),
             ("GET", r"/_emulator/sessions", "control", "_control_sessions"),
@@ -992,6 +994,12 @@ class StripeEmulator:
         p = validate(params, DISPUTE_LIST_PARAMS)
         found = [x for x in self._all("dispute") if all(x[f] == p[f] for f in ("charge", "payment_intent") if f in p)]
         return self._list(found, p, "/v1/disputes")
+
+    def _list_events(self, params: Json) -> Json:
+        """GET /v1/events filtered by type, types[] or created (Stripe keeps 30 days of them)."""
+        p = validate(params, EVENT_LIST_PARAMS)
+        wanted = set(p.get("types", [])) | ({p["type"]} if "type" in p else set())
+        return self._list([x for x in self._all("event") if not wanted or x["type"] in wanted], p, "/v1/events")
 
     def _control_webhooks(self, params: Json) -> Json:
         """POST /_emulator/webhooks drop=true|false: stop (or resume) sending events."""

@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits import config
 from credits.aws import dynamodb_client
+from credits.errors import CreditsError
 from credits.ledger import Ledger
 from credits.packages import Catalog
 from credits.payments import Payments
@@ -49,6 +50,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     applied = 0
     if APPLY:
         for item, outcome in apply(payments, missing):
+            if isinstance(outcome, CreditsError):  # logged and counted as not applied; the rest go on
+                logger.error(
+                    "reconcile failed", extra={"kind": item.kind, "stripe_id": item.stripe_id, "error": str(outcome)}
+                )
+                continue
             settled = outcome.kind in SETTLED
             applied += settled
             log = logger.info if settled else logger.error

@@ -32,11 +32,12 @@ from typing import Any, TypeVar
 import boto3
 import click
 import pydantic
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from credits import api, config, keys
 from credits.errors import CreditsError
-from credits.ledger import MAX_AMOUNT, Ledger
+from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, MAX_AMOUNT, Ledger
 from credits.packages import Catalog, Package
 from credits.payments import Payments
 
@@ -65,20 +66,23 @@ class Target:
     stripe_secret_key: str | None = None
     stripe_key_parameter: str | None = None  # --stack: the SSM SecureString the stack reads its key from
     session: Any = None
+    low_balance_threshold: int = DEFAULT_LOW_BALANCE_THRESHOLD
 
     def stripe(self) -> Any:
-        """The Stripe adapter: make dev's emulator, STRIPE_SECRET_KEY (or STRIPE_SECRET_KEY_PARAM), or
-        the secret key the stack itself uses (its SSM parameter)."""
+        """The Stripe adapter: make dev's emulator; with --stack, the secret key the stack itself uses
+        (its SSM parameter, never a key that happens to be in the shell: another account's sessions
+        must not be credited into this stack's table); else STRIPE_SECRET_KEY (or _PARAM)."""
         from credits.stripe_gateway import StripeGateway  # only the commands that talk to Stripe load it
 
         key = self.stripe_secret_key
-        if key is None and self.stripe_key_parameter and not os.environ.get("STRIPE_SECRET_KEY"):
+        if self.stripe_key_parameter:
             answer = self.session.client("ssm").get_parameter(Name=self.stripe_key_parameter, WithDecryption=True)
             key = str(answer["Parameter"]["Value"])
         return StripeGateway.connect(key or config.secret("STRIPE_SECRET_KEY"), self.stripe_api_base)
 
     def ledger(self) -> Ledger:
-        return Ledger(self.client, self.table)
+        # the stack's LOW_BALANCE_THRESHOLD, so entries the CLI posts carry the threshold in force
+        return Ledger(self.client, self.table, default_threshold=self.low_balance_threshold)
 
     def catalog(self) -> Catalog:
         return Catalog(self.client, self.table)
@@ -119,12 +123,17 @@ def locate(stack: str | None, region: str | None) -> Target:
         found = Target(session.client("dynamodb"), outputs["CreditsTableName"], f"stack {stack}")
         found.stripe_key_parameter = parameters.get("StripeSecretKeyParam")
         found.session = session
+        found.low_balance_threshold = config.low_balance_threshold(
+            {"LOW_BALANCE_THRESHOLD": parameters.get("LowBalanceThreshold") or ""}
+        )
         return found
     if os.environ.get("CREDITS_TABLE_NAME"):
         from credits.aws import dynamodb_client
 
         table = config.require("CREDITS_TABLE_NAME")
-        return Target(dynamodb_client(), table, f"table {table}", config.optional("STRIPE_API_BASE"))
+        found = Target(dynamodb_client(), table, f"table {table}", config.optional("STRIPE_API_BASE"))
+        found.low_balance_threshold = config.low_balance_threshold()
+        return found
     path = _dev_state()
     if path is None:
         raise Failed(
@@ -145,9 +154,13 @@ def locate(stack: str | None, region: str | None) -> Target:
         aws_secret_access_key="local",  # noqa: S106 - DynamoDB Local's, not a secret
     )
     stripe = state.get("stripe") or {}
-    return Target(
+    found = Target(
         client, state["creditsTable"], f"make dev at {state['api']}", stripe.get("apiBase"), stripe.get("secretKey")
     )
+    found.low_balance_threshold = config.low_balance_threshold(
+        {"LOW_BALANCE_THRESHOLD": str(state.get("lowBalanceThreshold", ""))}
+    )
+    return found
 
 
 def one_line_errors(command: F) -> F:
@@ -164,6 +177,8 @@ def one_line_errors(command: F) -> F:
             raise Failed(f"AWS refused: {error.get('Code', 'error')}: {error.get('Message', '')}") from None
         except BotoCoreError as exc:
             raise Failed(f"AWS: {exc}") from None
+        except GetParameterError as exc:  # STRIPE_SECRET_KEY_PARAM names a parameter SSM did not give
+            raise Failed(f"SSM: {exc}") from None
 
     return run  # type: ignore[return-value]
 
@@ -274,11 +289,12 @@ def grant(ctx: click.Context, user: str, amount: int, kind: str, description: st
     except pydantic.ValidationError as exc:
         problem = exc.errors(include_url=False)[0]
         raise Failed(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}") from None
-    posted = api.internal_grant(target_of(ctx).ledger(), request, None)
+    target = target_of(ctx)
+    posted = api.internal_grant(target.ledger(), request, None)
     if posted.replayed:
-        click.echo(f"already granted with reference {reference}: {user} has {credits(posted.balance)}")
+        click.echo(f"already granted with reference {reference}, nothing granted now ({target.where})")
     else:
-        click.echo(f"granted {credits(amount)} to {user} ({kind}): balance {credits(posted.balance)}")
+        click.echo(f"granted {credits(amount)} to {user} ({kind}): balance {credits(posted.balance)} ({target.where})")
     return 0
 
 
@@ -387,6 +403,10 @@ def reconcile(ctx: click.Context, period: str, do_apply: bool) -> int:
         return 1
     unsettled = 0
     for item, outcome in apply(payments, missing):
+        if isinstance(outcome, CreditsError):  # this one could not be applied; the others still are
+            unsettled += 1
+            click.echo(f"  FAILED {item.kind} {item.stripe_id}: {outcome}")
+            continue
         change = f" ({credits(outcome.credits)})" if outcome.credits else ""
         if outcome.kind in SETTLED:
             click.echo(f"  applied {item.kind} {item.stripe_id}: {outcome.kind}{change}")

@@ -55,13 +55,13 @@ def install_error_handlers(app: APIGatewayHttpResolver, logger: Logger) -> None:
 
     @app.exception_handler([ClientError, BotoConnectionError, HTTPClientError])
     def _store_failed(exc: Exception) -> Response:
-        # A DynamoDB call that no retry of the ledger's wrapped (a read of the catalog, of the
-        # ledger's pages): throttling, an unknown outcome or an outage is retriable, so 503 with
-        # Retry-After; any other AWS error is a bug of ours.
+        # An AWS call no retry of the ledger's wrapped (a read of the catalog, of the ledger's pages;
+        # in a team's paywalled function, its own calls): throttling, an unknown outcome or an outage
+        # is retriable, so 503 with Retry-After; any other AWS error is a bug of ours.
         code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else "connection"
         if code == "connection" or code in RETRIABLE_CODES:
             logger.warning("store unavailable", extra={"error": code})
-            return error_response(TemporarilyUnavailable("The credits store is unavailable. Please retry."))
+            return error_response(TemporarilyUnavailable("A service this request needs is unavailable. Please retry."))
         logger.exception("unhandled AWS error")
         return error_response(InternalError("Internal error."))
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from credits.errors import ValidationError
+from credits.errors import CreditsError, ValidationError
 from credits.payments import CLOSED, DisputeFact, Outcome, PaymentRecord, Payments
 
 MAX_WINDOW_SECONDS = 30 * 24 * 3600  # Stripe keeps events for 30 days; nothing older is looked at
@@ -39,6 +39,13 @@ class StripeSource(Protocol):
     def sessions_since(self, created_gte: int) -> Iterable[dict[str, Any]]: ...
     def refunded_charges_since(self, created_gte: int) -> Iterable[dict[str, Any]]: ...
     def disputes_since(self, created_gte: int) -> Iterable[dict[str, Any]]: ...
+    def changed_since(self, created_gte: int, types: list[str]) -> Iterable[dict[str, Any]]: ...
+
+
+# State changes that come long after their object was created, so a list by creation time misses
+# them: a bank debit clears days after its session, a dispute closes weeks after it opened. Their
+# events (Stripe keeps 30 days) name them.
+LATE_CHANGES = ["checkout.session.async_payment_succeeded", "charge.dispute.closed"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,15 @@ def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"evt_reconcile_{obj['id']}", "object": "event", "type": kind, "data": {"object": obj}}
 
 
+def _once(objects: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each object once, the first seen (the lists' current state before an event's snapshot)."""
+    seen: set[str] = set()
+    for obj in objects:
+        if obj["id"] not in seen:
+            seen.add(obj["id"])
+            yield obj
+
+
 def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> list[Missing]:
     """Everything of the period that the ledger does not show, purchases first."""
     found: list[Missing] = []
@@ -85,8 +101,12 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
             records[payment_id] = payments.record(payment_id)
         return records[payment_id]
 
+    late: dict[str, list[dict[str, Any]]] = {"checkout.session": [], "dispute": []}
+    for obj in stripe.changed_since(created_gte, LATE_CHANGES):
+        late.setdefault(str(obj.get("object")), []).append(obj)
+
     ours: set[str] = set()  # payments of this product's sessions in the period
-    for session in stripe.sessions_since(created_gte):
+    for session in _once([*stripe.sessions_since(created_gte), *late["checkout.session"]]):
         metadata = session.get("metadata") or {}
         user_id = session.get("client_reference_id") or metadata.get("userId")
         if session.get("mode") not in (None, "payment") or not user_id or not metadata.get("packageId"):
@@ -114,7 +134,7 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
             event = _event("charge.refunded", charge)
             found.append(Missing("refund", str(charge["id"]), payment_id, user_id, detail, event))
 
-    for dispute in stripe.disputes_since(created_gte):
+    for dispute in _once([*stripe.disputes_since(created_gte), *late["dispute"]]):
         disputed = _id(dispute.get("payment_intent"))
         if disputed is None:
             continue
@@ -133,7 +153,12 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
     return sorted(found, key=lambda m: ORDER[m.kind])
 
 
-def apply(payments: Payments, missing: Iterable[Missing]) -> Iterator[tuple[Missing, Outcome]]:
-    """Apply each through the webhook's own path, in order (purchases before their refunds)."""
+def apply(payments: Payments, missing: Iterable[Missing]) -> Iterator[tuple[Missing, Outcome | CreditsError]]:
+    """Apply each through the webhook's own path, in order (purchases before their refunds). One that
+    fails (a payment on record for another user, the store unavailable) is answered with its error
+    and the others are still applied: one bad item never holds back every later one."""
     for item in sorted(missing, key=lambda m: ORDER[m.kind]):
-        yield item, payments.handle(item.event)
+        try:
+            yield item, payments.handle(item.event)
+        except CreditsError as exc:
+            yield item, exc

@@ -178,6 +178,14 @@ class StripeGateway:
         params: Any = {"created": {"gte": created_gte}, "limit": 100}
         yield from self._every(lambda: self.client.v1.disputes.list(params=params))
 
+    def changed_since(self, created_gte: int, types: list[str]) -> Iterator[dict[str, Any]]:
+        """The objects of the events of these types since `created_gte`, as each event carried it:
+        the state changes that come long after an object was created (an async payment clearing
+        days later, a dispute closing weeks later)."""
+        params: Any = {"created": {"gte": created_gte}, "types": types, "limit": 100}
+        for event in self._every(lambda: self.client.v1.events.list(params=params)):
+            yield event["data"]["object"]
+
     @staticmethod
     def _every(first_page: Callable[[], Any]) -> Iterator[dict[str, Any]]:
         """Every object of a list, page after page (Stripe's starting_after), as plain dicts."""

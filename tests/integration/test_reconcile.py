@@ -17,8 +17,11 @@ import pytest
 
 from credits.checkout import CheckoutUrls, Customers, start_checkout
 from credits.cli import main as credits_cli
+from credits.errors import CreditsError
 from credits.ledger import Ledger
 from credits.packages import Catalog
+from credits.payments import Outcome
+from credits.reconcile import apply, find_missing
 from credits.stripe_gateway import StripeGateway
 from local.gateway import Gateway
 from local.stripe_emulator import StripeEmulator
@@ -189,3 +192,53 @@ def test_every_page_of_stripe_s_lists_is_read(stack: Stack) -> None:
     seen = [s["id"] for s in stripe.sessions_since(int(time.time()) - 3600)]
     assert seen == made[::-1]
     assert list(stripe.sessions_since(int(time.time()) + 60)) == []
+
+
+def test_late_changes_to_objects_made_before_the_period_are_found_by_their_events(stack: Stack) -> None:
+    """A bank debit that clears, and a dispute that closes, after the period began for objects made
+    before it: the lists by creation time do not hold them; their events do."""
+    payments = stack.tables.payments()
+    stripe = StripeGateway.connect(API_KEY, stack.stripe.base_url)
+    slow, disputed = stack.buy("erin"), stack.buy("erin")
+    stack.stripe.pay_later(slow)  # delivered: waiting for the money
+    stack.stripe.pay(disputed)  # delivered: 100 credits
+    stack.stripe.dispute(disputed)  # delivered: held
+    assert stack.ledger.balance("erin") == 0
+    time.sleep(1.1)
+    period_start = int(time.time())  # everything above was made before the period
+    stack.stripe.drop_deliveries = True
+    stack.stripe.async_succeed(slow)
+    stack.stripe.close_dispute(disputed, "won")
+
+    missing = find_missing(payments, stripe, period_start)
+    assert [(m.kind, m.stripe_id) for m in missing] == [("purchase", slow), ("dispute", missing[1].stripe_id)]
+    assert "(won): the ledger knows needs_response" in missing[1].detail
+    outcomes = [outcome for _, outcome in apply(payments, missing)]
+    assert [o.kind for o in outcomes if isinstance(o, Outcome)] == ["granted", "restored"]
+    assert stack.ledger.balance("erin") == 200
+    assert find_missing(payments, stripe, period_start) == []
+
+
+def test_one_item_that_cannot_be_applied_does_not_hold_back_the_others(stack: Stack) -> None:
+    """A missing purchase whose payment is on record for another user is refused (as the webhook
+    refuses it), and the purchase after it is still applied."""
+    payments = stack.tables.payments()
+    stripe = StripeGateway.connect(API_KEY, stack.stripe.base_url)
+    first, second = stack.buy("frank"), stack.buy("frank")
+    stack.stripe.drop_deliveries = True
+    stack.stripe.pay(first)
+    stack.stripe.pay(second)
+    missing = find_missing(payments, stripe, int(time.time()) - 60)
+    assert {m.stripe_id for m in missing} == {first, second}
+    broken = next(m for m in missing if m.stripe_id == first)
+    stack.tables.client.update_item(  # type: ignore[attr-defined]
+        TableName=stack.tables.credits,
+        Key={"pk": {"S": f"PAYMENT#{broken.payment_id}"}, "sk": {"S": "PAYMENT"}},
+        UpdateExpression="SET granted = :t, user_id = :u",
+        ExpressionAttributeValues={":t": {"BOOL": True}, ":u": {"S": "someone-else"}},
+    )
+    results = {m.stripe_id: outcome for m, outcome in apply(payments, missing)}
+    assert isinstance(results[first], CreditsError)
+    applied = results[second]
+    assert isinstance(applied, Outcome) and applied.kind == "granted"
+    assert stack.ledger.balance("frank") == 100

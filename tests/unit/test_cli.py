@@ -28,11 +28,11 @@ def test_a_user_with_no_account_has_zero_and_exit_0(moto_dynamodb, capsys) -> No
 
 def test_grant_shows_in_user_and_a_reference_grants_once(moto_dynamodb, capsys) -> None:
     code, out, _ = run(capsys, "grant", "alice", "1200", "--type", "gift", "--description", "welcome")
-    assert (code, out.strip()) == (0, "granted 1,200 credits to alice (gift): balance 1,200 credits")
+    assert (code, out.strip()) == (0, "granted 1,200 credits to alice (gift): balance 1,200 credits (table credits)")
     args = ("grant", "alice", "1", "--type", "adjustment", "--description", "goodwill", "--reference", "ticket-7")
     assert run(capsys, *args)[0] == 0
     code, out, _ = run(capsys, *args)
-    assert (code, out.strip()) == (0, "already granted with reference ticket-7: alice has 1,201 credits")
+    assert (code, out.strip()) == (0, "already granted with reference ticket-7, nothing granted now (table credits)")
     assert Ledger(moto_dynamodb, "credits").balance("alice") == 1201
 
     code, out, _ = run(capsys, "user", "alice", "--entries", "1")
