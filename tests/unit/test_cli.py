@@ -4,7 +4,8 @@ variables): what an operator reads, and the exit codes scripts rely on."""
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
 
 import pytest
 
@@ -100,10 +101,8 @@ def test_with_nothing_to_act_on_it_says_how_to_point_it(tmp_path, capsys, monkey
 def test_a_stopped_make_dev_is_named_as_such(tmp_path, capsys, monkeypatch) -> None:
     data = tmp_path / ".local-data"
     data.mkdir()
-    finished = os.fork()
-    if finished == 0:
-        os._exit(0)
-    os.waitpid(finished, 0)  # a pid that no longer runs
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    finished = int(ended.stdout)  # a pid that no longer runs
     (data / "stack.json").write_text(json.dumps({"pid": finished, "api": "x", "dynamodbEndpoint": "x", "region": "x"}))
     monkeypatch.chdir(tmp_path)
     with environment(CREDITS_TABLE_NAME=None, DEV_DATA_DIR=None):
