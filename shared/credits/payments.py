@@ -73,7 +73,7 @@ class _StripeObject(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-def _id(value: str | dict[str, Any] | None) -> str | None:
+def object_id(value: str | dict[str, Any] | None) -> str | None:
     """An id from a field that Stripe may send as an id or as an expanded object."""
     if isinstance(value, dict):
         return str(value.get("id")) if value.get("id") else None
@@ -255,7 +255,7 @@ class Payments:
                 f"package {package_id} was sold for {price} {currency}",
                 user_id,
             )
-        payment_id = _id(session.payment_intent) or session.id
+        payment_id = object_id(session.payment_intent) or session.id
         entry = Entry(
             credits,
             "purchase",
@@ -332,7 +332,7 @@ class Payments:
     # ---- facts --------------------------------------------------------------------------------
 
     def _refund(self, charge: Charge) -> Outcome:
-        payment_id = _id(charge.payment_intent) or charge.id
+        payment_id = object_id(charge.payment_intent) or charge.id
         learned = self._note(
             payment_id,
             sets={"refunded_amount": charge.amount_refunded},
@@ -342,7 +342,7 @@ class Payments:
         return self._after_fact(payment_id, f"refund of {payment_id} to {charge.amount_refunded}", learned)
 
     def _dispute(self, dispute: Dispute) -> Outcome:
-        payment_id = _id(dispute.payment_intent)
+        payment_id = object_id(dispute.payment_intent)
         if payment_id is None:
             return Outcome("ignored", f"dispute {dispute.id} names no payment")
         fact = DisputeFact(dispute.status, dispute.amount)

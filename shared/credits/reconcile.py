@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from credits.errors import CreditsError, ValidationError
-from credits.payments import CLOSED, DisputeFact, Outcome, PaymentRecord, Payments
+from credits.payments import CLOSED, DisputeFact, Outcome, PaymentRecord, Payments, object_id
 
 MAX_WINDOW_SECONDS = 30 * 24 * 3600  # Stripe keeps events for 30 days; nothing older is looked at
 UNITS = {"m": 60, "h": 3600, "d": 24 * 3600}
@@ -71,12 +71,6 @@ def window(text: str) -> int:
     return seconds
 
 
-def _id(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
-
-
 def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     """The event the webhook would have received for `obj` (its id names the recovery, not Stripe)."""
     return {"id": f"evt_reconcile_{obj['id']}", "object": "event", "type": kind, "data": {"object": obj}}
@@ -111,7 +105,7 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
         user_id = session.get("client_reference_id") or metadata.get("userId")
         if session.get("mode") not in (None, "payment") or not user_id or not metadata.get("packageId"):
             continue  # not started by this product
-        payment_id = _id(session.get("payment_intent")) or str(session["id"])
+        payment_id = object_id(session.get("payment_intent")) or str(session["id"])
         ours.add(payment_id)
         if session.get("status") != "complete" or session.get("payment_status") != "paid":
             continue  # not paid (yet): nothing is owed
@@ -122,7 +116,7 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
             found.append(Missing("purchase", str(session["id"]), payment_id, user_id, detail, event))
 
     for charge in stripe.refunded_charges_since(created_gte):
-        payment_id = _id(charge.get("payment_intent")) or str(charge["id"])
+        payment_id = object_id(charge.get("payment_intent")) or str(charge["id"])
         known = record(payment_id)
         refunded = int(charge.get("amount_refunded") or 0)
         if (known is None or not known.granted) and payment_id not in ours:
@@ -135,7 +129,7 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
             found.append(Missing("refund", str(charge["id"]), payment_id, user_id, detail, event))
 
     for dispute in _once([*stripe.disputes_since(created_gte), *late["dispute"]]):
-        disputed = _id(dispute.get("payment_intent"))
+        disputed = object_id(dispute.get("payment_intent"))
         if disputed is None:
             continue
         payment_id = disputed
