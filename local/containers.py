@@ -31,6 +31,11 @@ class ContainerError(RuntimeError):
     """The container could not start (its cold start raised), or it died."""
 
 
+class ContainerGone(ContainerError):
+    """The container was dead before the request reached it: nothing was delivered, so another
+    container may serve the request (as Lambda starts a new execution environment)."""
+
+
 class InvocationError(RuntimeError):
     """The handler raised instead of returning a response (Lambda reports an invocation error)."""
 
@@ -97,12 +102,17 @@ class Container:
         return self
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The handler's response. ContainerGone if the request could not be delivered (the process
+        had ended, or the pipe broke while sending: the child never read the whole event); any other
+        ContainerError once it was delivered (it died handling it: the request may have had effects)."""
         with self._lock:
             self.wait_ready()
+            if not self.alive:
+                raise ContainerGone(f"{self.function} container is gone (exit code {self.process.exitcode})")
             try:
                 self._conn.send(event)
-            except (BrokenPipeError, OSError) as exc:
-                raise ContainerError(f"{self.function} container is gone") from exc
+            except OSError as exc:  # BrokenPipeError, ConnectionResetError: the child's end is closed
+                raise ContainerGone(f"{self.function} container is gone") from exc
             kind, detail = self._receive()
         if kind == "raised":
             raise InvocationError(detail)
@@ -163,15 +173,28 @@ class ContainerPool:
             self._release(container)
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
-        container = self._acquire()
-        try:
-            return container.invoke(event)
-        except ContainerError:
-            self._discard(container)
-            raise
-        finally:
-            if container.alive:
-                self._release(container)
+        """One invocation. A container found dead before the event reached it (killed while idle) is
+        replaced and the event goes to another, as Lambda would; one that dies handling the event
+        fails it (ContainerError), never resent: it may have had effects."""
+        tried = 0
+        while True:
+            container = self._acquire()
+            tried += 1
+            try:
+                response = container.invoke(event)
+            except ContainerGone:
+                self._discard(container)
+                if tried > self.limit:  # every idle container was dead, and then a new one too
+                    raise
+                continue
+            except InvocationError:
+                self._release(container)  # the handler raised; its container lives on
+                raise
+            except BaseException:
+                self._discard(container)  # it died handling the event, or its answer is still due
+                raise
+            self._release(container)
+            return response
 
     def _acquire(self) -> Container:
         with self._cv:

@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import FrameType
 
 from local.containers import ContainerError, ContainerPool
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
@@ -39,6 +38,7 @@ EVENT_BUS = "credits-local"
 EVENTS_FUNCTION = "events"  # the function the credits table's stream invokes (template.yaml)
 EVENTS_FILE = "eventbridge-events.json"  # the local bus's events, under --data-dir
 STREAM_CHECKPOINTS_FILE = "stream-checkpoints.json"  # how far the events function has read the stream
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what a supervisor sends
 STATE_FILE = "stack.json"  # where the `credits` CLI finds this stack while it runs (credits.cli)
 
 
@@ -95,20 +95,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
-    stopping = threading.Event()
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
     database = DynamoDBLocal(port=args.dynamodb_port, db_path=args.data_dir / "dynamodb", host=args.host)
     bridge = LocalEventBridge(bus_name=EVENT_BUS, host=args.host, state_path=args.data_dir / EVENTS_FILE)
     emulator = None
     gateway = None
     events: ContainerPool | None = None
     poller: StreamPoller | None = None
+    # Ctrl-C (SIGINT) and SIGTERM stop everything, at any moment (startup included) and whatever this
+    # process inherited: a background job of a non-interactive shell, nohup and CI runners start it with
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own. The handler
+    # raises; it never sets an Event the main thread waits on (Event.set() in a signal handler
+    # deadlocks when the signal lands while the main thread holds that Event's lock).
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in STOP_SIGNALS}
     try:
         database.start()
         create_tables(database.client(), TABLES)
@@ -167,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             iam_credentials=(key_id, secret),
             event_bridge=bridge,
             stripe_emulator_url=emulator.base_url if emulator else None,  # the page's test tools
+            region=env["AWS_DEFAULT_REGION"],  # /internal/* accepts signatures for this region only
         )
         # The events function runs in its own container, as the stream's event source mapping
         # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
@@ -201,16 +200,20 @@ def main(argv: list[str] | None = None) -> int:
             f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
             f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {bridge.endpoint} "
             f"(bus {EVENT_BUS}; GET /_local/events; the page shows yours)\n"
-            f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE)}"
+            f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE, region=gateway.region)}"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
-        stopping.wait()
+        threading.Event().wait()  # until Ctrl-C or SIGTERM
+        return 0  # pragma: no cover - the wait only ends by a signal
+    except KeyboardInterrupt:
         return 0
     except (StartupError, DynamoDBLocalError, ContainerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
+        for sig in STOP_SIGNALS:  # a second Ctrl-C does not cut the shutdown short (nothing left running)
+            signal.signal(sig, signal.SIG_IGN)
         (args.data_dir / STATE_FILE).unlink(missing_ok=True)
         if poller is not None:
             poller.stop()
@@ -223,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             emulator.stop()
         database.stop()
         print("stopped.", flush=True)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not installed from Python, nothing to put back
+                signal.signal(sig, handler)
 
 
 def write_state(data_dir: Path, *, api: str, dynamodb_endpoint: str, region: str, stripe_api_base: str | None) -> None:
@@ -253,15 +259,16 @@ def seed_catalog() -> None:
         raise StartupError("could not import the example catalog")
 
 
-def internal_api_help(base: str, key_id: str, secret: str, kept_in: Path) -> str:
-    """The banner's lines on calling /internal/* (IAM on AWS) with the local key, ready to paste."""
+def internal_api_help(base: str, key_id: str, secret: str, kept_in: Path, *, region: str = "us-east-1") -> str:
+    """The banner's lines on calling /internal/* (IAM on AWS) with the local key, ready to paste:
+    signed for `region`, the only one the local gateway accepts."""
     grant = '{"userId":"alice","amount":100,"type":"gift","description":"welcome"}'
     client = "from credits.client import CreditsClient; " + (
-        f'print(CreditsClient("{base}").grant("alice", 100, description="welcome"))'
+        f'print(CreditsClient("{base}", region="{region}").grant("alice", 100, description="welcome"))'
     )
     return (
-        f"  IAM key:   {key_id} (local only; kept in {kept_in}); /internal/* with curl:\n"
-        f'    curl --aws-sigv4 "aws:amz:us-east-1:execute-api" --user "{key_id}:{secret}" \\\n'
+        f"  IAM key:   {key_id} (local only; kept in {kept_in}); /internal/* with curl (region {region}):\n"
+        f'    curl --aws-sigv4 "aws:amz:{region}:execute-api" --user "{key_id}:{secret}" \\\n'
         f"      -H 'content-type: application/json' -d '{grant}' {base}/internal/credits/grant\n"
         "  and from Python (credits.client, the caller's AWS credential chain):\n"
         f"    AWS_ACCESS_KEY_ID={key_id} AWS_SECRET_ACCESS_KEY={secret} \\\n"

@@ -82,14 +82,7 @@ class DynamoDBLocal:
         return self
 
     def client(self):  # type: ignore[no-untyped-def]  # mypy-boto3 client type; kept loose for callers
-        return boto3.client(
-            "dynamodb",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",  # noqa: S106 - DynamoDB Local accepts any credentials
-            config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
-        )
+        return client_for(self.endpoint)
 
     def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -124,3 +117,15 @@ class DynamoDBLocal:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def client_for(endpoint: str):  # type: ignore[no-untyped-def]  # mypy-boto3 client type; kept loose for callers
+    """A DynamoDB client of DynamoDB Local at `endpoint` (any process may build its own)."""
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - DynamoDB Local accepts any credentials
+        config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
+    )

@@ -24,12 +24,13 @@ resolver state and read each other's requests.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import importlib.util
 import json
 import mimetypes
-import re
+import socket
 import sys
 import threading
 import time
@@ -38,12 +39,14 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
+from credits.ledger import MAX_KEY_BYTES, key_problem
 from local.containers import ContainerError, ContainerPool, InvocationError
 from local.sigv4 import Rejected, verify
 from local.template import ROOT, Route, code_dir, functions, http_functions, load, match_route, routes
@@ -64,7 +67,10 @@ API_DOCS = {
 ISSUER = "credits-local"
 AUDIENCE = "credits-local-web"
 TOKEN_TTL_SECONDS = 12 * 3600
-USER_NAME = re.compile(r"^[a-zA-Z0-9_.@-]{1,64}$")
+# A local user name is the `sub` of its tokens, so the sign-in takes exactly the user ids every route
+# takes (credits.http.user_id checks `sub` with credits.ledger.validate_token): 1 to 255 bytes (UTF-8)
+# of printable characters.
+USER_NAME_RULE = f"1 to {MAX_KEY_BYTES} bytes (UTF-8) of printable characters"
 NOTIFICATIONS = 20  # the most /local/notifications answers
 EVENT_SOURCE = "credits"
 # LOCAL-ONLY Stripe test tools (/local/stripe/payments): the emulator's control actions a user may run
@@ -73,6 +79,12 @@ STRIPE_ACTIONS = frozenset({"async_succeed", "async_fail", "refund", "dispute", 
 STRIPE_PAYMENTS = 10
 STRIPE_TIMEOUT = 60.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# After answering an error before the request was read in full (a URI or header too long, a bad
+# request line), the rest the client still sends is read and dropped for this long, at most this
+# much, before the connection is closed: closing with unread data resets it, and a client still
+# sending would never read the answer.
+LINGER_SECONDS = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 def _b64(data: bytes) -> str:
@@ -147,6 +159,21 @@ def load_handler(function: str, module_name: str | None = None, *, code: str | N
     return module
 
 
+def _linger(connection: socket.socket) -> None:
+    """Read and drop what the client still sends (until it closes, LINGER_SECONDS or LINGER_BYTES),
+    our answer having been sent and our side shut: a "lingering close"."""
+    with contextlib.suppress(OSError):  # a reset, or the time is up (TimeoutError)
+        connection.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        dropped = 0
+        while dropped < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            dropped += len(chunk)
+
+
 def _event(
     route_key: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes, *, account: str, api: str
 ) -> dict[str, Any]:
@@ -198,6 +225,7 @@ class Gateway:
         iam_credentials: tuple[str, str] | None = None,
         event_bridge: LocalEventBridge | None = None,
         stripe_emulator_url: str | None = None,
+        region: str = "us-east-1",
     ) -> None:
         self.tokens = LocalTokens(token_secret)
         # The local Stripe emulator's base URL: the page's test tools act on the signed-in user's own
@@ -206,6 +234,8 @@ class Gateway:
         self.event_bridge = event_bridge  # where /local/notifications reads the events; None: no such route
         # (access key id, secret access key) that IAM routes accept SigV4 signatures of; None refuses all.
         self.iam_credentials = iam_credentials
+        # The region this API is in: IAM routes accept signatures for `execute-api` in it only.
+        self.region = region
         self.web_dir = web_dir
         template = load()
         self.routes: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in routes(template)}
@@ -362,9 +392,46 @@ class Gateway:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            unread = False  # an error was answered before the request was read in full
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                """Every error http.server answers by itself (414 URI too long, 400 bad request line,
+                431 headers too large, 505, 501...) as API Gateway answers: `{"message": ...}` in JSON,
+                never the standard library's HTML page. The message is the status's phrase (the
+                detail http.server passes may quote the request). The connection is closed: what
+                follows on it cannot be read as a request."""
+                try:
+                    phrase = HTTPStatus(code).phrase
+                except ValueError:
+                    phrase = message or "Error"
+                # A request line that did not parse leaves http.server's default version, HTTP/0.9,
+                # which would send the body with no status line nor headers: answer in HTTP/1.1.
+                if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+                    self.request_version = self.protocol_version
+                self.send_response(code, phrase)
+                self.send_header("Connection", "close")
+                body = b""
+                # No body for 1xx, 204, 205 and 304 (RFC 9110), as http.server's own send_error.
+                if code >= 200 and code not in (
+                    HTTPStatus.NO_CONTENT,
+                    HTTPStatus.RESET_CONTENT,
+                    HTTPStatus.NOT_MODIFIED,
+                ):
+                    body = json.dumps({"message": phrase}).encode()
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD" and body:
+                    self.wfile.write(body)
+                self.unread = True
+
+            def finish(self) -> None:
+                super().finish()  # flushes the answer
+                if self.unread:
+                    _linger(self.connection)
 
             def do_GET(self) -> None:
                 self._dispatch("GET")
@@ -405,7 +472,11 @@ class Gateway:
             def _dispatch(self, method: str) -> None:
                 split = urlsplit(self.path)
                 path = split.path
-                length = int(self.headers.get("Content-Length") or 0)
+                declared = self.headers.get("Content-Length") or "0"
+                if not declared.isascii() or not declared.strip().isdigit():  # neither a number nor >= 0
+                    self.send_error(HTTPStatus.BAD_REQUEST)
+                    return
+                length = int(declared)
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if path == WEBHOOK_PATH:
@@ -444,7 +515,15 @@ class Gateway:
                         self._json(403, {"message": "Forbidden"})
                         return
                     try:
-                        caller = verify(method, path, split.query, headers, body, credentials=gateway.iam_credentials)
+                        caller = verify(
+                            method,
+                            path,
+                            split.query,
+                            headers,
+                            body,
+                            credentials=gateway.iam_credentials,
+                            region=gateway.region,
+                        )
                     except Rejected:
                         self._json(403, {"message": "Forbidden"})
                         return
@@ -497,18 +576,11 @@ class Gateway:
             def _sign_in(self, body: bytes) -> None:
                 try:
                     user = json.loads(body or b"{}").get("user", "")
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError):  # not JSON (nor UTF-8), or not an object
                     user = ""
-                if not isinstance(user, str) or not USER_NAME.match(user):
-                    self._json(
-                        400,
-                        {
-                            "error": {
-                                "code": "validation_error",
-                                "message": "Pick a user name: 1-64 letters, digits, . _ @ -",
-                            }
-                        },
-                    )
+                if not isinstance(user, str) or key_problem(user) is not None:
+                    message = f"Pick a user name: {USER_NAME_RULE}."
+                    self._json(400, {"error": {"code": "validation_error", "message": message}})
                     return
                 self._json(200, {"token": gateway.tokens.issue(user), "userId": user, "localOnly": True})
 

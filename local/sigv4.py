@@ -1,7 +1,8 @@
 """SigV4 for the local gateway's IAM routes: the check API Gateway makes before an `AWS_IAM` route runs.
 
 A request is accepted only if its `Authorization` header is an AWS Signature Version 4 made with
-the gateway's local key for the service `execute-api` (in any region), its `X-Amz-Date` is within
+the gateway's local key for the service `execute-api` in the gateway's region (a signature scoped to
+another region or service is refused, as API Gateway refuses it), its `X-Amz-Date` is within
 15 minutes of now, and the signature verifies over the method, path, query, the signed headers and
 the SHA-256 of the body. The canonical request and the signature are recomputed by botocore's own
 signer (what every AWS SDK for Python signs with) from the headers the client signed, and only those.
@@ -39,7 +40,7 @@ class Caller:
     """The signer of an accepted request."""
 
     access_key: str
-    region: str  # the region of the credential scope; any is accepted locally
+    region: str  # the region of the credential scope (the gateway's)
 
     def authorizer(self) -> dict[str, object]:
         """`requestContext.authorizer` of a payload 2.0 event for this caller."""
@@ -99,9 +100,12 @@ def verify(
     body: bytes,
     *,
     credentials: tuple[str, str],
+    region: str | None = None,
     now: datetime | None = None,
 ) -> Caller:
-    """The caller of a request signed with `credentials` (access key id, secret), else Rejected.
+    """The caller of a request signed with `credentials` (access key id, secret) for `execute-api`
+    in `region` (the gateway's), else Rejected. `region=None` takes a signature for any region: only
+    to check what a client signs, never for a gateway.
 
     `path` and `query` are as they came on the wire (still percent-encoded); `headers` have
     lower-case names.
@@ -113,11 +117,13 @@ def verify(
     scope, signed, signature = _parse_authorization(authorization)
     if len(scope) != 5:
         raise Rejected("malformed credential scope")
-    key_id, scope_date, region, service, terminator = scope
+    key_id, scope_date, scope_region, service, terminator = scope
     if not _same(key_id, access_key):
         raise Rejected("unknown access key id")
-    if service != SERVICE or terminator != "aws4_request" or not region:
+    if service != SERVICE or terminator != "aws4_request" or not scope_region:
         raise Rejected(f"the credential scope is not for {SERVICE}")
+    if region is not None and scope_region != region:
+        raise Rejected(f"the credential scope is not for {region}, the region this API is in")
 
     stamp = headers.get("x-amz-date", "")
     try:
@@ -144,8 +150,8 @@ def verify(
     url = f"http://{headers['host']}{path}" + (f"?{query}" if query else "")
     request = AWSRequest(method=method, url=url, headers={name: headers[name] for name in signed}, data=body)
     request.context["timestamp"] = stamp  # sign as of the client's date, not now
-    signer = _SignedHeadersOnly(Credentials(access_key, secret_key), region, signed)
+    signer = _SignedHeadersOnly(Credentials(access_key, secret_key), scope_region, signed)
     expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
     if not _same(expected, signature):
         raise Rejected("the signature does not match (wrong secret, or a changed request)")
-    return Caller(key_id, region)
+    return Caller(key_id, scope_region)

@@ -14,6 +14,15 @@ It reads a table's stream on DynamoDB Local and invokes a function with what Lam
   the whole batch (BisectBatchOnFunctionError, which splits it on AWS, is not imitated). Retries
   wait 1 s, doubling up to 30 s, and go on until they succeed: locally nothing is dropped (AWS
   gives up after the mapping's MaximumRetryAttempts).
+- The dead-letter queue: on AWS the events function sends a record that can never be published
+  (malformed) to its queue itself, and reports it done. Locally it has no queue, so it reports the
+  record failed (never dropped) and hands it back in its answer's `deadLetters`
+  (`[{"itemIdentifier": <sequence number>, "message": {"reason", "record", ...}}]`, an extension
+  Lambda ignores). The poller keeps those messages as the queue would (`dead_letters`, and one JSON
+  line each in `dead_letter_path`: for `make dev`, `events-dead-letters.jsonl` next to the
+  checkpoints in its data folder), logs them, and goes past their records: a malformed record does
+  not hold back its shard. A record handed back after one that failed for real is delivered again
+  with it, and kept when the poller goes past it.
 - Checkpoints (the last sequence number done, per shard) are kept in a JSON file when one is given,
   so a restart resumes where it stopped; a shard without one starts at TRIM_HORIZON or LATEST.
 
@@ -189,10 +198,11 @@ class InvalidBatchResponse(ValueError):
     """A function's `batchItemFailures` that Lambda treats as the failure of the whole batch."""
 
 
-def lowest_failure(response: Any, batch: list[Json]) -> str | None:
+def lowest_failure(response: Any, batch: list[Json], dead: Iterable[str] = ()) -> str | None:
     """The lowest sequence number a function's answer reports as failed, None when it reports none
     (Lambda's rules: no answer, `{}`, or an empty or null list is success). InvalidBatchResponse when
-    an itemIdentifier is missing, empty or not in the batch: Lambda then retries the whole batch."""
+    an itemIdentifier is missing, empty or not in the batch: Lambda then retries the whole batch.
+    Records in `dead` (handed back as dead letters, `handed_back`) do not count as failed."""
     failures = response.get("batchItemFailures") if isinstance(response, dict) else None
     if not failures:
         return None
@@ -200,7 +210,24 @@ def lowest_failure(response: Any, batch: list[Json]) -> str | None:
     identifiers = [f.get("itemIdentifier") if isinstance(f, dict) else None for f in failures]
     if not all(isinstance(i, str) and i in in_batch for i in identifiers):
         raise InvalidBatchResponse(f"batchItemFailures names records that are not in the batch: {identifiers}")
-    return min(identifiers, key=lambda i: int(str(i)))
+    failed = [str(i) for i in identifiers if i not in set(dead)]
+    return min(failed, key=int) if failed else None
+
+
+def handed_back(response: Any, batch: list[Json]) -> dict[str, Json]:
+    """The dead letters a function's answer hands back (`deadLetters`, see above), by the sequence
+    number of their record; an entry that names no record of the batch or has no message is ignored
+    (its record then counts as the answer says)."""
+    entries = response.get("deadLetters") if isinstance(response, dict) else None
+    in_batch = {_sequence(r) for r in batch}
+    found: dict[str, Json] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        identifier = entry.get("itemIdentifier") if isinstance(entry, dict) else None
+        if isinstance(identifier, str) and identifier in in_batch and isinstance(entry.get("message"), dict):
+            found[identifier] = entry["message"]
+        else:
+            logger.warning("ignoring a deadLetters entry that names no record of the batch: %.200r", entry)
+    return found
 
 
 def _local_client(service: str, endpoint: str, region: str) -> Any:
@@ -251,6 +278,7 @@ class StreamPoller:
         starting_position: str = "TRIM_HORIZON",
         report_batch_item_failures: bool = True,
         checkpoint_path: Path | None = None,
+        dead_letter_path: Path | None = None,
         region: str | None = None,
         poll_interval: float = POLL_INTERVAL,
         dynamodb: Any = None,
@@ -267,6 +295,8 @@ class StreamPoller:
         self.starting_position = starting_position
         self.report_batch_item_failures = report_batch_item_failures
         self.checkpoint_path = checkpoint_path
+        self.dead_letter_path = dead_letter_path
+        self.dead_letters: list[Json] = []  # the messages of the records handed back, in the order kept
         self.region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.poll_interval = poll_interval
         # boto3 clients for DynamoDB Local (`dynamodb`, `dynamodbstreams`) unless given (tests give fakes).
@@ -285,7 +315,9 @@ class StreamPoller:
         cls, function: str, *, endpoint: str, table_name: str, deliver: Deliver, **options: Any
     ) -> StreamPoller:
         """A poller configured as template.yaml's DynamoDB event of `function` (batch size, filter,
-        starting position, ReportBatchItemFailures); `options` override or add settings."""
+        starting position, ReportBatchItemFailures); `options` override or add settings. With a
+        `checkpoint_path`, the dead letters are kept next to it (`<function>-dead-letters.jsonl`)
+        unless `dead_letter_path` says where."""
         source = stream_source(function)
         settings: dict[str, Any] = {
             "batch_size": source.batch_size,
@@ -294,6 +326,9 @@ class StreamPoller:
             "report_batch_item_failures": source.report_batch_item_failures,
             **options,
         }
+        checkpoints = settings.get("checkpoint_path")
+        if "dead_letter_path" not in settings and checkpoints is not None:
+            settings["dead_letter_path"] = Path(checkpoints).with_name(f"{function}-dead-letters.jsonl")
         return cls(endpoint=endpoint, table_name=table_name, deliver=deliver, **settings)
 
     # ---- running ------------------------------------------------------------------------------
@@ -464,10 +499,13 @@ class StreamPoller:
             return True
         try:
             response = self.deliver({"Records": batch})
-            lowest = lowest_failure(response, batch) if self.report_batch_item_failures else None
+            dead = handed_back(response, batch)
+            lowest = lowest_failure(response, batch, dead) if self.report_batch_item_failures else None
         except Exception as exc:  # noqa: BLE001 - any failure of the function: the whole batch is retried
             self._retry(shard, len(batch), f"{type(exc).__name__}: {exc}")
             return False
+        # kept before the checkpoint moves past their records (a failure to keep them: read again)
+        self._keep_dead_letters([m for s, m in dead.items() if lowest is None or int(s) < int(lowest)])
         if lowest is None:
             self._done(shard, covered)
             shard.backoff, shard.last_error = 0.0, ""
@@ -479,6 +517,24 @@ class StreamPoller:
             progress.delivered += sum(1 for r in batch if int(_sequence(r)) < int(lowest))
         self._retry(shard, len(batch), f"record {lowest} reported failed")
         return False
+
+    def _keep_dead_letters(self, messages: list[Json]) -> None:
+        """The local dead-letter queue: in memory, and one JSON line each in `dead_letter_path`."""
+        if not messages:
+            return
+        if self.dead_letter_path is not None:
+            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.dead_letter_path.open("a") as queue:
+                queue.writelines(json.dumps(m, default=str) + "\n" for m in messages)
+        self.dead_letters.extend(messages)
+        for message in messages:
+            logger.warning(
+                "%s stream: record %s can never be published (%s); dead-lettered%s",
+                self.table_name,
+                message.get("sequenceNumber"),
+                message.get("reason"),
+                f" in {self.dead_letter_path}" if self.dead_letter_path else "",
+            )
 
     def _done(self, shard: _Shard, count: int) -> None:
         """The first `count` buffered records are done: checkpoint after the last of them."""

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import secrets
+import signal
 import string
 import threading
 import time
@@ -36,8 +37,14 @@ DELIVERY_TIMEOUT = 30.0
 DAY = 86400
 ZERO_DECIMAL = "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf"  # no minor unit
 SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "krw": "₩", "inr": "₹", "cad": "CA$", "aud": "A$"}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops the command line (main)
 BANK = "us_bank_account"  # the delayed ("pay later") payment method
 _ALNUM = string.ascii_letters + string.digits
+# Stripe's limits, in characters, on what a client sends it (https://docs.stripe.com/api/metadata,
+# /api/idempotent_requests, /api/checkout/sessions/create#create_checkout_session-client_reference_id).
+METADATA_MAX_KEYS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 50, 40, 500
+IDEMPOTENCY_KEY_MAX = 255
+CLIENT_REFERENCE_ID_MAX = 200
 logger = logging.getLogger(__name__)
 
 # Accepted parameters: "str" | "int" | "bool" | "meta" (string map) | "list" (of strings) | a dict
@@ -242,6 +249,14 @@ def _missing(param: str) -> EmulatorError:
     return EmulatorError(f"Missing required param: {param}.", code="parameter_missing", param=param)
 
 
+def _at_most(p: Json, param: str, limit: int) -> None:
+    """Stripe's error for a string parameter longer than its limit (in characters)."""
+    value = p.get(param)
+    if isinstance(value, str) and len(value) > limit:
+        shown = f"{value[:10]}...{value[-10:]}"  # Stripe shows the ends of a long value
+        raise EmulatorError(f"Invalid string: {shown}; must be at most {limit} characters", param=param)
+
+
 def new_id(prefix: str, length: int = 24) -> str:
     """A Stripe-looking object id such as ``ch_3Kx...``."""
     return f"{prefix}_" + "".join(secrets.choice(_ALNUM) for _ in range(length))
@@ -301,10 +316,7 @@ def _coerce(value: Any, spec: Any, name: str) -> Any:
     if spec == "meta":
         if value == "":  # Stripe's way to send an empty map
             return {}
-        entries = _object(value, name).items()
-        if not all(isinstance(v, str) and len(k) <= 40 and len(v) <= 500 for k, v in entries):
-            raise EmulatorError(f"Invalid metadata (keys up to 40 characters, values up to 500): {name}", param=name)
-        return dict(value)
+        return _metadata(_object(value, name), name)
     if spec == "list":
         items = _array(value, name)
         if not all(isinstance(item, str) for item in items):
@@ -321,6 +333,33 @@ def _coerce(value: Any, spec: Any, name: str) -> Any:
             raise EmulatorError(f"Invalid boolean: {value}", param=name)
         return value == "true"
     return value
+
+
+def _metadata(entries: Json, name: str) -> dict[str, str]:
+    """A metadata map within Stripe's limits (in characters), or Stripe's own error for the first
+    limit it breaks: at most 50 keys, keys of at most 40 characters, values of at most 500."""
+    if len(entries) > METADATA_MAX_KEYS:
+        raise EmulatorError(
+            f"Metadata can have up to {METADATA_MAX_KEYS} keys, but you've set {len(entries)}. Email us at "
+            "support+metadata@stripe.com for more information.",
+            param=name,
+        )
+    for key, value in entries.items():
+        if len(key) > METADATA_MAX_KEY:
+            raise EmulatorError(
+                f"Metadata keys can have up to {METADATA_MAX_KEY} characters, but you passed in a key that is "
+                f"{len(key)} characters. Invalid key: {key}",
+                param=name,
+            )
+        if not isinstance(value, str):  # a nested map (metadata[a][b]=v)
+            raise EmulatorError(f"Invalid metadata: {name}[{key}] must be a string", param=name)
+        if len(value) > METADATA_MAX_VALUE:
+            raise EmulatorError(
+                f"Metadata values can have up to {METADATA_MAX_VALUE} characters, but you passed in a value that "
+                f"is {len(value)} characters. Invalid value: {value}",
+                param=name,
+            )
+    return dict(entries)
 
 
 def _object(value: Any, name: str) -> Json:
@@ -933,6 +972,7 @@ class StripeEmulator:
                 raise _missing(required)
         if p["mode"] != "payment":
             raise EmulatorError(f"Invalid mode: {p['mode']} (the emulator supports payment).", param="mode")
+        _at_most(p, "client_reference_id", CLIENT_REFERENCE_ID_MAX)
         if len(p["line_items"]) != 1:
             raise EmulatorError("This emulator supports exactly one line item.", param="line_items")
         item = p["line_items"][0]
@@ -1112,6 +1152,13 @@ class StripeEmulator:
         """Authenticate, honour Idempotency-Key, and run the handler under the lock."""
         self._authenticate(headers)
         key = headers.get("idempotency-key") if method == "POST" else None
+        if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+            raise EmulatorError(
+                f"Idempotent key length is {len(key)} characters long, which is outside accepted lengths. "
+                f"Idempotent Keys must be 1-{IDEMPOTENCY_KEY_MAX} characters long. If you're looking for a "
+                "decent generator, try using a UUID defined by IETF RFC 4122.",
+                kind="idempotency_error",
+            )
         fingerprint = json.dumps([method, path, params], sort_keys=True)
         base = {
             **base,
@@ -1377,7 +1424,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: serve until Ctrl-C."""
+    """Command line: serve until Ctrl-C (SIGINT) or SIGTERM."""
     parser = argparse.ArgumentParser(description="Local Stripe emulator: API, checkout page, webhooks.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12111)
@@ -1394,19 +1441,29 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
     )
     emulator.verbose = True
-    base_url = emulator.start()
-    if args.public_url:
-        emulator.base_url = args.public_url.rstrip("/")
-    print(
-        f"Stripe emulator on {base_url}, webhooks to {args.webhook_url or 'nowhere'}; Ctrl-C stops",
-        flush=True,
-    )
+    # Ctrl-C (SIGINT) and SIGTERM stop it, whatever this process inherited: a background job of a
+    # non-interactive shell, nohup and CI runners start it with SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler of its own. The handler raises (it never sets an Event the main thread
+    # waits on: Event.set() in a handler deadlocks if the signal lands while this thread holds its lock).
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in STOP_SIGNALS}
     try:
+        base_url = emulator.start()
+        if args.public_url:
+            emulator.base_url = args.public_url.rstrip("/")
+        print(
+            f"Stripe emulator on {base_url}, webhooks to {args.webhook_url or 'nowhere'}; Ctrl-C stops",
+            flush=True,
+        )
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in STOP_SIGNALS:  # a second Ctrl-C does not cut the shutdown short
+            signal.signal(sig, signal.SIG_IGN)
         emulator.stop()
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not installed from Python, nothing to put back
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ if ! command -v java >/dev/null; then
 fi
 
 # --- curl with --aws-sigv4 (7.75+), what the README shows for calling /internal/* in make dev -----
-if ! command -v curl >/dev/null || ! curl --help all 2>/dev/null | grep -q -- --aws-sigv4; then
+# (Its help is captured first, then matched: under pipefail, `curl ... | grep -q` fails whenever grep
+# exits at its first match and curl, still writing, dies of SIGPIPE.)
+curl_help=$(curl --help all 2>/dev/null || true)
+if ! command -v curl >/dev/null || [[ $curl_help != *--aws-sigv4* ]]; then
   say "installing curl"
   apt_install curl
 fi
@@ -59,14 +62,24 @@ if [[ ! -f node_modules/.package-lock.json ]] || ! cmp -s package-lock.json .ven
 fi
 
 # --- Python: Lambda's runtime is 3.12; use it where it exists --------------------------------------
+# No pipeline here: under `set -o pipefail`, `pyenv versions --bare | grep -q ...` fails whenever grep
+# exits at its first match and pyenv, still writing, dies of SIGPIPE (then 3.11 was picked, 1 run in 10).
+# pyenv's list is captured whole first, then matched in the shell.
 pick_python() {
   if command -v python3.12 >/dev/null && python3.12 -c 'pass' 2>/dev/null; then
     echo python3.12; return
   fi
-  if command -v pyenv >/dev/null && pyenv versions --bare 2>/dev/null | grep -q '^3\.12'; then
-    local v
-    v=$(pyenv versions --bare | grep '^3\.12' | tail -n 1)
-    echo "$(pyenv root)/versions/$v/bin/python3.12"; return
+  if command -v pyenv >/dev/null; then
+    local versions v found=""
+    versions=$(pyenv versions --bare 2>/dev/null || true)
+    while IFS= read -r v; do
+      if [[ $v == 3.12* && $v != */* ]]; then  # an installed 3.12, not a virtualenv made from one
+        found=$v  # the last listed: pyenv lists them in version order
+      fi
+    done <<< "$versions"
+    if [[ -n $found && -x "$(pyenv root)/versions/$found/bin/python3.12" ]]; then
+      echo "$(pyenv root)/versions/$found/bin/python3.12"; return
+    fi
   fi
   echo "warning: no Python 3.12 found (Lambda's runtime); using $(python3 --version)." >&2
   echo python3

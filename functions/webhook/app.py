@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from typing import Any
 
@@ -72,13 +71,16 @@ def respond(status: int, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def raw_body(request: LambdaFunctionUrlEvent) -> bytes:
+    """The bytes Stripe signed, never decoded as text here: base64-decoded (strictly) when the
+    Function URL encoded them, else the text's UTF-8 (lone surrogates kept, so they fail the
+    signature and its UTF-8 check as 400, never a 500)."""
     body = request.body or ""
     if request.is_base64_encoded:
         try:
             return base64.b64decode(body, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error (not base64), or text that is not even ASCII
             raise InvalidWebhook("The webhook body is not valid.") from None
-    return body.encode("utf-8")
+    return body.encode("utf-8", "surrogatepass")
 
 
 @logger.inject_lambda_context

@@ -126,6 +126,14 @@ class ReferenceReused(CreditsError):
     """The referenceId was used before for a different request."""
 
 
+class TooManyRequests(CreditsError):
+    """A user changed their settings more often than SETTINGS_CHANGES_PER_MINUTE; retry later."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PaymentProviderError(CreditsError):
     """Stripe failed or refused; nothing was written."""
 
@@ -166,6 +174,7 @@ HTTP_ERRORS: dict[type[CreditsError], tuple[int, str]] = {
     CaptureExceedsHold: (409, "capture_exceeds_hold"),
     TooManyHolds: (409, "too_many_holds"),
     ReferenceReused: (409, "reference_id_reused"),
+    TooManyRequests: (429, "too_many_requests"),
     PaymentProviderError: (502, "payment_provider_error"),
     TemporarilyUnavailable: (503, "temporarily_unavailable"),
     SettlementFailed: (500, "settlement_failed"),

@@ -3,6 +3,18 @@
 Derived from the stream record's new item alone (an entry's amount, balance_after, type and the
 low-balance threshold written with it), so the result never depends on the order or the timing of
 processing, and a redelivered record gives events with the same `eventId`.
+
+A stream record is one of three things (`record_events`):
+
+- **events**: an INSERT of a user's ledger entry (`TX#`) or spend-limit note (`LIMIT#`) whose fields
+  read as the ledger writes them (possibly none, e.g. a charge that crossed nothing);
+- **ignored** (None): a well-formed record that carries no event by design and that the stream's
+  filter (template.yaml) never delivers: a MODIFY or a REMOVE (TTL deletions of notes and holds),
+  an INSERT of any other item (the account, references, holds...);
+- **unpublishable** (`Unpublishable`, with the reason): anything else. It will read the same way on
+  every delivery, so retrying it would only hold back the shard's later records: it is dead-lettered
+  (`dead_letter_message`, `DeadLetterQueue`), and the events it should have carried are rebuilt
+  from the ledger.
 """
 
 from __future__ import annotations
@@ -11,10 +23,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from credits import keys
-from credits.ledger import from_item
+from credits.ledger import ENTRY_TYPES
 
 
 class EventBridgeClient(Protocol):
@@ -23,8 +37,17 @@ class EventBridgeClient(Protocol):
     def put_events(self, *, Entries: Any) -> Any: ...
 
 
+class SQSClient(Protocol):
+    """The one call of boto3's `sqs` client the dead-letter queue makes."""
+
+    def send_message(self, *, QueueUrl: str, MessageBody: str) -> Any: ...
+
+
 SOURCE = "credits"
 PUT_EVENTS_MAX = 10  # entries per PutEvents call
+EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
+DEAD_LETTER_MAX_BYTES = 256 * 1024  # what every SQS queue takes (new queues take 1 MiB)
+_NUMBER_MAX_CHARS = 64  # DynamoDB numbers have at most 38 digits and an exponent of 3
 
 
 @dataclass(frozen=True)
@@ -37,30 +60,130 @@ class PublishFailed(Exception):
     """EventBridge did not take every event of a record: the record is retried."""
 
 
+class Unpublishable(ValueError):
+    """A stream record that can never become events (the same on every delivery): it is dead-lettered."""
+
+
 def _event_id(pk: str, sk: str, kind: str) -> str:
     """The same id on every delivery of the same fact, so consumers drop duplicates."""
     return hashlib.sha256(f"{pk}\n{sk}\n{kind}".encode()).hexdigest()[:32]
 
 
+# ---- reading a record strictly: a field is there with its type, or the record is unpublishable ---------
+
+
+def _value(image: Mapping[str, Any], name: str, kind: str, where: str) -> Any:
+    """The data of attribute `name` of DynamoDB type `kind`, None when absent (or NULL)."""
+    attribute = image.get(name)
+    if attribute is None:
+        return None
+    if not isinstance(attribute, Mapping) or len(attribute) != 1:
+        raise Unpublishable(f"{where}.{name} is not a DynamoDB attribute value")
+    ((found, data),) = attribute.items()
+    if found == "NULL" and data is True:
+        return None
+    if found != kind:
+        raise Unpublishable(f"{where}.{name} must be of type {kind}, not {str(found)[:10]}")
+    return data
+
+
+def _string(image: Mapping[str, Any], name: str, where: str, *, required: bool = True) -> str | None:
+    data = _value(image, name, "S", where)
+    if data is None:
+        if required:
+            raise Unpublishable(f"{where}.{name} is missing")
+        return None
+    if not isinstance(data, str) or not data:
+        raise Unpublishable(f"{where}.{name} is not a non-empty string")
+    return data
+
+
+def _integer(image: Mapping[str, Any], name: str, where: str, *, required: bool = True) -> int | None:
+    data = _value(image, name, "N", where)
+    if data is None:
+        if required:
+            raise Unpublishable(f"{where}.{name} is missing")
+        return None
+    if not isinstance(data, str) or len(data) > _NUMBER_MAX_CHARS:
+        raise Unpublishable(f"{where}.{name} is not a DynamoDB number")
+    try:
+        number = Decimal(data)
+    except InvalidOperation:
+        raise Unpublishable(f"{where}.{name} is not a number") from None
+    if not number.is_finite() or number.adjusted() > 125 or number != number.to_integral_value():
+        raise Unpublishable(f"{where}.{name} is not an integer")  # never rounded into a wrong event
+    return int(number)
+
+
+def sequence_number(record: Any) -> str | None:
+    """A record's `SequenceNumber` (what Lambda's partial batch failures name), None if it has none."""
+    stream = record.get("dynamodb") if isinstance(record, Mapping) else None
+    sequence = stream.get("SequenceNumber") if isinstance(stream, Mapping) else None
+    return sequence if isinstance(sequence, str) and sequence.isascii() and sequence.isdigit() else None
+
+
+def record_events(record: Any, default_threshold: int) -> list[Event] | None:
+    """The events of one stream record as Lambda delivers it; None for a record that carries no event
+    by design; Unpublishable (with the reason) for a record that can never be turned into events."""
+    if not isinstance(record, Mapping):
+        raise Unpublishable("not a stream record (a JSON object is expected)")
+    name = record.get("eventName")
+    if name not in EVENT_NAMES:
+        raise Unpublishable("eventName is not INSERT, MODIFY or REMOVE")
+    if name != "INSERT":
+        return None  # an entry's events come from its INSERT; the filter never delivers these
+    stream = record.get("dynamodb")
+    if not isinstance(stream, Mapping):
+        raise Unpublishable("no dynamodb object")
+    if sequence_number(record) is None:
+        raise Unpublishable("dynamodb.SequenceNumber is missing or not a sequence number")
+    keys_ = stream.get("Keys")
+    if not isinstance(keys_, Mapping):
+        raise Unpublishable("no dynamodb.Keys")
+    sk = _string(keys_, "sk", "Keys")
+    assert sk is not None
+    if not sk.startswith((keys.TX, keys.LIMIT)):
+        return None  # another item (the account, a reference, a hold...): the filter never delivers it
+    new_image = stream.get("NewImage")
+    if not isinstance(new_image, Mapping):
+        raise Unpublishable("no dynamodb.NewImage (the stream must be NEW_IMAGE)")
+    return events_of(keys_, new_image, default_threshold)
+
+
 def events_of(keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_threshold: int) -> list[Event]:
-    """The events of one stream record (`Keys` and `NewImage` in DynamoDB JSON); [] for anything else."""
-    key = from_item(keys_)
-    pk, sk = str(key["pk"]), str(key["sk"])
-    if not pk.startswith(keys.USER):
+    """The events of an INSERT (`Keys` and `NewImage` in DynamoDB JSON): [] for an item that is neither
+    a ledger entry nor a spend-limit note; Unpublishable for a user's entry or note that does not
+    read as the ledger writes it."""
+    pk, sk = _string(keys_, "pk", "Keys"), _string(keys_, "sk", "Keys")
+    assert pk is not None and sk is not None
+    if not sk.startswith((keys.TX, keys.LIMIT)):
         return []
+    if not pk.startswith(keys.USER) or pk == keys.USER:
+        raise Unpublishable(f"a {sk.split('#')[0]}# item outside a user's partition (Keys.pk is not USER#<id>)")
     user = pk[len(keys.USER) :]
-    item = from_item(new_image)
 
     def event(kind: str, **detail: Any) -> Event:
         return Event(kind, {"eventId": _event_id(pk, sk, kind), "userId": user, **detail})
 
+    where = "NewImage"
     if sk.startswith(keys.LIMIT):
-        return [event("Spend Limit Reached", limit=item["limit"], spent=item["spent"], month=item["month"])]
-    if not sk.startswith(keys.TX):
-        return []
-    amount, balance, kind, tx = item["amount"], item["balance_after"], item["type"], item["id"]
+        limit, spent, month = (
+            _integer(new_image, "limit", where),
+            _integer(new_image, "spent", where),
+            _string(new_image, "month", where),
+        )
+        return [event("Spend Limit Reached", limit=limit, spent=spent, month=month)]
+    tx = _string(new_image, "id", where)
+    kind = _string(new_image, "type", where)
+    amount, balance = _integer(new_image, "amount", where), _integer(new_image, "balance_after", where)
+    assert amount is not None and balance is not None
+    if kind not in ENTRY_TYPES:
+        raise Unpublishable(f"NewImage.type {str(kind)[:40]!r} is not a ledger entry type")
+    threshold = _integer(new_image, "low_balance_threshold", where, required=False)
+    threshold = default_threshold if threshold is None else threshold
+    monetary_amount = _integer(new_image, "monetary_amount", where, required=False)
+    currency = _string(new_image, "currency", where, required=False)
     before = balance - amount  # before a user's first entry, the balance counts as 0
-    threshold = item.get("low_balance_threshold", default_threshold)
     found: list[Event] = []
     if kind == "purchase":
         found.append(
@@ -69,8 +192,8 @@ def events_of(keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_th
                 transactionId=tx,
                 credits=amount,
                 balance=balance,
-                monetaryAmount=item.get("monetary_amount"),
-                currency=item.get("currency"),
+                monetaryAmount=monetary_amount,
+                currency=currency,
             )
         )
     if kind in ("refund", "dispute") and amount < 0:
@@ -80,6 +203,9 @@ def events_of(keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_th
     if before >= 0 > balance:
         found.append(event("Balance Negative", balance=balance, transactionId=tx))
     return found
+
+
+# ---- publishing and dead-lettering ------------------------------------------------------------------
 
 
 class Publisher:
@@ -108,3 +234,48 @@ class Publisher:
             if failed:
                 codes = sorted({str(x.get("ErrorCode")) for x in response.get("Entries", []) if x.get("ErrorCode")})
                 raise PublishFailed(f"{failed} of {len(chunk)} events were not put ({', '.join(codes)})")
+
+
+def dead_letter_message(record: Any, reason: str, *, function: str, now: float) -> dict[str, Any]:
+    """What the dead-letter queue keeps of a record that can never be published: why, which record
+    (the stream's ARN, the record's sequence number and eventID; Lambda's records do not name their
+    shard), and the record itself as delivered."""
+    fields = record if isinstance(record, Mapping) else {}
+
+    def text(name: str) -> str | None:
+        value = fields.get(name)
+        return value[:2048] if isinstance(value, str) else None
+
+    return {
+        "reason": reason[:1000],
+        "eventSourceARN": text("eventSourceARN"),
+        "sequenceNumber": sequence_number(record),
+        "eventID": text("eventID"),
+        "eventName": text("eventName"),
+        "function": function,
+        "deadLetteredAt": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "record": record,
+    }
+
+
+def dead_letter_body(message: Mapping[str, Any]) -> str:
+    """A dead letter as an SQS message body: ASCII JSON (only characters SQS takes), at most
+    DEAD_LETTER_MAX_BYTES; a record too large to fit is cut to the start of its JSON (its keys)."""
+    body = json.dumps(message, default=str, separators=(",", ":"))
+    if len(body) <= DEAD_LETTER_MAX_BYTES:
+        return body
+    record = json.dumps(message.get("record"), default=str, separators=(",", ":"))
+    cut = {**message, "record": None, "recordTruncated": {"bytes": len(record), "start": record[: 64 * 1024]}}
+    return json.dumps(cut, default=str, separators=(",", ":"))
+
+
+class DeadLetterQueue:
+    """Sends dead letters to an SQS queue; the client is injected. Raises whatever the send raises,
+    so the record is reported failed and retried, never dropped."""
+
+    def __init__(self, client: SQSClient, queue_url: str) -> None:
+        self.client = client
+        self.url = queue_url
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        self.client.send_message(QueueUrl=self.url, MessageBody=dead_letter_body(message))

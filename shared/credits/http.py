@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ from credits.errors import (
     InvalidJson,
     NotFound,
     TemporarilyUnavailable,
+    TooManyRequests,
     Unauthorized,
     http_error,
 )
@@ -38,6 +40,8 @@ def error_response(exc: CreditsError) -> Response:
     status, body = http_error(exc)
     retry = status == 503 or body["error"]["code"] == "request_in_progress"
     headers = {"Retry-After": "1"} if retry else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     return json_response(status, body, headers)
 
 
@@ -82,18 +86,45 @@ def user_id(app: APIGatewayHttpResolver) -> str:
     return validate_token(sub, "sub")
 
 
+def raw_body(app: APIGatewayHttpResolver) -> bytes:
+    """The body's bytes as the client sent them, never decoded as text.
+
+    API Gateway base64-encodes a body it does not take for text (isBase64Encoded, e.g. any
+    `application/octet-stream`): those bytes are decoded from base64, strictly. Otherwise the body
+    is the event's text, as its UTF-8 bytes (lone surrogates, which no real request carries, kept as
+    such rather than refused). A body flagged base64 that is not base64 is InvalidJson: 400,
+    refused before anything is read or written.
+    """
+    event = app.current_event
+    body = event.body or ""
+    if event.is_base64_encoded:
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError:  # binascii.Error (not base64), or text that is not even ASCII
+            raise InvalidJson("The body is flagged base64 but is not valid base64.") from None
+    return body.encode("utf-8", "surrogatepass")
+
+
 def json_body(app: APIGatewayHttpResolver) -> object:
-    """The decoded JSON body (base64 or not), or InvalidJson."""
+    """The decoded JSON body (base64 or not), or InvalidJson: decoded as UTF-8 only after the checks."""
+    body = app.current_event.body or ""
+    # The limit is in UTF-8 bytes (a character can take four), but a body that is too large even by
+    # its length in characters, or in base64 (4 characters per 3 bytes), is refused before decoding.
+    longest = (MAX_BODY_BYTES + 2) // 3 * 4 if app.current_event.is_base64_encoded else MAX_BODY_BYTES
+    if len(body) > longest:
+        raise InvalidJson("The body is too large.")
+    raw = raw_body(app)
+    if not raw:
+        raise InvalidJson("The body must be a JSON object.")
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidJson("The body is too large.")
     try:
-        raw = app.current_event.decoded_body  # base64-decoded when isBase64Encoded
-        if not raw:
-            raise InvalidJson("The body must be a JSON object.")
-        # In UTF-8 bytes, as the limit says (a character can take four); the length in characters
-        # first, so that a huge body is refused before it is encoded.
-        if len(raw) > MAX_BODY_BYTES or len(raw.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
-            raise InvalidJson("The body is too large.")
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; absurdly nested JSON
+        text = raw.decode("utf-8")  # strict: no lone surrogates, no stray bytes; a BOM stays and fails
+    except UnicodeDecodeError:
+        raise InvalidJson("The body is not valid JSON: it is not UTF-8 text.") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # malformed JSON; absurdly nested JSON
         raise InvalidJson("The body is not valid JSON.") from None
 
 

@@ -50,6 +50,7 @@ from credits.errors import (
     SpendLimitReached,
     TemporarilyUnavailable,
     TooManyHolds,
+    TooManyRequests,
     ValidationError,
 )
 
@@ -66,13 +67,21 @@ POLL_SECONDS = 0.05  # a waiter looks for its decision about this often (then tw
 SERVE_AFTER_OWN_SECONDS = 0.5  # a combiner keeps serving the queue this long after its own change
 MAX_KEY_BYTES = 255  # user ids, reference ids and idempotency keys, in UTF-8 bytes (they become key parts)
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600  # Stripe keeps keys 24 h; we keep them twice as long.
+MAX_TIME_BUDGET_SECONDS = 30.0  # the longest a writer may wait for its change (Ledger's time_budget)
+# A refusal under an Idempotency-Key (402, too many holds) is kept and replayed this long: longer
+# than any change queued under that key before the answer can still be applied (a waiter's budget
+# plus INTENT_GRACE_SECONDS), with room to spare for clocks that disagree. Then the key is free again.
+REFUSAL_MEMORY_SECONDS = 60
 DEFAULT_HOLD_TTL_SECONDS = 300
 DEFAULT_LOW_BALANCE_THRESHOLD = 10
 LIMIT_NOTE_TTL_SECONDS = 400 * 86_400
 MAX_HOLD_TTL_SECONDS = 86_400
 HOLD_RETENTION_SECONDS = 7 * 86_400  # a hold item outlives its end by a week: a late capture is a 409
 MAX_NOTE_BYTES = 32 * 1024
-MAX_OPEN_HOLDS = 1000  # per account: the account item carries them (about 60 bytes each)
+SETTINGS_CHANGES_PER_MINUTE = 10  # per user, per UTC minute (PUT /credits/settings)
+# per account: the account item carries them (about 60 bytes each) and every change rewrites it, so
+# the cap keeps that write small (docs/adr/0005-holds.md: about 7 KB at the cap)
+MAX_OPEN_HOLDS = 100
 ENTRY_TYPES = frozenset({"purchase", "usage", "refund", "dispute", "expiration", "adjustment", "gift"})
 
 # DynamoDB errors after which the same request, resent with the same ClientRequestToken, is safe.
@@ -348,7 +357,6 @@ class _Snapshot:
     spend_limit: int | None = None
     spend_month: str | None = None
     spent: int = 0
-    settings_rev: int = 0  # moves with every settings change: a write guards it like `seq`
 
     def combining(self, now_ms: int) -> bool:
         return self.combiner is not None and self.combiner_until > now_ms
@@ -377,7 +385,6 @@ def _snapshot(account: Mapping[str, Any] | None, **markers: Any) -> _Snapshot:
         spend_limit=account.get("monthly_spend_limit") if account else None,
         spend_month=account.get("spend_month") if account else None,
         spent=account.get("spent", 0) if account else 0,
-        settings_rev=account.get("settings_rev", 0) if account else 0,
     )
 
 
@@ -398,6 +405,7 @@ class _Work:
     spent: int  # usage posted this month (captures and charges; open holds count on top)
     holds_changed: bool = False
     spent_changed: bool = False
+    limit_used: bool = False  # a decision of this pass was made against the user's spend limit
 
     @classmethod
     def of(cls, snapshot: _Snapshot, now: float) -> _Work:
@@ -414,6 +422,7 @@ class _Work:
     def check_limit(self, amount: int, now_ms: int) -> None:
         """Invariant 8: usage this month (posted, plus open holds) never passes the user's limit."""
         limit = self.base.spend_limit
+        self.limit_used = True  # the write is guarded by the limit as read (None included)
         if limit is not None and self.spent + self.held(now_ms) + amount > limit:
             raise SpendLimitReached(limit=limit, spent=self.spent + self.held(now_ms), month=self.month)
 
@@ -659,7 +668,10 @@ def _replay_outcome(
     marker: Mapping[str, Any], fingerprint_: str, reused: Callable[[str], CreditsError], result_field: str
 ) -> _Outcome:
     """A change whose key or reference is already used: its first result, or reused (409). A marker
-    left by another kind of change (a charge's key sent to open a hold) is a different request."""
+    left by another kind of change (a charge's key sent to open a hold) is a different request. A
+    key whose request was refused (a 402) replays that refusal while the marker lives."""
+    if "refused" in marker and marker["fingerprint"] == fingerprint_:
+        return _Outcome.from_item(marker["refused"])
     if marker["fingerprint"] != fingerprint_ or result_field not in marker:
         what = "Idempotency-Key" if reused is IdempotencyKeyReused else "referenceId"
         return _Outcome.refused(reused(f"This {what} was already used for a different request."))
@@ -682,13 +694,18 @@ class Ledger:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         default_threshold: int = DEFAULT_LOW_BALANCE_THRESHOLD,
+        settings_rate: int = SETTINGS_CHANGES_PER_MINUTE,
     ) -> None:
         self.client = client
         self.table = table_name
         self.default_threshold = default_threshold  # LOW_BALANCE_THRESHOLD: for users who set none
+        self.settings_rate = settings_rate  # settings changes a user may make per UTC minute
         # Bounds sized by tests/integration/test_concurrency.py and `make bench`: 16 writers on one
         # balance in DynamoDB Local needed up to 34 attempts; whichever bound comes first ends the retries.
         self.max_attempts = max_attempts
+        if not 0 < time_budget <= MAX_TIME_BUDGET_SECONDS:
+            # a longer wait would let a queued change outlive the memory of a refusal under its key
+            raise ValueError(f"time_budget must be in (0, {MAX_TIME_BUDGET_SECONDS}] seconds")
         self.time_budget = time_budget
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -861,8 +878,15 @@ class Ledger:
             now = self.clock()
             work = _Work.of(snapshot, now)
             outcome, items = self._apply(pk, op, work, found, now)
+            if outcome.error is not None:
+                # A refusal writes at most its key's marker, so that nothing queued earlier under the
+                # key can apply once the client was told "not charged"; if a marker appeared first,
+                # decide again from it.
+                if items and not self._remember_refusal(items[0]):
+                    continue
+                return outcome.result()
             if not items:
-                return outcome.result()  # a replay, a refusal, or nothing to write
+                return outcome.result()  # a replay, or nothing to write
             queue = not extra  # changes with items of their own retry alone (ADR 0004)
             if queue and snapshot.combining(int(now * 1000)):
                 # A combiner is applying queued changes: a direct write would only lose to it.
@@ -888,8 +912,9 @@ class Ledger:
         self, pk: str, op: _Op, work: _Work, found: dict[str, dict[str, Any]], now: float
     ) -> tuple[_Outcome, list[dict[str, Any]]]:
         """Decide one change against the account as `work` holds it and the items in `found`: its
-        outcome, and the transaction items that write it (none for a replay or a refusal). `work`
-        and `found` are updated, so the next change of a combiner pass sees this one."""
+        outcome, and the transaction items that write it (none for a replay; for a refusal, only the
+        marker that remembers it under its Idempotency-Key). `work` and `found` are updated, so the
+        next change of a combiner pass sees this one."""
         try:
             if op.kind is _Kind.POST:
                 return self._apply_post(pk, op, work, found, now)
@@ -905,7 +930,17 @@ class Ledger:
             CaptureExceedsHold,
             TooManyHolds,
         ) as no:
-            return _Outcome.refused(no), []
+            refused = _Outcome.refused(no)
+            idem = op.idempotency
+            if idem is None:
+                return refused, []
+            # Once a key is answered "not done", nothing queued under it before the answer may apply
+            # (an orphaned intent whose container died, a stale direct write): the refusal is kept on
+            # the key's marker for REFUSAL_MEMORY_SECONDS and replayed to every change under the key,
+            # and any write of the key's marker meanwhile fails its condition and is decided again.
+            marker = {"fingerprint": idem.fingerprint, "refused": refused.attributes()}
+            found[keys.idem_sk(idem.key)] = marker
+            return refused, [self._idempotency_put(pk, idem, marker, now, ttl_seconds=REFUSAL_MEMORY_SECONDS)]
 
     def _apply_post(
         self, pk: str, op: _Op, work: _Work, found: dict[str, dict[str, Any]], now: float
@@ -1106,12 +1141,16 @@ class Ledger:
             values[":expected_holds_rev"] = base.holds_rev
         else:
             condition += " AND attribute_not_exists(holds_rev)"
-        # a decision made against a limit or threshold the user has changed since is made again
-        if base.settings_rev:
-            condition += " AND settings_rev = :expected_settings_rev"
-            values[":expected_settings_rev"] = base.settings_rev
-        else:
-            condition += " AND attribute_not_exists(settings_rev)"
+        # A decision made against a spend limit the user has changed since is made again. Only the
+        # limit, and only for decisions that used it (charges, reserves): a settings change never
+        # delays a purchase, a clawback, a capture or a release. The threshold an entry carries is
+        # the one read with it; a change of it applies to the entries decided after it.
+        if work.limit_used:
+            if base.spend_limit is None:
+                condition += " AND attribute_not_exists(monthly_spend_limit)"
+            else:
+                condition += " AND monthly_spend_limit = :expected_limit"
+                values[":expected_limit"] = base.spend_limit
         update = "SET balance = :balance, seq = :seq, updated_at = :now, created_at = if_not_exists(created_at, :now)"
         if work.spent_changed:
             update += ", spent = :spent, spend_month = :month"
@@ -1135,7 +1174,13 @@ class Ledger:
         }
 
     def _idempotency_put(
-        self, pk: str, idempotency: Idempotency, fields: Mapping[str, Any], now: float
+        self,
+        pk: str,
+        idempotency: Idempotency,
+        fields: Mapping[str, Any],
+        now: float,
+        *,
+        ttl_seconds: int = IDEMPOTENCY_TTL_SECONDS,
     ) -> dict[str, Any]:
         """An Idempotency-Key's marker: written once while it lives (TTL deletes lazily, so an
         expired marker counts as gone)."""
@@ -1147,7 +1192,7 @@ class Ledger:
                         "pk": pk,
                         "sk": keys.idem_sk(idempotency.key),
                         "created_at": iso_utc(now),
-                        "expires_at": int(now) + IDEMPOTENCY_TTL_SECONDS,
+                        "expires_at": int(now) + ttl_seconds,
                         **fields,
                     }
                 ),
@@ -1477,6 +1522,15 @@ class Ledger:
             return outcome
         return None
 
+    def _remember_refusal(self, put: dict[str, Any]) -> bool:
+        """Write a refusal's marker under its Idempotency-Key (`_apply`); False when a marker of the
+        key appeared since the decision (the change landed, or another answer): decide again."""
+        try:
+            self._write("put_item", put["Put"])
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def _write(self, operation: str, params: dict[str, Any], *, conflicts: bool = False) -> None:
         """A single-item write, retried on throttling and unknown outcomes (every one we make is
         conditional, so a resend of one that landed fails its condition, which the caller judges).
@@ -1605,16 +1659,13 @@ class Ledger:
         monthly_spend_limit: int | Unchanged | None = UNCHANGED,
     ) -> Settings:
         """Change a user's settings (None threshold: keep it; `monthly_spend_limit=None`: no limit).
-        They live on the account item but never touch its balance, ledger or holds."""
+        They live on the account item but never touch its balance, ledger or holds. At most
+        `settings_rate` changes per user in a UTC minute: TooManyRequests past that."""
         validate_token(user_id, "userId")
-        sets = [
-            "updated_at = :now",
-            "created_at = if_not_exists(created_at, :now)",
-            # charges decided against the old settings fail their guard and are decided again
-            "settings_rev = if_not_exists(settings_rev, :zero) + :one",
-        ]
+        now = self.clock()
+        sets = ["updated_at = :now", "created_at = if_not_exists(created_at, :now)"]
         removes: list[str] = []
-        values: dict[str, Any] = {":now": iso_utc(self.clock()), ":zero": 0, ":one": 1}
+        values: dict[str, Any] = {":now": iso_utc(now)}
         if low_balance_threshold is not None:
             if type(low_balance_threshold) is not int or not 0 <= low_balance_threshold <= MAX_AMOUNT:
                 raise ValidationError("lowBalanceThreshold must be an integer from 0 to 1000000000.")
@@ -1626,18 +1677,41 @@ class Ledger:
             validate_amount(monthly_spend_limit, "monthlySpendLimit")
             sets.append("monthly_spend_limit = :limit")
             values[":limit"] = monthly_spend_limit
-        update = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
-        self._write(
-            "update_item",
-            {
-                "TableName": self.table,
-                "Key": to_item({"pk": keys.user_pk(user_id), "sk": keys.ACCOUNT}),
-                "UpdateExpression": update,
-                "ExpressionAttributeValues": to_item(values),
-            },
-            conflicts=True,  # a transaction in flight on the account: ask again once it is done
+        removed = " REMOVE " + ", ".join(removes) if removes else ""
+        window = int(now) // 60  # the UTC minute, counted on the account item with the change
+        values.update({":window": window, ":one": 1, ":max": self.settings_rate})
+        counted = [
+            # another change in this minute, while under the rate
+            ("settings_changes = settings_changes + :one", "settings_window = :window AND settings_changes < :max"),
+            # the first change of a minute
+            (
+                "settings_window = :window, settings_changes = :one",
+                "attribute_not_exists(settings_window) OR settings_window <> :window",
+            ),
+        ]
+        for count, condition in counted:
+            try:
+                self._write(
+                    "update_item",
+                    {
+                        "TableName": self.table,
+                        "Key": to_item({"pk": keys.user_pk(user_id), "sk": keys.ACCOUNT}),
+                        "UpdateExpression": "SET " + ", ".join([*sets, count]) + removed,
+                        "ConditionExpression": condition,
+                        # each expression names only the values it uses, as DynamoDB requires
+                        "ExpressionAttributeValues": to_item(
+                            {k: v for k, v in values.items() if k != ":max" or k in condition}
+                        ),
+                    },
+                    conflicts=True,  # a transaction in flight on the account: ask again once it is done
+                )
+                return self.settings(user_id)
+            except self.client.exceptions.ConditionalCheckFailedException:
+                continue
+        raise TooManyRequests(
+            f"Settings can be changed at most {self.settings_rate} times a minute; retry shortly.",
+            retry_after=60 - int(now) % 60,
         )
-        return self.settings(user_id)
 
     def holds(self, user_id: str) -> list[Hold]:
         """The open, unexpired holds, soonest to expire first."""

@@ -48,7 +48,7 @@ from credits.errors import (
     RequestInProgress,
     TemporarilyUnavailable,
 )
-from credits.http import error_response, header, user_id
+from credits.http import error_response, header, raw_body, user_id
 from credits.ledger import (
     DEFAULT_HOLD_TTL_SECONDS,
     MAX_HOLD_TTL_SECONDS,
@@ -94,12 +94,13 @@ class Paywall:
         """Reserve, run the route, then capture or release (the middleware's whole behaviour)."""
         try:
             user = user_id(app)
+            body = raw_body(app)  # a body flagged base64 that is not: 400 before anything is written
             reserved = self.ledger.reserve(
                 user,
                 price,
                 description=label,
                 ttl_seconds=self._ttl(app),
-                idempotency=self._idempotency(app, user, price),
+                idempotency=self._idempotency(app, user, price, body),
             )
             if reserved.replayed:
                 return self._replay(user, reserved.hold_id)  # the route never runs twice for one key
@@ -157,17 +158,21 @@ class Paywall:
         seconds = math.ceil(remaining() / 1000) + HOLD_MARGIN_SECONDS
         return min(max(seconds, 1), MAX_HOLD_TTL_SECONDS)
 
-    def _idempotency(self, app: APIGatewayHttpResolver, user: str, price: int) -> Idempotency | None:
-        """The key, and a fingerprint of the whole request: the same key with another body is 409."""
+    def _idempotency(self, app: APIGatewayHttpResolver, user: str, price: int, body: bytes) -> Idempotency | None:
+        """The key, and a fingerprint of the whole request: the same key with another body is 409.
+
+        The body is fingerprinted as the bytes the client sent (`raw_body`), never decoded as text:
+        a route may take any bytes (an upload, `application/octet-stream`), and whether they are
+        valid for it is the route's to say, not a 500 of the paywall's.
+        """
         key = header(app, "Idempotency-Key")
         if key is None:
             return None
         event = app.current_event
-        body = hashlib.sha256(event.decoded_body.encode() if event.decoded_body else b"").hexdigest()
         request = {
             "paywall": f"{event.http_method} {event.path}",
             "query": event.raw_event.get("rawQueryString", ""),
-            "body": body,
+            "body": hashlib.sha256(body).hexdigest(),
             "userId": user,
             "amount": price,
         }

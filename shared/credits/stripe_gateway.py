@@ -6,6 +6,7 @@ Stripe failure into PaymentProviderError, so the domain never sees a Stripe exce
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,17 @@ from credits.errors import PaymentProviderError, ValidationError
 from credits.packages import Package
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+CLIENT_REFERENCE_ID_MAX = 200  # Stripe's limit, in characters, on a Checkout Session's client_reference_id
+
+
+def customer_key(user_id: str) -> str:
+    """The Idempotency-Key of a user's customer creation: derived from the user id, never the id itself.
+
+    An HTTP header carries only Latin-1 and Stripe takes at most 255 characters, while a user id is
+    up to 255 bytes of any UTF-8 (the JWT `sub`): a fixed prefix and the SHA-256 of its UTF-8 bytes
+    is ASCII, 73 characters, and one per user. The id itself goes in the customer's metadata.
+    """
+    return "customer-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
 class InvalidWebhook(ValidationError):
@@ -60,7 +72,7 @@ class StripeGateway:
         try:
             customer = self.client.v1.customers.create(
                 params={"metadata": {"userId": user_id}},
-                options={"idempotency_key": f"customer-{user_id}"},
+                options={"idempotency_key": customer_key(user_id)},
             )
         except stripe.StripeError as exc:
             raise PaymentProviderError("Could not create the payment customer; please retry.") from exc
@@ -75,7 +87,13 @@ class StripeGateway:
         success_url: str,
         cancel_url: str,
     ) -> tuple[str, str]:
-        """A Checkout Session in payment mode for one package; returns (session id, url)."""
+        """A Checkout Session in payment mode for one package; returns (session id, url).
+
+        The user id is in the metadata (values up to 500 characters: any user id fits), which the
+        webhook and reconcile read; it is the client_reference_id too when it fits Stripe's 200
+        characters (counted as UTF-16 code units, the stricter count), and otherwise there is none
+        (a truncated or hashed one would name no user).
+        """
         # The terms of the sale, fixed now: the webhook credits exactly these, if exactly this was paid.
         metadata = {
             "userId": user_id,
@@ -99,13 +117,14 @@ class StripeGateway:
             params: Any = {
                 "mode": "payment",
                 "customer": customer_id,
-                "client_reference_id": user_id,
                 "line_items": [line_item],
                 "metadata": metadata,
                 "payment_intent_data": {"metadata": metadata},
                 "success_url": success_url,
                 "cancel_url": cancel_url,
             }
+            if len(user_id.encode("utf-16-le")) // 2 <= CLIENT_REFERENCE_ID_MAX:  # however Stripe counts
+                params["client_reference_id"] = user_id
             session = self.client.v1.checkout.sessions.create(params=params)
         except stripe.StripeError as exc:
             raise PaymentProviderError("Could not start the checkout; please retry.") from exc

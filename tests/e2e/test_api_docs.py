@@ -21,6 +21,7 @@ def test_the_reference_shows_every_route_of_the_template(page: Page, dev_stack: 
     expect(page.locator(".information-container .title")).to_contain_text("Credits")
     operations = page.locator(".opblock")
     expect(operations.first).to_be_visible()
+    expect(operations).to_have_count(len(routes()))  # all of them rendered, before they are read
     shown = {
         (
             block.locator(".opblock-summary-method").inner_text().strip().upper(),

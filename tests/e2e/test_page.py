@@ -9,7 +9,7 @@ import uuid
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import DevStack, screenshot
+from tests.e2e.conftest import DevStack, new_page, on_site, run_action, screenshot
 
 
 def sign_in(page: Page, stack: DevStack, name: str | None = None) -> str:
@@ -42,8 +42,10 @@ def spend_elsewhere(page: Page, stack: DevStack, action: str) -> None:
         assert response.status == 200
 
 
-def history_types(page: Page) -> list[str]:
-    return [row.get_attribute("data-type") or "" for row in page.locator("#history tbody tr").all()]
+def expect_history_types(page: Page, types: list[str]) -> None:
+    """Wait until the history lists exactly entries of these types (as the page words them), newest first.
+    One check of the whole list, retried: never a read of rows a request is about to replace."""
+    expect(page.locator("#history tbody tr td.type")).to_have_text(types)
 
 
 def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> None:
@@ -58,27 +60,27 @@ def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> 
     expect(page.locator("body")).to_contain_text("$5.00")
     screenshot(page, "02-hosted-checkout")
     page.click("#pay")
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
-    expect(page.locator("#balance")).to_have_text("100", timeout=30_000)
+    page.wait_for_url(on_site(dev_stack))
+    expect(page.locator("#balance")).to_have_text("100")
     expect(page.locator("#checkout-status")).to_contain_text(re.compile("confirmed", re.I))
+    expect_history_types(page, ["Purchase"])
     screenshot(page, "03-after-purchase")
 
-    page.click('button.action[data-action="analyze"]')
+    assert run_action(page, "analyze").status == 200
     expect(page.locator("#balance")).to_have_text("95")
     expect(page.locator("#history tbody tr").first).to_have_attribute("data-type", "usage")
     expect(page.locator("#history tbody tr").first).to_contain_text("95")
+    expect_history_types(page, ["Usage", "Purchase"])
 
-    rows_before = page.locator("#history tbody tr").count()
-    page.dblclick('button.action[data-action="generate"]')
+    assert run_action(page, "generate", double=True).status == 200  # one request, one charge
     expect(page.locator("#balance")).to_have_text("85")
     page.click("#refresh-button")
     expect(page.locator("#balance")).to_have_text("85")
-    expect(page.locator("#history tbody tr")).to_have_count(rows_before + 1)
+    expect_history_types(page, ["Usage", "Usage", "Purchase"])
     screenshot(page, "04-after-spending")
 
     for _ in range(8):
-        page.click('button.action[data-action="generate"]')
-        expect(page.locator('button.action[data-action="generate"]')).not_to_have_attribute("aria-busy", "true")
+        assert run_action(page, "generate").status == 200
     expect(page.locator("#balance")).to_have_text("5")
     generate = page.locator('button.action[data-action="generate"]')
     expect(generate).to_be_disabled()  # the page knows it cannot be afforded, and says why
@@ -87,7 +89,7 @@ def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> 
 
     # Spent elsewhere (another tab, another device): the page still shows 5, the API refuses.
     spend_elsewhere(page, dev_stack, "analyze")
-    page.click('button.action[data-action="analyze"]')
+    assert run_action(page, "analyze").status == 402
     expect(page.locator("#message")).to_have_text("Not enough credits: this needs 5 credits, you have 0 available.")
     expect(page.locator("#message")).to_have_attribute("data-kind", "error")
     expect(page.locator("#balance")).to_have_text("0")
@@ -97,68 +99,75 @@ def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> 
     newest = page.locator("#history tbody tr").first
     expect(newest.locator("td.desc")).to_have_text("Analyze")  # what was spent elsewhere, as the page words it
     expect(newest.locator("td.after")).to_have_text("0")
-    assert history_types(page).count("usage") == 10  # the newest ten entries: one page
+    expect_history_types(page, ["Usage"] * 10)  # the newest ten entries: one page
 
 
 def test_a_failed_action_holds_its_price_while_it_runs_and_charges_nothing(page: Page, dev_stack: DevStack) -> None:
     sign_in(page, dev_stack)
     go_to_checkout(page, "starter")
     page.click("#pay")
-    expect(page.locator("#balance")).to_have_text("100", timeout=30_000)
+    page.wait_for_url(on_site(dev_stack))
+    expect(page.locator("#balance")).to_have_text("100")
+    expect_history_types(page, ["Purchase"])
 
     page.check("#fail-next")
-    page.click('button.action[data-action="analyze"]')
-    expect(page.locator("#held")).to_contain_text("5 credits held")  # while the action runs
-    expect(page.locator("#held")).to_contain_text("95 available")
-    screenshot(page, "09-action-running")
+    analyze = page.locator('button.action[data-action="analyze"]')
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/examples/analyze")) as answer:
+        analyze.click()
+        expect(page.locator("#held")).to_contain_text("5 credits held")  # while the action runs
+        expect(page.locator("#held")).to_contain_text("95 available")
+        screenshot(page, "09-action-running")
+    assert answer.value.status == 502
     expect(page.locator("#message")).to_contain_text("failed, so nothing was charged")
     expect(page.locator("#message")).to_have_attribute("data-kind", "error")
     expect(page.locator("#held")).to_be_hidden()
     expect(page.locator("#balance")).to_have_text("100")
-    assert history_types(page) == ["purchase"]
+    expect_history_types(page, ["Purchase"])
     screenshot(page, "10-action-failed")
 
-    page.click('button.action[data-action="analyze"]')  # the box clears itself: this one succeeds
+    assert run_action(page, "analyze").status == 200  # the box clears itself: this one succeeds
     expect(page.locator("#message")).to_contain_text("5 credits spent")
     expect(page.locator("#balance")).to_have_text("95")
-    assert history_types(page) == ["usage", "purchase"]
+    expect_history_types(page, ["Usage", "Purchase"])
 
 
 def test_an_async_payment_credits_when_it_clears(page: Page, dev_stack: DevStack) -> None:
     sign_in(page, dev_stack)
     session_id = go_to_checkout(page, "starter")
     page.click("#pay-later")
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
-    expect(page.locator("#checkout-status")).to_contain_text(re.compile("processing", re.I), timeout=45_000)
+    page.wait_for_url(on_site(dev_stack))
+    expect(page.locator("#checkout-status")).to_contain_text(re.compile("processing", re.I))
     expect(page.locator("#balance")).to_have_text("0")
     screenshot(page, "06-async-processing")
 
     dev_stack.emulator(session_id, "async_succeed")
     page.click("#refresh-button")
     expect(page.locator("#balance")).to_have_text("100")
-    expect(page.locator("#history tbody tr")).to_have_count(1)  # the history arrives on its own request
-    assert history_types(page) == ["purchase"]
+    expect_history_types(page, ["Purchase"])  # the history arrives on its own request
 
 
 def test_a_cancelled_checkout_adds_nothing(page: Page, dev_stack: DevStack) -> None:
     sign_in(page, dev_stack)
     go_to_checkout(page, "pro")
     page.click("#cancel")
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    page.wait_for_url(on_site(dev_stack))
     expect(page.locator("#checkout-status")).to_contain_text(re.compile("cancelled", re.I))
     expect(page.locator("#balance")).to_have_text("0")
-    assert history_types(page) == []
+    expect(page.locator("#history-empty")).to_be_visible()  # the history was read: nothing in it
+    expect_history_types(page, [])
     screenshot(page, "07-cancelled")
 
 
 def test_the_page_fits_a_phone(browser, dev_stack: DevStack) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-    phone = context.new_page()
-    sign_in(phone, dev_stack)
-    expect(phone.locator('.package[data-package-id="starter"]')).to_be_visible()
-    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    screenshot(phone, "08-phone")
-    context.close()
+    phone = new_page(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        sign_in(phone, dev_stack)
+        expect(phone.locator('.package[data-package-id="starter"]')).to_be_visible()
+        expect(phone.locator("#balance")).to_have_text("0")  # the page is filled in: nothing more to lay out
+        overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        screenshot(phone, "08-phone")
+    finally:
+        phone.context.close()
     assert overflow <= 0
 
 
@@ -166,7 +175,8 @@ def test_a_reload_keeps_the_user_and_the_balance(page: Page, dev_stack: DevStack
     user = sign_in(page, dev_stack)
     go_to_checkout(page, "starter")
     page.click("#pay")
-    expect(page.locator("#balance")).to_have_text("100", timeout=30_000)
+    page.wait_for_url(on_site(dev_stack))
+    expect(page.locator("#balance")).to_have_text("100")
     page.reload()
     expect(page.locator("#signed-in-as")).to_contain_text(user)
     expect(page.locator("#balance")).to_have_text("100")

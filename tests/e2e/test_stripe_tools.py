@@ -9,10 +9,11 @@ import json
 import re
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 
 from playwright.sync_api import Locator, Page, expect
 
-from tests.e2e.conftest import DevStack, screenshot
+from tests.e2e.conftest import DevStack, on_site, run_action, screenshot
 from tests.e2e.test_page import go_to_checkout, sign_in
 
 PAYMENT_FAILED = "The payment failed: nothing was charged and no credits were added."
@@ -26,22 +27,31 @@ def rows(page: Page) -> Locator:
     return page.locator("#history tbody tr")
 
 
-def row_text(row: Locator) -> tuple[str, str, str, str]:
-    """(type, amount, balance after, description) of a history row, as the page shows them."""
-    return (
-        row.locator("td.type").inner_text(),
-        row.locator("td.amount").inner_text(),
-        row.locator("td.after").inner_text(),
-        row.locator("td.desc").inner_text(),
-    )
+COLUMNS = ("td.type", "td.amount", "td.after", "td.desc")  # type, amount, balance after, description
+
+
+def expect_row(row: Locator, expected: tuple[str, str, str, str]) -> None:
+    """Wait until a history row reads (type, amount, balance after, description), as the page shows them."""
+    for column, text in zip(COLUMNS, expected, strict=True):
+        expect(row.locator(column)).to_have_text(text)
+
+
+def expect_rows(page: Page, expected: list[tuple[str, str, str, str]]) -> None:
+    """Wait until the history reads exactly these rows, newest first: each column is one check of the
+    whole list, retried, never a read of rows a request is about to replace."""
+    for i, column in enumerate(COLUMNS):
+        expect(rows(page).locator(column)).to_have_text([row[i] for row in expected])
 
 
 def buy(page: Page, stack: DevStack, package: str, expected_balance: str) -> str:
-    """Buy a package by card on the hosted page; returns its session id once its credits show."""
+    """Buy a package by card on the hosted page; returns its session id once its credits show and the
+    page is done confirming it (the history, read after the balance, lists the purchase newest)."""
     session_id = go_to_checkout(page, package)
     page.click("#pay")
-    page.wait_for_url(re.compile(re.escape(stack.url)))
-    expect(page.locator("#balance")).to_have_text(expected_balance, timeout=30_000)
+    page.wait_for_url(on_site(stack))
+    expect(page.locator("#balance")).to_have_text(expected_balance)
+    expect(page.locator("#checkout-status")).to_contain_text("Payment confirmed")
+    expect(rows(page).first).to_have_attribute("data-type", "purchase")
     return session_id
 
 
@@ -74,7 +84,7 @@ def test_a_pending_bank_payment_is_cleared_or_failed_from_the_page(page: Page, d
 
     cleared = go_to_checkout(page, "starter")
     page.click("#pay-later")
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    page.wait_for_url(on_site(dev_stack))
     # The tools know at once that the payment is processing: no 30-second wait for credits.
     expect(page.locator("#checkout-status")).to_have_text(
         "Your payment is processing. Credits appear when it clears. The test payment tools below can clear or fail it."
@@ -90,18 +100,16 @@ def test_a_pending_bank_payment_is_cleared_or_failed_from_the_page(page: Page, d
     expect(page.locator("#stripe-tools-result")).to_have_attribute("data-kind", "success")
     expect(page.locator("#balance")).to_have_text("100")
     expect(page.locator("#checkout-status")).to_have_text("Payment confirmed: +100 credits")
-    expect(rows(page)).to_have_count(1)
-    assert row_text(rows(page).first) == ("Purchase", "+100", "100", "Starter: 100 credits for $5.00")
+    expect_rows(page, [("Purchase", "+100", "100", "Starter: 100 credits for $5.00")])
     expect(payment(page, cleared)).to_have_attribute("data-state", "paid")
     expect(payment(page, cleared).locator(".payment-status")).to_contain_text("Paid by bank debit")
-    expect(page.locator("#notifications .notification").first).to_have_text(
-        re.compile(r"^100 credits added: Starter\."), timeout=20_000
-    )
+    added = page.locator("#notifications .notification").first
+    expect(added).to_have_text(re.compile(r"^100 credits added: Starter\."))
     screenshot(page, "22-tools-payment-cleared")
 
     failed = go_to_checkout(page, "pro")
     page.click("#pay-later")
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    page.wait_for_url(on_site(dev_stack))
     expect(page.locator("#checkout-status")).to_contain_text("Your payment is processing.")
     expect(payment(page, failed)).to_have_attribute("data-state", "processing")
     payment(page, failed).get_by_role("button", name="Payment fails").click()
@@ -123,7 +131,7 @@ def test_a_pending_bank_payment_is_cleared_or_failed_from_the_page(page: Page, d
     page.go_back()
     expect(page.locator("#state")).to_have_text("This checkout session's payment failed.")
     page.click("#back")
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    page.wait_for_url(on_site(dev_stack))
     expect(page.locator("#checkout-status")).to_have_text(PAYMENT_FAILED)
     expect(page.locator("#balance")).to_have_text("100")
 
@@ -139,12 +147,17 @@ def test_a_partial_refund_and_disputes_lost_and_won(page: Page, dev_stack: DevSt
     item.get_by_role("button", name="Refund").click()
     expect(page.locator("#stripe-tools-result")).to_have_text("Refunded $2.50 of Starter: 50 credits taken back.")
     expect(page.locator("#balance")).to_have_text("50")
-    expect(rows(page)).to_have_count(2)
-    assert row_text(rows(page).first) == ("Refund", "-50", "50", "Refund: $2.50 of Starter")
+    expect_rows(
+        page,
+        [
+            ("Refund", "-50", "50", "Refund: $2.50 of Starter"),
+            ("Purchase", "+100", "100", "Starter: 100 credits for $5.00"),
+        ],
+    )
     expect(item.locator(".payment-status")).to_contain_text("Paid by card · $2.50 refunded")
     expect(item.locator(".refund-amount")).to_have_value("2.50")
     expect(page.locator('#notifications .notification[data-type="credits-clawed-back"]').first).to_have_text(
-        re.compile(r"^50 credits taken back after a refund; your balance is 50\."), timeout=20_000
+        re.compile(r"^50 credits taken back after a refund; your balance is 50\.")
     )
     screenshot(page, "24-tools-partial-refund")
 
@@ -159,7 +172,7 @@ def test_a_partial_refund_and_disputes_lost_and_won(page: Page, dev_stack: DevSt
         "Dispute opened on Starter: 50 credits held back while the bank decides."
     )
     expect(page.locator("#balance")).to_have_text("0")
-    assert row_text(rows(page).first) == ("Dispute", "-50", "0", "Dispute opened: $5.00 of Starter")
+    expect_row(rows(page).first, ("Dispute", "-50", "0", "Dispute opened: $5.00 of Starter"))
     expect(item.locator(".payment-status")).to_contain_text("disputed, waiting for the bank's decision")
     expect(item.get_by_role("button", name="Refund")).to_have_count(0)  # a disputed charge is not refunded
     expect(page.locator('button.action[data-action="search"]')).to_be_disabled()
@@ -183,14 +196,17 @@ def test_a_partial_refund_and_disputes_lost_and_won(page: Page, dev_stack: DevSt
     payment(page, pro).get_by_role("button", name="Close dispute: won").click()
     expect(page.locator("#stripe-tools-result")).to_have_text("Dispute won: Pro, 1,200 credits restored.")
     expect(page.locator("#balance")).to_have_text("1,200")
-    assert [row_text(r) for r in rows(page).all()] == [
-        ("Dispute", "+1,200", "1,200", "Dispute won: Pro, credits restored"),
-        ("Dispute", "-1,200", "0", "Dispute opened: $50.00 of Pro"),
-        ("Purchase", "+1,200", "1,200", "Pro: 1,200 credits for $50.00"),
-        ("Dispute", "-50", "0", "Dispute opened: $5.00 of Starter"),
-        ("Refund", "-50", "50", "Refund: $2.50 of Starter"),
-        ("Purchase", "+100", "100", "Starter: 100 credits for $5.00"),
-    ]
+    expect_rows(
+        page,
+        [
+            ("Dispute", "+1,200", "1,200", "Dispute won: Pro, credits restored"),
+            ("Dispute", "-1,200", "0", "Dispute opened: $50.00 of Pro"),
+            ("Purchase", "+1,200", "1,200", "Pro: 1,200 credits for $50.00"),
+            ("Dispute", "-50", "0", "Dispute opened: $5.00 of Starter"),
+            ("Refund", "-50", "50", "Refund: $2.50 of Starter"),
+            ("Purchase", "+100", "100", "Starter: 100 credits for $5.00"),
+        ],
+    )
     expect(payment(page, pro).get_by_role("button", name="Refund")).to_have_count(1)  # won: refundable again
     screenshot(page, "26-tools-dispute-won")
 
@@ -239,13 +255,15 @@ def test_no_tools_without_the_stripe_emulator(page: Page, dev_stack: DevStack) -
 
     page.unroute("**/local/config.json")
     page.route("**/local/stripe/payments", lambda route: route.fulfill(status=404, json={"message": "Not Found"}))
-    page.reload()
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/local/stripe/payments") as told:
+        page.reload()
+    assert told.value.status == 404  # it asked, and was told there are none...
     expect(page.locator("#payments-mode")).to_have_text("Test payments: no real money")
     page.click("#refresh-button")
     expect(page.locator("#balance")).to_have_text("0")
     expect(page.locator("#message")).to_be_empty()
-    expect(page.locator("#stripe-tools")).to_be_hidden()
-    assert asked  # it asked, was told there are none, and shows none
+    expect(page.locator("#stripe-tools")).to_be_hidden()  # ...and shows none
+    assert asked
 
 
 def test_history_and_numbers_read_as_a_person_reads_them(page: Page, dev_stack: DevStack) -> None:
@@ -257,17 +275,18 @@ def test_history_and_numbers_read_as_a_person_reads_them(page: Page, dev_stack: 
 
     buy(page, dev_stack, "pro", "1,200")
     for action in ("generate", "search"):
-        button = page.locator(f'button.action[data-action="{action}"]')
-        button.click()
-        expect(button).not_to_have_attribute("aria-busy", "true")
+        assert run_action(page, action).status == 200
     expect(page.locator("#balance")).to_have_text("1,189")
-    assert [row_text(r) for r in rows(page).all()] == [
-        ("Usage", "-1", "1,189", "Search"),
-        ("Usage", "-10", "1,190", "Generate"),
-        ("Purchase", "+1,200", "1,200", "Pro: 1,200 credits for $50.00"),
-    ]
+    expect_rows(
+        page,
+        [
+            ("Usage", "-1", "1,189", "Search"),
+            ("Usage", "-10", "1,190", "Generate"),
+            ("Purchase", "+1,200", "1,200", "Pro: 1,200 credits for $50.00"),
+        ],
+    )
     expect(page.locator('#notifications .notification[data-type="credits-purchased"]')).to_have_text(
-        re.compile(r"^1,200 credits added: Pro\."), timeout=20_000
+        re.compile(r"^1,200 credits added: Pro\.")
     )
     expect(page.locator("#spent-this-month")).to_have_text("Spent this month: 11 credits (no limit).")
     page.fill("#low-balance-threshold", "1500")
@@ -323,8 +342,8 @@ def test_the_hosted_checkout_page_shows_the_credits_and_leads_back(page: Page, d
     screenshot(page, "29-checkout-credits")
 
     page.click("#pay")
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
-    expect(page.locator("#checkout-status")).to_have_text("Payment confirmed: +1,200 credits", timeout=30_000)
+    page.wait_for_url(on_site(dev_stack))
+    expect(page.locator("#checkout-status")).to_have_text("Payment confirmed: +1,200 credits")
 
     page.go_back()  # to the hosted page: paid, and a way back to the site
     expect(page.locator("#state")).to_have_text("This checkout session is already paid.")
@@ -334,7 +353,7 @@ def test_the_hosted_checkout_page_shows_the_credits_and_leads_back(page: Page, d
     expect(back).to_have_attribute("href", re.compile("^" + re.escape(dev_stack.url + "/?checkout=success")))
     screenshot(page, "30-checkout-paid-back-link")
     back.click()
-    page.wait_for_url(re.compile(re.escape(dev_stack.url)))
+    page.wait_for_url(on_site(dev_stack))
     # The page remembers this checkout: it says so at once, and adds nothing.
     expect(page.locator("#checkout-status")).to_have_text("Payment confirmed: +1,200 credits")
     expect(page.locator("#balance")).to_have_text("1,200")

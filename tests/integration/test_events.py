@@ -38,6 +38,7 @@ def events(local_tables: LocalTables, monkeypatch: pytest.MonkeyPatch) -> Iterat
     with LocalEventBridge(bus_name="credits-test") as bus:
         monkeypatch.setenv("EVENT_BUS_NAME", "credits-test")
         monkeypatch.setenv("AWS_ENDPOINT_URL_EVENTBRIDGE", bus.endpoint)
+        monkeypatch.delenv("EVENTS_DEAD_LETTER_QUEUE_URL", raising=False)  # as in make dev: the poller keeps them
         container = Container("events")
         try:
             poller = StreamPoller.for_function(
@@ -122,3 +123,46 @@ def test_redelivered_records_publish_the_same_event_ids(local_tables: LocalTable
     ledger.charge("twice", 5, description="down")
     low = events.of("twice", "Balance Low")
     assert len(low) == 1 and low[0]["balance"] == 5
+
+
+def test_malformed_entries_are_dead_lettered_and_the_entries_after_them_are_published(
+    local_tables: LocalTables, events: Events
+) -> None:
+    """Items no ledger writes, put between good entries of the same shard: each is dead-lettered with
+    its reason, and what comes after it is published (it held nothing back)."""
+    ledger = local_tables.ledger()
+    ledger.grant("early", 100, type="purchase", description="pack", reference_id="pi_e", monetary_amount=500)
+    good = {"id": {"S": "t1"}, "amount": {"N": "10"}, "balance_after": {"N": "10"}, "type": {"S": "gift"}}
+    malformed = {
+        "amount as a string": ("USER#mal", "TX#000000000001", {**good, "amount": {"S": "10"}}),
+        "no balance_after": ("USER#mal", "TX#000000000002", {k: v for k, v in good.items() if k != "balance_after"}),
+        "an unknown type": ("USER#mal", "TX#000000000003", {**good, "type": {"S": "bogus"}}),
+        "an entry outside a user": ("PACKAGE#starter", "TX#000000000001", good),
+        "a note's spent as a string": (
+            "USER#mal",
+            "LIMIT#2026-11",
+            {"limit": {"N": "5"}, "spent": {"S": "5"}, "month": {"S": "2026-11"}},
+        ),
+    }
+    for pk, sk, fields in malformed.values():
+        item = {"pk": {"S": pk}, "sk": {"S": sk}, **fields}
+        local_tables.client.put_item(TableName=local_tables.credits, Item=item)  # type: ignore[attr-defined]
+    ledger.grant("late", 100, type="purchase", description="pack", reference_id="pi_l", monetary_amount=500)
+    ledger.charge("late", 95, description="down")
+
+    assert [e["credits"] for e in events.of("early", "Credits Purchased")] == [100]
+    assert [e["credits"] for e in events.of("late", "Credits Purchased")] == [100]
+    assert [e["balance"] for e in events.of("late", "Balance Low")] == [5]
+    assert events.bus.events(user_id="mal") == []
+    reasons = [m["reason"] for m in events.poller.dead_letters]
+    assert reasons == [
+        "NewImage.amount must be of type N, not S",
+        "NewImage.balance_after is missing",
+        "NewImage.type 'bogus' is not a ledger entry type",
+        "a TX# item outside a user's partition (Keys.pk is not USER#<id>)",
+        "NewImage.spent must be of type N, not S",
+    ]
+    for message, (pk, sk, _) in zip(events.poller.dead_letters, malformed.values(), strict=True):
+        assert message["record"]["dynamodb"]["Keys"] == {"pk": {"S": pk}, "sk": {"S": sk}}
+        assert message["sequenceNumber"] == message["record"]["dynamodb"]["SequenceNumber"]
+        assert message["eventSourceARN"] == message["record"]["eventSourceARN"]

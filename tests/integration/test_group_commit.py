@@ -3,17 +3,31 @@ waiter that gives up while its change is being applied (docs/adr/0004-group-comm
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from credits import keys
 from credits.errors import InsufficientCredits, TemporarilyUnavailable
-from credits.ledger import Entry, Idempotency, Ledger, Policy, _Intent, _Kind, _Op, _posted, fingerprint, to_item
+from credits.ledger import (
+    LEASE_MS,
+    Entry,
+    Idempotency,
+    Ledger,
+    Policy,
+    _Intent,
+    _Kind,
+    _Op,
+    _Outcome,
+    _posted,
+    fingerprint,
+    to_item,
+)
 from tests.integration.conftest import LocalTables
 from tests.support import fleet, http_event
 
@@ -57,22 +71,30 @@ def test_32_containers_600_charges_against_500_all_answered_and_replayable(local
 
 
 def test_a_combiner_that_dies_mid_pass_leaves_every_waiter_answered(local_tables: LocalTables) -> None:
-    """The combiner took the lease and read the queue, then died before its transaction."""
+    """The combiner took the lease and read the queue, then died before its transaction.
+
+    Its lease is taken with a clock an hour ahead, so it stays live however long this test takes to see
+    the queued changes (renewing it every 50 ms instead failed whenever this thread stalled for a lease,
+    on a loaded machine: a waiter took over first); it dies when the test says, its lease lapsed."""
     ledger = local_tables.ledger()
     ledger.grant("orphaned", 100, type="gift", description="seed")
     pk = keys.user_pk("orphaned")
+    client: Any = local_tables.client
+    dying = Ledger(client, local_tables.credits, clock=lambda: time.time() + 3600)
 
     with fleet("use_credits", 8) as containers:
-        assert ledger._take_lease(pk, "combiner-that-dies")  # its lease is live when the charges arrive
+        assert dying._take_lease(pk, "combiner-that-dies")  # its lease is live when the charges arrive
         with ThreadPoolExecutor(8) as pool:
             pending = [pool.submit(containers.invoke, charge_event("orphaned", f"o-{i}")) for i in range(30)]
-            give_up = time.monotonic() + 10
+            give_up = time.monotonic() + 60
             intents: list[_Intent] = []
             while not intents and time.monotonic() < give_up:
-                assert ledger._take_lease(pk, "combiner-that-dies")  # renewed while it is alive
-                _snapshot, intents = ledger._queued(pk)  # the pass's read...
-                time.sleep(0.05)
-            assert intents  # ...saw queued changes; then it dies, before its transaction
+                _snapshot, intents = dying._queued(pk)  # the pass's read...
+                if not intents:
+                    time.sleep(0.05)
+            assert intents  # ...saw queued changes; then it dies, before its transaction:
+            lapsed = Ledger(client, local_tables.credits, clock=lambda: time.time() - 2 * LEASE_MS / 1000)
+            assert lapsed._take_lease(pk, "combiner-that-dies")  # its lease ran out a lease ago
             answers = [f.result() for f in pending]
 
     assert Counter(status for status, _, _ in answers) == {200: 30}
@@ -131,48 +153,68 @@ def test_a_waiter_that_cancels_first_is_never_applied(local_tables: LocalTables)
     assert [t.type for t in ledger.history("early")] == ["gift"]
 
 
-def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(local_tables: LocalTables) -> None:
+class CommitGate:
+    """A combiner's DynamoDB client whose first transaction waits for `before_commit`: the test puts
+    another operation exactly between the combiner's read and decisions and its commit."""
+
+    def __init__(self, client: Any, before_commit: Callable[[], None]) -> None:
+        self._client = client
+        self._before_commit: Callable[[], None] | None = before_commit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def transact_write_items(self, **request: Any) -> Any:
+        before, self._before_commit = self._before_commit, None
+        if before is not None:
+            before()
+        return self._client.transact_write_items(**request)
+
+
+@pytest.mark.parametrize("cancelled_first", [4, 0, 2], ids=["cancel-wins", "combine-wins", "each-its-own"])
+def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(
+    local_tables: LocalTables, cancelled_first: int
+) -> None:
+    """Waiters give up (withdraw their queued changes) while a combiner decides them, in each order on
+    purpose: `cancelled_first` of the four withdraw after the combiner read the queue and decided,
+    just before its transaction is sent (the cancel wins: that transaction fails, and the combiner's
+    next pass, as `_serve` makes it, decides the others); the rest withdraw just after it landed (the
+    combine wins). Each answer says which won, as the balance and the ledger have it."""
     ledger = local_tables.ledger()
     ledger.grant("racing", 1000, type="gift", description="seed")
-    cancelled, applied = 0, 0
-    for round_ in range(25):
-        intents = [queue(ledger, "racing", 1, f"r{round_}-{i}") for i in range(4)]
-        barrier = threading.Barrier(2)
-        answers: dict[str, object] = {}
+    pk = keys.user_pk("racing")
+    intents = [queue(ledger, "racing", 1, f"r-{i}") for i in range(4)]
+    early, late = intents[:cancelled_first], intents[cancelled_first:]
+    answers: dict[str, _Outcome | None] = {}
 
-        def cancel_all(
-            batch: list[_Intent] = intents, into: dict[str, object] = answers, start: threading.Barrier = barrier
-        ) -> None:
-            start.wait()
-            for intent in batch:
-                into[intent.id] = ledger._withdraw(keys.user_pk("racing"), intent)
+    def withdraw(batch: list[_Intent]) -> None:
+        for intent in batch:
+            answers[intent.id] = ledger._withdraw(pk, intent)
 
-        def combine(start: threading.Barrier = barrier) -> None:
-            start.wait()
-            for _ in range(20):
-                try:
-                    combine_once(ledger, "racing")
-                    return
-                except AssertionError:  # the lease is busy: try again
-                    time.sleep(0.01)
+    gate: Any = CommitGate(local_tables.client, lambda: withdraw(early))
+    combiner = Ledger(gate, local_tables.credits)
+    decided = combine_once(combiner, "racing")  # the withdrawals of `early` land just before its commit
+    if early:
+        assert decided == {}  # its transaction failed on the withdrawn changes: nothing of it was written
+        decided = combine_once(combiner, "racing")  # its next pass decides what is still queued
+    withdraw(late)  # too late: these were applied
 
-        threads = [threading.Thread(target=cancel_all), threading.Thread(target=combine)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        history = {t.id for t in ledger.history("racing")}
-        for intent in intents:
-            answer = answers[intent.id]
-            if answer is None:
-                cancelled += 1
-            else:
-                applied += 1
-                assert answer.result().transaction_id in history  # type: ignore[attr-defined]
-    usage = [t for t in ledger.history("racing") if t.type == "usage"]
-    assert len(usage) == applied and cancelled + applied == 100
-    assert ledger.balance("racing") == 1000 - applied
+    assert set(decided) == {intent.id for intent in late}
+    assert [answers[intent.id] for intent in early] == [None] * len(early)  # "nothing was written" (503)
+    posted = []
+    for intent in late:
+        answer = answers[intent.id]
+        assert answer is not None  # the applied charge, not a withdrawal
+        posted.append(_posted(answer.result()))
+        assert posted[-1] == _posted(decided[intent.id].result())  # the combiner's decision, as it is
+    assert [p.amount for p in posted] == [-1] * len(late)
+    assert sorted(p.balance for p in posted) == list(range(1000 - len(late), 1000))  # one after another
+    history = ledger.history("racing")
+    assert [t.type for t in history] == ["gift"] + ["usage"] * len(late)
+    assert sorted(t.id for t in history if t.type == "usage") == sorted(p.transaction_id for p in posted)
+    assert ledger.balance("racing") == 1000 - len(late)
     assert ledger.audit("racing").ok
+    assert combine_once(ledger, "racing") == {}  # nothing left that could be applied later
 
 
 def test_refusals_in_a_batch_are_402_and_write_nothing(local_tables: LocalTables) -> None:

@@ -213,6 +213,7 @@ def bus(local_tables: LocalTables, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         monkeypatch.setenv("EVENT_BUS_NAME", "credits-test")
         monkeypatch.setenv("AWS_ENDPOINT_URL_EVENTBRIDGE", bridge.endpoint)
         monkeypatch.setenv("LOW_BALANCE_THRESHOLD", "10")
+        monkeypatch.delenv("EVENTS_DEAD_LETTER_QUEUE_URL", raising=False)  # as in make dev
         yield bridge
 
 
@@ -238,3 +239,29 @@ def test_an_event_the_bus_refused_is_put_again_with_the_same_event_id(
     low = bus.events(user_id="alice", detail_type="Balance Low")[0]["detail"]
     assert low["threshold"] == 10
     assert low["eventId"]
+
+
+def test_make_dev_does_not_stall_on_a_malformed_entry_it_keeps_it_in_its_data_folder(
+    local_tables: LocalTables, bus: LocalEventBridge, tmp_path: Path
+) -> None:
+    """As make dev runs it (the events function without a queue, checkpoints in the data folder): a
+    record that can never be published is kept in events-dead-letters.jsonl next to the checkpoints,
+    the records after it are published, and a restart neither delivers nor keeps it again."""
+    ledger = local_tables.ledger()
+    put(local_tables, "TX#000000000001", type="purchase")  # an entry with none of its fields
+    ledger.grant("bob", 50, type="purchase", description="pack", reference_id="pi_b", monetary_amount=500)
+    data = tmp_path / ".local-data"
+    container = Container("events")
+    try:
+        first = poller(local_tables, container.invoke, checkpoint_path=data / "stream-checkpoints.json")
+        assert first.drain(timeout=60) == 2
+        again = poller(local_tables, container.invoke, checkpoint_path=data / "stream-checkpoints.json")
+        assert again.drain(timeout=5) == 0
+    finally:
+        container.close()
+
+    assert [e["detail-type"] for e in bus.events(user_id="bob")] == ["Credits Purchased"]
+    (kept,) = [json.loads(line) for line in (data / "events-dead-letters.jsonl").read_text().splitlines()]
+    assert kept["reason"] == "NewImage.id is missing"
+    assert kept["record"]["dynamodb"]["Keys"] == {"pk": {"S": USER}, "sk": {"S": "TX#000000000001"}}
+    assert kept["function"].endswith("events")  # the local container names it local_fn_events

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from local.containers import Container, ContainerError, ContainerPool, InvocationError
+from local.containers import Container, ContainerError, ContainerGone, ContainerPool, InvocationError
 from tests.support import http_event
 
 
@@ -48,15 +50,91 @@ def test_a_cold_start_that_fails_names_the_reason(monkeypatch: pytest.MonkeyPatc
         Container("use_credits")
 
 
-def test_a_container_that_dies_is_replaced_by_the_next_request() -> None:
-    pool = ContainerPool("use_credits", limit=1)
+# A handler that appends its event's `mark` to the file `marks` names, then answers or, when the
+# event says `die`, ends its process mid-invocation (as an out-of-memory kill or a crash would).
+DYING_APP = """
+import json
+import os
+
+
+def lambda_handler(event, context):
+    with open(event["marks"], "a") as marks:
+        marks.write(event["mark"] + "\\n")
+    if event.get("die"):
+        os._exit(1)
+    return {"statusCode": 200, "body": json.dumps({"pid": os.getpid()})}
+"""
+
+
+@pytest.fixture
+def dying(tmp_path: Path) -> Iterator[tuple[ContainerPool, Path]]:
+    """A pool (one container at most) of DYING_APP, and the file its invocations are marked in."""
+    (tmp_path / "app.py").write_text(DYING_APP)
+    pool = ContainerPool("use_credits", limit=1, code=str(tmp_path))
     try:
-        pool.warm()
-        [dead] = pool._idle
-        dead.process.kill()
-        dead.process.join()
-        with pytest.raises(ContainerError):
-            pool.invoke(http_event("POST", "/no-such-route", body={}))
-        assert pool.invoke(http_event("POST", "/no-such-route", body={}))["statusCode"] == 404
+        yield pool, tmp_path / "marks"
     finally:
         pool.close()
+
+
+def call(pool: ContainerPool, marks: Path, mark: str, *, die: bool = False) -> int:
+    """The pid of the container that served the invocation."""
+    response = pool.invoke({"marks": str(marks), "mark": mark, "die": die})
+    pid: int = json.loads(response["body"])["pid"]
+    return pid
+
+
+def test_a_container_killed_while_idle_is_replaced_and_the_request_served(
+    dying: tuple[ContainerPool, Path],
+) -> None:
+    """As on Lambda, a new container serves the request: nothing was delivered to the dead one."""
+    pool, marks = dying
+    first = call(pool, marks, "one")
+    [dead] = pool._idle
+    dead.process.kill()
+    dead.process.join(timeout=60)
+    assert dead.process.exitcode is not None
+    second = call(pool, marks, "two")
+    assert second != first
+    assert marks.read_text().split() == ["one", "two"]
+    assert [c.process.pid for c in pool._all] == [second]  # the dead one is gone, not kept
+
+
+def test_a_container_whose_pipe_breaks_before_delivery_is_replaced(
+    dying: tuple[ContainerPool, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container that dies between the liveness check and the send: the send fails, so the
+    request was never delivered, and another container serves it."""
+    pool, marks = dying
+    first = call(pool, marks, "one")
+    [dead] = pool._idle
+    dead.process.kill()
+    dead.process.join(timeout=60)
+    assert dead.process.exitcode is not None
+    monkeypatch.setattr(dead.process, "is_alive", lambda: True)  # the check passes: it died just after
+    assert call(pool, marks, "two") != first
+    assert marks.read_text().split() == ["one", "two"]
+
+
+def test_a_container_that_dies_while_handling_is_an_error_never_resent(dying: tuple[ContainerPool, Path]) -> None:
+    """The request may have had effects: it is answered as failed, not given to another container;
+    the next request gets a new container."""
+    pool, marks = dying
+    call(pool, marks, "one")
+    with pytest.raises(ContainerError) as failed:
+        call(pool, marks, "fatal", die=True)
+    assert not isinstance(failed.value, ContainerGone)
+    assert marks.read_text().split() == ["one", "fatal"]  # it ran once
+    call(pool, marks, "three")
+    assert marks.read_text().split() == ["one", "fatal", "three"]
+
+
+def test_a_killed_container_refuses_before_sending() -> None:
+    container = Container("use_credits")
+    try:
+        container.process.kill()
+        container.process.join(timeout=60)
+        with pytest.raises(ContainerGone):
+            container.invoke(http_event("POST", "/no-such-route", body={}))
+    finally:
+        container.close()

@@ -3,14 +3,24 @@ items with the real ledger; the records wrap their NewImage in DynamoDB JSON).""
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from credits import keys
-from credits.events import events_of
+from credits.events import (
+    DEAD_LETTER_MAX_BYTES,
+    Unpublishable,
+    dead_letter_body,
+    dead_letter_message,
+    events_of,
+    record_events,
+)
 from credits.ledger import Ledger, to_item
 from tests.support import FakeContext, environment, load_function
 
@@ -163,3 +173,348 @@ def test_a_failed_entry_fails_its_record_only_and_a_redelivery_repeats_the_same_
     assert all(e["Source"] == "credits" and e["EventBusName"] == "credits-test" for e in fake.put)
     low = json.loads(next(e["Detail"] for e in fake.put if e["DetailType"] == "Balance Low"))
     assert (low["userId"], low["balance"], low["threshold"]) == ("fay", 5, 10)
+
+
+# ---- a record that can never be published is dead-lettered; the rest of the batch flows ------------------
+#
+# The shapes below are enumerated from what a stream record is (template.yaml's filter delivers only
+# INSERTs of TX# and LIMIT# items, but nothing in the function may rely on it): each is either
+# dead-lettered with its reason, or, when it is a well-formed record that carries no event by design
+# (a MODIFY, a REMOVE, another item: what the filter never delivers), ignored.
+
+
+def entry_item(client: Any, user: str, sk_prefix: str = "TX#") -> dict[str, Any]:
+    """The newest item of a user whose sort key starts with `sk_prefix`, as DynamoDB JSON."""
+    items = client.query(
+        TableName="credits",
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :sk)",
+        ExpressionAttributeValues=to_item({":pk": keys.user_pk(user), ":sk": sk_prefix}),
+        ScanIndexForward=False,
+    )["Items"]
+    return dict(items[0])
+
+
+def wrap(item: dict[str, Any], sequence: int, event_name: str = "INSERT") -> dict[str, Any]:
+    """A stream record of an item, as Lambda delivers it."""
+    return {
+        "eventID": f"e{sequence}",
+        "eventName": event_name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1795650000.0,
+            "Keys": {"pk": item["pk"], "sk": item["sk"]},
+            "NewImage": item,
+            "SequenceNumber": f"{sequence:021d}",
+            "SizeBytes": 200,
+            "StreamViewType": "NEW_IMAGE",
+        },
+        "eventSourceARN": STREAM_ARN,
+    }
+
+
+def image(field: str, value: Any) -> Any:
+    """A change of a ledger entry record: its NewImage's `field` set to `value` (None: removed)."""
+
+    def change(record: dict[str, Any]) -> dict[str, Any]:
+        if value is None:
+            del record["dynamodb"]["NewImage"][field]
+        else:
+            record["dynamodb"]["NewImage"][field] = value
+        return record
+
+    return change
+
+
+def stream(field: str | None = None, key: str | None = None, value: Any = None) -> Any:
+    """A change of a record: `dynamodb[field]` (or `dynamodb.Keys[key]`) set to `value` (None: removed)."""
+
+    def change(record: dict[str, Any]) -> dict[str, Any]:
+        target, name = (record["dynamodb"]["Keys"], key) if key else (record["dynamodb"], field)
+        if value is None:
+            del target[name]
+        else:
+            target[name] = value
+        return record
+
+    return change
+
+
+def limit_note(change: Any) -> Any:
+    """A change applied to the user's LIMIT# note's record instead of their ledger entry's."""
+    change.limit_note = True
+    return change
+
+
+DEAD_LETTERED: dict[str, tuple[Any, str]] = {
+    # what                      (the change to a good entry's record, the reason given)
+    "garbage: not an object": (lambda r: "\x00garbage", "not a stream record"),
+    "garbage: a list": (lambda r: [r], "not a stream record"),
+    "an unknown eventName": (lambda r: {**r, "eventName": "UPSERT"}, "eventName is not INSERT"),
+    "no eventName": (lambda r: {k: v for k, v in r.items() if k != "eventName"}, "eventName is not INSERT"),
+    "no dynamodb object": (lambda r: {k: v for k, v in r.items() if k != "dynamodb"}, "no dynamodb object"),
+    "no SequenceNumber": (stream("SequenceNumber"), "SequenceNumber is missing"),
+    "no Keys": (stream("Keys"), "no dynamodb.Keys"),
+    "no sort key": (stream(key="sk"), "Keys.sk is missing"),
+    "a numeric sort key": (stream(key="sk", value={"N": "1"}), "Keys.sk must be of type S, not N"),
+    "no partition key": (stream(key="pk"), "Keys.pk is missing"),
+    "an entry outside a user's partition": (
+        stream(key="pk", value={"S": "PACKAGE#starter"}),
+        "outside a user's partition",
+    ),
+    "no NewImage": (stream("NewImage"), "no dynamodb.NewImage"),
+    "NewImage not an object": (stream("NewImage", value="AAAA"), "no dynamodb.NewImage"),
+    "amount missing": (image("amount", None), "NewImage.amount is missing"),
+    "balance_after missing": (image("balance_after", None), "NewImage.balance_after is missing"),
+    "type missing": (image("type", None), "NewImage.type is missing"),
+    "id missing": (image("id", None), "NewImage.id is missing"),
+    "amount as a string": (image("amount", {"S": "5"}), "NewImage.amount must be of type N, not S"),
+    "amount not a number": (image("amount", {"N": "five"}), "NewImage.amount is not a number"),
+    "amount not an integer": (image("amount", {"N": "1.5"}), "NewImage.amount is not an integer"),
+    "amount infinite": (image("amount", {"N": "Infinity"}), "NewImage.amount is not an integer"),
+    "amount a JSON number": (image("amount", {"N": 5}), "NewImage.amount is not a DynamoDB number"),
+    "amount not an attribute value": (image("amount", "5"), "NewImage.amount is not a DynamoDB attribute value"),
+    "balance_after a map": (image("balance_after", {"M": {}}), "balance_after must be of type N, not M"),
+    "an unknown transaction type": (image("type", {"S": "bogus"}), "'bogus' is not a ledger entry type"),
+    "a mistyped threshold": (image("low_balance_threshold", {"S": "10"}), "low_balance_threshold must be of type N"),
+    "a mistyped currency": (image("currency", {"N": "840"}), "NewImage.currency must be of type S, not N"),
+    "a limit note without its limit": (limit_note(image("limit", None)), "NewImage.limit is missing"),
+    "a limit note's spent as a string": (limit_note(image("spent", {"S": "3"})), "NewImage.spent must be of type N"),
+}
+
+IGNORED: dict[str, Any] = {
+    # records the filter never delivers and that carry no event by design (each a change of the
+    # LIMIT# note's INSERT, which as it is would be published)
+    "a REMOVE of a note (its TTL)": lambda r: stream("NewImage")({**r, "eventName": "REMOVE"}),
+    "a REMOVE with an image": lambda r: {**r, "eventName": "REMOVE"},
+    "a MODIFY of a note": lambda r: {**r, "eventName": "MODIFY"},
+    "a MODIFY of a ledger entry": lambda r: stream(key="sk", value={"S": "TX#000000000002"})(
+        {**r, "eventName": "MODIFY"}
+    ),
+    "a MODIFY of the account": lambda r: stream(key="sk", value={"S": "ACCOUNT"})({**r, "eventName": "MODIFY"}),
+    "an INSERT of the account": stream(key="sk", value={"S": "ACCOUNT"}),
+    "an INSERT of a reference": stream(key="sk", value={"S": "REF#doc-1"}),
+    "an INSERT of an idempotency key": stream(key="sk", value={"S": "IDEM#key-1"}),
+    "an INSERT of a hold": stream(key="sk", value={"S": "HOLD#h1"}),
+    "an INSERT of a package": lambda r: stream(key="pk", value={"S": "PACKAGE#starter"})(
+        stream(key="sk", value={"S": "PACKAGE"})(r)
+    ),
+}
+
+
+class Bus(FakeEventBridge):
+    """FakeEventBridge that can also raise instead of answering (throttled, the network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raises: list[Exception] = []
+
+    def put_events(self, *, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.raises:
+            raise self.raises.pop(0)
+        return super().put_events(Entries=Entries)
+
+
+class BrokenQueue:
+    """An SQS client whose SendMessage fails (the queue is unreachable)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send_message(self, *, QueueUrl: str, MessageBody: str) -> Any:
+        self.calls += 1
+        raise EndpointConnectionError(endpoint_url=QueueUrl)
+
+
+@dataclass
+class Function:
+    module: ModuleType
+    bus: Bus
+    sqs: Any
+    queue_url: str
+
+    def __call__(self, records: list[Any]) -> Any:
+        return self.module.lambda_handler({"Records": records}, FakeContext("events"))
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return found
+            for message in messages:
+                found.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def published(self) -> list[tuple[str, str]]:
+        return [(json.loads(e["Detail"])["userId"], e["DetailType"]) for e in self.bus.put]
+
+
+@pytest.fixture
+def function(moto_dynamodb) -> Function:
+    """The events function with a dead-letter queue (moto's SQS), as the stack configures it."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="events-dlq")["QueueUrl"]
+    with environment(EVENT_BUS_NAME="credits-test", EVENTS_DEAD_LETTER_QUEUE_URL=url):
+        module = load_function("events")
+    bus = Bus()
+    module.publisher.client = bus
+    return Function(module, bus, sqs, url)
+
+
+@pytest.fixture
+def batch(ledger: Ledger, moto_dynamodb) -> dict[str, Any]:
+    """Good records around the one a test breaks: ann's and cy's purchases, and bo's entry and note."""
+    for user in ("ann", "cy"):
+        ledger.grant(user, 100, type="purchase", description="pack", reference_id=f"pi_{user}", currency="usd")
+    ledger.grant("bo", 100, type="purchase", description="pack", reference_id="pi_bo", monetary_amount=500)
+    ledger.update_settings("bo", monthly_spend_limit=3)
+    ledger.charge("bo", 3, description="up to the limit")
+    with pytest.raises(Exception, match="limit"):
+        ledger.charge("bo", 1, description="refused: the month's LIMIT# note")
+    return {
+        "before": wrap(entry_item(moto_dynamodb, "ann"), 1),
+        "entry": wrap(entry_item(moto_dynamodb, "bo"), 2),
+        "note": wrap(entry_item(moto_dynamodb, "bo", "LIMIT#"), 2),
+        "after": wrap(entry_item(moto_dynamodb, "cy"), 3),
+    }
+
+
+@pytest.mark.parametrize("shape", DEAD_LETTERED)
+def test_a_malformed_record_is_dead_lettered_with_its_reason_and_the_rest_of_the_batch_is_published(
+    shape: str, function: Function, batch: dict[str, Any]
+) -> None:
+    change, reason = DEAD_LETTERED[shape]
+    good = copy.deepcopy(batch["note" if getattr(change, "limit_note", False) else "entry"])
+    bad = change(copy.deepcopy(good))
+
+    assert function([batch["before"], bad, batch["after"]]) == {"batchItemFailures": []}
+
+    assert function.published() == [("ann", "Credits Purchased"), ("cy", "Credits Purchased")]
+    (letter,) = function.dead_letters()
+    assert reason in letter["reason"]
+    assert letter["record"] == bad  # the record itself, as delivered
+    assert letter["function"] == "events" and letter["deadLetteredAt"].endswith("Z")
+    if isinstance(bad, dict) and "dynamodb" in bad and "SequenceNumber" in bad["dynamodb"]:
+        assert (letter["sequenceNumber"], letter["eventID"], letter["eventSourceARN"]) == (
+            "000000000000000000002",
+            "e2",
+            STREAM_ARN,
+        )
+    # the same record without the change would have been published: the change is what is wrong
+    assert function([good]) == {"batchItemFailures": []} and function.dead_letters() == []
+
+
+@pytest.mark.parametrize("shape", IGNORED)
+def test_a_record_that_carries_no_event_by_design_is_ignored(
+    shape: str, function: Function, batch: dict[str, Any]
+) -> None:
+    record = IGNORED[shape](copy.deepcopy(batch["note"]))
+    assert function([batch["before"], record, batch["after"]]) == {"batchItemFailures": []}
+    assert function.published() == [("ann", "Credits Purchased"), ("cy", "Credits Purchased")]
+    assert function.dead_letters() == []
+    # the note's INSERT itself is published: the change is what makes it carry no event
+    assert function([batch["note"]]) == {"batchItemFailures": []}
+    assert function.published()[2:] == [("bo", "Spend Limit Reached")]
+
+
+def test_dead_letters_are_logged_and_counted(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, function: Function, batch: dict[str, Any]
+) -> None:
+    bad = image("amount", {"S": "5"})(copy.deepcopy(batch["entry"]))
+    assert function([batch["before"], bad, bad]) == {"batchItemFailures": []}
+    logged = [r for r in caplog.records if r.getMessage() == "a record that can never be published was dead-lettered"]
+    assert [(r.levelname, getattr(r, "sequenceNumber", None)) for r in logged] == [
+        ("ERROR", "000000000000000000002")
+    ] * 2
+    assert all("amount must be of type N" in getattr(r, "reason", "") for r in logged)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    (emf,) = [x for x in lines if "_aws" in x]  # the metrics, flushed at the end of the invocation
+    assert emf["EventsDeadLettered"] in (2, 2.0, [1.0, 1.0], [1, 1])
+    assert len(function.dead_letters()) == 2
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "PutEvents"),
+        EndpointConnectionError(endpoint_url="https://events.us-east-1.amazonaws.com"),
+        ReadTimeoutError(endpoint_url="https://events.us-east-1.amazonaws.com"),
+        "partial",
+    ],
+    ids=["throttled", "no network", "timeout", "a partial PutEvents failure"],
+)
+def test_a_transient_failure_is_still_retried_and_never_dead_lettered(
+    failure: Any, function: Function, batch: dict[str, Any]
+) -> None:
+    if failure == "partial":
+        function.bus.fail = {"Spend Limit Reached"}
+        failed = batch["note"]
+    else:
+        function.bus.raises = [failure]
+        failed = batch["before"]
+    answer = function([batch["before"], batch["note"], batch["after"]])
+    assert answer == {"batchItemFailures": [{"itemIdentifier": failed["dynamodb"]["SequenceNumber"]}]}
+    assert function.dead_letters() == []
+
+
+def test_when_the_dead_letter_cannot_be_sent_the_record_is_retried_never_dropped(
+    function: Function, batch: dict[str, Any]
+) -> None:
+    broken = BrokenQueue()
+    function.module.dead_letters.client = broken
+    bad = image("type", {"S": "bogus"})(copy.deepcopy(batch["entry"]))
+    answer = function([batch["before"], bad, batch["after"]])
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "000000000000000000002"}]}
+    assert broken.calls == 1
+    assert function.published() == [("ann", "Credits Purchased"), ("cy", "Credits Purchased")]
+
+    # a record that names no sequence number cannot be reported alone: the whole batch is retried
+    with pytest.raises(RuntimeError, match="batch is retried"):
+        function([batch["before"], "garbage"])
+
+
+def test_without_a_queue_the_record_is_reported_failed_and_handed_back_to_the_invoker(
+    moto_dynamodb, batch: dict[str, Any]
+) -> None:
+    with environment(EVENT_BUS_NAME="credits-test", EVENTS_DEAD_LETTER_QUEUE_URL=None):
+        module = load_function("events")
+    module.publisher.client = Bus()
+    assert module.dead_letters is None
+    bad = stream("NewImage")(copy.deepcopy(batch["entry"]))
+    answer = module.lambda_handler({"Records": [batch["before"], bad]}, FakeContext("events"))
+    assert answer["batchItemFailures"] == [{"itemIdentifier": "000000000000000000002"}]
+    (handed,) = answer["deadLetters"]
+    assert handed["itemIdentifier"] == "000000000000000000002"
+    assert handed["message"]["reason"] == "no dynamodb.NewImage (the stream must be NEW_IMAGE)"
+    assert handed["message"]["record"] == bad
+
+
+def test_a_dead_letter_too_large_for_sqs_keeps_its_reason_and_the_start_of_its_record() -> None:
+    record = {"eventName": "INSERT", "dynamodb": {"SequenceNumber": "7", "NewImage": {"x": {"S": "é" * 400_000}}}}
+    message = dead_letter_message(record, "because", function="events", now=0.0)
+    body = dead_letter_body(message)
+    assert len(body.encode()) <= DEAD_LETTER_MAX_BYTES and body.isascii()
+    kept = json.loads(body)
+    assert (kept["reason"], kept["sequenceNumber"], kept["record"]) == ("because", "7", None)
+    assert kept["recordTruncated"]["start"].startswith('{"eventName":"INSERT"')
+    assert kept["deadLetteredAt"] == "1970-01-01T00:00:00.000Z"
+    small = json.loads(dead_letter_body(dead_letter_message({"eventName": "é"}, "r", function="f", now=0.0)))
+    assert small["record"] == {"eventName": "é"} and small["eventName"] == "é"
+
+
+def test_record_events_reads_only_what_the_ledger_writes(batch: dict[str, Any]) -> None:
+    entry = batch["entry"]
+    assert [e.detail_type for e in record_events(entry, 10) or []] == []  # bo's charge crossed nothing
+    assert [e.detail_type for e in record_events(batch["before"], 10) or []] == ["Credits Purchased"]
+    assert record_events({**entry, "eventName": "REMOVE"}, 10) is None
+    with pytest.raises(Unpublishable, match="amount is not an integer"):
+        record_events(image("amount", {"N": "1e1000"})(copy.deepcopy(entry)), 10)
+    with pytest.raises(Unpublishable, match="amount is not a DynamoDB number"):
+        record_events(image("amount", {"N": "1" * 65})(copy.deepcopy(entry)), 10)
+    optional_null = image("currency", {"NULL": True})(copy.deepcopy(batch["before"]))
+    (purchase,) = record_events(optional_null, 10) or []
+    assert purchase.detail["currency"] is None

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import socket
 import sys
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from credits.ledger import key_problem, validate_token
+from local.containers import ContainerPool
 from local.gateway import Gateway, load_handler
 from local.template import ROOT, Route, code_dir, functions, match_route, routes
 
@@ -120,3 +127,231 @@ def test_a_method_or_path_no_route_has_gets_api_gateway_s_404_and_the_contract_i
             assert docs.url.endswith("/docs/") and b"/openapi.yaml" in docs.read()
     finally:
         gateway.stop()
+
+
+# ---- dead containers ------------------------------------------------------------------------------
+
+# Answers with its pid, after appending the request's body to the file MARKS names; a body of "die"
+# ends its process mid-invocation instead (as an out-of-memory kill or a crash would).
+DYING_APP = """
+import base64
+import json
+import os
+
+MARKS = {marks!r}
+
+
+def lambda_handler(event, context):
+    body = base64.b64decode(event.get("body") or "").decode()
+    with open(MARKS, "a") as marks:
+        marks.write(body + "\\n")
+    if body == "die":
+        os._exit(1)
+    return {{"statusCode": 200, "headers": {{"Content-Type": "application/json"}}, "body": json.dumps(os.getpid())}}
+"""
+
+
+@pytest.fixture
+def dying(tmp_path: Path) -> Iterator[tuple[Gateway, Path]]:
+    """The gateway with use_credits and the webhook served by DYING_APP, one container each."""
+    marks = tmp_path / "marks"
+    (tmp_path / "app.py").write_text(DYING_APP.format(marks=str(marks)))
+    gateway = Gateway(token_secret="test-secret", web_dir=None)
+    for function in ("use_credits", "webhook"):
+        gateway.pools[function].close()
+        gateway.pools[function] = ContainerPool(function, limit=1, code=str(tmp_path))
+    gateway.start(warm=False)
+    try:
+        yield gateway, marks
+    finally:
+        gateway.stop()
+
+
+def send(gateway: Gateway, path: str, body: str) -> tuple[int, Any]:
+    token = gateway.tokens.issue("alice")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    request = urllib.request.Request(gateway.base_url + path, body.encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+def kill_idle(gateway: Gateway, function: str) -> None:
+    [idle] = gateway.pools[function]._idle
+    idle.process.kill()
+    idle.process.join(timeout=60)
+    assert idle.process.exitcode is not None
+
+
+def test_a_container_killed_while_idle_is_replaced_and_the_next_request_served(dying: tuple[Gateway, Path]) -> None:
+    gateway, marks = dying
+    for path, function in (("/credits/use", "use_credits"), ("/webhook", "webhook")):
+        status, first = send(gateway, path, "one")
+        assert status == 200
+        kill_idle(gateway, function)
+        status, second = send(gateway, path, "two")
+        assert status == 200, path
+        assert second != first  # a new container
+    assert marks.read_text().split() == ["one", "two", "one", "two"]
+
+
+def test_a_container_that_dies_handling_a_request_answers_500_or_502_and_is_not_resent(
+    dying: tuple[Gateway, Path],
+) -> None:
+    gateway, marks = dying
+    assert send(gateway, "/credits/use", "die") == (500, {"message": "Internal Server Error"})
+    assert send(gateway, "/webhook", "die") == (502, {"message": "Internal Server Error"})
+    assert marks.read_text().split() == ["die", "die"]  # each ran once: never given to another container
+    assert send(gateway, "/credits/use", "after")[0] == 200
+    assert send(gateway, "/webhook", "after")[0] == 200
+
+
+# ---- local sign-in --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain() -> Iterator[Gateway]:
+    gateway = Gateway(token_secret="test-secret", web_dir=None)
+    gateway.start(warm=False)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def sign_in(gateway: Gateway, body: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        gateway.base_url + "/local/sign-in", body, {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+NAMES = [
+    "alice",
+    "alice\n",  # `$` matches before a trailing newline: fullmatch, not match
+    "\nalice",
+    "al\tice",
+    "",
+    "a" * 255,
+    "a" * 256,
+    "é" * 127,  # 254 bytes in UTF-8
+    "é" * 128,  # 256 bytes
+    "alice smith",
+    "o'brien+test@example.com",
+    "用户",
+    "a\u2028b",  # a line separator is not printable
+    "\ud800",  # a lone surrogate (a JSON escape can carry one)
+    "\x7f",
+    " ",
+]
+
+
+@pytest.mark.parametrize("name", NAMES, ids=[ascii(n) if len(n) < 30 else f"{len(n)}x{n[0]!a}" for n in NAMES])
+def test_sign_in_accepts_exactly_the_user_ids_the_api_accepts(plain: Gateway, name: str) -> None:
+    """A name the sign-in takes is one every route takes as a `sub` (credits.http.user_id checks it
+    with ledger.validate_token): never a token that is then 400 everywhere, nor a refused valid id."""
+    status, body = sign_in(plain, json.dumps({"user": name}).encode())
+    if key_problem(name) is None:
+        assert (status, body["userId"]) == (200, name)
+        claims = plain.tokens.verify(body["token"])
+        assert claims is not None and validate_token(claims["sub"], "sub") == name
+    else:
+        assert (status, body["error"]["code"]) == (400, "validation_error")
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'{"user": 7}', b'{"user": null}', b"not json", b"\xff"])
+def test_sign_in_without_a_name_is_400(plain: Gateway, body: bytes) -> None:
+    status, answer = sign_in(plain, body)
+    assert (status, answer["error"]["code"]) == (400, "validation_error")
+
+
+# ---- errors of the HTTP server itself -------------------------------------------------------------
+
+
+def raw(gateway: Gateway, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; the status, headers (lower-case names) and body of the answer."""
+    host, port = gateway.server.server_address[:2]
+    with socket.create_connection((str(host), port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        body = answer.read()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /credits/history?cursor=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),  # a bad request line
+        (b"GET / HTTP/one\r\nHost: x\r\n\r\n", 400),  # a bad version
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),  # a header line too long
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
+        (b"POST /local/sign-in HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", 400),
+        (b"POST /local/sign-in HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    ],
+    ids=[
+        "uri-too-long",
+        "bad-request-line",
+        "bad-version",
+        "http-2",
+        "header-too-long",
+        "too-many-headers",
+        "content-length-not-a-number",
+        "content-length-negative",
+    ],
+)
+def test_errors_of_the_http_server_itself_are_api_gateway_s_json(
+    plain: Gateway, request_bytes: bytes, status: int
+) -> None:
+    """Not http.server's HTML error page: `{"message": ...}` as API Gateway answers; the connection
+    is closed, since what follows on it cannot be read as a request."""
+    answered, headers, body = raw(plain, request_bytes)
+    assert answered == status
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert json.loads(body) == {"message": HTTPStatus(status).phrase}
+
+
+def test_a_url_far_too_long_still_gets_the_json_answer(plain: Gateway) -> None:
+    """The client is still sending when the 414 is answered: the gateway reads and drops the rest
+    before closing, or the client's send would break on a reset and it would never read the 414."""
+    url = plain.base_url + "/credits/history?cursor=" + "a" * 16_000_000
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=60)
+    with refused.value as answer:
+        assert (answer.code, json.loads(answer.read())) == (414, {"message": HTTPStatus(414).phrase})
+
+
+class _Sent:
+    """What a handler wrote, as a socket http.client can read an answer from."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def test_an_unsupported_method_is_json_too(plain: Gateway) -> None:
+    """http.server answers 501 to a method its handler has no do_ method for; ours routes every
+    method, so that path of the standard library is called directly, on a handler of no connection."""
+    handler_class = plain._handler_class()
+    handler = handler_class.__new__(handler_class)
+    handler.wfile = io.BytesIO()
+    handler.client_address = ("127.0.0.1", 0)
+    handler.requestline, handler.request_version, handler.command = "BREW / HTTP/1.1", "HTTP/1.1", "BREW"
+    handler.send_error(HTTPStatus.NOT_IMPLEMENTED, "Unsupported method ('BREW')")
+    answer = http.client.HTTPResponse(_Sent(handler.wfile.getvalue()))  # type: ignore[arg-type]
+    answer.begin()
+    assert (answer.status, answer.getheader("Content-Type")) == (501, "application/json")
+    assert json.loads(answer.read()) == {"message": "Not Implemented"}

@@ -238,6 +238,40 @@ def test_a_base64_body_is_decoded(use: ModuleType) -> None:
     assert (status, body["error"]["code"]) == (400, "invalid_json")
 
 
+JSON_ROUTES = [
+    ("POST", "/credits/use"),
+    ("PUT", "/credits/settings"),
+    ("POST", "/internal/credits/use"),
+    ("POST", "/internal/credits/grant"),
+    ("POST", "/internal/credits/holds"),
+    ("POST", "/internal/credits/holds/h1/capture"),
+    ("POST", "/internal/credits/holds/h1/release"),
+]
+UNREADABLE = [
+    ("/w==", True),  # base64 of a byte that is not UTF-8
+    ("eyJhY3Rpb24iOiAi/yJ9", True),  # {"action": "<0xff>"}
+    ("e30=\n", True),  # base64 of {}, with what strict base64 refuses
+    ("!!!not-base64", True),
+    ("\u00e9t\u00e9", True),  # flagged base64, not even ASCII
+    ('{"action": "\ud800"}', False),  # text that cannot be UTF-8: a lone surrogate
+]
+
+
+@pytest.mark.parametrize(("raw", "base64_body"), UNREADABLE)
+@pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
+def test_a_body_that_is_not_utf8_or_not_base64_is_400_invalid_json_and_writes_nothing(
+    use: ModuleType, moto_dynamodb, method: str, path: str, raw: str, base64_body: bool
+) -> None:
+    grant(use, "user-1", 10)
+    before = moto_dynamodb.scan(TableName="credits")["Items"]
+    event = http_event(method, path, headers={"Idempotency-Key": "k-1"}, body={})
+    event["body"], event["isBase64Encoded"] = raw, base64_body
+    event["pathParameters"] = {"hold_id": "h1"} if "/holds/" in path else None
+    status, body, _ = invoke(use, event)
+    assert (status, body["error"]["code"]) == (400, "invalid_json")
+    assert moto_dynamodb.scan(TableName="credits")["Items"] == before
+
+
 def test_unknown_routes_are_404_json(use: ModuleType, bal: ModuleType) -> None:
     status, body, _ = invoke(use, http_event("POST", "/credits/steal", body={}))
     assert (status, body["error"]["code"]) == (404, "not_found")

@@ -5,7 +5,9 @@ tests/integration/test_stream_poller.py."""
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from local.streams import (
     StreamPoller,
     UnsupportedPattern,
     check_pattern,
+    handed_back,
     keep,
     lambda_record,
     lowest_failure,
@@ -245,3 +248,115 @@ def test_a_shard_s_parent_is_delivered_first_even_when_its_delivery_is_retried()
     parent = ["TX#000000000001", "TX#000000000002"]
     assert delivered[:2] == [parent, parent]  # failed once, retried before any child
     assert sorted(delivered[2:]) == [["TX#000000000003"], ["TX#000000000004"]]
+
+
+# ---- the local dead-letter queue: what the events function hands back when it has no queue -------------
+
+
+def handing_back(*dead: int, failed: tuple[int, ...] = ()) -> Any:
+    """An answer, as the events function without a queue gives it: the records at positions `dead`
+    failed and handed back as dead letters, those at `failed` failed for a passing reason."""
+
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        sequence = [r["dynamodb"]["SequenceNumber"] for r in event["Records"]]
+        return {
+            "batchItemFailures": [{"itemIdentifier": sequence[i]} for i in sorted((*dead, *failed))],
+            "deadLetters": [
+                {
+                    "itemIdentifier": sequence[i],
+                    "message": {"reason": f"bad {sequence[i]}", "sequenceNumber": sequence[i]},
+                }
+                for i in dead
+            ],
+        }
+
+    return answer
+
+
+def test_records_handed_back_as_dead_letters_are_not_failures() -> None:
+    batch = [record("TX#1", sequence=f"{n:021d}") for n in (7, 11, 13)]
+    answer = handing_back(1, failed=(2,))({"Records": batch})
+    dead = handed_back(answer, batch)
+    assert dead == {f"{11:021d}": {"reason": f"bad {11:021d}", "sequenceNumber": f"{11:021d}"}}
+    assert lowest_failure(answer, batch, dead) == f"{13:021d}"
+    assert lowest_failure(handing_back(0, 1)({"Records": batch}), batch, [f"{7:021d}", f"{11:021d}"]) is None
+    # an entry that names no record of the batch, or has no message, is no dead letter
+    junk = {"deadLetters": [{"itemIdentifier": "99", "message": {}}, {"itemIdentifier": f"{7:021d}"}, "x"]}
+    assert handed_back(junk, batch) == {} and handed_back({"deadLetters": "x"}, batch) == {}
+    assert handed_back(None, batch) == {}
+
+
+class OneShard:
+    """A stream of one open shard holding a ledger entry per sort key."""
+
+    def __init__(self, count: int) -> None:
+        self.sks = [f"TX#{n:012d}" for n in range(1, count + 1)]
+
+    def describe_table(self, TableName: str) -> dict[str, Any]:
+        return {"Table": {"StreamSpecification": {"StreamEnabled": True}, "LatestStreamArn": STREAM_ARN}}
+
+    def describe_stream(self, StreamArn: str, **_: Any) -> dict[str, Any]:
+        return {"StreamDescription": {"StreamArn": StreamArn, "Shards": [{"ShardId": "only"}]}}
+
+    def get_shard_iterator(self, StreamArn: str, ShardId: str, ShardIteratorType: str, **args: Any) -> dict[str, Any]:
+        after = int(args.get("SequenceNumber", 0))
+        return {"ShardIterator": str(after)}
+
+    def get_records(self, ShardIterator: str, Limit: int) -> dict[str, Any]:
+        after = int(ShardIterator)
+        records = [record(sk, sequence=f"{n:021d}") for n, sk in enumerate(self.sks, start=1) if n > after]
+        return {"Records": records, "NextShardIterator": str(len(self.sks))}
+
+
+class Answers:
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.batches: list[list[int]] = []
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        self.batches.append([int(r["dynamodb"]["SequenceNumber"]) for r in event["Records"]])
+        answer = self.answers.pop(0) if self.answers else None
+        return answer(event) if callable(answer) else answer
+
+
+def test_a_dead_letter_is_kept_and_its_shard_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("local.streams.FIRST_BACKOFF", 0.01)
+    fake = OneShard(5)
+    # 1: record 2 is handed back, record 4 failed for a passing reason (retried from 4);
+    # 2: record 5 is handed back; 3: record 6 (new) goes through
+    function = Answers(handing_back(1, failed=(3,)), handing_back(1))
+    poller = StreamPoller.for_function(
+        "events",
+        endpoint="http://unused",
+        table_name="credits",
+        deliver=function,
+        dynamodb=fake,
+        streams=fake,
+        checkpoint_path=tmp_path / "stream-checkpoints.json",
+    )
+    assert poller.dead_letter_path == tmp_path / "events-dead-letters.jsonl"  # make dev's: in its data folder
+
+    assert poller.drain(timeout=10, quiet=0.2) == 5
+    assert function.batches == [[1, 2, 3, 4, 5], [4, 5]]
+    assert [m["sequenceNumber"] for m in poller.dead_letters] == [f"{2:021d}", f"{5:021d}"]
+    kept = [json.loads(line) for line in (tmp_path / "events-dead-letters.jsonl").read_text().splitlines()]
+    assert kept == poller.dead_letters
+
+    fake.sks.append("TX#000000000006")  # the shard was not held back: what follows is delivered
+    assert poller.drain(timeout=10, quiet=0.2) == 1
+    assert function.batches[-1] == [6]
+
+
+def test_without_a_path_dead_letters_are_kept_in_memory() -> None:
+    fake = OneShard(2)
+    poller = StreamPoller.for_function(
+        "events",
+        endpoint="http://unused",
+        table_name="credits",
+        deliver=Answers(handing_back(0)),
+        dynamodb=fake,
+        streams=fake,
+    )
+    assert poller.dead_letter_path is None
+    assert poller.drain(timeout=10, quiet=0.2) == 2
+    assert [m["reason"] for m in poller.dead_letters] == [f"bad {1:021d}"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterator
+from types import ModuleType
 from typing import Any, cast
 
 import pytest
@@ -13,7 +16,7 @@ from credits.errors import ConfigError, TemporarilyUnavailable
 from credits.http import install_error_handlers, json_response
 from credits.ledger import Ledger
 from credits.paywall import Paywall, charge_credits
-from tests.support import FakeContext, decode, http_event
+from tests.support import FakeContext, decode, environment, http_event, load_function
 
 PRICES = {"analyze": 5, "search": 1}
 
@@ -62,7 +65,9 @@ class App:
         return response
 
     def call(self, path: str, **kwargs: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-        event = http_event("POST", path, body=kwargs.pop("body", {}), **kwargs)
+        return self.send(http_event("POST", path, body=kwargs.pop("body", {}), **kwargs))
+
+    def send(self, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         return decode(self.app.resolve(event, cast(LambdaContext, FakeContext())))
 
 
@@ -220,3 +225,124 @@ def test_an_unknown_action_fails_at_cold_start(ledger: Ledger) -> None:
         charge_credits("teleport", paywall=Paywall(ledger, PRICES))
     with pytest.raises(ConfigError):
         charge_credits("analyze", amount=3, paywall=Paywall(ledger, PRICES))
+
+
+# ---- bodies that are not text: fingerprinted as bytes, never decoded; a 4xx, never a 5xx ---------------
+
+NOT_UTF8 = b"\xff\xfe\x00\x81 binary, not UTF-8"
+
+
+def raw_event(path: str, raw: bytes | str, *, base64_body: bool, key: str | None) -> dict[str, Any]:
+    """A POST whose body is bytes, as API Gateway passes them: base64-encoded (isBase64Encoded, as
+    deployed for application/octet-stream), or as text (bytes that are not UTF-8 then arrive as lone
+    surrogates, the only way a str can carry them); a str `raw` is put in the event as it is."""
+    headers = {"Content-Type": "application/octet-stream", **({"Idempotency-Key": key} if key else {})}
+    event = http_event("POST", path, headers=headers)
+    if isinstance(raw, str):
+        event["body"] = raw
+    else:
+        event["body"] = base64.b64encode(raw).decode() if base64_body else raw.decode("utf-8", "surrogateescape")
+    event["isBase64Encoded"] = base64_body
+    return event
+
+
+def items(client: Any) -> list[dict[str, Any]]:
+    """Every item of the credits table: what "writes nothing" is checked against."""
+    return sorted(client.scan(TableName="credits")["Items"], key=repr)
+
+
+@pytest.mark.parametrize("base64_body", [True, False])
+def test_a_body_that_is_not_utf8_is_fingerprinted_as_bytes_with_a_key(
+    team: App, ledger: Ledger, base64_body: bool
+) -> None:
+    first = team.send(raw_event("/ok", NOT_UTF8, base64_body=base64_body, key="bin-1"))
+    again = team.send(raw_event("/ok", NOT_UTF8, base64_body=base64_body, key="bin-1"))
+    other = team.send(raw_event("/ok", NOT_UTF8 + b"!", base64_body=base64_body, key="bin-1"))
+    assert (first[0], first[2]["Credits-Charged"]) == (200, "5")
+    assert (again[0], again[2]["Idempotent-Replayed"]) == (200, "true")
+    assert (other[0], other[1]["error"]["code"]) == (409, "idempotency_key_reused")
+    assert team.runs == {"ok": 1}
+    assert [t.amount for t in ledger.history("user-1")] == [12, -5]
+
+
+def test_a_body_that_is_not_utf8_needs_no_fingerprint_without_a_key(team: App, ledger: Ledger) -> None:
+    for base64_body in (True, False):
+        status, _, headers = team.send(raw_event("/ok", NOT_UTF8, base64_body=base64_body, key=None))
+        assert (status, headers["Credits-Charged"]) == (200, "5")
+    assert [t.amount for t in ledger.history("user-1")] == [12, -5, -5]
+
+
+def test_the_same_bytes_are_the_same_request_base64_or_not(team: App, ledger: Ledger) -> None:
+    """The fingerprint is of the bytes the client sent, however API Gateway passed them on."""
+    text = '{"query": "caf\u00e9"}'.encode()
+    assert team.send(raw_event("/ok", text, base64_body=True, key="same"))[0] == 200
+    status, _, headers = team.send(raw_event("/ok", text, base64_body=False, key="same"))
+    assert (status, headers["Idempotent-Replayed"]) == (200, "true")
+    assert team.runs == {"ok": 1}
+
+
+@pytest.mark.parametrize("key", [None, "bad-1"])
+@pytest.mark.parametrize("body", ["!!!not-base64", "e30", "e30=\n", "\u00e9t\u00e9", "\ud800"])
+def test_a_body_flagged_base64_that_is_not_is_400_and_writes_nothing(
+    team: App, moto_dynamodb: Any, key: str | None, body: str
+) -> None:
+    before = items(moto_dynamodb)
+    status, answer, _ = team.send(raw_event("/ok", body, base64_body=True, key=key))
+    assert (status, answer["error"]["code"]) == (400, "invalid_json")
+    assert team.runs == {}
+    assert items(moto_dynamodb) == before
+
+
+# ---- the example premium function (examples/premium/app.py): the same bodies, through a real route ----
+
+
+@pytest.fixture
+def premium(moto_dynamodb: Any, ledger: Ledger) -> Iterator[ModuleType]:
+    with environment(EXAMPLE_WORK_SECONDS="0"):
+        yield load_function("premium")
+
+
+def premium_call(premium: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    return decode(premium.lambda_handler(event, FakeContext()))
+
+
+@pytest.mark.parametrize("key", [None, "k-1"])
+@pytest.mark.parametrize("base64_body", [True, False])
+@pytest.mark.parametrize(
+    "raw",
+    [NOT_UTF8, b'{"query": "\xff"}', b"\xef\xbb\xbf{}", b'{"a": \xed\xa0\x80}', b"\xc3"],
+    ids=["binary", "bad-byte-in-json", "utf8-bom", "encoded-surrogate", "truncated"],
+)
+def test_premium_refuses_a_body_that_is_not_utf8_with_400_and_writes_nothing(
+    premium: ModuleType, moto_dynamodb: Any, key: str | None, base64_body: bool, raw: bytes
+) -> None:
+    before = items(moto_dynamodb)
+    status, body, headers = premium_call(premium, raw_event("/examples/search", raw, base64_body=base64_body, key=key))
+    assert (status, body["error"]["code"]) == (400, "invalid_json")
+    assert "Credits-Charged" not in headers
+    assert items(moto_dynamodb) == before
+
+
+@pytest.mark.parametrize("key", [None, "k-2"])
+@pytest.mark.parametrize("body", ["!!!not-base64", "e30", "\u00e9t\u00e9"])
+def test_premium_refuses_a_body_flagged_base64_that_is_not_with_400_and_writes_nothing(
+    premium: ModuleType, moto_dynamodb: Any, key: str | None, body: str
+) -> None:
+    before = items(moto_dynamodb)
+    status, answer, _ = premium_call(premium, raw_event("/examples/search", body, base64_body=True, key=key))
+    assert (status, answer["error"]["code"]) == (400, "invalid_json")
+    assert items(moto_dynamodb) == before
+
+
+@pytest.mark.parametrize("key", [None, "k-3"])
+@pytest.mark.parametrize("base64_body", [True, False])
+def test_premium_charges_a_utf8_json_body_base64_or_not(
+    premium: ModuleType, ledger: Ledger, key: str | None, base64_body: bool
+) -> None:
+    raw = '{"query": "caf\u00e9 \u30e6\u30fc\u30b6\u30fc"}'.encode()
+    status, body, headers = premium_call(premium, raw_event("/examples/search", raw, base64_body=base64_body, key=key))
+    assert (status, body["action"], headers["Credits-Charged"]) == (200, "search", "1")
+    if key:
+        again = premium_call(premium, raw_event("/examples/search", raw, base64_body=not base64_body, key=key))
+        assert (again[0], again[1], again[2]["Idempotent-Replayed"]) == (200, body, "true")
+    assert [t.amount for t in ledger.history("user-1")] == [12, -1]

@@ -20,9 +20,11 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from local import dev
+from local.containers import ContainerPool
 from local.gateway import Gateway
 from local.sigv4 import Caller, Rejected, verify
-from tests.support import echo_gateway
+from tests.support import ECHO_APP, echo_gateway
 
 KEY = ("AKIALOCALTEST0000000", "4eWjX0cYp5rQkT9sLm2NvB7uZa1dHf3GiKo8PqRs")
 GRANT = {"userId": "alice", "amount": 100, "type": "gift", "description": "welcome"}
@@ -45,12 +47,13 @@ def signed(
     return {"method": "POST", "path": parts.path, "query": parts.query, "headers": wire, "body": body}
 
 
-def check(request: dict[str, Any], now: datetime | None = None) -> Caller:
-    return verify(**request, credentials=KEY, now=now)
+def check(request: dict[str, Any], now: datetime | None = None, region: str = "us-east-1") -> Caller:
+    return verify(**request, credentials=KEY, now=now, region=region)
 
 
 def test_a_botocore_signed_request_is_accepted_and_its_region_recorded() -> None:
-    assert check(signed(region="eu-west-1")) == Caller(KEY[0], "eu-west-1")
+    assert check(signed()) == Caller(KEY[0], "us-east-1")
+    assert check(signed(region="eu-west-1"), region="eu-west-1") == Caller(KEY[0], "eu-west-1")
     with_query = signed("http://127.0.0.1:8000/internal/credits/holds/h%2F1/capture?b=2&a=1")
     assert check(with_query).access_key == KEY[0]
 
@@ -75,6 +78,12 @@ def test_another_access_key_is_refused() -> None:
 def test_another_service_is_refused() -> None:
     with pytest.raises(Rejected, match="not for execute-api"):
         check(signed(service="s3"))
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "us-east-2", "US-EAST-1", "local"])
+def test_another_region_than_the_gateway_s_is_refused(region: str) -> None:
+    with pytest.raises(Rejected, match="not for us-east-1"):
+        check(signed(region=region))
 
 
 def test_a_changed_body_is_refused() -> None:
@@ -146,9 +155,16 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
         return err.code, json.loads(err.read())
 
 
-def botocore_post(gateway: Gateway, path: str, credentials: tuple[str, str] = KEY) -> tuple[int, Any]:
+def botocore_post(
+    gateway: Gateway,
+    path: str,
+    credentials: tuple[str, str] = KEY,
+    *,
+    region: str = "us-east-1",
+    service: str = "execute-api",
+) -> tuple[int, Any]:
     url = gateway.base_url + path
-    request = signed(url, credentials=credentials)
+    request = signed(url, credentials=credentials, region=region, service=service)
     headers = {k: v for k, v in request["headers"].items() if k != "host"}
     return post(url, request["body"], headers)
 
@@ -176,6 +192,38 @@ def test_unsigned_or_wrongly_signed_requests_never_reach_the_function(echo: Gate
     assert unsigned == (403, {"message": "Forbidden"})
     assert botocore_post(echo, "/internal/credits/grant", (KEY[0], "wrong")) == (403, {"message": "Forbidden"})
     assert not echo.pools["use_credits"]._all  # no container was ever started
+
+
+def test_only_the_gateway_s_region_and_execute_api_are_accepted(echo: Gateway) -> None:
+    """Refused as any other bad signature is, before a function runs (the gateway serves us-east-1
+    unless told another region)."""
+    for region, service in (("eu-west-1", "execute-api"), ("us-west-2", "execute-api"), ("us-east-1", "s3")):
+        answer = botocore_post(echo, "/internal/credits/grant", region=region, service=service)
+        assert answer == (403, {"message": "Forbidden"}), (region, service)
+    assert not echo.pools["use_credits"]._all  # no container was ever started
+    assert botocore_post(echo, "/internal/credits/grant")[0] == 200
+
+
+def test_a_gateway_serving_another_region_accepts_that_one_only(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(ECHO_APP)
+    gateway = Gateway(token_secret="test-secret", web_dir=None, iam_credentials=KEY, region="eu-west-1")
+    gateway.pools["use_credits"].close()
+    gateway.pools["use_credits"] = ContainerPool("use_credits", code=str(tmp_path))
+    gateway.start(warm=False)
+    try:
+        status, event = botocore_post(gateway, "/internal/credits/grant", region="eu-west-1")
+        assert status == 200 and event["requestContext"]["authorizer"]["iam"]["accessKey"] == KEY[0]
+        assert botocore_post(gateway, "/internal/credits/grant") == (403, {"message": "Forbidden"})  # us-east-1
+    finally:
+        gateway.stop()
+
+
+def test_make_dev_prints_the_region_it_serves(tmp_path: Path) -> None:
+    """The banner's curl and Python lines sign for the region the stack's gateway accepts."""
+    banner = dev.internal_api_help("http://127.0.0.1:8000", "AKIALOCAL", "secret", tmp_path / "k", region="eu-west-1")
+    assert '--aws-sigv4 "aws:amz:eu-west-1:execute-api"' in banner
+    assert 'region="eu-west-1"' in banner
+    assert "us-east-1" not in banner
 
 
 def test_without_a_local_key_iam_routes_are_refused_even_signed(tmp_path: Path) -> None:

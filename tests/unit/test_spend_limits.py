@@ -7,7 +7,7 @@ from types import ModuleType
 
 import pytest
 
-from credits.errors import SpendLimitReached
+from credits.errors import SpendLimitReached, TooManyRequests
 from credits.ledger import Ledger
 from tests.support import ManualClock as Clock
 from tests.support import http_event, invoke
@@ -167,3 +167,50 @@ def test_a_writer_whose_clock_is_behind_never_takes_the_month_back(ledger: Ledge
     with pytest.raises(SpendLimitReached):
         behind_ledger.charge("ann", 9, description="still january here, but february there")
     assert ahead_ledger.settings("ann").spent_this_month == 8
+
+
+def test_settings_change_at_most_ten_times_a_minute_and_the_eleventh_changes_nothing(
+    ledger: Ledger, clock: Clock
+) -> None:
+    for limit in range(1, 11):
+        assert ledger.update_settings("ann", monthly_spend_limit=limit).monthly_spend_limit == limit
+    clock.now += 30
+    with pytest.raises(TooManyRequests) as refused:
+        ledger.update_settings("ann", monthly_spend_limit=99)
+    assert refused.value.retry_after == 30  # until the next UTC minute
+    assert ledger.settings("ann").monthly_spend_limit == 10
+    clock.now += 30  # a new minute
+    assert ledger.update_settings("ann", monthly_spend_limit=99).monthly_spend_limit == 99
+
+
+def test_the_eleventh_settings_change_of_a_minute_is_429_with_retry_after(use: ModuleType, bal: ModuleType) -> None:
+    answers = [
+        invoke(use, http_event("PUT", "/credits/settings", sub="fast", body={"lowBalanceThreshold": i}))
+        for i in range(11)
+    ]
+    assert [status for status, _, _ in answers] == [200] * 10 + [429]
+    _, body, headers = answers[-1]
+    assert body["error"]["code"] == "too_many_requests"
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    assert invoke(bal, http_event("GET", "/credits/settings", sub="fast"))[1]["lowBalanceThreshold"] == 9
+
+
+def test_a_threshold_change_does_not_make_a_charge_decide_again(
+    ledger: Ledger, moto_dynamodb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the spend limit guards a charge: a threshold changed between its read and its write lets
+    it land as decided (its entry carries the threshold it was decided with)."""
+    other = Ledger(moto_dynamodb, "credits")
+    commit = ledger._commit
+    attempts: list[dict] = []
+
+    def threshold_change_first(request: dict, **kwargs: object) -> bool:
+        if not attempts:
+            other.update_settings("ann", low_balance_threshold=77)
+        attempts.append(request)
+        return commit(request, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger, "_commit", threshold_change_first)
+    posted = ledger.charge("ann", 5, description="decided with the old threshold")
+    assert (len(attempts), posted.balance) == (1, 95)
+    assert ledger.settings("ann").low_balance_threshold == 77

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
@@ -307,6 +308,119 @@ def test_idempotency_key_replays_and_guards_parameters(client: stripe.StripeClie
         client.v1.customers.create(params={"email": "b@example.com"}, options={"idempotency_key": "k1"})
     other = client.v1.customers.create(params={"email": "a@example.com"}, options={"idempotency_key": "k2"})
     assert other.id != first.id
+
+
+# ---- Stripe's limits on what we send it, answered as Stripe answers them ------------------------------
+
+
+def post_customer(emulator: StripeEmulator, data: dict[str, str], headers: dict[str, str] | None = None) -> Any:
+    """POST /v1/customers by hand: (status, the JSON body)."""
+    auth = {"Authorization": f"Bearer {API_KEY}", **(headers or {})}
+    status, _, body = send("POST", f"{emulator.base_url}/v1/customers", data, auth)
+    return status, json.loads(body)
+
+
+def test_an_idempotency_key_of_1_to_255_characters_is_accepted(client: stripe.StripeClient) -> None:
+    longest = "k" * 255
+    first = client.v1.customers.create(params={"email": "a@example.com"}, options={"idempotency_key": longest})
+    again = client.v1.customers.create(params={"email": "a@example.com"}, options={"idempotency_key": longest})
+    assert again.id == first.id
+
+
+@pytest.mark.parametrize("length", [256, 1000])
+def test_an_idempotency_key_over_255_characters_is_refused_as_stripe_does(
+    client: stripe.StripeClient, emulator: StripeEmulator, length: int
+) -> None:
+    with pytest.raises(stripe.IdempotencyError) as info:
+        client.v1.customers.create(params={"email": "a@example.com"}, options={"idempotency_key": "k" * length})
+    assert info.value.http_status == 400
+
+    status, body = post_customer(emulator, {"email": "a@example.com"}, {"Idempotency-Key": "k" * length})
+    assert status == 400
+    assert body["error"]["type"] == "idempotency_error"
+    assert body["error"]["message"] == (
+        f"Idempotent key length is {length} characters long, which is outside accepted lengths. Idempotent "
+        "Keys must be 1-255 characters long. If you're looking for a decent generator, try using a UUID "
+        "defined by IETF RFC 4122."
+    )
+    assert emulator._all("customer") == []  # nothing was created
+
+
+def test_an_empty_idempotency_key_is_refused_too(emulator: StripeEmulator) -> None:
+    status, body = post_customer(emulator, {"email": "a@example.com"}, {"Idempotency-Key": ""})
+    assert (status, body["error"]["type"]) == (400, "idempotency_error")
+    assert body["error"]["message"].startswith("Idempotent key length is 0 characters long")
+
+
+def test_metadata_at_stripe_s_limits_is_accepted(client: stripe.StripeClient) -> None:
+    """50 keys, a key of 40 characters, a value of 500 characters (characters, not bytes)."""
+    fifty = {f"key{i}": str(i) for i in range(48)} | {"k" * 40: "v", "long": "\u30e6" * 500}
+    customer = client.v1.customers.create(params={"metadata": fifty})
+    assert metadata(customer) == fifty
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        (
+            {f"key{i}": "v" for i in range(51)},
+            "Metadata can have up to 50 keys, but you've set 51. Email us at support+metadata@stripe.com "
+            "for more information.",
+        ),
+        (
+            {"k" * 41: "v"},
+            f"Metadata keys can have up to 40 characters, but you passed in a key that is 41 characters. "
+            f"Invalid key: {'k' * 41}",
+        ),
+        (
+            {"userId": "v" * 501},
+            f"Metadata values can have up to 500 characters, but you passed in a value that is 501 "
+            f"characters. Invalid value: {'v' * 501}",
+        ),
+        (
+            {"userId": "\u30e6" * 501},
+            f"Metadata values can have up to 500 characters, but you passed in a value that is 501 "
+            f"characters. Invalid value: {chr(0x30E6) * 501}",
+        ),
+    ],
+    ids=["51-keys", "41-character-key", "501-character-value", "501-characters-not-ascii"],
+)
+def test_metadata_over_stripe_s_limits_is_refused_as_stripe_does(
+    client: stripe.StripeClient, emulator: StripeEmulator, meta: dict[str, str], message: str
+) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.customers.create(params={"metadata": meta})
+    assert (info.value.http_status, info.value.param) == (400, "metadata")
+    assert info.value.error is not None and info.value.error.type == "invalid_request_error"
+    assert info.value.error.message == message
+
+    base = {"mode": "payment", "line_items": [{"price": "price_missing"}], "success_url": "http://x"}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"metadata": meta}, "metadata"),
+        ({"payment_intent_data": {"metadata": meta}}, "payment_intent_data[metadata]"),
+    ]
+    for params, param in cases:
+        with pytest.raises(stripe.InvalidRequestError) as info:
+            create_session(client, {**base, **params})
+        assert (info.value.http_status, info.value.param, info.value.user_message) == (400, param, message)
+    assert emulator._all("customer") == [] and emulator._all("checkout.session") == []
+
+
+def test_a_client_reference_id_of_200_characters_is_accepted(client: stripe.StripeClient) -> None:
+    session = make_session(client, client_reference_id="\u30e6" * 200)
+    assert session.client_reference_id == "\u30e6" * 200
+
+
+def test_a_client_reference_id_over_200_characters_is_refused_as_stripe_does(
+    client: stripe.StripeClient, emulator: StripeEmulator
+) -> None:
+    reference = "a" * 100 + "b" * 101
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        make_session(client, client_reference_id=reference)
+    assert (info.value.http_status, info.value.param) == (400, "client_reference_id")
+    assert info.value.error is not None and info.value.error.type == "invalid_request_error"
+    assert info.value.user_message == "Invalid string: aaaaaaaaaa...bbbbbbbbbb; must be at most 200 characters"
+    assert emulator._all("checkout.session") == []
 
 
 @pytest.mark.parametrize(
@@ -682,33 +796,84 @@ def test_checkout_page_pay_later_and_cancel(
 # ---- command line ------------------------------------------------------------------------------------
 
 
-def test_command_line_serves_until_interrupted(receiver: Receiver) -> None:
+# Seconds for the command line to start serving, or to stop, on a loaded 2-core machine.
+PROCESS_DEADLINE = 60.0
+# What a background job of a non-interactive shell, nohup or a CI runner does before it runs a command:
+# SIGINT ignored, which the command inherits. Then `python -c LAUNCHER <python arguments>` runs Python.
+IGNORING_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+def first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first line the process prints, waiting at most `timeout` seconds (a process that hangs
+    before printing does not hang the test)."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline() if proc.stdout else ""), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert lines, f"nothing printed within {timeout} s"
+    return lines[0]
+
+
+@contextmanager
+def command_line(receiver: Receiver, *, sigint_ignored: bool = False) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m local.stripe_emulator` in its own process, started as a person starts it, or with
+    SIGINT ignored as a background job, nohup or a CI runner starts it; yields the process and its
+    base URL once it serves. It is never left running: killed at the end if it still runs."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [
-        sys.executable,
-        "-m",
-        "local.stripe_emulator",
-        "--port",
-        "0",
-        "--webhook-url",
-        receiver.url,
-        "--webhook-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ]
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        base_url = line.split(" on ")[1].split(",")[0]
+    args = ["-m", "local.stripe_emulator", "--port", "0", "--webhook-url", receiver.url]
+    args += ["--webhook-secret", SECRET, "--api-key", API_KEY]
+    launch = [sys.executable, *(["-c", IGNORING_SIGINT] if sigint_ignored else []), *args]
+    with subprocess.Popen(launch, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            banner = first_line(proc, PROCESS_DEADLINE)
+            assert banner.startswith("Stripe emulator on http://"), banner
+            yield proc, banner.split(" on ")[1].split(",")[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # whatever failed, nothing is left behind (the `with` then reaps it)
+
+
+def stopped_by(proc: subprocess.Popen[str], signum: int) -> str:
+    """Send the signal and wait for the process to end; its standard error."""
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=PROCESS_DEADLINE)
+    return err
+
+
+def test_command_line_serves_until_interrupted(receiver: Receiver) -> None:
+    with command_line(receiver) as (proc, base_url):
         client = stripe.StripeClient(API_KEY, base_addresses={"api": base_url}, max_network_retries=0)
         session = make_session(client)
         assert send("POST", f"{base_url}/_emulator/sessions/{session.id}/pay")[0] == 200
         assert [e.type for e in receiver.events()] == ["checkout.session.completed"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=10)
-    assert proc.returncode == 0
+        err = stopped_by(proc, signal.SIGINT)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_the_launcher_really_starts_python_with_sigint_ignored() -> None:
+    """The premise of the next test: what IGNORING_SIGINT runs inherits SIGINT ignored."""
+    shown = subprocess.run(
+        [sys.executable, "-c", IGNORING_SIGINT, "-c", "import signal; print(signal.getsignal(signal.SIGINT))"],
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_DEADLINE,
+    )
+    assert shown.stdout.strip() == str(signal.SIG_IGN), shown.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_stop_it_even_when_started_with_sigint_ignored(receiver: Receiver, signum: int) -> None:
+    """A background job of a non-interactive shell, nohup or a CI runner starts the command line with
+    SIGINT ignored (so Python installs no KeyboardInterrupt): Ctrl-C still stops it cleanly."""
+    with command_line(receiver, sigint_ignored=True) as (proc, base_url):
+        assert send("GET", f"{base_url}/_emulator/events")[0] == 200  # it serves
+        err = stopped_by(proc, signum)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def test_state_kept_in_a_file_survives_a_restart(tmp_path: Any) -> None:

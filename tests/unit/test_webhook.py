@@ -88,6 +88,29 @@ def test_a_signed_body_that_is_not_an_event_is_400(webhook: ModuleType) -> None:
         assert status == 400
 
 
+@pytest.mark.parametrize(
+    ("body", "base64_body"),
+    [
+        ("\ud800{}", False),  # text that is not UTF-8 (a lone surrogate)
+        ("!!!not-base64", True),
+        ("e30=\n", True),
+        ("\u00e9t\u00e9", True),  # flagged base64, not even ASCII
+        ("\ud800", True),
+    ],
+    ids=["surrogate-text", "not-base64", "newline", "non-ascii-base64", "surrogate-base64"],
+)
+def test_a_body_that_is_not_bytes_we_can_read_is_400_and_writes_nothing(
+    webhook: ModuleType, ledger: Ledger, moto_dynamodb, body: str, base64_body: bool
+) -> None:
+    before = moto_dynamodb.scan(TableName="credits")["Items"]
+    event = se.function_url_event(b"", se.signature(body.encode("utf-8", "surrogatepass")), base64_body=base64_body)
+    event["body"] = body
+    status, answer = deliver(webhook, event)
+    assert (status, answer["error"]["code"]) == (400, "validation_error")
+    assert moto_dynamodb.scan(TableName="credits")["Items"] == before
+    assert moto_dynamodb.scan(TableName="idempotency")["Items"] == []
+
+
 def test_only_post_is_accepted(webhook: ModuleType) -> None:
     status, _ = deliver(webhook, se.function_url_event(b"", None, method="GET"))
     assert status == 405
