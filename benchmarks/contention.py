@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(ROOT))
 
 from credits.ledger import Ledger  # noqa: E402
-from local.containers import start_containers  # noqa: E402
+from local.containers import SHOW_METRICS, start_containers  # noqa: E402
 from local.dynamodb_local import DynamoDBLocal  # noqa: E402
 from local.template import create_tables  # noqa: E402
 
@@ -294,6 +294,10 @@ def environment(endpoint: str) -> dict[str, str]:
         "POWERTOOLS_SERVICE_NAME": "credits",
         "POWERTOOLS_METRICS_NAMESPACE": "Credits",
         "POWERTOOLS_METRICS_DISABLED": "true",
+        # The table stays clean: the containers leave out Powertools' EMF lines and its "No application
+        # metrics to publish" warning (local.containers.hide_metrics), which POWERTOOLS_METRICS_DISABLED
+        # alone does not silence (Powertools 3.x still prints a metric set that reaches 100 values).
+        SHOW_METRICS: "0",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "ERROR",
     }

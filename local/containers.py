@@ -14,17 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
+import json
 import multiprocessing
+import os
+import re
 import signal
+import sys
 import threading
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO, cast
 
 from local.template import code_dir
 
 _CONTEXT = multiprocessing.get_context("spawn")
+# "1": containers print their CloudWatch metrics (EMF lines) and Powertools' metric warnings, as on
+# Lambda (`make dev ARGS=--show-metrics`); otherwise they are left out (hide_metrics). Read by each
+# container when it starts, from the environment it inherits.
+SHOW_METRICS = "LOCAL_SHOW_METRICS"
 
 
 class ContainerError(RuntimeError):
@@ -46,10 +56,77 @@ def _resolve(path: str) -> Callable[[ModuleType], None]:
     return hook
 
 
+def is_metrics_line(line: str) -> bool:
+    """A CloudWatch embedded metric format (EMF) line, as Powertools' Metrics prints them."""
+    text = line.strip()
+    if not (text.startswith("{") and '"_aws"' in text):
+        return False
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(found, dict) and isinstance(found.get("_aws"), dict) and "CloudWatchMetrics" in found["_aws"]
+
+
+class _WithoutMetrics(io.TextIOBase):
+    """A container's standard output without its EMF lines: every other line (the functions' logs) is
+    written on as it comes. A partial line is held back only while it may still be an EMF line."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self._out = out
+        self._held = ""  # the start of a line that may be an EMF line
+        self._passing = False  # the start of this line was written on: so is its rest
+
+    def write(self, text: str) -> int:
+        for piece in re.findall(r"[^\n]*\n|[^\n]+", text):
+            if self._passing:
+                self._out.write(piece)
+                self._passing = not piece.endswith("\n")
+                continue
+            self._held += piece
+            if self._held.endswith("\n"):
+                line, self._held = self._held, ""
+                if not is_metrics_line(line):
+                    self._out.write(line)
+            elif self._held.strip() and not self._held.lstrip().startswith("{"):
+                self._out.write(self._held)
+                self._held, self._passing = "", True
+        return len(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._out.fileno()
+
+    def isatty(self) -> bool:
+        return self._out.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it read-only
+        return self._out.encoding
+
+
+def hide_metrics() -> None:
+    """In a container: keep Powertools' metric output out of the way of the local stack's own output
+    (`make dev`'s request log, `make bench`'s table): the EMF lines Metrics prints, and the
+    "No application metrics to publish" UserWarning it gives for an invocation that added none.
+    POWERTOOLS_METRICS_DISABLED alone does neither (Powertools 3.x still prints the cold-start metric
+    and a set that reaches 100 values, and warns first)."""
+    warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
+    sys.stdout = cast(TextIO, _WithoutMetrics(sys.stdout))
+
+
 def _serve(function: str, code: str, conn: Connection, setup: str | None) -> None:  # pragma: no cover - in the child
     from local.gateway import LocalContext, load_handler
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes its containers
+    if os.environ.get(SHOW_METRICS) != "1":
+        hide_metrics()  # before the cold start: Powertools' Logger keeps the sys.stdout it finds then
     try:
         module = load_handler(function, code=code)
         if setup:

@@ -18,11 +18,13 @@ import socket
 import string
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from local.containers import ContainerError, ContainerPool
+from local import leftovers
+from local.containers import SHOW_METRICS, ContainerError, ContainerPool
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
 from local.eventbridge import LocalEventBridge
 from local.streams import StreamPoller
@@ -40,6 +42,10 @@ EVENTS_FILE = "eventbridge-events.json"  # the local bus's events, under --data-
 STREAM_CHECKPOINTS_FILE = "stream-checkpoints.json"  # how far the events function has read the stream
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what a supervisor sends
 STATE_FILE = "stack.json"  # where the `credits` CLI finds this stack while it runs (credits.cli)
+# DynamoDB Local's pid (and what it is) while it runs, under --data-dir: the next start stops it if a
+# `kill -9` of make dev left it running (local.leftovers). The Stripe emulator is a thread of make dev,
+# and its containers end when their pipe to it closes: nothing else outlives it.
+DYNAMODB_PID_FILE = "dynamodb-local.pid"
 
 
 class StartupError(Exception):
@@ -64,12 +70,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stripe-port", type=int, default=int(env.get("DEV_STRIPE_PORT", "12111")))
     parser.add_argument("--dynamodb-port", type=int, default=int(env.get("DEV_DYNAMODB_PORT", "8001")))
     parser.add_argument("--data-dir", type=Path, default=Path(env.get("DEV_DATA_DIR", ROOT / ".local-data")))
+    parser.add_argument(
+        "--show-metrics",
+        action="store_true",
+        help="also print the functions' CloudWatch metrics (EMF JSON lines) and Powertools' metric warnings",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    real_stripe = bool(os.environ.get("STRIPE_SECRET_KEY")) and not os.environ.get("STRIPE_API_BASE")
+def stop_leftovers(data_dir: Path) -> None:
+    """Stop what an earlier `make dev` on this data folder left running when it was killed (`kill -9`
+    gives it no chance to stop DynamoDB Local, a process of its own): found by its pid file, only if
+    it is still that process. StillRunning if that `make dev` itself still runs."""
+    stopped = leftovers.stop_leftover(data_dir / DYNAMODB_PID_FILE)
+    if stopped is not None:
+        print(f"stopped DynamoDB Local (pid {stopped}), left running by a make dev that was killed", flush=True)
+
+
+def request_printer() -> Callable[[str], None]:
+    """The request log's printer: one line at a time, stamped with the time of day."""
+    lock = threading.Lock()
+
+    def write(line: str) -> None:
+        with lock:
+            sys.stdout.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+            sys.stdout.flush()
+
+    return write
+
+
+def claim_ports(args: argparse.Namespace, *, real_stripe: bool) -> bool:
+    """Stop what a killed `make dev` on this data folder left running, then check that every port
+    is free; False (the reason printed) if one is not, or if that `make dev` still runs."""
+    try:
+        stop_leftovers(args.data_dir)  # so the same command comes up again on the same ports
+    except leftovers.StillRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
     wanted = {"--port": args.port, "--dynamodb-port": args.dynamodb_port}
     if not real_stripe:
         wanted["--stripe-port"] = args.stripe_port
@@ -80,7 +117,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"`make dev ARGS='{flag} {port + 100}'`",
                 file=sys.stderr,
             )
-            return 2
+            return False
+    return True
+
+
+def database_for(args: argparse.Namespace) -> DynamoDBLocal:
+    """make dev's DynamoDB Local: its data and its pid file under --data-dir."""
+    return DynamoDBLocal(
+        port=args.dynamodb_port,
+        db_path=args.data_dir / "dynamodb",
+        host=args.host,
+        pid_file=args.data_dir / DYNAMODB_PID_FILE,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    real_stripe = bool(os.environ.get("STRIPE_SECRET_KEY")) and not os.environ.get("STRIPE_API_BASE")
+    if not claim_ports(args, real_stripe=real_stripe):
+        return 2
 
     if real_stripe:
         if not os.environ["STRIPE_SECRET_KEY"].startswith(("sk_test_", "rk_test_")):
@@ -95,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
-    database = DynamoDBLocal(port=args.dynamodb_port, db_path=args.data_dir / "dynamodb", host=args.host)
+    database = database_for(args)
     bridge = LocalEventBridge(bus_name=EVENT_BUS, host=args.host, state_path=args.data_dir / EVENTS_FILE)
     emulator = None
     gateway = None
@@ -124,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             "POWERTOOLS_METRICS_NAMESPACE": "Credits",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
-            "POWERTOOLS_METRICS_DISABLED": "true",
+            # Metrics are printed (as EMF lines) only when asked to; the containers leave them out
+            # otherwise (local.containers.hide_metrics: this setting alone does not silence them).
+            "POWERTOOLS_METRICS_DISABLED": "false" if args.show_metrics else "true",
+            SHOW_METRICS: "1" if args.show_metrics else "0",
             "EVENT_BUS_NAME": EVENT_BUS,
             "AWS_ENDPOINT_URL_EVENTBRIDGE": bridge.endpoint,
             "LOW_BALANCE_THRESHOLD": os.environ.get("LOW_BALANCE_THRESHOLD", "10"),
@@ -166,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             event_bridge=bridge,
             stripe_emulator_url=emulator.base_url if emulator else None,  # the page's test tools
             region=env["AWS_DEFAULT_REGION"],  # /internal/* accepts signatures for this region only
+            request_log=request_printer(),  # one line per request
         )
         # The events function runs in its own container, as the stream's event source mapping
         # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
@@ -201,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {bridge.endpoint} "
             f"(bus {EVENT_BUS}; GET /_local/events; the page shows yours)\n"
             f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE, region=gateway.region)}"
+            f"  log:       one line per request{'' if args.show_metrics else '; metrics hidden (--show-metrics)'}\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
@@ -208,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # pragma: no cover - the wait only ends by a signal
     except KeyboardInterrupt:
         return 0
-    except (StartupError, DynamoDBLocalError, ContainerError) as exc:
+    except (StartupError, DynamoDBLocalError, ContainerError, leftovers.StillRunning) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

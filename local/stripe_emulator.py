@@ -13,6 +13,7 @@ import html
 import http.client
 import json
 import logging
+import os
 import re
 import secrets
 import signal
@@ -438,7 +439,9 @@ class StripeEmulator:
         state_path: Path | None = None,
     ) -> None:
         self.api_key, self.webhook_secret, self.webhook_url = api_key, webhook_secret, webhook_url
-        self.state_path = state_path  # where `make dev` keeps customers, prices and sessions across restarts
+        # where `make dev` keeps customers, prices, sessions, payments and events across restarts and
+        # crashes: written after every change (`_save`)
+        self.state_path = state_path
         self.host, self.port, self.verbose = host, port, False
         self.base_url = f"http://{self._public_host()}:{port}"
         self.events: list[Json] = []
@@ -481,19 +484,26 @@ class StripeEmulator:
             self._thread = None
 
     def _save(self) -> None:
+        """Write the state, when kept: after every change (a crash of `make dev` loses none of it, as
+        DynamoDB Local loses no write), atomically (a temporary file in the same folder, flushed to
+        disk, then renamed over the old one: a crash mid-write leaves the previous state whole)."""
         if self.state_path is None:
             return
-        with self._lock:
+        with self._lock:  # one writer at a time, and the file always holds a state that was current
             state = {
                 "objects": self._objects,
                 "checkouts": {k: asdict(v) for k, v in self._checkouts.items()},
                 "inline": sorted(self._inline),
                 "events": self.events,
             }
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_path)
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+            with tmp.open("w") as handle:
+                handle.write(json.dumps(state))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.state_path)
+            _fsync_dir(self.state_path.parent)  # the rename itself survives a power cut
 
     def _load(self) -> None:
         if self.state_path is None or not self.state_path.exists():
@@ -521,6 +531,7 @@ class StripeEmulator:
             if event["id"] not in self._objects:
                 self._objects[event["id"]] = event
                 self.events.append(event)
+                self._save()
         payload = json.dumps(event, indent=2).encode()
         status = 0 if self.drop_deliveries else self._post(payload)
         with self._lock:
@@ -569,7 +580,10 @@ class StripeEmulator:
     def _act(self, change: Callable[..., list[Json]], *args: Any) -> tuple[list[Json], list[tuple[str, int]]]:
         """Change state under the lock, then deliver the events outside it (the webhook may call back)."""
         with self._lock:
-            events = change(*args)
+            try:
+                events = change(*args)
+            finally:
+                self._save()  # kept before any webhook is sent: what the ledger may record, survives
         return events, [(event["id"], self.deliver(event)) for event in events]
 
     # ---- control: simulate the customer, the bank and the card network -------------------------------
@@ -1186,7 +1200,11 @@ class StripeEmulator:
                     body,
                 )
             expand = _coerce(params["expand"], "list", "expand") if "expand" in params else []
-            result = self._expand(handler(*args, params), expand)
+            try:
+                result = self._expand(handler(*args, params), expand)
+            finally:
+                if method == "POST":  # a change (customer, product, price, session): kept now
+                    self._save()
             body = json.dumps(result, indent=2).encode()
             if key:  # like Stripe, only results of requests that passed validation are kept
                 self._idempotency[key] = (fingerprint, body, base["Request-Id"])
@@ -1387,6 +1405,20 @@ border-radius:8px;background:#635bff;color:#fff;font-weight:600;text-align:cente
 .back::before{content:"\\2190  "}.back:focus-visible{outline:3px solid rgba(99,91,255,.4);outline-offset:2px}"""
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk, where the platform allows it."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some platforms and file systems cannot fsync a folder
+    finally:
+        os.close(descriptor)
+
+
 def _html(status: int, title: str, content: str) -> Reply:
     """A small self-contained HTML page."""
     page = (
@@ -1432,6 +1464,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--webhook-secret", default="whsec_local")
     parser.add_argument("--api-key", default="sk_test_local")
     parser.add_argument("--public-url", help="base URL of checkout page links, if not http://HOST:PORT")
+    parser.add_argument("--state", type=Path, help="keep the state in this JSON file (every change, as it happens)")
     args = parser.parse_args(argv)
     emulator = StripeEmulator(
         api_key=args.api_key,
@@ -1439,6 +1472,7 @@ def main(argv: list[str] | None = None) -> None:
         webhook_url=args.webhook_url,
         host=args.host,
         port=args.port,
+        state_path=args.state,
     )
     emulator.verbose = True
     # Ctrl-C (SIGINT) and SIGTERM stop it, whatever this process inherited: a background job of a

@@ -4,8 +4,11 @@
 // local stack it also shows the user's events from the local event bus (/local/notifications) and, with
 // the Stripe emulator, test tools that act on the user's payments (/local/stripe/payments).
 (() => {
-  const cfg = Object.assign({ apiBase: "", auth: "local", actions: [], actionPath: null, lowBalance: 10 },
+  const cfg = Object.assign({ apiBase: "", auth: "local", actionLabels: {}, actionPath: null, lowBalance: 10 },
     window.CREDITS_CONFIG);
+  // The paid actions, [{ id, label, cost }], cheapest first: the server's one price list (GET /credit-prices,
+  // loadPrices), never a copy in the page's configuration.
+  cfg.actions = [];
   const apiBase = String(cfg.apiBase || "").replace(/\/+$/, "");
   const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
   const [TOKEN_KEY, USER_KEY, BEFORE_KEY] = ["credits.token", "credits.user", "credits.balanceBeforeCheckout"];
@@ -17,7 +20,7 @@
     balance: null, available: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map(),
     packages: [], settings: null, settingsDirty: false, notes: new Set(), notesLoaded: false, notesTimer: null,
     notesBusy: false, rows: new Map(), purchases: new Map(), payments: [], tools: false, toolsMissing: false,
-    toolsBusy: false, checkoutSession: null,
+    toolsBusy: false, checkoutSession: null, limitRefused: false,
   };
   let packagesReady = Promise.resolve();
   let localConfig = Promise.resolve(null);
@@ -141,7 +144,7 @@
     localStorage.removeItem(TOKEN_KEY);
     localStorage.removeItem(USER_KEY);
     Object.assign(state, { balance: null, available: null, cursor: null, settings: null, settingsDirty: false,
-      payments: [], checkoutSession: null });
+      payments: [], checkoutSession: null, limitRefused: false });
     state.ids.clear();
     state.rows.clear();
     state.purchases.clear();
@@ -165,15 +168,36 @@
     state.balance = balance;
     state.available = available;
     $("#balance").textContent = num(balance);
-    // The user's own threshold once settings are loaded (0 turns the notice off), else the page's default.
-    const threshold = state.settings ? state.settings.lowBalanceThreshold : cfg.lowBalance;
-    const low = $("#low-balance");
-    low.hidden = balance >= 0 && (threshold <= 0 || balance >= threshold);
-    low.dataset.kind = balance < 0 ? "error" : "warn";
-    low.textContent = balance < 0
-      ? "Your balance is negative after a refund or dispute; buy credits to continue."
-      : `Your balance is low (under ${credits(threshold)}): buy credits to keep using paid actions.`;
+    $(".balance .unit").textContent = Math.abs(balance) === 1 ? "credit" : "credits";
+    showBalanceNotice();
     updateActions();
+  }
+
+  // Under the balance: nothing yet (with the way to buy), owed after a clawback, or under the threshold.
+  function showBalanceNotice() {
+    const balance = state.balance;
+    // The user's own threshold once settings are loaded (0 turns the notice off), else the page's default.
+    const threshold = Number(state.settings ? state.settings.lowBalanceThreshold : cfg.lowBalance);
+    const low = $("#low-balance");
+    let text = "";
+    if (balance === null) text = "";
+    else if (balance < 0) text = `Your balance is ${num(balance)}: buy credits to pay it back.`;
+    else if (balance === 0) {
+      text = state.ids.size ? "You have no credits left: buy credits to use paid actions."
+        : "You have no credits yet: buy credits to use paid actions.";
+    } else if (threshold > 0 && balance < threshold) {
+      text = `Your balance is low (under ${credits(threshold)}): buy credits to keep using paid actions.`;
+    }
+    low.hidden = !text;
+    low.dataset.kind = balance !== null && balance < 0 ? "error" : balance === 0 ? "info" : "warn";
+    if (!text || balance > 0) return (low.textContent = text);
+    const buy = el("button", { type: "button", class: "ghost small notice-buy" }, "Buy credits");
+    buy.addEventListener("click", () => {
+      $("#packages-title").scrollIntoView({ behavior: "smooth", block: "start" });
+      const first = $("#packages button.buy");
+      if (first) first.focus({ preventScroll: true });
+    });
+    low.replaceChildren(el("span", {}, text), buy);
   }
 
   function setHeld(held, available) {
@@ -238,10 +262,14 @@
     }
   }
 
+  // A dispute closed in the user's favour gives credits back: shown as a credit, not as a loss.
+  const restored = (t) => (t.type === "dispute" || t.type === "refund") && t.amount > 0;
+
   function historyRow(t) {
     const payment = paymentOf(t);
     const row = el("tr", { "data-type": t.type, "data-id": t.id },
-      el("td", { class: "type" }, el("span", { class: `badge badge-${t.type}` }, TYPE_LABELS[t.type] || t.type)),
+      el("td", { class: "type" }, el("span", { class: `badge badge-${t.type}${restored(t) ? " badge-restored" : ""}` },
+        TYPE_LABELS[t.type] || t.type)),
       el("td", { class: `num amount ${t.amount < 0 ? "debit" : "credit"}` }, `${t.amount > 0 ? "+" : ""}${num(t.amount)}`),
       el("td", { class: "num after" }, num(t.balanceAfter)),
       el("td", { class: "date" }, el("time", { dateTime: t.createdAt }, new Date(t.createdAt).toLocaleString(undefined, DATE_FORMAT))),
@@ -277,6 +305,19 @@
     else body.append(...rows);
     $("#history-empty").hidden = body.rows.length > 0;
     $(".table-wrap").hidden = body.rows.length === 0;
+    hideConfirmedAfterClawback();
+    if (state.balance !== null) showBalanceNotice(); // "no credits yet" or "left" follows the history
+  }
+
+  // "Payment confirmed" is no longer true once a refund or dispute took credits back after the purchase.
+  function hideConfirmedAfterClawback() {
+    if ($("#checkout-box").hidden || $("#checkout-status").dataset.state !== "success") return;
+    const entries = [...state.rows.values()];
+    const bought = entries.filter((t) => t.type === "purchase").map((t) => Date.parse(t.createdAt));
+    if (!bought.length) return;
+    const last = Math.max(...bought);
+    if (entries.some((t) => (t.type === "refund" || t.type === "dispute") && t.amount < 0
+      && Date.parse(t.createdAt) > last)) showCheckout("");
   }
 
   async function loadHistory(older = false) {
@@ -298,12 +339,28 @@
   // ---- settings -----------------------------------------------------------------------------
   const SETTINGS_FIELDS = { lowBalanceThreshold: "#low-balance-threshold", monthlySpendLimit: "#monthly-spend-limit" };
 
+  function settingsLoading(loading) {
+    $("#settings-form").setAttribute("aria-busy", String(loading));
+    $("#settings-loading").hidden = !loading;
+    Object.values(SETTINGS_FIELDS).forEach((id) => ($(id).disabled = loading));
+    $("#settings-save").disabled = loading;
+  }
+
+  // "credits" after a settings field, "credit" after 1.
+  function settingsUnits() {
+    Object.values(SETTINGS_FIELDS).forEach((id) => {
+      $(`${id} + .unit`).textContent = Math.abs(Number($(id).value)) === 1 ? "credit" : "credits";
+    });
+  }
+
   function showSettings(settings, keepInputs = false) {
     state.settings = settings;
+    if ($("#settings-form").getAttribute("aria-busy") === "true") settingsLoading(false);
     if (!keepInputs) {
       $("#low-balance-threshold").value = String(settings.lowBalanceThreshold);
       $("#monthly-spend-limit").value = settings.monthlySpendLimit == null ? "" : String(settings.monthlySpendLimit);
       state.settingsDirty = false;
+      settingsUnits();
     }
     const spent = settings.spentThisMonth;
     $("#spent-this-month").textContent = settings.monthlySpendLimit == null
@@ -336,7 +393,15 @@
     Object.values(SETTINGS_FIELDS).forEach((id) => { $(id).value = ""; fieldError($(id), ""); });
     $("#spent-this-month").textContent = "";
     settingsStatus("");
+    settingsUnits();
+    settingsLoading(true); // until the signed-in user's settings arrive
   }
+
+  // What each field accepts, in plain words: the API's validation wording (pydantic's) never reaches people.
+  const SETTINGS_RULES = {
+    lowBalanceThreshold: "Enter a whole number of credits from 0 to 1,000,000,000 (0 turns the alert off).",
+    monthlySpendLimit: "Enter a whole number of credits from 1 to 1,000,000,000, or leave it empty for no limit.",
+  };
 
   async function saveSettings(event) {
     event.preventDefault();
@@ -362,19 +427,16 @@
       settingsStatus("Settings saved.", "success");
     } catch (err) {
       if (err.status !== 400) return settingsStatus(`Not saved: ${err.message}`, "error");
-      const others = [];
       let first = null;
       for (const issue of err.details.errors || []) {
-        const text = String(issue.issue || "").replace(/^Value error, /, "");
         const id = SETTINGS_FIELDS[issue.field];
-        if (!id) { others.push(text); continue; }
-        const message = text.charAt(0).toUpperCase() + text.slice(1);
-        fieldError($(id), message.endsWith(".") ? message : `${message}.`);
+        if (!id) continue; // not a field of the form: the sentence below says what to do
+        fieldError($(id), SETTINGS_RULES[issue.field]);
         first = first || $(id);
       }
       if (first) first.focus();
-      settingsStatus(others.length ? `Not saved: ${others.join(" ")}` : first
-        ? "Not saved: check the highlighted field." : `Not saved: ${err.message}`, "error");
+      settingsStatus(first ? "Not saved: check the highlighted field."
+        : "Not saved: the settings could not be read. Reload the page and try again.", "error");
     } finally {
       button.disabled = false;
     }
@@ -394,12 +456,26 @@
       case "Credits Clawed Back":
         return `${credits(d.credits)} taken back after a ${d.reason === "dispute" ? "dispute" : "refund"}; `
           + `your balance is ${num(d.balance)}.`;
+      case "Credits Used":
+        return `${credits(d.credits)} spent: ${actionLabel(d.description) || d.description || "usage"}.`;
+      case "Credits Granted":
+        return `${credits(Math.abs(d.credits))} ${d.credits < 0 ? "taken away" : "added"} `
+          + `(${d.type === "gift" ? "a gift" : "an adjustment"}).`;
+      case "Credits Restored":
+        return `${credits(d.credits)} given back: the dispute was closed in your favour; your balance is ${num(d.balance)}.`;
+      case "Credits Expired":
+        return `${credits(d.credits)} expired; your balance is ${num(d.balance)}.`;
       case "Balance Low":
-        return `Your balance is low: ${credits(d.balance)} left (under ${num(d.threshold)}).`;
+        return d.balance < 0 ? `Your balance is ${num(d.balance)}, under your alert of ${num(d.threshold)}: `
+          + "buy credits to pay it back."
+          : `Your balance is low: ${credits(d.balance)} left (under ${num(d.threshold)}).`;
       case "Balance Negative":
-        return `Your balance is negative (${num(d.balance)}): buy credits to use paid actions again.`;
-      case "Spend Limit Reached":
-        return `Monthly spending limit of ${credits(d.limit)} reached.`;
+        return `Your balance is ${num(d.balance)}: buy credits to pay it back.`;
+      case "Spend Limit Reached": {
+        const next = nextOverLimit(d.limit, d.spent);
+        return `Monthly spending limit of ${credits(d.limit)} reached. ${num(d.spent)} of ${num(d.limit)} used`
+          + `${next ? `; ${next}` : ""}.`;
+      }
       default:
         return `${detailType}.`;
     }
@@ -581,6 +657,19 @@
   }
 
   // ---- paid actions -------------------------------------------------------------------------
+  // An action's label: the page's own name for it (cfg.actionLabels), else its id read as words.
+  const labelOf = (id) => cfg.actionLabels[id] || id.charAt(0).toUpperCase() + id.slice(1).replace(/[-_]+/g, " ");
+
+  async function loadPrices() {
+    try {
+      const { prices } = await api("GET", "/credit-prices");
+      cfg.actions = prices.map((p) => ({ id: p.action, label: labelOf(p.action), cost: p.credits }));
+      renderActions();
+    } catch (err) {
+      $("#actions").replaceChildren(el("p", { class: "muted" }, `Prices could not be loaded: ${err.message}`));
+    }
+  }
+
   function renderActions() {
     $("#actions").replaceChildren(...cfg.actions.map((action, i) => {
       const reason = `action-reason-${i}`;
@@ -600,10 +689,16 @@
       if (!button) continue;
       const busy = state.inflight.has(action.id);
       let why = "";
+      let blocked = "balance";
       if (!busy && state.balance !== null && state.balance < 0) why = "Your balance is negative: buy credits to continue";
       else if (!busy && have !== null && have < action.cost) {
         why = `Needs ${credits(action.cost)}, you have ${num(have)}${have !== state.balance ? " available" : ""}`;
+      } else if (!busy && overLimit(action)) {
+        const { spentThisMonth: spent, monthlySpendLimit: limit } = state.settings;
+        why = `Monthly spending limit: ${num(spent)} of ${num(limit)} used; ${action.label} needs ${num(action.cost)}`;
+        blocked = "limit";
       }
+      button.dataset.blocked = why ? blocked : "";
       const reason = document.getElementById(button.getAttribute("aria-describedby"));
       reason.textContent = why;
       reason.hidden = !why;
@@ -611,6 +706,20 @@
       button.classList.toggle("unaffordable", Boolean(why));
       button.disabled = busy || Boolean(why);
     }
+  }
+
+  // Once the API refused an action for the monthly limit, actions that would pass it are not offered
+  // until the limit is raised or cleared (the month's spending comes with the settings).
+  function overLimit(action) {
+    const s = state.settings;
+    return state.limitRefused && Boolean(s) && s.monthlySpendLimit != null
+      && s.spentThisMonth + action.cost > s.monthlySpendLimit;
+  }
+
+  // The cheapest action that no longer fits this month's limit, as "Analyze needs 5", or "".
+  function nextOverLimit(limit, spent) {
+    const over = cfg.actions.filter((a) => spent + a.cost > limit).sort((a, b) => a.cost - b.cost)[0];
+    return over ? `${over.label} needs ${num(over.cost)}` : "";
   }
 
   async function useCredits(action, button) {
@@ -651,9 +760,14 @@
         say(`Not enough credits: this needs ${credits(err.details.required)}, you have ${num(have)} available.`, "error");
         refresh(); // spent or clawed back elsewhere: bring the history and the month's spending up to date
       } else if (err.code === "spend_limit_reached") {
-        say(`Monthly spending limit reached: you have spent ${num(err.details.spent)} of your ${credits(err.details.limit)} `
-          + "this month, and this action would pass it. Raise or clear the limit in Settings to continue.", "error");
-        loadSettings().catch(() => {});
+        const { spent, limit } = err.details;
+        say(`Monthly spending limit reached: you have spent ${num(spent)} of your ${credits(limit)} this month; `
+          + `${action.label} needs ${num(action.cost)}. Raise or clear the limit in Settings to continue.`, "error");
+        state.limitRefused = true;
+        if (state.settings && typeof spent === "number" && typeof limit === "number") {
+          Object.assign(state.settings, { spentThisMonth: spent, monthlySpendLimit: limit });
+        }
+        refresh(); // spent elsewhere: the balance, the history and the month's spending up to date
       } else if (err.status >= 500 && err.code !== "temporarily_unavailable" && cfg.actionPath) {
         say(`${action.label} failed, so nothing was charged.`, "error");
         refresh();
@@ -859,12 +973,13 @@
     });
     $("#refresh-button").addEventListener("click", refresh);
     $("#settings-form").addEventListener("submit", saveSettings);
-    $("#settings-form").addEventListener("input", () => (state.settingsDirty = true));
+    $("#settings-form").addEventListener("input", () => { state.settingsDirty = true; settingsUnits(); });
     $("#history-more").addEventListener("click", (e) => {
       e.target.disabled = true;
       loadHistory(true).catch(report).finally(() => (e.target.disabled = false));
     });
-    renderActions();
+    const prices = loadPrices(); // never rejects: a failure is said in the actions' place
+    settingsLoading(true); // until the signed-in user's settings arrive
     const packages = (packagesReady = loadPackages());
     // The local stack's own config (no such route on AWS): which Stripe it uses, and so whether the
     // page offers the Stripe emulator's test tools.
@@ -878,6 +993,7 @@
     } else {
       signedIn(cfg.userName || userFromToken((await getToken().catch(() => null)) || ""));
     }
+    await prices; // the history names usage by its action's label
     if (isSignedIn()) await refresh();
     await packages;
     await checkoutReturn();

@@ -1,5 +1,5 @@
 """balance: GET /credits/balance, /credits/holds, /credits/settings and /credits/transactions (JWT user), GET
-/credit-packages (public).
+/credit-packages and /credit-prices (public).
 
 Read-only; never imports stripe.
 
@@ -21,6 +21,7 @@ from credits.http import install_error_handlers, json_response, user_id
 from credits.ledger import Ledger
 from credits.packages import Catalog
 
+PRICES = api.prices_body(config.action_costs(config.require("ACTION_COSTS")))  # the one price list
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
 ledger = Ledger(_client, _table, default_threshold=config.low_balance_threshold())
@@ -59,6 +60,11 @@ def transactions() -> Response:
 def packages() -> Response:
     listed = [p.public() for p in catalog.listed()]
     return json_response(200, {"packages": listed}, {"Cache-Control": "public, max-age=60"})
+
+
+@app.get("/credit-prices")
+def prices() -> Response:
+    return json_response(200, PRICES, {"Cache-Control": "public, max-age=60"})
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -1,7 +1,10 @@
 """events: the credits table's stream to EventBridge (DESIGN.md section 11).
 
 Invoked by the stream's event source mapping with only new ledger entries and first spend-limit
-refusals (template.yaml filters the rest out). Each record is one of (credits.events.record_events):
+refusals (template.yaml filters the rest out). Every entry announces an event; usage entries'
+Credits Used can be switched off (PUBLISH_USAGE_EVENTS=false, the PublishUsageEvents parameter), but
+usage entries are still delivered: they are what crosses a low-balance threshold. Each record is one
+of (credits.events.record_events):
 
 - publishable: its events are put on the bus. If they could not all be put (a throttle, a partial
   PutEvents failure, a network error: transient), the record is reported as a batch item failure
@@ -38,6 +41,7 @@ from credits.events import (
 
 CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard"})
 DEFAULT_THRESHOLD = config.low_balance_threshold()
+PUBLISH_USAGE = config.publish_usage_events()  # False: usage entries announce no Credits Used
 publisher = Publisher(boto3.client("events", config=CLIENT_CONFIG), config.require("EVENT_BUS_NAME"))
 _QUEUE_URL = config.optional("EVENTS_DEAD_LETTER_QUEUE_URL")
 dead_letters = DeadLetterQueue(boto3.client("sqs", config=CLIENT_CONFIG), _QUEUE_URL) if _QUEUE_URL else None
@@ -74,7 +78,7 @@ class _Batch:
 
 def handle(record: Any, batch: _Batch, context: LambdaContext) -> None:
     try:
-        events = record_events(record, DEFAULT_THRESHOLD)
+        events = record_events(record, DEFAULT_THRESHOLD, publish_usage=PUBLISH_USAGE)
     except Exception as exc:  # noqa: BLE001 - reading a record is deterministic: any error is permanent
         reason = str(exc) if isinstance(exc, Unpublishable) else f"unexpected {type(exc).__name__}: {exc}"
         dead_letter(record, reason, batch, context)

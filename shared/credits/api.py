@@ -301,6 +301,12 @@ def granted_body(posted: Posted) -> dict[str, Any]:
     return {"transactionId": posted.transaction_id, "balance": posted.balance}
 
 
+def prices_body(prices: Mapping[str, int]) -> dict[str, Any]:
+    """GET /credit-prices: the server's price list (ACTION_COSTS), cheapest first, then by name."""
+    ordered = sorted(prices.items(), key=lambda item: (item[1], item[0]))
+    return {"prices": [{"action": action, "credits": credits} for action, credits in ordered]}
+
+
 def transactions_page(ledger: Ledger, user_id: str, limit: str | None, cursor: str | None) -> dict[str, Any]:
     """GET /credits/transactions?limit=&cursor=."""
     size = 20

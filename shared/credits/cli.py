@@ -2,6 +2,10 @@
 
     credits user USER                       balance, available, held, open holds, settings, last entries
     credits grant USER AMOUNT --type gift|adjustment --description TEXT [--reference REF]
+    credits adjust USER AMOUNT --description TEXT [--reference REF] [--force-negative --reason TEXT]
+                                            an adjustment, + or -: a debit never below zero unless forced
+    credits users [--limit N] [--cursor C]  users and their balances, a page at a time
+    credits export USER [--format csv|json] a user's whole ledger, the HTTP history's fields
     credits audit USER... | --all           gapless ledgers that add up, and payments credited right
     credits reconcile --since 3d [--apply]  paid purchases, refunds and disputes the ledger misses
     credits packages import FILE [--sync-stripe] | list
@@ -10,14 +14,18 @@ Where it acts: against `make dev` with nothing to set (it reads the state file `
 its data folder, .local-data/stack.json); against AWS with `--stack NAME` (the table from the
 stack's outputs) or with CREDITS_TABLE_NAME (and the usual AWS variables) set.
 
-Exit codes: 0 done; 1 a check found problems (an audit, an unknown user); 2 the command could not
-run (bad arguments, no stack found, AWS refused). Errors are one line, never a traceback.
+Exit codes: 0 done; 1 a check found problems (an audit, an unknown user, an adjustment refused); 2
+the command could not run (bad arguments, no stack found, AWS refused). Errors are one line, never a
+traceback.
 
 A console script of the project's environment (`.venv/bin/credits`); not part of any function.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import csv
 import json
 import os
 import sys
@@ -36,14 +44,17 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from botocore.exceptions import BotoCoreError, ClientError
 
 from credits import api, config, keys
-from credits.errors import CreditsError
-from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, MAX_AMOUNT, Ledger
+from credits.errors import CreditsError, InsufficientCredits
+from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, MAX_AMOUNT, Ledger, _snapshot, from_item
+from credits.money import format_money
 from credits.packages import Catalog, Package
 from credits.payments import Payments
 
 STATE_FILE = "stack.json"  # what `make dev` leaves in its data folder while it runs
 DATA_DIR = ".local-data"  # make dev's default data folder, under the repository root
 F = TypeVar("F", bound=Callable[..., Any])
+USERS_SCAN_PAGE = 1000  # items `credits users` reads per Scan call (accounts and everything else)
+EXPORT_PAGE = 100  # entries `credits export` reads per Query (the HTTP history's largest page)
 
 
 class Failed(click.ClickException):
@@ -268,7 +279,7 @@ def user(ctx: click.Context, user: str, entries: int) -> int:
     for tx in last:
         click.echo(
             f"    #{tx.seq:<5} {when(tx.created_at)}  {tx.type:<10} {tx.amount:>+12,}  "
-            f"balance {tx.balance_after:>12,}  {tx.description}"
+            f"balance {tx.balance_after:>12,}  {tx.description}" + (f"  [forced: {tx.reason}]" if tx.reason else "")
         )
     return 0
 
@@ -295,6 +306,79 @@ def grant(ctx: click.Context, user: str, amount: int, kind: str, description: st
         click.echo(f"already granted with reference {reference}, nothing granted now ({target.where})")
     else:
         click.echo(f"granted {credits(amount)} to {user} ({kind}): balance {credits(posted.balance)} ({target.where})")
+    return 0
+
+
+class _Adjustment(pydantic.BaseModel):
+    """What `credits adjust` takes, checked as the API checks the same fields."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    userId: api.Token
+    description: api.Description
+    referenceId: api.Token | None = None
+    reason: api.Description | None = None
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})  # so that AMOUNT may be -5
+@click.argument("user")
+@click.argument("amount", type=click.IntRange(-MAX_AMOUNT, MAX_AMOUNT))
+@click.option("--description", required=True, help="what the user sees in their history")
+@click.option("--reference", help="your id of this adjustment: repeating it adjusts once")
+@click.option("--force-negative", is_flag=True, help="allow a debit to take the balance below zero (needs --reason)")
+@click.option("--reason", help="why the debit may go below zero: kept on the entry, not shown to the user")
+@click.pass_context
+@one_line_errors
+def adjust(
+    ctx: click.Context,
+    user: str,
+    amount: int,
+    description: str,
+    reference: str | None,
+    force_negative: bool,
+    reason: str | None,
+) -> int:
+    """Correct a user's balance with an `adjustment` entry: AMOUNT > 0 adds credits, AMOUNT < 0 takes
+    them away. A debit never takes the balance, nor what is available (open holds count), below zero:
+    it is refused, exit 1, unless --force-negative with a --reason."""
+    if amount == 0:
+        raise click.UsageError("AMOUNT must not be 0: give credits to add (5) or to take away (-5)")
+    if force_negative != (reason is not None):
+        raise click.UsageError("--force-negative and --reason go together")
+    if force_negative and amount > 0:
+        raise click.UsageError("--force-negative is for a debit (a negative AMOUNT)")
+    try:
+        fields = {"userId": user, "description": description, "referenceId": reference, "reason": reason}
+        _Adjustment.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]
+        raise Failed(f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}") from None
+    if force_negative and not (reason or "").strip():
+        raise click.UsageError("--reason must say why")
+    target = target_of(ctx)
+    ledger = target.ledger()
+    try:
+        posted = ledger.adjust(
+            user,
+            amount,
+            description=description,
+            reference_id=reference,
+            force_negative=force_negative,
+            reason=reason,
+        )
+    except InsufficientCredits as no:
+        held = f", {credits(no.balance - no.available)} held" if no.available != no.balance else ""
+        click.echo(
+            f"refused: taking {credits(-amount)} from {user} would go below zero (balance {credits(no.balance)}"
+            f"{held}); nothing changed. To allow it: --force-negative --reason TEXT",
+            err=True,
+        )
+        return 1
+    if posted.replayed:
+        click.echo(f"already adjusted with reference {reference}, nothing changed now ({target.where})")
+        return 0
+    verb = f"added {credits(amount)} to" if amount > 0 else f"took {credits(-amount)} from"
+    click.echo(f"{verb} {user} (adjustment): balance {credits(posted.balance)} ({target.where})")
     return 0
 
 
@@ -347,6 +431,126 @@ def audit(ctx: click.Context, users: tuple[str, ...], everyone: bool) -> int:
     return 1 if failed else 0
 
 
+def _encode_key(key: dict[str, Any]) -> str:
+    plain = {name: key[name]["S"] for name in ("pk", "sk")}
+    return base64.urlsafe_b64encode(json.dumps(plain, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_key(cursor: str) -> dict[str, Any]:
+    try:
+        plain = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (
+            isinstance(plain, dict) and set(plain) == {"pk", "sk"} and all(isinstance(v, str) for v in plain.values())
+        ):
+            raise ValueError("not a key")
+    except (binascii.Error, ValueError, RecursionError):
+        raise Failed("--cursor is not valid: pass the one the last page printed") from None
+    return {name: {"S": value} for name, value in plain.items()}
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000), help="users on this page")
+@click.option("--cursor", help="where the last page ended (it prints the next cursor)")
+@click.pass_context
+@one_line_errors
+def users(ctx: click.Context, limit: int, cursor: str | None) -> int:
+    """Users and their balances, a page at a time, in the table's order (a Scan of the account items,
+    not sorted). The last line is the next page's cursor, or says there is no more."""
+    target = target_of(ctx)
+    start = _decode_key(cursor) if cursor else None
+    found: list[dict[str, Any]] = []
+    next_key: dict[str, Any] | None = None
+    while len(found) < limit:
+        scan: dict[str, Any] = {
+            "TableName": target.table,
+            "FilterExpression": "sk = :account",
+            "ExpressionAttributeValues": {":account": {"S": keys.ACCOUNT}},
+            "ProjectionExpression": "pk, sk, balance, seq, #holds",
+            "ExpressionAttributeNames": {"#holds": "holds"},
+            "Limit": USERS_SCAN_PAGE,  # items read per call, before the filter keeps the accounts
+            "ConsistentRead": True,
+        }
+        if start:
+            scan["ExclusiveStartKey"] = start
+        page = target.client.scan(**scan)
+        items, start = page.get("Items", []), page.get("LastEvaluatedKey")
+        if len(found) + len(items) > limit:  # this page ends the listing: resume after its last one shown
+            found += items[: limit - len(found)]
+            next_key = found[-1]
+            break
+        found += items
+        next_key = start
+        if not start:
+            break
+    now_ms = int(time.time() * 1000)
+    for item in found:
+        account = _snapshot(from_item(item))
+        who = item["pk"]["S"].removeprefix(keys.USER)
+        click.echo(f"{who}  balance {credits(account.balance)}, available {credits(account.available(now_ms))}")
+    click.echo(f"next cursor: {_encode_key(next_key)}" if next_key else f"no more users ({target.where})")
+    return 0
+
+
+EXPORT_COLUMNS = (
+    "id",
+    "amount",
+    "balanceAfter",
+    "type",
+    "description",
+    "referenceId",
+    "monetaryAmount",
+    "currency",
+    "createdAt",
+)  # GET /credits/transactions' fields (api.transaction_body), in its order
+
+
+def _csv_cell(value: object) -> object:
+    """A CSV cell: null as empty; text a spreadsheet would run as a formula (a user's own description
+    or reference starting with =, +, -, @, or a tab or carriage return) is quoted with a leading '."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+@cli.command()
+@click.argument("user")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.pass_context
+@one_line_errors
+def export(ctx: click.Context, user: str, fmt: str) -> int:
+    """A user's whole ledger on stdout, newest first as GET /credits/transactions pages it, with its
+    fields: CSV with a header row (an empty cell for null), or a JSON array. Exit 1 for no such user."""
+    target = target_of(ctx)
+    if not account_exists(target, user):
+        click.echo(f"{user}: no such user (no account in {target.where})", err=True)
+        return 1
+    ledger = target.ledger()
+    out = sys.stdout
+    rows = csv.writer(out)
+    if fmt == "csv":
+        rows.writerow(EXPORT_COLUMNS)
+    else:
+        out.write("[")
+    first, cursor = True, None
+    while True:
+        page, cursor = ledger.transactions(user, limit=EXPORT_PAGE, cursor=cursor)
+        for tx in page:
+            body = api.transaction_body(tx)
+            if fmt == "csv":
+                rows.writerow([_csv_cell(body[c]) for c in EXPORT_COLUMNS])
+            else:
+                out.write(("\n" if first else ",\n") + json.dumps(body, ensure_ascii=False))
+            first = False
+        if cursor is None:
+            break
+    if fmt == "json":
+        out.write("]\n" if first else "\n]\n")
+    out.flush()
+    return 0
+
+
 @cli.group()
 def packages() -> None:
     """The credit package catalog."""
@@ -356,10 +560,11 @@ def packages() -> None:
 @click.pass_context
 @one_line_errors
 def list_packages(ctx: click.Context) -> int:
-    """Every package, active or not, in the order the page lists them."""
+    """Every package, active or not, in the order GET /credit-packages lists them: by currency, then
+    price, then id (the page re-sorts them for buyers)."""
     for p in target_of(ctx).catalog().all():
         state = "active" if p.active else "inactive"
-        click.echo(f"{p.id}: {credits(p.credits)} for {p.price:,} {p.currency} [{state}]")
+        click.echo(f"{p.id}: {credits(p.credits)} for {format_money(p.price, p.currency)} [{state}]")
     return 0
 
 
@@ -372,7 +577,8 @@ def import_packages_command(ctx: click.Context, file: Path, sync_stripe: bool) -
     """Load packages from a JSON file ({"packages": [...]} or a list), validated, ids unique."""
     target = target_of(ctx)
     for p in import_packages(target, load_catalog_file(file), sync_stripe):
-        click.echo(f"{p.id}: {credits(p.credits)} for {p.price} {p.currency} (stripe price {p.stripe_price_id})")
+        price = format_money(p.price, p.currency)
+        click.echo(f"{p.id}: {credits(p.credits)} for {price} (stripe price {p.stripe_price_id})")
     return 0
 
 

@@ -65,3 +65,14 @@ def low_balance_threshold(env: Mapping[str, str] | None = None) -> int:
     if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_AMOUNT:
         raise ConfigError("LOW_BALANCE_THRESHOLD must be an integer from 0 to 1000000000.")
     return int(raw)
+
+
+def publish_usage_events(env: Mapping[str, str] | None = None) -> bool:
+    """PUBLISH_USAGE_EVENTS: whether usage entries announce Credits Used ("true", the default; "false"
+    for very high volume). Balance Low and Balance Negative are published either way."""
+    raw = optional("PUBLISH_USAGE_EVENTS", env)
+    if raw is None:
+        return True
+    if raw.lower() not in ("true", "false"):
+        raise ConfigError('PUBLISH_USAGE_EVENTS must be "true" or "false".')
+    return raw.lower() == "true"

@@ -1,5 +1,12 @@
 """Events (DESIGN.md section 11): what a ledger entry, or a month's first spend-limit refusal, announces.
 
+Every ledger entry announces what it is, one event by its type (`ENTRY_EVENTS`): `purchase` Credits
+Purchased; `usage` Credits Used (unless usage events are switched off: PUBLISH_USAGE_EVENTS); `gift`
+and `adjustment` Credits Granted; a `refund` or `dispute` that takes credits Credits Clawed Back, one
+that gives them back (a dispute closed in the user's favour: a positive `dispute` entry with the
+system reference `settle:<payment>:<step>`) Credits Restored; `expiration` Credits Expired. Any entry
+may also announce Balance Low and Balance Negative (never switched off).
+
 Derived from the stream record's new item alone (an entry's amount, balance_after, type and the
 low-balance threshold written with it), so the result never depends on the order or the timing of
 processing, and a redelivered record gives events with the same `eventId`.
@@ -44,6 +51,18 @@ class SQSClient(Protocol):
 
 
 SOURCE = "credits"
+# The event each ledger entry type announces (a refund or dispute: Clawed Back when it takes credits,
+# Restored when it gives them back). Every type of credits.ledger.ENTRY_TYPES has one.
+ENTRY_EVENTS: Mapping[str, tuple[str, ...]] = {
+    "purchase": ("Credits Purchased",),
+    "usage": ("Credits Used",),
+    "gift": ("Credits Granted",),
+    "adjustment": ("Credits Granted",),
+    "refund": ("Credits Clawed Back", "Credits Restored"),
+    "dispute": ("Credits Clawed Back", "Credits Restored"),
+    "expiration": ("Credits Expired",),
+}
+USAGE_EVENT = "Credits Used"  # the one event PUBLISH_USAGE_EVENTS=false leaves out
 PUT_EVENTS_MAX = 10  # entries per PutEvents call
 EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
 DEAD_LETTER_MAX_BYTES = 256 * 1024  # what every SQS queue takes (new queues take 1 MiB)
@@ -115,6 +134,16 @@ def _integer(image: Mapping[str, Any], name: str, where: str, *, required: bool 
     return int(number)
 
 
+def _text(image: Mapping[str, Any], name: str, where: str) -> str:
+    """A text attribute that may be empty (an entry's description): "" when absent."""
+    data = _value(image, name, "S", where)
+    if data is None:
+        return ""
+    if not isinstance(data, str):
+        raise Unpublishable(f"{where}.{name} is not a string")
+    return data
+
+
 def sequence_number(record: Any) -> str | None:
     """A record's `SequenceNumber` (what Lambda's partial batch failures name), None if it has none."""
     stream = record.get("dynamodb") if isinstance(record, Mapping) else None
@@ -122,7 +151,7 @@ def sequence_number(record: Any) -> str | None:
     return sequence if isinstance(sequence, str) and sequence.isascii() and sequence.isdigit() else None
 
 
-def record_events(record: Any, default_threshold: int) -> list[Event] | None:
+def record_events(record: Any, default_threshold: int, *, publish_usage: bool = True) -> list[Event] | None:
     """The events of one stream record as Lambda delivers it; None for a record that carries no event
     by design; Unpublishable (with the reason) for a record that can never be turned into events."""
     if not isinstance(record, Mapping):
@@ -147,13 +176,15 @@ def record_events(record: Any, default_threshold: int) -> list[Event] | None:
     new_image = stream.get("NewImage")
     if not isinstance(new_image, Mapping):
         raise Unpublishable("no dynamodb.NewImage (the stream must be NEW_IMAGE)")
-    return events_of(keys_, new_image, default_threshold)
+    return events_of(keys_, new_image, default_threshold, publish_usage=publish_usage)
 
 
-def events_of(keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_threshold: int) -> list[Event]:
+def events_of(
+    keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_threshold: int, *, publish_usage: bool = True
+) -> list[Event]:
     """The events of an INSERT (`Keys` and `NewImage` in DynamoDB JSON): [] for an item that is neither
     a ledger entry nor a spend-limit note; Unpublishable for a user's entry or note that does not
-    read as the ledger writes it."""
+    read as the ledger writes it. `publish_usage` False leaves out Credits Used (only)."""
     pk, sk = _string(keys_, "pk", "Keys"), _string(keys_, "sk", "Keys")
     assert pk is not None and sk is not None
     if not sk.startswith((keys.TX, keys.LIMIT)):
@@ -183,6 +214,8 @@ def events_of(keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_th
     threshold = default_threshold if threshold is None else threshold
     monetary_amount = _integer(new_image, "monetary_amount", where, required=False)
     currency = _string(new_image, "currency", where, required=False)
+    description = _text(new_image, "description", where)
+    reference = _string(new_image, "reference_id", where, required=False)
     before = balance - amount  # before a user's first entry, the balance counts as 0
     found: list[Event] = []
     if kind == "purchase":
@@ -196,8 +229,48 @@ def events_of(keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_th
                 currency=currency,
             )
         )
-    if kind in ("refund", "dispute") and amount < 0:
+    elif kind == "usage":
+        if publish_usage:
+            found.append(
+                event(
+                    USAGE_EVENT,
+                    transactionId=tx,
+                    credits=-amount,
+                    balance=balance,
+                    description=description,
+                    referenceId=reference,
+                )
+            )
+    elif kind in ("gift", "adjustment"):
+        found.append(
+            event(
+                "Credits Granted",
+                transactionId=tx,
+                credits=amount,  # signed: an adjustment may take credits away
+                type=kind,
+                balance=balance,
+                description=description,
+                referenceId=reference,
+            )
+        )
+    elif kind in ("refund", "dispute") and amount < 0:
         found.append(event("Credits Clawed Back", transactionId=tx, credits=-amount, reason=kind, balance=balance))
+    elif kind in ("refund", "dispute"):
+        # a dispute closed in the user's favour (won, withdrawn, prevented) gives the held credits back
+        found.append(
+            event(
+                "Credits Restored",
+                transactionId=tx,
+                credits=amount,
+                reason=kind,
+                balance=balance,
+                monetaryAmount=monetary_amount,
+                currency=currency,
+                description=description,
+            )
+        )
+    elif kind == "expiration":
+        found.append(event("Credits Expired", transactionId=tx, credits=-amount, balance=balance))
     if threshold > 0 and before >= threshold > balance:
         found.append(event("Balance Low", balance=balance, threshold=threshold, transactionId=tx))
     if before >= 0 > balance:

@@ -8,7 +8,9 @@ INVARIANTS (DESIGN.md section 4), kept by `Ledger.post` and checked by `Ledger.a
    the account holds balance_after[N] and seq N. The write is conditioned on the seq just read,
    so a concurrent writer makes it fail, and the loser re-reads and retries.
 3. No overdraft by usage: a usage charge larger than the balance, or against a negative balance,
-   raises InsufficientCredits and writes nothing. Only a clawback may go below zero.
+   raises InsufficientCredits and writes nothing; so does an operator's adjustment that would take
+   the balance or `available` below zero. Only a clawback (a refund, a dispute, an operator's
+   adjustment forced with a reason) may go below zero.
 4. Exactly once: a reference id is unique per user (REF# marker); an idempotency key is unique
    per user while its marker lives (IDEM# marker, at least 24 hours). Both are written in the
    same transaction as the change, so a retry, concurrent or after a crash, replays the result.
@@ -62,8 +64,15 @@ MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit for one TransactWriteItems
 MAX_INTENTS_PER_PASS = 48  # a combiner reads at most this many queued changes (their markers fit one batch read)
 INTENT_GRACE_SECONDS = 2.0  # past its waiter's deadline plus this, a queued change is refused, never applied
 INTENT_TTL_SECONDS = 3600  # an intent its waiter never took off the queue (a crash) is deleted by TTL
-LEASE_MS = 1000  # the combiner lease: extended by every pass; a dead combiner is replaced after this
+LEASE_MS = 2000  # the combiner lease: extended by every pass; a dead combiner is replaced after this
+# A pass that takes longer than the lease (a slow or loaded store) would lose it mid-pass to a waiter,
+# whose own pass would lose it the same way: the lease a pass writes, and the one a waiter takes,
+# is 3 times the last pass's duration (recorded on the account), between LEASE_MS and MAX_LEASE_MS.
+MAX_LEASE_MS = 4000
 POLL_SECONDS = 0.05  # a waiter looks for its decision about this often (then twice as long), jittered
+# ... or, when passes are slow, about twice per pass (up to this): a decision comes once per pass, and
+# waiters polling faster than that only slow the store the combiner is waiting on
+MAX_POLL_SECONDS = 0.5
 SERVE_AFTER_OWN_SECONDS = 0.5  # a combiner keeps serving the queue this long after its own change
 MAX_KEY_BYTES = 255  # user ids, reference ids and idempotency keys, in UTF-8 bytes (they become key parts)
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600  # Stripe keeps keys 24 h; we keep them twice as long.
@@ -106,7 +115,8 @@ class Policy(Enum):
 
     USAGE = "usage"  # a debit that must be covered by a non-negative balance
     CREDIT = "credit"  # a positive amount
-    CLAWBACK = "clawback"  # a debit that may take the balance below zero (refund, dispute)
+    CLAWBACK = "clawback"  # a debit that may take the balance below zero (refund, dispute, forced adjustment)
+    ADJUSTMENT = "adjustment"  # an operator's debit: never below zero, balance nor available
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class Entry:
     # True for references the system writes for itself (`purchase:<pi>`, a settlement step): they
     # live in their own key space (keys.SYSREF), which no client-chosen referenceId can reach.
     system_reference: bool = False
+    reason: str | None = None  # why an operator forced an adjustment below zero (kept, never shown to the user)
 
 
 @dataclass(frozen=True)
@@ -158,6 +169,7 @@ class Transaction:
     currency: str | None
     created_at: str
     system_reference: bool = False
+    reason: str | None = None  # an operator's reason for a forced adjustment (not in the HTTP API)
 
 
 @dataclass
@@ -348,6 +360,7 @@ class _Snapshot:
     idempotency: dict[str, Any] | None = None
     combiner: str | None = None  # who holds the combiner lease (group commit), until when (Unix ms)
     combiner_until: int = 0
+    combiner_pass_ms: int = 0  # how long the last combiner pass took (it sizes the next lease)
     # open holds as last written, hold id -> (amount, expires at in Unix ms); expired ones count for
     # nothing from that millisecond on, whether or not a write has pruned them yet (invariant 7)
     holds: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -379,6 +392,7 @@ def _snapshot(account: Mapping[str, Any] | None, **markers: Any) -> _Snapshot:
         idempotency=markers.get("idempotency"),
         combiner=account.get("combiner") if account else None,
         combiner_until=account.get("combiner_until", 0) if account else 0,
+        combiner_pass_ms=account.get("combiner_pass_ms", 0) if account else 0,
         holds={hold_id: (h["a"], h["u"]) for hold_id, h in raw_holds.items()},
         holds_rev=account.get("holds_rev", 0) if account else 0,
         threshold=account.get("low_balance_threshold") if account else None,
@@ -499,6 +513,7 @@ class _Op:
             "description": e.description if e is not None else self.description,
             "reference_id": e.reference_id if e is not None else None,
             "system_reference": (e.system_reference or None) if e is not None else None,
+            "reason": e.reason if e is not None else None,
             "monetary_amount": e.monetary_amount if e is not None else None,
             "currency": e.currency if e is not None else None,
             "policy": self.policy.value if self.policy is not None else None,
@@ -533,6 +548,7 @@ class _Op:
             item.get("monetary_amount"),
             item.get("currency"),
             system_reference=bool(item.get("system_reference")),
+            reason=item.get("reason"),
         )
         return cls(kind, entry, Policy(item["policy"]), idempotency, item.get("ref_fingerprint", ""))
 
@@ -626,6 +642,12 @@ class _Outcome:
         if "error" in plain:
             return cls(error=str(plain["error"]), details=plain)
         return cls(value=plain)
+
+
+def _lease_ms(pass_ms: int) -> int:
+    """How long a combiner's lease lasts, given how long its passes take (MAX_LEASE_MS at most, so
+    a dead combiner is still replaced well within its waiters' time budget)."""
+    return min(MAX_LEASE_MS, max(LEASE_MS, 3 * pass_ms))
 
 
 def _posted_value(posted: Posted) -> dict[str, Any]:
@@ -762,6 +784,30 @@ class Ledger:
         validate_amount(amount)
         entry = Entry(-amount, type, description, reference_id, monetary_amount, currency)
         return self.post(user_id, entry, Policy.CLAWBACK, extra=extra)
+
+    def adjust(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        description: str,
+        reference_id: str | None = None,
+        force_negative: bool = False,
+        reason: str | None = None,
+    ) -> Posted:
+        """An operator's `adjustment` entry of a signed amount. A credit (amount > 0) is a grant; a
+        debit never takes the balance, nor `available` (open holds count), below zero
+        (InsufficientCredits, nothing written) unless `force_negative`, which needs a `reason`
+        (kept on the entry) and then posts it like a clawback."""
+        if type(amount) is not int or amount == 0:
+            raise ValidationError("An adjustment must be a non-zero integer.", [{"field": "amount"}])
+        validate_amount(abs(amount))
+        if force_negative and (amount > 0 or not (reason or "").strip()):
+            raise ValidationError("Only a debit may be forced below zero, and only with a reason.")
+        if amount > 0:
+            return self.grant(user_id, amount, type="adjustment", description=description, reference_id=reference_id)
+        entry = Entry(amount, "adjustment", description, reference_id, reason=reason if force_negative else None)
+        return self.post(user_id, entry, Policy.CLAWBACK if force_negative else Policy.ADJUSTMENT)
 
     def post(
         self,
@@ -972,6 +1018,14 @@ class Ledger:
             raise ValidationError("A credit must be positive.")
         elif policy is Policy.CLAWBACK and entry.amount >= 0:
             raise ValidationError("A clawback must be a debit.")
+        elif policy is Policy.ADJUSTMENT:
+            # Invariants 3 and 6 for an operator's debit: neither the balance nor what is available
+            # (open holds count) goes below zero. It is not usage: no spend limit, no month's spend.
+            if entry.amount >= 0:
+                raise ValidationError("An adjustment debit must be negative.")
+            available = work.available(now_ms)
+            if min(work.balance, available) + entry.amount < 0:
+                raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
 
     def _append(
         self,
@@ -1125,7 +1179,9 @@ class Ledger:
 
     # ---- transaction items --------------------------------------------------------------------
 
-    def _account_update(self, pk: str, work: _Work, now: float, *, combiner: str | None = None) -> dict[str, Any]:
+    def _account_update(
+        self, pk: str, work: _Work, now: float, *, combiner: str | None = None, pass_ms: int = 0
+    ) -> dict[str, Any]:
         """The account's new balance, seq and holds, guarded by what was read (invariant 2: a write
         only lands if nobody changed the ledger or the holds since); for a combiner, also by its
         lease, which the update extends."""
@@ -1161,8 +1217,10 @@ class Ledger:
             values[":holds_rev"] = base.holds_rev + 1
         if combiner is not None:
             condition = f"({condition}) AND combiner = :me"
-            update += ", combiner_until = :until"
-            values.update({":me": combiner, ":until": int(now * 1000) + LEASE_MS})
+            # extended from now (the pass has run this long already), for as long as passes take
+            update += ", combiner_until = :until, combiner_pass_ms = :pass_ms"
+            until = int(self.clock() * 1000) + _lease_ms(pass_ms)
+            values.update({":me": combiner, ":until": until, ":pass_ms": pass_ms})
         return {
             "Update": {
                 "TableName": self.table,
@@ -1235,6 +1293,7 @@ class Ledger:
                             "reference_scope": "system" if entry.system_reference else None,
                             "monetary_amount": entry.monetary_amount,
                             "currency": entry.currency,
+                            "reason": entry.reason,
                             "created_at": now_iso,
                             "low_balance_threshold": threshold,
                         }
@@ -1330,22 +1389,25 @@ class Ledger:
         """Our intent's decision, serving as the combiner when the lease is free; None when we
         withdrew it at our deadline."""
         try_lease = seen is None or not seen.combining(int(self.clock() * 1000))
+        pass_ms = seen.combiner_pass_ms if seen is not None else 0
         polls = 0
         while True:
-            if try_lease and self._take_lease(pk, intent.id):
+            if try_lease and self._take_lease(pk, intent.id, _lease_ms(pass_ms)):
                 outcome = self._serve(pk, intent, deadline)
                 if outcome is not None:
                     return outcome
             if time.monotonic() > deadline:
                 return self._withdraw(pk, intent)
-            self.sleep(random.uniform(0.5, 1.5) * POLL_SECONDS * min(1 + polls, 2))
+            pause = max(POLL_SECONDS * min(1 + polls, 2), min(pass_ms / 2000, MAX_POLL_SECONDS))
+            self.sleep(random.uniform(0.5, 1.5) * pause)
             polls += 1
             # our intent and the account in one read: a decision, or whether the combiner is gone
             found = self._get_many(pk, [intent.sk, keys.ACCOUNT])
             outcome = _decision_of(found.get(intent.sk))
             if outcome is not None:
                 return outcome
-            try_lease = not _snapshot(found.get(keys.ACCOUNT)).combining(int(self.clock() * 1000))
+            account = _snapshot(found.get(keys.ACCOUNT))
+            try_lease, pass_ms = not account.combining(int(self.clock() * 1000)), account.combiner_pass_ms
 
     def _done(self, pk: str, intent: _Intent, outcome: _Outcome) -> Mapping[str, Any]:
         """Take our decided intent off the queue (its decision is in our hands now) and answer it."""
@@ -1353,8 +1415,8 @@ class Ledger:
             self.client.delete_item(TableName=self.table, Key=to_item({"pk": pk, "sk": intent.sk}))
         return outcome.result()
 
-    def _take_lease(self, pk: str, owner: str) -> bool:
-        """Become the combiner if nobody is (or the last one's lease lapsed)."""
+    def _take_lease(self, pk: str, owner: str, lease_ms: int = LEASE_MS) -> bool:
+        """Become the combiner if nobody is (or the last one's lease lapsed), for `lease_ms`."""
         now_ms = int(self.clock() * 1000)
         try:
             self._write(
@@ -1367,7 +1429,7 @@ class Ledger:
                     "ConditionExpression": (
                         "attribute_not_exists(combiner_until) OR combiner_until < :now OR combiner = :me"
                     ),
-                    "ExpressionAttributeValues": to_item({":me": owner, ":until": now_ms + LEASE_MS, ":now": now_ms}),
+                    "ExpressionAttributeValues": to_item({":me": owner, ":until": now_ms + lease_ms, ":now": now_ms}),
                 },
             )
             return True
@@ -1378,6 +1440,25 @@ class Ledger:
             ):
                 return False  # held by a live combiner (maybe committing right now)
             raise
+
+    def _renew_lease(self, pk: str, owner: str, lease_ms: int) -> bool:
+        """Extend our lease before a transaction that would otherwise outlast it (a slow pass);
+        False when it is no longer ours."""
+        try:
+            self._write(
+                "update_item",
+                {
+                    "TableName": self.table,
+                    "Key": to_item({"pk": pk, "sk": keys.ACCOUNT}),
+                    "UpdateExpression": "SET combiner_until = :until",
+                    "ConditionExpression": "combiner = :me",
+                    "ExpressionAttributeValues": to_item({":me": owner, ":until": int(self.clock() * 1000) + lease_ms}),
+                },
+                conflicts=True,
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def _release_lease(self, pk: str, owner: str) -> None:
         """Best effort: a lease we fail to release lapses by itself within LEASE_MS."""
@@ -1399,7 +1480,9 @@ class Ledger:
         came. Our outcome, or None if it is not decided (the lease lapsed, or the deadline)."""
         outcome: _Outcome | None = None
         stop_at = deadline
+        last_pass_ms = 0
         while True:
+            started = time.monotonic()
             try:
                 snapshot, intents = self._queued(pk)
                 if snapshot.combiner != mine.id or not snapshot.combining(int(self.clock() * 1000)):
@@ -1412,7 +1495,8 @@ class Ledger:
                 if not intents or time.monotonic() > stop_at:
                     self._release_lease(pk, mine.id)
                     return outcome
-                decided = self._combine(pk, snapshot, intents, mine.id)
+                decided = self._combine(pk, snapshot, intents, mine.id, last_pass_ms, started)
+                last_pass_ms = int((time.monotonic() - started) * 1000)
                 if decided is not None and mine.id in decided:
                     outcome = decided[mine.id]
                     stop_at = min(stop_at, time.monotonic() + SERVE_AFTER_OWN_SECONDS)
@@ -1423,7 +1507,15 @@ class Ledger:
                 # Serving others failed after ours was decided: ours stands (the lease lapses).
                 return outcome
 
-    def _combine(self, pk: str, snapshot: _Snapshot, intents: list[_Intent], owner: str) -> dict[str, _Outcome] | None:
+    def _combine(
+        self,
+        pk: str,
+        snapshot: _Snapshot,
+        intents: list[_Intent],
+        owner: str,
+        last_pass_ms: int = 0,
+        started: float | None = None,
+    ) -> dict[str, _Outcome] | None:
         """One combiner pass: decide as many queued intents as fit in ONE transaction, in order, by
         the same rules as a direct change (`_apply`), and commit them together, guarded by the
         account's seq and holds and by our lease (which it extends).
@@ -1431,6 +1523,14 @@ class Ledger:
         found = self._markers(pk, intents)
         now = self.clock()
         now_ms = int(now * 1000)
+        # How long a pass takes: the whole last one; on a first pass, twice its reads so far (its
+        # transaction is still to come), or half the last combiner's (so an estimate decays).
+        so_far = 0 if started is None else int((time.monotonic() - started) * 1000)
+        pass_ms = last_pass_ms or max(2 * so_far, snapshot.combiner_pass_ms // 2)
+        if snapshot.combiner_until - now_ms < max(pass_ms, LEASE_MS // 2) and not self._renew_lease(
+            pk, owner, _lease_ms(pass_ms)
+        ):
+            return None  # our reads took most of the lease, and a waiter took it over meanwhile
         work = _Work.of(snapshot, now)
         items: list[dict[str, Any]] = []
         touched: set[str] = set()
@@ -1453,7 +1553,7 @@ class Ledger:
             items += new
             decided[intent.id] = outcome
             items.append(self._decision(pk, intent, outcome))
-        guard = self._account_update(pk, work, now, combiner=owner)
+        guard = self._account_update(pk, work, now, combiner=owner, pass_ms=pass_ms)
         request = {"TransactItems": [guard, *items], "ClientRequestToken": str(uuid.uuid4())}
         if self._commit(request, first_extra=len(request["TransactItems"])):
             return decided
@@ -1848,6 +1948,7 @@ def _transaction_from_item(item: Mapping[str, Any]) -> Transaction:
         currency=item.get("currency"),
         created_at=item["created_at"],
         system_reference=item.get("reference_scope") == "system",
+        reason=item.get("reason"),
     )
 
 

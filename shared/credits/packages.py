@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from credits import keys
+from credits import keys, money
 from credits.errors import PackageNotFound
 from credits.ledger import MAX_AMOUNT, from_item, to_item
 
@@ -153,26 +153,7 @@ STRIPE_CURRENCIES = frozenset(
     ]
 )
 # Currencies without a minor unit: a price of 500 JPY is ¥500 (Stripe's zero-decimal list).
-ZERO_DECIMAL = frozenset(
-    [
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    ]
-)
+ZERO_DECIMAL = money.ZERO_DECIMAL
 
 PackageId = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
@@ -248,7 +229,8 @@ class Catalog:
         return package
 
     def all(self) -> list[Package]:
-        """Every package, active or not, ordered by price."""
+        """Every package, active or not, by currency, then price, then id: the one order of the
+        catalog (GET /credit-packages lists `listed()`, `credits packages list` all of them)."""
         out: list[Package] = []
         start: dict[str, Any] | None = None
         while True:

@@ -43,6 +43,7 @@ from credits.ledger import (
     iso_utc,
     to_item,
 )
+from credits.money import format_money
 from credits.packages import Catalog
 
 if TYPE_CHECKING:
@@ -444,7 +445,7 @@ class Payments:
             entry = Entry(
                 -refund,
                 "refund",
-                f"Refund of {money} {record.currency} ({record.payment_id})",
+                f"Refund of {format_money(money, record.currency) if record.currency else money} ({record.payment_id})",
                 reference,
                 money,
                 record.currency,

@@ -51,6 +51,9 @@ def expect_history_types(page: Page, types: list[str]) -> None:
 def test_buy_spend_double_click_and_run_out(page: Page, dev_stack: DevStack) -> None:
     sign_in(page, dev_stack)
     expect(page.locator("#balance")).to_have_text("0")
+    expect(page.locator("#low-balance")).to_contain_text("You have no credits yet: buy credits to use paid actions.")
+    expect(page.locator("#settings-form")).to_have_attribute("aria-busy", "false")  # loaded: no longer blank
+    expect(page.locator("#low-balance-threshold")).to_have_value("10")
     expect(page.locator('.package[data-package-id="starter"] .package-price')).to_have_text("$5.00")
     expect(page.locator('.package[data-package-id="starter-jpy"] .package-price')).to_contain_text("800")
     expect(page.locator('.package[data-package-id="starter-jpy"] .package-price')).not_to_contain_text(".")
@@ -180,3 +183,60 @@ def test_a_reload_keeps_the_user_and_the_balance(page: Page, dev_stack: DevStack
     page.reload()
     expect(page.locator("#signed-in-as")).to_contain_text(user)
     expect(page.locator("#balance")).to_have_text("100")
+
+
+def test_a_spend_limit_refusal_disables_what_no_longer_fits_and_says_why(page: Page, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack)
+    go_to_checkout(page, "starter")
+    page.click("#pay")
+    page.wait_for_url(on_site(dev_stack))
+    expect(page.locator("#balance")).to_have_text("100")
+    page.fill("#monthly-spend-limit", "0")  # refused by the API: said in plain words, not pydantic's
+    page.click("#settings-save")
+    expect(page.locator("#monthly-spend-limit-error")).to_have_text(
+        "Enter a whole number of credits from 1 to 1,000,000,000, or leave it empty for no limit."
+    )
+    page.fill("#monthly-spend-limit", "20")
+    page.click("#settings-save")
+    expect(page.locator("#settings-status")).to_have_text("Settings saved.")
+    for action in ["generate", "analyze", "search", "search", "search"]:  # 18 of 20, behind the page's back
+        spend_elsewhere(page, dev_stack, action)
+
+    analyze = page.locator('button.action[data-action="analyze"]')
+    expect(analyze).to_be_enabled()  # the page has not seen the limit refuse anything yet
+    assert run_action(page, "analyze").status == 402
+    expect(page.locator("#message")).to_contain_text("you have spent 18 of your 20 credits this month; Analyze needs 5")
+    why = "Monthly spending limit: 18 of 20 used; Analyze needs 5"
+    expect(analyze).to_be_disabled()  # not offered again for the same 402
+    expect(analyze).to_have_attribute("title", why)
+    expect(analyze).to_have_accessible_description(why)
+    expect(analyze).to_have_attribute("data-blocked", "limit")
+    expect(page.locator('button.action[data-action="generate"]')).to_be_disabled()
+    expect(page.locator('button.action[data-action="search"]')).to_be_enabled()  # 19 of 20 still fits
+    expect(page.locator("#balance")).to_have_text("82")
+    screenshot(page, "13-spend-limit-disables")
+
+    page.fill("#monthly-spend-limit", "")  # no limit: every action is offered again
+    page.click("#settings-save")
+    expect(page.locator("#settings-status")).to_have_text("Settings saved.")
+    expect(analyze).to_be_enabled()
+    expect(page.locator(f"#{analyze.get_attribute('aria-describedby')}")).to_be_hidden()
+    assert run_action(page, "analyze").status == 200
+    expect(page.locator("#balance")).to_have_text("77")
+
+
+def test_a_dispute_hides_the_payment_confirmation_and_a_won_one_reads_as_credits_back(
+    page: Page, dev_stack: DevStack
+) -> None:
+    from tests.e2e.test_stripe_tools import buy, payment
+
+    sign_in(page, dev_stack)
+    pro = buy(page, dev_stack, "pro", "1,200")
+    expect(page.locator("#checkout-status")).to_have_text("Payment confirmed: +1,200 credits")
+    payment(page, pro).get_by_role("button", name="Open a dispute").click()
+    expect(page.locator("#balance")).to_have_text("0")
+    expect(page.locator("#checkout-box")).to_be_hidden()  # no longer true: the credits were taken back
+    expect(page.locator("#history tbody tr").first.locator(".badge")).not_to_have_class(re.compile("restored"))
+    payment(page, pro).get_by_role("button", name="Close dispute: won").click()
+    expect(page.locator("#balance")).to_have_text("1,200")
+    expect(page.locator("#history tbody tr").first.locator(".badge")).to_have_class(re.compile(r"\bbadge-restored\b"))

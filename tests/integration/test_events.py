@@ -77,6 +77,10 @@ def test_100_racing_charges_through_the_threshold_fire_balance_low_once_and_agai
     assert [(e["credits"], e["balance"], e["monetaryAmount"], e["currency"]) for e in purchased] == [
         (105, 105, 500, "usd")
     ]
+    used = events.of("racer", "Credits Used")  # every charge, once, whatever order they landed in
+    assert sorted(e["balance"] for e in used) == list(range(5, 105))
+    assert {(e["credits"], e["description"], e["referenceId"]) for e in used} == {(1, "search", None)}
+    assert len({e["eventId"] for e in used}) == len({e["transactionId"] for e in used}) == 100
 
     ledger.grant("racer", 50, type="purchase", description="again", reference_id="pi_2")
     for _ in range(50):

@@ -27,6 +27,10 @@ from tests.support import environment, fleet
 
 API_KEY = "sk_test_local_emulator"
 
+# A request waits for a container; on a loaded 2-core machine several cold starts at once (each
+# process imports boto3, Powertools and pydantic) take tens of seconds. The deadline is for a hang.
+REQUEST_DEADLINE = 120
+
 
 @dataclass
 class Stack:
@@ -42,7 +46,7 @@ class Stack:
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=REQUEST_DEADLINE) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")

@@ -13,7 +13,7 @@ from credits.ledger import Ledger
 from credits.packages import Catalog
 from local.stripe_emulator import StripeEmulator
 from local.template import ROOT
-from tests.support import environment
+from tests.support import environment, http_event, invoke, load_function
 
 EXAMPLE = ROOT / "local" / "packages.example.json"
 
@@ -39,7 +39,7 @@ def test_the_example_catalog_imports_and_lists(moto_dynamodb, capsys) -> None:
     assert [p.id for p in listed][:1] == ["starter-jpy"]  # ordered by currency, then price
     assert {p.id: (p.credits, p.price, p.currency) for p in listed}["starter"] == (100, 500, "usd")
     assert main(["packages", "list"]) == 0
-    assert "starter: 100 credits for 500 usd [active]" in capsys.readouterr().out
+    assert "starter: 100 credits for $5.00 [active]" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,41 @@ def test_audit_exits_1_on_a_broken_ledger(moto_dynamodb, capsys) -> None:
     moto_dynamodb.delete_item(TableName="credits", Key={"pk": {"S": "USER#ok-user"}, "sk": {"S": "TX#000000000001"}})
     assert main(["audit", "ok-user"]) == 1
     assert "PROBLEMS" in capsys.readouterr().out
+
+
+def test_packages_list_prints_the_order_of_get_credit_packages(moto_dynamodb, tmp_path, capsys) -> None:
+    """The same order as GET /credit-packages (currency, then price, then id), inactive packages in
+    their place among them; not the page's own order (web/app.js puts the busiest currency first)."""
+    catalog = [
+        {"id": "team", "name": "Team", "credits": 5000, "price": 18000, "currency": "usd"},
+        {"id": "b-same", "name": "Same price B", "credits": 10, "price": 500, "currency": "usd"},
+        {"id": "starter", "name": "Starter", "credits": 100, "price": 500, "currency": "usd"},
+        {"id": "old", "name": "Old", "credits": 1, "price": 100, "currency": "usd", "active": False},
+        {"id": "yen", "name": "Yen", "credits": 100, "price": 800, "currency": "jpy"},
+        {"id": "euro", "name": "Euro", "credits": 100, "price": 500, "currency": "eur"},
+    ]
+    assert main(["packages", "import", write(tmp_path, catalog)]) == 0
+    imported = capsys.readouterr().out
+    assert "yen: 100 credits for ¥800 (stripe price None)" in imported  # money as people read it
+    assert "team: 5,000 credits for $180.00 (stripe price None)" in imported
+    assert main(["packages", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed == [
+        "euro: 100 credits for €5.00 [active]",
+        "yen: 100 credits for ¥800 [active]",
+        "old: 1 credit for $1.00 [inactive]",  # the cheapest, in its place
+        "b-same: 10 credits for $5.00 [active]",  # the same price: by id
+        "starter: 100 credits for $5.00 [active]",
+        "team: 5,000 credits for $180.00 [active]",
+    ]
+    # the active ones, exactly in the order the HTTP route answers
+    http = invoke(load_function("balance"), http_event("GET", "/credit-packages", sub=None))[1]
+    active = [line.split(":")[0] for line in listed if line.endswith("[active]")]
+    assert active == [p["id"] for p in http["packages"]]
+
+
+def test_packages_list_says_the_order_it_prints(capsys) -> None:
+    assert main(["packages", "list", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "in the order GET /credit-packages lists them: by currency, then price, then id" in shown
+    assert "the order the page lists them" not in shown  # the page orders its own way (web/app.js)

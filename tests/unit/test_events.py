@@ -13,16 +13,21 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from credits import keys
+from credits.config import publish_usage_events
+from credits.errors import ConfigError
 from credits.events import (
     DEAD_LETTER_MAX_BYTES,
+    ENTRY_EVENTS,
     Unpublishable,
     dead_letter_body,
     dead_letter_message,
     events_of,
     record_events,
 )
-from credits.ledger import Ledger, to_item
+from credits.ledger import ENTRY_TYPES, Entry, Ledger, Policy, to_item
+from tests import stripe_events as se
 from tests.support import FakeContext, environment, load_function
+from tests.unit.test_webhook import send
 
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/credits/stream/2026-11-26T00:00:00.000"
 
@@ -80,9 +85,20 @@ def test_a_purchase_spending_through_the_threshold_and_a_refund_below_zero(ledge
     ledger.charge("ann", 1, description="c")  # 9: crosses
     ledger.charge("ann", 9, description="d")  # 0: already below, no second event
     ledger.claw_back("ann", 20, type="refund", description="refund", reference_id="r1")
+
+    def used(credits: int, balance: int, description: str) -> tuple[str, dict[str, Any]]:
+        return (
+            "Credits Used",
+            {"credits": credits, "balance": balance, "description": description, "referenceId": None},
+        )
+
     assert kinds(moto_dynamodb, "ann") == [
         ("Credits Purchased", {"credits": 100, "balance": 100, "monetaryAmount": 500, "currency": "usd"}),
+        used(85, 15, "a"),
+        used(5, 10, "b"),
+        used(1, 9, "c"),
         ("Balance Low", {"balance": 9, "threshold": 10}),
+        used(9, 0, "d"),
         ("Credits Clawed Back", {"credits": 20, "reason": "refund", "balance": -20}),
         ("Balance Negative", {"balance": -20}),
     ]
@@ -94,7 +110,15 @@ def test_landing_exactly_on_zero_and_crossing_again_after_a_top_up(ledger: Ledge
     ledger.charge("bo", 10, description="10 -> 0")
     ledger.grant("bo", 50, type="adjustment", description="top-up")
     ledger.charge("bo", 45, description="50 -> 5")
-    assert [k for k, _ in kinds(moto_dynamodb, "bo")] == ["Balance Low", "Balance Low"]
+    assert [k for k, _ in kinds(moto_dynamodb, "bo")] == [
+        "Credits Granted",
+        "Credits Granted",
+        "Credits Used",
+        "Balance Low",
+        "Credits Granted",
+        "Credits Used",
+        "Balance Low",
+    ]
 
 
 def test_the_users_own_threshold_is_written_with_each_entry_and_0_turns_it_off(ledger: Ledger, moto_dynamodb) -> None:
@@ -103,11 +127,12 @@ def test_the_users_own_threshold_is_written_with_each_entry_and_0_turns_it_off(l
     ledger.charge("cy", 20, description="60 -> 40")
     ledger.update_settings("cy", low_balance_threshold=0)
     ledger.charge("cy", 40, description="40 -> 0")
-    assert kinds(moto_dynamodb, "cy", default_threshold=10) == [("Balance Low", {"balance": 40, "threshold": 50})]
+    low = [(k, d) for k, d in kinds(moto_dynamodb, "cy", default_threshold=10) if k.startswith("Balance")]
+    assert low == [("Balance Low", {"balance": 40, "threshold": 50})]
     ledger.update_settings("dee", low_balance_threshold=0)
     ledger.grant("dee", 5, type="gift", description="seed")
     ledger.charge("dee", 5, description="5 -> 0")
-    assert kinds(moto_dynamodb, "dee") == []
+    assert [k for k, _ in kinds(moto_dynamodb, "dee")] == ["Credits Granted", "Credits Used"]  # no Balance Low
 
 
 def test_a_months_first_spend_limit_refusal_is_one_event(ledger: Ledger, moto_dynamodb) -> None:
@@ -164,12 +189,12 @@ def test_a_failed_entry_fails_its_record_only_and_a_redelivery_repeats_the_same_
     answer = module.lambda_handler({"Records": records}, FakeContext())
     assert answer == {"batchItemFailures": [{"itemIdentifier": records[1]["dynamodb"]["SequenceNumber"]}]}
     first = [(e["DetailType"], json.loads(e["Detail"])["eventId"]) for e in fake.put]
-    assert [k for k, _ in first] == ["Credits Purchased", "Credits Clawed Back", "Balance Negative"]
+    assert [k for k, _ in first] == ["Credits Purchased", "Credits Used", "Credits Clawed Back", "Balance Negative"]
 
     fake.fail, fake.put = set(), []
     assert module.lambda_handler({"Records": records}, FakeContext()) == {"batchItemFailures": []}
     again = [(e["DetailType"], json.loads(e["Detail"])["eventId"]) for e in fake.put]
-    assert set(first) <= set(again) and len(again) == 4
+    assert set(first) <= set(again) and len(again) == 5
     assert all(e["Source"] == "credits" and e["EventBusName"] == "credits-test" for e in fake.put)
     low = json.loads(next(e["Detail"] for e in fake.put if e["DetailType"] == "Balance Low"))
     assert (low["userId"], low["balance"], low["threshold"]) == ("fay", 5, 10)
@@ -508,7 +533,8 @@ def test_a_dead_letter_too_large_for_sqs_keeps_its_reason_and_the_start_of_its_r
 
 def test_record_events_reads_only_what_the_ledger_writes(batch: dict[str, Any]) -> None:
     entry = batch["entry"]
-    assert [e.detail_type for e in record_events(entry, 10) or []] == []  # bo's charge crossed nothing
+    assert [e.detail_type for e in record_events(entry, 10) or []] == ["Credits Used"]  # it crossed nothing
+    assert record_events(entry, 10, publish_usage=False) == []
     assert [e.detail_type for e in record_events(batch["before"], 10) or []] == ["Credits Purchased"]
     assert record_events({**entry, "eventName": "REMOVE"}, 10) is None
     with pytest.raises(Unpublishable, match="amount is not an integer"):
@@ -518,3 +544,122 @@ def test_record_events_reads_only_what_the_ledger_writes(batch: dict[str, Any]) 
     optional_null = image("currency", {"NULL": True})(copy.deepcopy(batch["before"]))
     (purchase,) = record_events(optional_null, 10) or []
     assert purchase.detail["currency"] is None
+
+
+# ---- every ledger entry announces itself --------------------------------------------------------------
+
+
+def test_every_entry_announces_what_it_is(ledger: Ledger, moto_dynamodb) -> None:
+    ledger.update_settings("gus", low_balance_threshold=0)  # only the entries' own events
+    ledger.grant(
+        "gus", 50, type="purchase", description="pack", reference_id="pi_g", monetary_amount=500, currency="usd"
+    )
+    ledger.charge("gus", 5, description="analyze", reference_id="doc-1")
+    hold = ledger.reserve("gus", 10, description="generate")
+    ledger.capture("gus", hold.hold_id, 4)
+    ledger.grant("gus", 7, type="gift", description="welcome", reference_id="promo-1")
+    ledger.grant("gus", 3, type="adjustment", description="support")
+    ledger.claw_back("gus", 20, type="refund", description="refund", reference_id="r1")
+    assert kinds(moto_dynamodb, "gus") == [
+        ("Credits Purchased", {"credits": 50, "balance": 50, "monetaryAmount": 500, "currency": "usd"}),
+        ("Credits Used", {"credits": 5, "balance": 45, "description": "analyze", "referenceId": "doc-1"}),
+        (
+            "Credits Used",
+            {"credits": 4, "balance": 41, "description": "generate", "referenceId": f"hold:{hold.hold_id}"},
+        ),
+        (
+            "Credits Granted",
+            {"credits": 7, "type": "gift", "balance": 48, "description": "welcome", "referenceId": "promo-1"},
+        ),
+        (
+            "Credits Granted",
+            {"credits": 3, "type": "adjustment", "balance": 51, "description": "support", "referenceId": None},
+        ),
+        ("Credits Clawed Back", {"credits": 20, "reason": "refund", "balance": 31}),
+    ]
+    # each carries the entry's id, and the same eventId on every delivery of the same record
+    records = [r for r in stream_records(moto_dynamodb, "gus") if r["dynamodb"]["Keys"]["sk"]["S"].startswith("TX#")]
+    once = [e.detail for r in records for e in record_events(r, 10) or []]
+    again = [e.detail for r in copy.deepcopy(records) for e in record_events(r, 10) or []]
+    assert once == again and len({d["eventId"] for d in once}) == len(once) == 6
+    assert [d["transactionId"] for d in once] == [r["dynamodb"]["NewImage"]["id"]["S"] for r in records]
+
+
+def test_a_dispute_closed_in_the_users_favour_restores_the_credits_and_says_so(
+    webhook: ModuleType, ledger: Ledger, moto_dynamodb
+) -> None:
+    """Posted as payments.py posts it: a positive `dispute` entry, reference settle:<payment>:<step>."""
+    send(webhook, "checkout.session.completed", se.session(payment_intent="pi_won"))
+    send(webhook, "charge.dispute.created", se.dispute("pi_won"))
+    send(webhook, "charge.dispute.closed", se.dispute("pi_won", status="won"))
+    restored = ledger.history("user-1")[-1]
+    assert (restored.type, restored.amount, restored.reference_id) == ("dispute", 100, "settle:pi_won:2")
+    found = kinds(moto_dynamodb, "user-1")
+    assert [k for k, _ in found] == ["Credits Purchased", "Credits Clawed Back", "Balance Low", "Credits Restored"]
+    detail = found[-1][1]
+    assert {k: detail[k] for k in ("credits", "reason", "balance", "currency")} == {
+        "credits": 100,
+        "reason": "dispute",
+        "balance": 100,
+        "currency": "usd",
+    }
+    assert detail["description"].endswith("won): credits restored") and detail["monetaryAmount"] == 500
+
+
+def test_an_expiration_entry_announces_credits_expired(ledger: Ledger, moto_dynamodb) -> None:
+    ledger.update_settings("hal", low_balance_threshold=0)
+    ledger.grant("hal", 30, type="gift", description="seed")
+    ledger.post("hal", Entry(-12, "expiration", "credits expired"), Policy.USAGE)  # nothing posts one today
+    assert kinds(moto_dynamodb, "hal")[-1] == ("Credits Expired", {"credits": 12, "balance": 18})
+
+
+def _entry(kind: str, amount: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    keys_ = {"pk": {"S": "USER#ivy"}, "sk": {"S": "TX#000000000002"}}
+    image = {
+        **keys_,
+        "id": {"S": "tx-1"},
+        "type": {"S": kind},
+        "amount": {"N": str(amount)},
+        "balance_after": {"N": "1000"},
+        "description": {"S": ""},  # a captured hold without a description writes ""
+    }
+    return keys_, image
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRY_TYPES))
+@pytest.mark.parametrize("sign", [1, -1])
+def test_each_entry_type_has_exactly_one_entry_event_whatever_its_sign(kind: str, sign: int) -> None:
+    keys_, image = _entry(kind, 5 * sign)
+    found = [e.detail_type for e in events_of(keys_, image, 0)]
+    assert len(found) == 1 and found[0] in ENTRY_EVENTS[kind], found
+    if kind in ("refund", "dispute"):
+        assert found == ["Credits Clawed Back" if sign < 0 else "Credits Restored"]
+    assert set(ENTRY_EVENTS) == ENTRY_TYPES
+
+
+def test_usage_events_can_be_switched_off_and_nothing_else_is(ledger: Ledger, moto_dynamodb) -> None:
+    ledger.grant("jo", 12, type="gift", description="seed")
+    ledger.charge("jo", 5, description="down")  # 7: Balance Low
+    records = [r for r in stream_records(moto_dynamodb, "jo") if r["dynamodb"]["Keys"]["sk"]["S"].startswith("TX#")]
+    on = [[e.detail_type for e in record_events(r, 10) or []] for r in records]
+    off = [[e.detail_type for e in record_events(r, 10, publish_usage=False) or []] for r in records]
+    assert on == [["Credits Granted"], ["Credits Used", "Balance Low"]]
+    assert off == [["Credits Granted"], ["Balance Low"]]
+    low_on, low_off = record_events(records[1], 10), record_events(records[1], 10, publish_usage=False)
+    assert low_on is not None and low_off is not None and low_on[1] == low_off[0]  # the same event, same eventId
+
+    for value, publishes in (("false", False), ("FALSE", False), ("true", True), (None, True)):
+        with environment(EVENT_BUS_NAME="credits-test", PUBLISH_USAGE_EVENTS=value):
+            module = load_function("events")
+        bus = FakeEventBridge()
+        module.publisher.client = bus
+        assert module.lambda_handler({"Records": records}, FakeContext()) == {"batchItemFailures": []}
+        published = [e["DetailType"] for e in bus.put]
+        assert published == ["Credits Granted", *(["Credits Used"] if publishes else []), "Balance Low"], value
+
+
+@pytest.mark.parametrize("value", ["no", "0", "yes please"])
+def test_a_mistyped_usage_switch_stops_the_function_at_cold_start(value: str) -> None:
+    with pytest.raises(ConfigError, match="PUBLISH_USAGE_EVENTS"):
+        publish_usage_events({"PUBLISH_USAGE_EVENTS": value})
+    assert publish_usage_events({}) is True and publish_usage_events({"PUBLISH_USAGE_EVENTS": " "}) is True

@@ -5,8 +5,11 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import re
 import socket
+import struct
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -355,3 +358,65 @@ def test_an_unsupported_method_is_json_too(plain: Gateway) -> None:
     answer.begin()
     assert (answer.status, answer.getheader("Content-Type")) == (501, "application/json")
     assert json.loads(answer.read()) == {"message": "Not Implemented"}
+
+
+# ---- the request log ------------------------------------------------------------------------------
+
+LOG_DEADLINE = 30.0  # seconds for a line to reach the log on a loaded 2-core machine
+
+
+def wait_for(lines: list[str], count: int) -> list[str]:
+    deadline = time.monotonic() + LOG_DEADLINE
+    while len(lines) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return list(lines)
+
+
+def test_every_request_is_one_line_with_method_path_status_milliseconds_and_user(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<!doctype html><title>page</title>")
+    lines: list[str] = []
+    gateway = Gateway(token_secret="test-secret", web_dir=tmp_path, request_log=lines.append)
+    gateway.start(warm=False)
+    try:
+        status, answer = sign_in(gateway, json.dumps({"user": "alice"}).encode())
+        assert status == 200
+        with urllib.request.urlopen(gateway.base_url + "/?checkout=success", timeout=30) as page:
+            assert page.status == 200
+        request = urllib.request.Request(
+            gateway.base_url + "/local/notifications", headers={"Authorization": f"Bearer {answer['token']}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as missing:  # no event bridge: no such route
+            urllib.request.urlopen(request, timeout=30)
+        missing.value.close()
+        logged = wait_for(lines, 3)
+    finally:
+        gateway.stop()
+    assert len(logged) == 3, logged
+    assert re.fullmatch(r"POST /local/sign-in 200 \d+ ms alice", logged[0]), logged
+    assert re.fullmatch(r"GET / 200 \d+ ms", logged[1]), logged  # the path without its query
+    assert re.fullmatch(r"GET /local/notifications 404 \d+ ms", logged[2]), logged
+
+
+def test_a_client_gone_mid_answer_is_one_line_in_the_log_and_no_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A browser tab closed (or reloaded) while the answer is on its way: the gateway's write fails
+    (broken pipe, reset). One line says so; no BrokenPipeError traceback, and it serves on."""
+    (tmp_path / "big.bin").write_bytes(b"x" * (32 * 1024 * 1024))  # more than the sockets' buffers hold
+    lines: list[str] = []
+    gateway = Gateway(token_secret="test-secret", web_dir=tmp_path, request_log=lines.append)
+    gateway.start(warm=False)
+    host, port = gateway.server.server_address[:2]
+    try:
+        with socket.create_connection((str(host), port), timeout=30) as sock:
+            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the answer is under way
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        logged = wait_for(lines, 1)
+        assert len(logged) == 1, logged
+        assert re.fullmatch(r"GET /big\.bin 200 \d+ ms \(the client closed the connection\)", logged[0]), logged
+        assert raw(gateway, b"GET /nothing-here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 404
+    finally:
+        gateway.stop()
+    err_text = capfd.readouterr().err
+    assert "Traceback" not in err_text and "BrokenPipeError" not in err_text, err_text

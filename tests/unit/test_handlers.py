@@ -431,3 +431,31 @@ def test_a_read_the_store_refuses_is_retriable_when_it_can_be(
         assert (got, body["error"]["code"]) == (status, code), path
         assert (headers.get("Retry-After") == "1") == (status == 503)
         assert error not in json.dumps(body)
+
+
+def test_the_price_list_is_public_served_from_action_costs_cheapest_first(moto_dynamodb) -> None:
+    status, body, headers = invoke(load_function("balance"), http_event("GET", "/credit-prices", sub=None))
+    assert (status, body) == (
+        200,
+        {
+            "prices": [
+                {"action": "search", "credits": 1},
+                {"action": "analyze", "credits": 5},
+                {"action": "generate", "credits": 10},
+            ]
+        },
+    )
+    assert headers["Cache-Control"] == "public, max-age=60"
+    # the deployed ActionCosts, whatever it holds: ties by name, in the same order on every cold start
+    with environment(ACTION_COSTS='{"zeta": 2, "alpha": 2, "export": 1}'):
+        _, body, _ = invoke(load_function("balance"), http_event("GET", "/credit-prices", sub=None))
+    assert body["prices"] == [
+        {"action": "export", "credits": 1},
+        {"action": "alpha", "credits": 2},
+        {"action": "zeta", "credits": 2},
+    ]
+
+
+def test_the_balance_function_does_not_start_with_a_bad_price_list(moto_dynamodb) -> None:
+    with environment(ACTION_COSTS='{"search": 0}'), pytest.raises(Exception, match="ACTION_COSTS"):
+        load_function("balance")

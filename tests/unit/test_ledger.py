@@ -217,3 +217,132 @@ def test_a_charge_costs_one_read_and_one_transaction(ledger: Ledger, moto_dynamo
     calls.clear()
     ledger.charge("kim", 1, description="search", reference_id="r1", idempotency=Idempotency("k", "f"))
     assert calls == ["BatchGetItem", "TransactWriteItems"]
+
+
+# ---- an operator's adjustments: a debit never below zero unless forced with a reason ----------
+
+
+def test_an_adjustment_debit_takes_credits_away_down_to_zero_and_no_further(ledger: Ledger) -> None:
+    ledger.grant("eve", 10, type="gift", description="welcome")
+    taken = ledger.adjust("eve", -4, description="duplicate gift", reference_id="ticket-1")
+    assert (taken.amount, taken.balance) == (-4, 6)
+    with pytest.raises(InsufficientCredits) as caught:
+        ledger.adjust("eve", -7, description="too much")
+    assert (caught.value.balance, caught.value.available) == (6, 6)
+    assert ledger.adjust("eve", -6, description="all of it").balance == 0
+    history = ledger.history("eve")
+    assert [(t.type, t.amount, t.balance_after) for t in history] == [
+        ("gift", 10, 10),
+        ("adjustment", -4, 6),
+        ("adjustment", -6, 0),
+    ]
+    assert [t.reason for t in history] == [None, None, None]
+    # a repeat of a reference replays, a different change under it is refused
+    again = ledger.adjust("eve", -4, description="duplicate gift", reference_id="ticket-1")
+    assert (again.replayed, again.transaction_id) == (True, taken.transaction_id)
+    with pytest.raises(ReferenceReused):
+        ledger.adjust("eve", -3, description="other", reference_id="ticket-1")
+    assert ledger.audit("eve").ok and ledger.balance("eve") == 0
+
+
+def test_an_adjustment_debit_counts_open_holds(ledger: Ledger) -> None:
+    ledger.grant("fay", 10, type="gift", description="welcome")
+    ledger.reserve("fay", 7, description="running")
+    with pytest.raises(InsufficientCredits) as caught:
+        ledger.adjust("fay", -4, description="would leave the hold uncovered")
+    assert (caught.value.balance, caught.value.available) == (10, 3)
+    assert ledger.adjust("fay", -3, description="what is free").balance == 7
+    assert ledger.account("fay").available == 0
+
+
+def test_an_adjustment_debit_never_deepens_a_negative_balance_unless_forced(ledger: Ledger) -> None:
+    ledger.grant("gus", 10, type="purchase", description="pack", reference_id="pi_g")
+    ledger.charge("gus", 8, description="use")
+    ledger.claw_back("gus", 10, type="refund", description="refund", reference_id="re_g")
+    with pytest.raises(InsufficientCredits):
+        ledger.adjust("gus", -1, description="more")
+    assert ledger.balance("gus") == -8
+
+
+def test_a_forced_adjustment_may_go_below_zero_and_keeps_its_reason(ledger: Ledger) -> None:
+    ledger.grant("hal", 5, type="gift", description="welcome")
+    forced = ledger.adjust("hal", -8, description="promo reversed", force_negative=True, reason="ticket 42: abuse")
+    assert forced.balance == -3
+    last = ledger.history("hal")[-1]
+    assert (last.type, last.amount, last.description, last.reason) == (
+        "adjustment",
+        -8,
+        "promo reversed",
+        "ticket 42: abuse",
+    )
+    assert ledger.audit("hal").ok
+
+
+@pytest.mark.parametrize(
+    ("amount", "kwargs"),
+    [
+        (0, {}),
+        (-5, {"force_negative": True}),  # forced needs a reason
+        (-5, {"force_negative": True, "reason": "  "}),
+        (5, {"force_negative": True, "reason": "a credit is never forced"}),
+        (-1_000_000_001, {}),
+    ],
+)
+def test_invalid_adjustments_write_nothing(ledger: Ledger, moto_dynamodb, amount: int, kwargs: dict) -> None:
+    with pytest.raises(ValidationError):
+        ledger.adjust("ivy", amount, description="x", **kwargs)
+    assert moto_dynamodb.scan(TableName="credits")["Items"] == []
+
+
+def test_an_adjustment_credit_is_a_grant(ledger: Ledger) -> None:
+    assert ledger.adjust("jon", 5, description="goodwill").balance == 5
+    assert [(t.type, t.amount) for t in ledger.history("jon")] == [("adjustment", 5)]
+
+
+def test_a_queued_adjustment_keeps_its_policy_and_reason() -> None:
+    """Under contention a change waits as an intent item (group commit): it must come back the same."""
+    from credits.ledger import Entry, Policy, _Kind, _Op
+
+    entry = Entry(-8, "adjustment", "promo reversed", "t-1", reason="ticket 42")
+    for policy in (Policy.ADJUSTMENT, Policy.CLAWBACK):
+        op = _Op(_Kind.POST, entry, policy, None, "fp")
+        back = _Op.from_fields({k: v for k, v in op.fields().items() if v is not None})
+        assert (back.entry, back.policy) == (entry, policy)
+
+
+def test_queued_adjustments_in_one_combiner_pass_never_go_below_zero_unless_forced(ledger: Ledger) -> None:
+    """Group commit decides queued adjustments by the same rule, each seeing the ones before it."""
+    import time
+    import uuid
+
+    from credits import keys
+    from credits.ledger import Entry, Policy, _Intent, _Kind, _Op, _posted
+
+    ledger.grant("kim", 5, type="gift", description="seed")
+    pk = keys.user_pk("kim")
+
+    def queue(amount: int, policy: Policy, reason: str | None = None) -> _Intent:
+        now = time.time()
+        entry = Entry(-amount, "adjustment", "queued", reason=reason)
+        intent = _Intent(str(uuid.uuid4()), int(now * 1000), int((now + 30) * 1000), _Op(_Kind.POST, entry, policy))
+        ledger._write("put_item", {"TableName": ledger.table, "Item": to_item(intent.item(pk, int(now)))})
+        return intent
+
+    first, second, forced = (
+        queue(4, Policy.ADJUSTMENT),
+        queue(4, Policy.ADJUSTMENT),
+        queue(4, Policy.CLAWBACK, "ticket 7"),
+    )
+    owner = str(uuid.uuid4())
+    assert ledger._take_lease(pk, owner)
+    try:
+        snapshot, intents = ledger._queued(pk)
+        decided = ledger._combine(pk, snapshot, intents, owner) or {}
+    finally:
+        ledger._release_lease(pk, owner)
+    assert _posted(decided[first.id].result()).balance == 1
+    with pytest.raises(InsufficientCredits):
+        decided[second.id].result()
+    assert _posted(decided[forced.id].result()).balance == -3
+    assert [(t.amount, t.reason) for t in ledger.history("kim")] == [(5, None), (-4, None), (-4, "ticket 7")]
+    assert ledger.audit("kim").ok

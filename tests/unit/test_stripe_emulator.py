@@ -818,13 +818,15 @@ def first_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 @contextmanager
-def command_line(receiver: Receiver, *, sigint_ignored: bool = False) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def command_line(
+    receiver: Receiver, *, sigint_ignored: bool = False, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`python -m local.stripe_emulator` in its own process, started as a person starts it, or with
     SIGINT ignored as a background job, nohup or a CI runner starts it; yields the process and its
     base URL once it serves. It is never left running: killed at the end if it still runs."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["-m", "local.stripe_emulator", "--port", "0", "--webhook-url", receiver.url]
-    args += ["--webhook-secret", SECRET, "--api-key", API_KEY]
+    args += ["--webhook-secret", SECRET, "--api-key", API_KEY, *extra]
     launch = [sys.executable, *(["-c", IGNORING_SIGINT] if sigint_ignored else []), *args]
     with subprocess.Popen(launch, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
@@ -904,6 +906,51 @@ def test_state_kept_in_a_file_survives_a_restart(tmp_path: Any) -> None:
         assert session.amount_total == 500
     finally:
         second.stop()
+
+
+def test_every_change_is_in_the_state_file_as_it_happens(tmp_path: Path, receiver: Receiver) -> None:
+    """Not only at a clean stop: what the ledger may already have recorded (a payment whose webhook
+    was delivered) is on disk before the webhook is sent. The file is replaced whole, never left
+    half-written (a temporary file in the same folder, renamed over it)."""
+    path = tmp_path / "stripe.json"
+    emulator = StripeEmulator(api_key=API_KEY, webhook_secret=SECRET, webhook_url=receiver.url, state_path=path)
+    emulator.start()
+    try:
+        client = stripe.StripeClient(API_KEY, base_addresses={"api": emulator.base_url}, max_network_retries=0)
+        product = client.v1.products.create(params={"name": "Starter"})
+        assert product.id in json.loads(path.read_text())["objects"]
+        session = make_session(client)
+        emulator.pay(session.id)
+        kept = json.loads(path.read_text())  # no stop(): as after a crash
+        assert kept["objects"][session.id]["payment_status"] == "paid"
+        assert kept["checkouts"][session.id]["charge"] in kept["objects"]
+        assert [e["type"] for e in kept["events"]] == ["checkout.session.completed"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["stripe.json"]  # no temporary file left
+    finally:
+        emulator.stop()
+
+
+def test_payments_survive_a_kill_9_of_the_emulator(tmp_path: Path, receiver: Receiver) -> None:
+    """After a crash (`kill -9`), its payments are there on restart: they can be refunded and disputed."""
+    state = ("--state", str(tmp_path / "stripe-emulator.json"))
+    with command_line(receiver, extra=state) as (proc, base_url):
+        client = stripe.StripeClient(API_KEY, base_addresses={"api": base_url}, max_network_retries=0)
+        session = make_session(client)
+        assert send("POST", f"{base_url}/_emulator/sessions/{session.id}/pay")[0] == 200
+        proc.kill()  # SIGKILL: no clean stop, nothing saved then
+        proc.wait(timeout=PROCESS_DEADLINE)
+    with command_line(receiver, extra=state) as (proc, base_url):
+        client = stripe.StripeClient(API_KEY, base_addresses={"api": base_url}, max_network_retries=0)
+        assert client.v1.checkout.sessions.retrieve(session.id).payment_status == "paid"
+        assert send("POST", f"{base_url}/_emulator/sessions/{session.id}/refund", {"amount": "300"})[0] == 200
+        assert send("POST", f"{base_url}/_emulator/sessions/{session.id}/dispute")[0] == 200
+        err = stopped_by(proc, signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert [e.type for e in receiver.events()] == [
+        "checkout.session.completed",
+        "charge.refunded",
+        "charge.dispute.created",
+    ]
 
 
 def test_lists_page_as_stripe_s_do_and_deliveries_can_be_dropped(

@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from local.template import ROOT, load
+from credits.ledger import ENTRY_TYPES
+from local.streams import keep
+from local.template import ROOT, load, stream_source
 
 CREDITS = ROOT / "shared" / "credits"
 ITEM_ACTIONS = {
@@ -70,3 +72,29 @@ def test_the_dashboard_is_valid_json_and_shows_what_the_code_measures() -> None:
     assert shown <= emitted, shown - emitted
     assert {"CreditsCharged", "InsufficientCredits", "Unavailable", "CreditsPurchased", "EventsFailed"} <= shown
     assert set(variables) == {"DeadLetterQueue"}
+
+
+def test_usage_events_are_switched_by_a_parameter_that_reaches_the_events_function() -> None:
+    template = load()
+    parameter = template["Parameters"]["PublishUsageEvents"]
+    assert (parameter["Default"], sorted(parameter["AllowedValues"])) == ("true", ["false", "true"])
+    variables = template["Resources"]["EventsFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["PUBLISH_USAGE_EVENTS"] == {"Ref": "PublishUsageEvents"}
+    # the function reads it (config.publish_usage_events), and only the events function needs it
+    assert "PUBLISH_USAGE_EVENTS" not in template["Globals"]["Function"]["Environment"]["Variables"]
+
+
+def test_the_stream_filter_delivers_every_ledger_entry_type_and_the_limit_notes_only() -> None:
+    patterns = stream_source("events").patterns
+
+    def record(sk: str, name: str = "INSERT", **image: dict[str, str]) -> dict[str, object]:
+        keys = {"pk": {"S": "USER#u"}, "sk": {"S": sk}}
+        return {"eventName": name, "dynamodb": {"Keys": keys, "NewImage": {**keys, **image}}}
+
+    for kind in ENTRY_TYPES:  # usage included: it is what crosses the low-balance threshold
+        assert keep(patterns, record("TX#000000000001", type={"S": kind})), kind
+    assert keep(patterns, record("LIMIT#2026-12"))
+    for sk in ("ACCOUNT", "HOLD#h1", "REF#doc-1", "IDEM#k", "SYSREF#purchase:pi_1"):
+        assert not keep(patterns, record(sk)), sk
+    assert not keep(patterns, record("TX#000000000001", "MODIFY"))
+    assert not keep(patterns, record("TX#000000000001", "REMOVE"))
