@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from credits.ledger import Ledger  # noqa: E402
 from local.containers import SHOW_METRICS, start_containers  # noqa: E402
+from local.dev import default_action_costs  # noqa: E402
 from local.dynamodb_local import DynamoDBLocal  # noqa: E402
 from local.template import create_tables  # noqa: E402
 
@@ -290,7 +291,7 @@ def environment(endpoint: str) -> dict[str, str]:
         "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
         "CREDITS_TABLE_NAME": TABLE,
         "IDEMPOTENCY_TABLE_NAME": "bench-idempotency",
-        "ACTION_COSTS": '{"search": 1, "analyze": 5, "generate": 10}',
+        "ACTION_COSTS": default_action_costs(),
         "POWERTOOLS_SERVICE_NAME": "credits",
         "POWERTOOLS_METRICS_NAMESPACE": "Credits",
         "POWERTOOLS_METRICS_DISABLED": "true",

@@ -34,7 +34,6 @@ TABLES = {"CreditsTable": "credits", "IdempotencyTable": "credits-idempotency"}
 EXAMPLE_CATALOG = ROOT / "local" / "packages.example.json"
 EMULATOR_API_KEY = "sk_test_local_emulator"
 EMULATOR_WEBHOOK_SECRET = "whsec_local_emulator"  # noqa: S105 - the local emulator's, not a secret
-DEFAULT_COSTS = '{"search": 1, "analyze": 5, "generate": 10}'
 IAM_CREDENTIALS_FILE = "local-iam-credentials.json"  # the local key /internal/* accepts, under --data-dir
 EVENT_BUS = "credits-local"
 EVENTS_FUNCTION = "events"  # the function the credits table's stream invokes (template.yaml)
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
-            "ACTION_COSTS": os.environ.get("ACTION_COSTS", DEFAULT_COSTS),
+            "ACTION_COSTS": os.environ.get("ACTION_COSTS", default_action_costs()),
             "CHECKOUT_SUCCESS_URL": f"{base}/?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
             "CHECKOUT_CANCEL_URL": f"{base}/?checkout=cancelled",
             "POWERTOOLS_SERVICE_NAME": "credits",
@@ -254,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  API:       {base}  (routes from template.yaml; /internal/* needs SigV4 with the local key below)\n"
             f"  API docs:  {base}/docs  (the contract: {base}/openapi.yaml)\n"
             f"  webhook:   {base}/webhook\n"
+            f"{balance_curl(base)}"
             "  CLI:       .venv/bin/credits user alice  (finds this stack; `credits --help`)\n"
             f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
             f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
@@ -317,6 +317,23 @@ def seed_catalog() -> None:
         return
     if credits_cli(["packages", "import", str(EXAMPLE_CATALOG), "--sync-stripe"]) != 0:
         raise StartupError("could not import the example catalog")
+
+
+def default_action_costs() -> str:
+    """The price list: the template's `ActionCosts` default, the one list everything serves."""
+    from local.template import load
+
+    return str(load()["Parameters"]["ActionCosts"]["Default"])
+
+
+def balance_curl(base: str) -> str:
+    """The banner's lines for the JWT routes with curl: sign in locally, then ask the balance."""
+    sign_in = f'curl -s -X POST {base}/local/sign-in -d \'{{"user": "alice"}}\''
+    parse_answer = "python3 -c 'import json, sys; print(json.load(sys.stdin)[\"token\"])'"
+    return (
+        f"  curl:      TOKEN=$({sign_in} | {parse_answer})\n"
+        f'             curl -s {base}/credits/balance -H "Authorization: Bearer $TOKEN"\n'
+    )
 
 
 def internal_api_help(base: str, key_id: str, secret: str, kept_in: Path, *, region: str = "us-east-1") -> str:

@@ -410,3 +410,19 @@ def test_curl_snippets_run_against_the_local_gateway(snippet: Snippet, gateway: 
     )
     assert result.returncode == 0, f"{snippet} failed:\n{result.stdout}{result.stderr}"
     assert json.loads(result.stdout) == {"balance": 0, "available": 0, "held": 0}
+
+
+def test_the_make_dev_banner_s_curl_lines_run_as_printed(gateway: Gateway) -> None:
+    """The banner prints a ready curl for GET /credits/balance: pasted as printed, it answers."""
+    from local.dev import balance_curl
+
+    lines = [line.removeprefix("  curl:").strip() for line in balance_curl(gateway.base_url).splitlines()]
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(lines)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout) == {"balance": 0, "available": 0, "held": 0}
