@@ -76,18 +76,18 @@ class _Batch:
         return answer
 
 
-def handle(record: Any, batch: _Batch, context: LambdaContext) -> None:
+def handle(record: Any, batch: _Batch, context: LambdaContext) -> bool:
+    """Publish one record's events; True when it must be retried (a transient failure)."""
     try:
         events = record_events(record, DEFAULT_THRESHOLD, publish_usage=PUBLISH_USAGE)
     except Exception as exc:  # noqa: BLE001 - reading a record is deterministic: any error is permanent
         reason = str(exc) if isinstance(exc, Unpublishable) else f"unexpected {type(exc).__name__}: {exc}"
-        dead_letter(record, reason, batch, context)
-        return
+        return dead_letter(record, reason, batch, context)
     if events is None:
         metrics.add_metric(name="StreamRecordsIgnored", unit=MetricUnit.Count, value=1)
-        return
+        return False
     if not events:
-        return
+        return False
     try:
         publisher.publish(events)
     except Exception:
@@ -97,12 +97,14 @@ def handle(record: Any, batch: _Batch, context: LambdaContext) -> None:
             extra={"kinds": [e.detail_type for e in events], "sequenceNumber": sequence_number(record)},
         )
         batch.fail(record)
-        return
+        return True
     metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
+    return False
 
 
-def dead_letter(record: Any, reason: str, batch: _Batch, context: LambdaContext) -> None:
-    """Send a record that can never be published to the dead-letter queue; if that fails, fail it."""
+def dead_letter(record: Any, reason: str, batch: _Batch, context: LambdaContext) -> bool:
+    """Send a record that can never be published to the dead-letter queue; if that fails, fail it
+    (True: it is retried)."""
     message = dead_letter_message(record, reason, function=context.function_name, now=time.time())
     where = {k: message[k] for k in ("reason", "sequenceNumber", "eventID", "eventSourceARN")}
     if dead_letters is None:
@@ -110,16 +112,17 @@ def dead_letter(record: Any, reason: str, batch: _Batch, context: LambdaContext)
         batch.fail(record)
         if message["sequenceNumber"] is not None:
             batch.handed_back.append({"itemIdentifier": message["sequenceNumber"], "message": message})
-        return
+        return False
     try:
         dead_letters.send(message)
     except Exception:
         metrics.add_metric(name="EventsDeadLetterFailed", unit=MetricUnit.Count, value=1)
         logger.exception("a record that can never be published could not be dead-lettered; it is retried", extra=where)
         batch.fail(record)
-        return
+        return True
     metrics.add_metric(name="EventsDeadLettered", unit=MetricUnit.Count, value=1)
     logger.error("a record that can never be published was dead-lettered", extra=where)
+    return False
 
 
 @logger.inject_lambda_context
@@ -129,6 +132,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
     if not isinstance(records, list):
         raise ValueError("not a DynamoDB stream event (no Records list)")
     batch = _Batch()
-    for record in records:
-        handle(record, batch, context)
+    for index, record in enumerate(records):
+        if handle(record, batch, context):
+            # The shard is retried from this record on (Lambda checkpoints below the first failure):
+            # the later ones are not published now, so each is published in ledger order, once per
+            # delivery, never ahead of an earlier entry that is still failing.
+            for later in records[index + 1 :]:
+                batch.fail(later)
+            break
     return batch.answer()
