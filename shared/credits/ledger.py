@@ -710,7 +710,9 @@ class Ledger:
         table_name: str,
         *,
         max_attempts: int = 64,
-        time_budget: float = 8.0,
+        # as long as an invocation can wait and still answer: template.yaml's functions time out after
+        # 15 s; a waiter gives up 3 s before that, so a slow store delays an answer rather than fails it
+        time_budget: float = 12.0,
         base_delay: float = 0.004,
         max_delay: float = 0.2,
         clock: Callable[[], float] = time.time,

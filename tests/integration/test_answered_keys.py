@@ -33,7 +33,7 @@ def analyze(key: str) -> dict:
 
 def patient(module: ModuleType) -> None:  # pragma: no cover - runs in the container process
     """The container's waiter keeps its intent live for 30 s, so the window never closes mid-test on
-    a loaded machine (a real waiter's is 8 s plus the grace)."""
+    a loaded machine (a real waiter's is 12 s plus the grace)."""
     module.ledger.time_budget = 30.0
 
 
