@@ -23,7 +23,8 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from types import ModuleType
 from typing import Any, TextIO, cast
@@ -121,14 +122,37 @@ def hide_metrics() -> None:
     sys.stdout = cast(TextIO, _WithoutMetrics(sys.stdout))
 
 
-def _serve(function: str, code: str, conn: Connection, setup: str | None) -> None:  # pragma: no cover - in the child
-    from local.gateway import LocalContext, load_handler
+@dataclass(frozen=True)
+class Runtime:
+    """How a function that is not one of template.yaml's (a team's, `make dev --template`) runs: its
+    handler (`module.function`), and its environment as on Lambda: the container's inherited one
+    without `unset` (our own functions' settings), with `environment` (its own Variables) on top.
+    Its code folder is first on sys.path, as Lambda's /var/task, for modules next to its handler."""
+
+    handler: str = "app.lambda_handler"
+    environment: Mapping[str, str] = field(default_factory=dict)
+    unset: frozenset[str] = frozenset()
+
+
+def _serve(  # pragma: no cover - in the child
+    function: str, code: str, conn: Connection, setup: str | None, runtime: Runtime | None = None
+) -> None:
+    from local.gateway import ROOT, LocalContext, load_handler
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes its containers
+    module_file, attribute = "app.py", "lambda_handler"
+    if runtime is not None:
+        for name in runtime.unset:
+            os.environ.pop(name, None)
+        os.environ.update(runtime.environment)
+        sys.path.insert(0, str(ROOT / code))
+        module_path, _, attribute = runtime.handler.rpartition(".")
+        module_file = module_path.replace(".", "/") + ".py"
     if os.environ.get(SHOW_METRICS) != "1":
         hide_metrics()  # before the cold start: Powertools' Logger keeps the sys.stdout it finds then
     try:
-        module = load_handler(function, code=code)
+        module = load_handler(function, code=code, file=module_file)
+        getattr(module, attribute)  # a Handler that names nothing fails the cold start
         if setup:
             _resolve(setup)(module)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails loudly
@@ -143,7 +167,8 @@ def _serve(function: str, code: str, conn: Connection, setup: str | None) -> Non
         if event is None:
             return
         try:
-            conn.send(("ok", module.lambda_handler(event, LocalContext(module.__name__))))
+            # looked up each time: a test's `setup` may replace it after the cold start
+            conn.send(("ok", getattr(module, attribute)(event, LocalContext(module.__name__))))
         except BaseException as exc:  # noqa: BLE001 - an invocation error, as Lambda reports it
             conn.send(("raised", f"{type(exc).__name__}: {exc}"))
 
@@ -156,11 +181,20 @@ class Container:
     handler module, after its cold start: the tests inject faults that way.
     """
 
-    def __init__(self, function: str, *, setup: str | None = None, start: bool = True, code: str | None = None) -> None:
+    def __init__(
+        self,
+        function: str,
+        *,
+        setup: str | None = None,
+        start: bool = True,
+        code: str | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
         self.function = function
         self.code = code if code is not None else code_dir(function)
         self._conn, child = _CONTEXT.Pipe()
-        self.process = _CONTEXT.Process(target=_serve, args=(function, self.code, child, setup), daemon=True)
+        args = (function, self.code, child, setup, runtime)
+        self.process = _CONTEXT.Process(target=_serve, args=args, daemon=True)
         self.process.start()
         child.close()
         self._lock = threading.Lock()
@@ -234,9 +268,12 @@ class ContainerPool:
     """The containers of one function: a request takes an idle one, or starts a new one (as Lambda
     scales out), up to `limit`; beyond that it waits, as a throttled Lambda would make it retry."""
 
-    def __init__(self, function: str, *, limit: int = 8, code: str | None = None) -> None:
+    def __init__(
+        self, function: str, *, limit: int = 8, code: str | None = None, runtime: Runtime | None = None
+    ) -> None:
         self.function = function
         self.code = code if code is not None else code_dir(function)
+        self.runtime = runtime  # None: one of template.yaml's functions (app.lambda_handler, inherited env)
         self.limit = limit
         self._idle: list[Container] = []
         self._count = 0
@@ -281,7 +318,7 @@ class ContainerPool:
                 return self._idle.pop()
             self._count += 1
         try:
-            container = Container(self.function, code=self.code)
+            container = Container(self.function, code=self.code, runtime=self.runtime)
         except BaseException:
             with self._cv:
                 self._count -= 1

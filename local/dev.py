@@ -22,13 +22,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from local import leftovers
 from local.containers import SHOW_METRICS, ContainerError, ContainerPool
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
 from local.eventbridge import LocalEventBridge
 from local.streams import StreamPoller
-from local.template import ROOT, TABLE_VARIABLES, create_tables
+from local.template import ROOT, TABLE_VARIABLES, TemplateError, create_tables
+
+if TYPE_CHECKING:
+    from local.gateway import Gateway
 
 TABLES = {"CreditsTable": "credits", "IdempotencyTable": "credits-idempotency"}
 EXAMPLE_CATALOG = ROOT / "local" / "packages.example.json"
@@ -69,6 +73,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stripe-port", type=int, default=int(env.get("DEV_STRIPE_PORT", "12111")))
     parser.add_argument("--dynamodb-port", type=int, default=int(env.get("DEV_DYNAMODB_PORT", "8001")))
     parser.add_argument("--data-dir", type=Path, default=Path(env.get("DEV_DATA_DIR", ROOT / ".local-data")))
+    parser.add_argument(
+        "--template",
+        dest="templates",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also serve the HttpApi functions of your own SAM template (repeatable): CodeUri from its "
+        "folder, the layer importable, `!ImportValue credits-CreditsTableName` the local table",
+    )
     parser.add_argument(
         "--show-metrics",
         action="store_true",
@@ -224,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             stripe_emulator_url=emulator.base_url if emulator else None,  # the page's test tools
             region=env["AWS_DEFAULT_REGION"],  # /internal/* accepts signatures for this region only
             request_log=request_printer(),  # one line per request
+            templates=args.templates,  # teams' own functions, beside ours (TemplateError: a clear stop)
         )
         # The events function runs in its own container, as the stream's event source mapping
         # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
@@ -253,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  API:       {base}  (routes from template.yaml; /internal/* needs SigV4 with the local key below)\n"
             f"  API docs:  {base}/docs  (the contract: {base}/openapi.yaml)\n"
             f"  webhook:   {base}/webhook\n"
+            f"{team_routes(gateway)}"
             f"{balance_curl(base)}"
             "  CLI:       .venv/bin/credits user alice  (finds this stack; `credits --help`)\n"
             f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
@@ -268,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # pragma: no cover - the wait only ends by a signal
     except KeyboardInterrupt:
         return 0
-    except (StartupError, DynamoDBLocalError, ContainerError, leftovers.StillRunning) as exc:
+    except (StartupError, TemplateError, DynamoDBLocalError, ContainerError, leftovers.StillRunning) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -324,6 +340,15 @@ def default_action_costs() -> str:
     from local.template import load
 
     return str(load()["Parameters"]["ActionCosts"]["Default"])
+
+
+def team_routes(gateway: Gateway) -> str:
+    """The banner's lines for the routes of the teams' templates (--template), if any."""
+    lines = []
+    for team in gateway.teams:
+        served = ", ".join(f"{r.method} {r.path}" + (" (SigV4)" if r.auth == "AWS_IAM" else "") for r in team.routes)
+        lines.append(f"  yours:     {served}  (from {team.path})\n")
+    return "".join(lines)
 
 
 def balance_curl(base: str) -> str:

@@ -30,6 +30,8 @@ import hmac
 import importlib.util
 import json
 import mimetypes
+import os
+import re
 import socket
 import sys
 import threading
@@ -37,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -48,9 +50,24 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from credits.ledger import MAX_KEY_BYTES, key_problem
-from local.containers import ContainerError, ContainerPool, InvocationError
+from local.containers import ContainerError, ContainerPool, InvocationError, Runtime
 from local.sigv4 import Rejected, verify
-from local.template import ROOT, Route, code_dir, functions, http_functions, load, match_route, routes
+from local.template import (
+    ROOT,
+    STACK,
+    Route,
+    TeamTemplate,
+    TemplateError,
+    code_dir,
+    exports,
+    function_variables,
+    functions,
+    http_functions,
+    load,
+    match_route,
+    routes,
+    team_template,
+)
 
 if TYPE_CHECKING:
     from local.eventbridge import LocalEventBridge
@@ -86,6 +103,12 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # sending would never read the answer.
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
+# Paths the gateway answers itself, before any route: a team's route may not take them.
+GATEWAY_PATHS = re.compile(r"^/(webhook|local(/.*)?|docs(/.*)?|openapi\.yaml)$")
+# Our functions' settings a team's function does not get on AWS (nor here): every Variables name of
+# template.yaml, and the Stripe settings make dev gives our functions, less the local log level.
+OUR_STRIPE_SETTINGS = frozenset({"STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE"})
+LOCAL_SETTINGS = frozenset({"POWERTOOLS_LOG_LEVEL"})
 
 
 def _b64(data: bytes) -> str:
@@ -141,14 +164,17 @@ class LocalContext:
         return 15_000
 
 
-def load_handler(function: str, module_name: str | None = None, *, code: str | None = None) -> ModuleType:
-    """Import a function's `<code>/app.py` as its own module: one container, with its own cold start.
+def load_handler(
+    function: str, module_name: str | None = None, *, code: str | None = None, file: str = "app.py"
+) -> ModuleType:
+    """Import a function's `<code>/app.py` (or `file`) as its own module: one container, with its own
+    cold start.
 
     `code` is the function's code directory relative to the repository root (default: its CodeUri
-    in template.yaml, e.g. functions/use_credits or examples/premium)."""
+    in template.yaml, e.g. functions/use_credits or examples/premium), or an absolute folder."""
     name = module_name or f"local_fn_{function}"
     directory = ROOT / (code if code is not None else code_dir(function))
-    spec = importlib.util.spec_from_file_location(name, directory / "app.py")
+    spec = importlib.util.spec_from_file_location(name, directory / file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -158,6 +184,11 @@ def load_handler(function: str, module_name: str | None = None, *, code: str | N
         del sys.modules[name]
         raise
     return module
+
+
+def _shape(path: str) -> str:
+    """A route's path with its parameters unnamed: /a/{x} and /a/{y} are one route to API Gateway."""
+    return re.sub(r"\{[^}/]*\}", "{}", path)
 
 
 def _linger(connection: socket.socket) -> None:
@@ -233,7 +264,12 @@ class Gateway:
         stripe_emulator_url: str | None = None,
         region: str = "us-east-1",
         request_log: Callable[[str], None] | None = None,
+        templates: Sequence[Path] = (),
+        credits_table: str | None = None,
     ) -> None:
+        """`templates`: teams' SAM templates whose HttpApi functions are served beside ours, wired to
+        `credits_table` (default: CREDITS_TABLE_NAME) as their `!ImportValue credits-CreditsTableName`
+        (`team_templates`); TemplateError if one cannot be served."""
         self.tokens = LocalTokens(token_secret)
         # Given, one line per request: method, path, status, milliseconds and the user when known
         # (`make dev` prints them). A client that went away mid-answer is one such line, no traceback.
@@ -257,10 +293,49 @@ class Gateway:
             for name, code in sorted(functions(template).items())
             if name in served
         }
+        self.teams = self._team_templates(template, templates, credits_table, containers_per_function)
         self.page_config = page_config or {}
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
+
+    def _team_templates(
+        self, ours: dict[str, Any], paths: Sequence[Path], credits_table: str | None, limit: int
+    ) -> list[TeamTemplate]:
+        """Each team template's routes and a container pool per function (keyed by its code folder,
+        so a team's `reports` never meets another's); a route that clashes with one already served
+        (ours, the gateway's own paths, another template's) is a TemplateError naming both."""
+        table = credits_table or os.environ.get("CREDITS_TABLE_NAME")
+        local = {
+            f"{STACK}-CreditsTableName": table,
+            f"{STACK}-EventBusName": os.environ.get("EVENT_BUS_NAME"),
+        }
+        imports = {name: local.get(name) for name in exports(ours)}  # the layer and the policy: nothing to give
+        unset = (function_variables(ours) | OUR_STRIPE_SETTINGS) - LOCAL_SETTINGS
+        owners = {(method, _shape(path)): f"{method} {path} (template.yaml)" for method, path in self.routes}
+        teams: list[TeamTemplate] = []
+        for path in paths:
+            team = team_template(Path(path), imports, region=self.region)
+            by_name = {f.name: f for f in team.functions}
+            for route in team.routes:
+                if route.function not in by_name:
+                    continue
+                here = f"{route.method} {route.path} ({team.path})"
+                if GATEWAY_PATHS.match(route.path):
+                    raise TemplateError(f"{here}: the local gateway serves {route.path} itself; pick another path")
+                clash = owners.get((route.method, _shape(route.path)))
+                if clash is not None:
+                    raise TemplateError(f"{here} clashes with {clash}: one route, two functions")
+                owners[(route.method, _shape(route.path))] = here
+                function = by_name[route.function]
+                served = Route(route.method, route.path, function.code, route.auth, function.code)
+                self.routes[(route.method, route.path)] = served
+            for function in team.functions:
+                runtime = Runtime(function.handler, function.environment, unset)
+                pool = ContainerPool(function.name, limit=limit, code=function.code, runtime=runtime)
+                self.pools[function.code] = pool
+            teams.append(team)
+        return teams
 
     @property
     def base_url(self) -> str:

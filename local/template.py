@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +21,11 @@ TEMPLATE = ROOT / "template.yaml"
 
 # Logical id of each table -> the environment variable that names it (DESIGN.md section 7).
 TABLE_VARIABLES = {"CreditsTable": "CREDITS_TABLE_NAME", "IdempotencyTable": "IDEMPOTENCY_TABLE_NAME"}
+STACK = "credits"  # the stack name a team's template imports from (`!ImportValue credits-...`, README)
+
+
+class TemplateError(ValueError):
+    """A team's template that `make dev` cannot serve, and why (a startup error, naming the cause)."""
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -108,21 +114,41 @@ def _enable_stream(client: DynamoDBClient, name: str, wanted: dict[str, Any] | N
     client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
 
 
-def functions(template: dict[str, Any] | None = None) -> dict[str, str]:
+def _code(logical_id: str, properties: dict[str, Any], base: Path | None) -> str:
+    """A function's code directory: its CodeUri as written (relative to the repository root) for
+    template.yaml, or the absolute folder it names relative to `base` (another template's folder)."""
+    uri = properties.get("CodeUri")
+    if not isinstance(uri, str):
+        raise TemplateError(f"{logical_id}: CodeUri must be a folder (a string), not {uri!r}")
+    return Path(uri).as_posix() if base is None else (base / uri).resolve().as_posix()
+
+
+def functions(template: dict[str, Any] | None = None, base: Path | None = None) -> dict[str, str]:
     """Every AWS::Serverless::Function of the template: its name (the last folder of its CodeUri) ->
-    its code directory relative to the repository root. A function behind a CloudFormation
-    `Condition` is listed too: locally everything is served."""
+    its code directory relative to the repository root (or, given the template's folder `base`, the
+    absolute folder its CodeUri names from there). A function behind a CloudFormation `Condition` is
+    listed too: locally everything is served."""
     data = template or load()
     out: dict[str, str] = {}
     for logical_id, resource in data["Resources"].items():
         if resource["Type"] != "AWS::Serverless::Function":
             continue
-        code = Path(resource["Properties"]["CodeUri"]).as_posix()
+        code = _code(logical_id, resource["Properties"], base)
         name = Path(code).name
         # The name keys the local container pools and module names, so two CodeUris may not share it.
         assert name not in out, f"{logical_id}: a second function named {name!r} ({code} and {out[name]})"
         out[name] = code
     return out
+
+
+def function_variables(template: dict[str, Any] | None = None) -> frozenset[str]:
+    """The name of every environment variable the template gives its functions (Globals' and theirs)."""
+    data = template or load()
+    found = [((data.get("Globals") or {}).get("Function") or {}).get("Environment")]
+    for resource in data["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            found.append((resource.get("Properties") or {}).get("Environment"))
+    return frozenset(name for environment in found for name in ((environment or {}).get("Variables") or {}))
 
 
 @lru_cache(maxsize=1)
@@ -183,20 +209,25 @@ def match_route(routes: Mapping[tuple[str, str], Route], method: str, path: str)
     return None
 
 
-def routes(template: dict[str, Any] | None = None) -> list[Route]:
-    """Every HttpApi event of every function in the template (conditions are ignored)."""
+def routes(
+    template: dict[str, Any] | None = None, base: Path | None = None, *, internal_iam: bool = False
+) -> list[Route]:
+    """Every HttpApi event of every function in the template (conditions are ignored). `base`: the
+    template's folder, for another template than ours (see `functions`). With `internal_iam`, a route
+    that names no authorizer is an IAM route under /internal (as ours are), else a JWT route."""
     data = template or load()
-    code = functions(data)
-    default_auth = "JWT"
+    code = functions(data, base)
     out: list[Route] = []
-    for resource in data["Resources"].values():
+    for logical_id, resource in data["Resources"].items():
         if resource["Type"] != "AWS::Serverless::Function":
             continue
-        function = Path(resource["Properties"]["CodeUri"]).name
+        function = Path(_code(logical_id, resource["Properties"], base)).name
         for event in (resource["Properties"].get("Events") or {}).values():
             if event["Type"] != "HttpApi":
                 continue
             props = event["Properties"]
+            internal = props["Path"] == "/internal" or props["Path"].startswith("/internal/")
+            default_auth = "AWS_IAM" if internal_iam and internal else "JWT"
             authorizer = (props.get("Auth") or {}).get("Authorizer", default_auth)
             auth = authorizer if authorizer in ("NONE", "AWS_IAM") else "JWT"
             out.append(Route(props["Method"].upper(), props["Path"], function, auth, code[function]))
@@ -274,3 +305,169 @@ def stream_source(function: str, template: dict[str, Any] | None = None) -> Stre
     if len(found) != 1:
         raise KeyError(f"{function!r} has {len(found)} DynamoDB stream events in {TEMPLATE.name}, not one")
     return found[0]
+
+
+# ---- a team's own template, served by `make dev ARGS='--template PATH'` beside ours ---------------
+
+_SUB_NAME = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+@dataclass(frozen=True)
+class TeamFunction:
+    """One function of a team's template, as the local gateway runs it."""
+
+    logical_id: str
+    name: str  # the last folder of its CodeUri
+    code: str  # the absolute folder its CodeUri names, from the template's folder
+    handler: str  # `module.function`, e.g. app.lambda_handler
+    environment: dict[str, str]  # its Variables (Globals' and its own), resolved as on AWS
+
+
+@dataclass(frozen=True)
+class TeamTemplate:
+    path: Path
+    functions: list[TeamFunction]
+    routes: list[Route]  # JWT routes unless under /internal (IAM), or the Authorizer they name
+
+
+def exports(template: dict[str, Any] | None = None, stack: str = STACK) -> set[str]:
+    """The export names of our template's Outputs, as a stack named `stack` exports them."""
+    out: set[str] = set()
+    for output in (template or load())["Outputs"].values():
+        name = (output.get("Export") or {}).get("Name")
+        sub = name.get("Sub") if isinstance(name, dict) else name
+        if isinstance(sub, str):
+            out.add(sub.replace("${AWS::StackName}", stack))
+    return out
+
+
+def _intrinsic(value: dict[str, Any]) -> tuple[str, Any]:
+    """(`ImportValue`, its argument) for `!ImportValue x` or `{"Fn::ImportValue": x}`; ("", value) if
+    the mapping is no intrinsic function."""
+    if len(value) != 1:
+        return "", value
+    ((key, argument),) = value.items()
+    return str(key).removeprefix("Fn::"), argument
+
+
+class _Resolver:
+    """Resolves a team template's values as CloudFormation would, from what make dev knows: the
+    exports of our stack (`imports`: name -> local value, None where it has none to give), the
+    template's own Parameters' defaults and the region. Anything else is a TemplateError naming it."""
+
+    def __init__(self, path: Path, data: dict[str, Any], imports: Mapping[str, str | None], region: str) -> None:
+        self.path, self.imports = path, imports
+        self.parameters = {
+            name: spec["Default"]
+            for name, spec in (data.get("Parameters") or {}).items()
+            if isinstance(spec, dict) and "Default" in spec
+        }
+        self.pseudo = {"AWS::Region": region, "AWS::AccountId": "000000000000", "AWS::StackName": "local"}
+
+    def error(self, where: str, problem: str) -> TemplateError:
+        return TemplateError(f"{self.path}: {where}: {problem}")
+
+    def check_imports(self, where: str, node: Any) -> None:
+        """Every `!ImportValue` under `node` names an export of our stack (Layers, Policies...)."""
+        if isinstance(node, dict):
+            kind, argument = _intrinsic(node)
+            if kind == "ImportValue":
+                self.import_value(where, argument, use=False)
+                return
+            for value in node.values():
+                self.check_imports(where, value)
+        elif isinstance(node, list):
+            for value in node:
+                self.check_imports(where, value)
+
+    def import_value(self, where: str, argument: Any, *, use: bool = True) -> str:
+        name = self.value(where, argument)
+        if name not in self.imports:
+            known = ", ".join(sorted(self.imports))
+            raise self.error(where, f"!ImportValue {name}: not an export of stack {STACK!r} (it exports {known})")
+        found = self.imports[name]
+        if found is None and use:
+            raise self.error(where, f"!ImportValue {name} has no local value to give an environment variable")
+        return found or ""
+
+    def ref(self, where: str, name: str) -> str:
+        if name in self.pseudo:
+            return self.pseudo[name]
+        if name in self.parameters:
+            return self.value(where, self.parameters[name])
+        raise self.error(where, f"!Ref {name}: unknown locally (not a Parameter with a Default of this template)")
+
+    def value(self, where: str, node: Any) -> str:
+        """A Variables value as the function reads it (a string)."""
+        if isinstance(node, bool):
+            return "true" if node else "false"
+        if isinstance(node, str | int | float):
+            return str(node)
+        if isinstance(node, dict):
+            kind, argument = _intrinsic(node)
+            if kind == "ImportValue":
+                return self.import_value(where, argument)
+            if kind == "Ref" and isinstance(argument, str):
+                return self.ref(where, argument)
+            if kind == "Sub":
+                text, names = (argument, {}) if isinstance(argument, str) else (argument[0], argument[1])
+                local = {k: self.value(where, v) for k, v in names.items()}
+
+                def substitute(match: re.Match[str]) -> str:
+                    name = match[1]
+                    if name in local:
+                        return local[name]
+                    if "." in name:
+                        raise self.error(where, f"!Sub ${{{name}}}: unknown locally (a resource's attribute)")
+                    try:
+                        return self.ref(where, name)
+                    except TemplateError:
+                        raise self.error(where, f"!Sub ${{{name}}}: unknown locally") from None
+
+                return _SUB_NAME.sub(substitute, str(text)).replace("${!", "${")
+            raise self.error(where, f"{kind or node!r} cannot be resolved locally ({node!r})")
+        raise self.error(where, f"{node!r} is not a value an environment variable can have")
+
+
+def team_template(path: Path, imports: Mapping[str, str | None], *, region: str = "us-east-1") -> TeamTemplate:
+    """A team's SAM template: its functions with HttpApi routes (CodeUri from the template's folder),
+    their environment resolved (see _Resolver), their routes. TemplateError for what cannot be served."""
+    path = path.resolve()
+    if not path.is_file():
+        raise TemplateError(f"{path}: no such template")
+    try:
+        data = load(path)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{path}: not YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("Resources"), dict):
+        raise TemplateError(f"{path}: no Resources")
+    base = path.parent
+    resolver = _Resolver(path, data, imports, region)
+    globals_ = (data.get("Globals") or {}).get("Function") or {}
+    shared = (globals_.get("Environment") or {}).get("Variables") or {}
+    try:
+        served = routes(data, base, internal_iam=True)
+    except AssertionError as exc:  # two functions with one CodeUri folder name
+        raise TemplateError(f"{path}: {exc}") from None
+    except (KeyError, TypeError) as exc:
+        raise TemplateError(f"{path}: an HttpApi event needs Path and Method ({exc})") from None
+    named = {route.function for route in served}
+    out: list[TeamFunction] = []
+    for logical_id, resource in data["Resources"].items():
+        if resource.get("Type") != "AWS::Serverless::Function":
+            continue
+        props = resource.get("Properties") or {}
+        code = _code(logical_id, props, base)
+        if Path(code).name not in named:
+            continue  # no HttpApi route: nothing of the gateway's
+        resolver.check_imports(logical_id, {k: props.get(k) for k in ("Layers", "Policies")})
+        variables = {**shared, **((props.get("Environment") or {}).get("Variables") or {})}
+        environment = {name: resolver.value(f"{logical_id}: {name}", v) for name, v in variables.items()}
+        handler = str(props.get("Handler") or globals_.get("Handler") or "")
+        module, _, attribute = handler.rpartition(".")
+        if not module or not attribute or not (Path(code) / f"{module.replace('.', '/')}.py").is_file():
+            raise TemplateError(f"{path}: {logical_id}: Handler {handler!r}: no {module or '?'}.py in {code}")
+        out.append(TeamFunction(logical_id, Path(code).name, code, handler, environment))
+    if not out:
+        raise TemplateError(f"{path}: no AWS::Serverless::Function with an HttpApi event")
+    return TeamTemplate(path, out, served)
