@@ -423,7 +423,8 @@ def audit(ctx: click.Context, users: tuple[str, ...], everyone: bool) -> int:
             failed[who] = ["no account"]
             continue
         balance, count, problems = check(who)
-        click.echo(f"{who}: balance {credits(balance)}, {count:,} entries: {'PROBLEMS' if problems else 'ok'}")
+        entries = f"{count:,} entry" if count == 1 else f"{count:,} entries"
+        click.echo(f"{who}: balance {credits(balance)}, {entries}: {'PROBLEMS' if problems else 'ok'}")
         for problem in problems:
             click.echo(f"  - {problem}")
         if problems:

@@ -67,7 +67,7 @@ def test_audit_of_an_unknown_user_is_an_error(moto_dynamodb, capsys) -> None:
     Ledger(moto_dynamodb, "credits").grant("known", 5, type="gift", description="x")
     code, out, _ = run(capsys, "audit", "known", "knwon")
     assert code == 1
-    assert "known: balance 5 credits, 1 entries: ok" in out
+    assert "known: balance 5 credits, 1 entry: ok" in out
     assert "knwon: no such user (no account in table credits)" in out
 
 
