@@ -709,7 +709,12 @@ class StripeEmulator:
         amount = remaining if amount is None else amount
         if not 0 < amount <= remaining:
             raise EmulatorError(
-                f"Refund amount ({amount}) must be between 1 and the unrefunded amount ({remaining}).",
+                # as Stripe says it, in money: "Refund amount ($9.99) is greater than unrefunded amount on
+                # charge ($2.50)"
+                f"Refund amount ({format_amount(amount, charge['currency'])}) is greater than unrefunded amount "
+                f"on charge ({format_amount(remaining, charge['currency'])})."
+                if amount > remaining
+                else f"Refund amount ({format_amount(amount, charge['currency'])}) must be positive.",
                 code="amount_too_large",
                 param="amount",
             )

@@ -163,7 +163,9 @@ def test_a_partial_refund_and_disputes_lost_and_won(page: Page, dev_stack: DevSt
 
     item.locator(".refund-amount").fill("9.99")  # more than is left: the emulator refuses, nothing changes
     item.get_by_role("button", name="Refund").click()
-    expect(page.locator("#stripe-tools-result")).to_contain_text("must be between 1 and the unrefunded amount (250)")
+    expect(page.locator("#stripe-tools-result")).to_contain_text(
+        "Refund amount ($9.99) is greater than unrefunded amount on charge ($2.50)."
+    )
     expect(page.locator("#stripe-tools-result")).to_have_attribute("data-kind", "error")
     expect(page.locator("#balance")).to_have_text("50")
 

@@ -621,8 +621,12 @@ def test_refunds_are_cumulative(client: stripe.StripeClient, emulator: StripeEmu
     emulator.pay(session.id)
 
     charges = [emulator.refund(session.id, 300)[0]["data"]["object"] for _ in range(2)]
-    with pytest.raises(EmulatorError, match="unrefunded amount"):
+    with pytest.raises(
+        EmulatorError, match=r"^Refund amount \(\$4\.01\) is greater than unrefunded amount on charge \(\$4\.00\)\.$"
+    ):
         emulator.refund(session.id, 401)
+    with pytest.raises(EmulatorError, match=r"^Refund amount \(\$0\.00\) must be positive\.$"):
+        emulator.refund(session.id, 0)
     charges.append(emulator.refund(session.id)[0]["data"]["object"])
 
     assert [c["amount_refunded"] for c in charges] == [300, 600, 1000]
