@@ -8,7 +8,11 @@ export SAM_CLI_TELEMETRY := 0
 # `sam build` needs the runtime's python3.12 on PATH: our venv's interpreter is 3.12 where one exists.
 SAM_PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install install-dev test lint typecheck validate unit integration e2e contract dev bench build deploy clean
+# make simulate: the simulator's seed and how many operations it runs
+SEED ?= 1
+OPS ?= 1000000
+
+.PHONY: help install install-dev test check lint typecheck complexity validate unit integration e2e contract simulate dev bench build deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,9 +23,13 @@ install:  ## install Java, DynamoDB Local, Chromium and the virtual environments
 install-dev:  ## install only what make dev and make bench run on (no SAM CLI, no browser)
 	@bash scripts/setup.sh --dev
 
-test: install  ## everything CI runs: lint, types, template, unit, integration and browser tests
-	@$(MAKE) --no-print-directory lint typecheck validate
+test: install  ## everything CI runs: lint, types, complexity, template, and every test (slow ones too)
+	@$(MAKE) --no-print-directory lint typecheck complexity validate
 	$(PY) -m pytest tests
+
+check:  ## the quick loop (under 90 s): lint, types, complexity, unit, rule and simulation tests not marked slow
+	@$(MAKE) --no-print-directory lint typecheck complexity
+	$(PY) -m pytest -q -m "not slow" tests/unit $(wildcard tests/simulation)
 
 lint:  ## ruff
 	$(VENV)/bin/ruff check .
@@ -29,6 +37,18 @@ lint:  ## ruff
 
 typecheck:  ## mypy
 	$(VENV)/bin/mypy
+
+# radon exits 0 whatever it finds: what it prints (a function ranked D or worse, a file it cannot
+# parse) is the failure. The layout test needs no fixture nor plugin: without them it starts in a
+# tenth of the time.
+complexity:  ## radon (no function of rank D or worse) and module and class sizes (tests/unit/test_layout.py)
+	@found="$$($(PY) -m radon cc -s -n D shared/credits local)" || exit 1; \
+	if [[ -n "$$found" ]]; then \
+		echo "$$found"; \
+		echo "complexity: the functions above are ranked D or worse by radon (cyclomatic complexity over 20); split them" >&2; \
+		exit 1; \
+	fi
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q --noconftest -p no:cacheprovider tests/unit/test_layout.py
 
 validate:  ## sam validate --lint
 	$(SAM) validate --lint
@@ -44,6 +64,9 @@ e2e: install  ## the browser tests against the local stack
 
 contract: install  ## the HTTP API fuzzed against docs/openapi.yaml (Schemathesis; CONTRACT_SEED=, CONTRACT_EXAMPLES=)
 	$(PY) -m pytest tests/integration/test_contract.py
+
+simulate:  ## the ledger simulated at length (SEED=1 OPS=1000000)
+	$(PY) -m tests.simulation --seed $(SEED) --ops $(OPS)
 
 dev: install-dev  ## the whole product offline: DynamoDB Local, API, Stripe emulator and the page
 	PYTHONPATH=shared $(PY) -m local.dev $(ARGS)

@@ -29,7 +29,8 @@ from multiprocessing.connection import Connection
 from types import ModuleType
 from typing import Any, TextIO, cast
 
-from local.template import code_dir
+from local.handlers import LocalContext, load_handler
+from local.template import ROOT, code_dir
 
 _CONTEXT = multiprocessing.get_context("spawn")
 # "1": containers print their CloudWatch metrics (EMF lines) and Powertools' metric warnings, as on
@@ -137,8 +138,6 @@ class Runtime:
 def _serve(  # pragma: no cover - in the child
     function: str, code: str, conn: Connection, setup: str | None, runtime: Runtime | None = None
 ) -> None:
-    from local.gateway import ROOT, LocalContext, load_handler
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes its containers
     module_file, attribute = "app.py", "lambda_handler"
     if runtime is not None:

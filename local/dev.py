@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +29,13 @@ from local import leftovers
 from local.containers import SHOW_METRICS, ContainerError, ContainerPool
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
 from local.eventbridge import LocalEventBridge
+from local.serving import write_json
 from local.streams import StreamPoller
 from local.template import ROOT, TABLE_VARIABLES, TemplateError, create_tables
 
 if TYPE_CHECKING:
     from local.gateway import Gateway
+    from local.stripe_emulator import StripeEmulator
 
 TABLES = {"CreditsTable": "credits", "IdempotencyTable": "credits-idempotency"}
 EXAMPLE_CATALOG = ROOT / "local" / "packages.example.json"
@@ -144,44 +147,109 @@ def database_for(args: argparse.Namespace) -> DynamoDBLocal:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    real_stripe = bool(os.environ.get("STRIPE_SECRET_KEY")) and not os.environ.get("STRIPE_API_BASE")
-    if not claim_ports(args, real_stripe=real_stripe):
-        return 2
+def stripe_settings_ok(args: argparse.Namespace, *, real_stripe: bool) -> bool:
+    """With real Stripe (STRIPE_SECRET_KEY set), a test-mode key and the webhook secret are set; False
+    (the reason printed) if not."""
+    if not real_stripe:
+        return True
+    if not os.environ["STRIPE_SECRET_KEY"].startswith(("sk_test_", "rk_test_")):
+        print("error: make dev only uses Stripe test-mode keys (sk_test_...).", file=sys.stderr)
+        return False
+    if not os.environ.get("STRIPE_WEBHOOK_SECRET"):
+        print(
+            "error: STRIPE_SECRET_KEY is set, so real Stripe (test mode) is used: also set "
+            "STRIPE_WEBHOOK_SECRET to the secret that "
+            f"`stripe listen --forward-to http://{args.host}:{args.port}/webhook` prints.",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
-    if real_stripe:
-        if not os.environ["STRIPE_SECRET_KEY"].startswith(("sk_test_", "rk_test_")):
-            print("error: make dev only uses Stripe test-mode keys (sk_test_...).", file=sys.stderr)
-            return 2
-        if not os.environ.get("STRIPE_WEBHOOK_SECRET"):
-            print(
-                "error: STRIPE_SECRET_KEY is set, so real Stripe (test mode) is used: also set "
-                "STRIPE_WEBHOOK_SECRET to the secret that "
-                f"`stripe listen --forward-to http://{args.host}:{args.port}/webhook` prints.",
-                file=sys.stderr,
-            )
-            return 2
 
-    database = database_for(args)
-    bridge = LocalEventBridge(bus_name=EVENT_BUS, host=args.host, state_path=args.data_dir / EVENTS_FILE)
-    emulator = None
-    gateway = None
+@dataclass
+class Stack:
+    """What `make dev` runs, as far as it has started; `stop` stops what did, the last started first."""
+
+    args: argparse.Namespace
+    real_stripe: bool
+    database: DynamoDBLocal
+    bridge: LocalEventBridge
+    emulator: StripeEmulator | None = None
+    gateway: Gateway | None = None
     events: ContainerPool | None = None
     poller: StreamPoller | None = None
-    # Ctrl-C (SIGINT) and SIGTERM stop everything, at any moment (startup included) and whatever this
-    # process inherited: a background job of a non-interactive shell, nohup and CI runners start it with
-    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own. The handler
-    # raises; it never sets an Event the main thread waits on (Event.set() in a signal handler
-    # deadlocks when the signal lands while the main thread holds that Event's lock).
-    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in STOP_SIGNALS}
-    try:
-        database.start()
-        create_tables(database.client(), TABLES)
-        bridge.start()
-        base = f"http://{args.host}:{args.port}"
-        env = {
-            "AWS_ENDPOINT_URL_DYNAMODB": database.endpoint,
+
+    @property
+    def base(self) -> str:
+        """The page's, the API's and the webhook's address."""
+        return f"http://{self.args.host}:{self.args.port}"
+
+    def start(self) -> None:
+        """Start everything, in order; the banner printed at the end."""
+        args = self.args
+        self.database.start()
+        create_tables(self.database.client(), TABLES)
+        self.bridge.start()
+        env = self.environment()
+        os.environ.pop("AWS_PROFILE", None)
+        if not self.real_stripe:
+            self.emulator = self.start_emulator()
+            env.update(
+                {
+                    "STRIPE_SECRET_KEY": EMULATOR_API_KEY,
+                    "STRIPE_WEBHOOK_SECRET": EMULATOR_WEBHOOK_SECRET,
+                    "STRIPE_API_BASE": self.emulator.base_url,
+                }
+            )
+        os.environ.update(env)
+
+        seed_catalog()
+
+        from local.gateway import Gateway
+
+        stripe_api_base = self.emulator.base_url if self.emulator else None
+        key_id, secret = _iam_credentials(args.data_dir)
+        self.gateway = Gateway(
+            token_secret=_token_secret(args.data_dir),
+            host=args.host,
+            port=args.port,
+            page_config={"apiBase": "", "auth": "local", "stripe": "real" if self.real_stripe else "emulator"},
+            iam_credentials=(key_id, secret),
+            event_bridge=self.bridge,
+            stripe_emulator_url=stripe_api_base,  # the page's test tools
+            region=env["AWS_DEFAULT_REGION"],  # /internal/* accepts signatures for this region only
+            request_log=request_printer(),  # one line per request
+            templates=args.templates,  # teams' own functions, beside ours (TemplateError: a clear stop)
+        )
+        # The events function runs in its own container, as the stream's event source mapping
+        # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
+        self.events = ContainerPool(EVENTS_FUNCTION, limit=1)
+        with ThreadPoolExecutor(1) as warming:
+            events_warm = warming.submit(self.events.warm, 1)
+            self.gateway.start()
+            events_warm.result()
+        self.poller = StreamPoller.for_function(
+            EVENTS_FUNCTION,
+            endpoint=self.database.endpoint,
+            table_name=TABLES["CreditsTable"],
+            deliver=self.events.invoke,
+            starting_position="TRIM_HORIZON",  # what was written while make dev was down is not missed
+            checkpoint_path=args.data_dir / STREAM_CHECKPOINTS_FILE,
+        ).start()
+        write_state(
+            args.data_dir,
+            api=self.base,
+            dynamodb_endpoint=self.database.endpoint,
+            region=env["AWS_DEFAULT_REGION"],
+            stripe_api_base=stripe_api_base,
+        )
+        print(self.banner(self.gateway, key_id, secret), flush=True)
+
+    def environment(self) -> dict[str, str]:
+        """The functions' settings (inherited by their containers), less Stripe's."""
+        base = self.base
+        return {
+            "AWS_ENDPOINT_URL_DYNAMODB": self.database.endpoint,
             "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
@@ -194,75 +262,34 @@ def main(argv: list[str] | None = None) -> int:
             "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
             # Metrics are printed (as EMF lines) only when asked to; the containers leave them out
             # otherwise (local.containers.hide_metrics: this setting alone does not silence them).
-            "POWERTOOLS_METRICS_DISABLED": "false" if args.show_metrics else "true",
-            SHOW_METRICS: "1" if args.show_metrics else "0",
+            "POWERTOOLS_METRICS_DISABLED": "false" if self.args.show_metrics else "true",
+            SHOW_METRICS: "1" if self.args.show_metrics else "0",
             "EVENT_BUS_NAME": EVENT_BUS,
-            "AWS_ENDPOINT_URL_EVENTBRIDGE": bridge.endpoint,
+            "AWS_ENDPOINT_URL_EVENTBRIDGE": self.bridge.endpoint,
             "LOW_BALANCE_THRESHOLD": os.environ.get("LOW_BALANCE_THRESHOLD", "10"),
             **{variable: TABLES[logical] for logical, variable in TABLE_VARIABLES.items()},
         }
-        os.environ.pop("AWS_PROFILE", None)
-        if not real_stripe:
-            from local.stripe_emulator import StripeEmulator
 
-            emulator = StripeEmulator(
-                api_key=EMULATOR_API_KEY,
-                webhook_secret=EMULATOR_WEBHOOK_SECRET,
-                webhook_url=f"{base}/webhook",
-                host=args.host,
-                port=args.stripe_port,
-                state_path=args.data_dir / "stripe-emulator.json",  # customers and prices outlive a restart
-            )
-            emulator.start()
-            env.update(
-                {
-                    "STRIPE_SECRET_KEY": EMULATOR_API_KEY,
-                    "STRIPE_WEBHOOK_SECRET": EMULATOR_WEBHOOK_SECRET,
-                    "STRIPE_API_BASE": emulator.base_url,
-                }
-            )
-        os.environ.update(env)
+    def start_emulator(self) -> StripeEmulator:
+        """The local Stripe emulator, delivering its webhooks to the gateway's webhook URL."""
+        from local.stripe_emulator import StripeEmulator
 
-        seed_catalog()
-
-        from local.gateway import Gateway
-
-        key_id, secret = _iam_credentials(args.data_dir)
-        gateway = Gateway(
-            token_secret=_token_secret(args.data_dir),
-            host=args.host,
-            port=args.port,
-            page_config={"apiBase": "", "auth": "local", "stripe": "real" if real_stripe else "emulator"},
-            iam_credentials=(key_id, secret),
-            event_bridge=bridge,
-            stripe_emulator_url=emulator.base_url if emulator else None,  # the page's test tools
-            region=env["AWS_DEFAULT_REGION"],  # /internal/* accepts signatures for this region only
-            request_log=request_printer(),  # one line per request
-            templates=args.templates,  # teams' own functions, beside ours (TemplateError: a clear stop)
+        emulator = StripeEmulator(
+            api_key=EMULATOR_API_KEY,
+            webhook_secret=EMULATOR_WEBHOOK_SECRET,
+            webhook_url=f"{self.base}/webhook",
+            host=self.args.host,
+            port=self.args.stripe_port,
+            state_path=self.args.data_dir / "stripe-emulator.json",  # customers and prices outlive a restart
         )
-        # The events function runs in its own container, as the stream's event source mapping
-        # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
-        events = ContainerPool(EVENTS_FUNCTION, limit=1)
-        with ThreadPoolExecutor(1) as warming:
-            events_warm = warming.submit(events.warm, 1)
-            gateway.start()
-            events_warm.result()
-        poller = StreamPoller.for_function(
-            EVENTS_FUNCTION,
-            endpoint=database.endpoint,
-            table_name=TABLES["CreditsTable"],
-            deliver=events.invoke,
-            starting_position="TRIM_HORIZON",  # what was written while make dev was down is not missed
-            checkpoint_path=args.data_dir / STREAM_CHECKPOINTS_FILE,
-        ).start()
-        write_state(
-            args.data_dir,
-            api=base,
-            dynamodb_endpoint=database.endpoint,
-            region=env["AWS_DEFAULT_REGION"],
-            stripe_api_base=emulator.base_url if emulator else None,
-        )
-        print(
+        emulator.start()
+        return emulator
+
+    def banner(self, gateway: Gateway, key_id: str, secret: str) -> str:
+        """What runs where, and how to reach it."""
+        args, base = self.args, self.base
+        stripe = "real Stripe, test mode" if self.real_stripe else (self.emulator.base_url if self.emulator else "")
+        return (
             "\n  Credits, running offline\n"
             f"  page:      {base}/\n"
             f"  API:       {base}  (routes from template.yaml; /internal/* needs SigV4 with the local key below)\n"
@@ -271,15 +298,45 @@ def main(argv: list[str] | None = None) -> int:
             f"{team_routes(gateway)}"
             f"{balance_curl(base)}"
             "  CLI:       .venv/bin/credits user alice  (finds this stack; `credits --help`)\n"
-            f"  Stripe:    {'real Stripe, test mode' if real_stripe else (emulator.base_url if emulator else '')}\n"
-            f"  DynamoDB:  {database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
-            f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {bridge.endpoint} "
+            f"  Stripe:    {stripe}\n"
+            f"  DynamoDB:  {self.database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
+            f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {self.bridge.endpoint} "
             f"(bus {EVENT_BUS}; GET /_local/events; the page shows yours)\n"
             f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE, region=gateway.region)}"
             f"  log:       one line per request{'' if args.show_metrics else '; metrics hidden (--show-metrics)'}\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
+            "  Ctrl-C stops everything.\n"
         )
+
+    def stop(self) -> None:
+        """Stop what was started, the last started first (the CLI's state file first of all)."""
+        (self.args.data_dir / STATE_FILE).unlink(missing_ok=True)
+        if self.poller is not None:
+            self.poller.stop()
+        if self.events is not None:
+            self.events.close()
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.bridge.stop()
+        if self.emulator is not None:
+            self.emulator.stop()
+        self.database.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    real_stripe = bool(os.environ.get("STRIPE_SECRET_KEY")) and not os.environ.get("STRIPE_API_BASE")
+    if not claim_ports(args, real_stripe=real_stripe) or not stripe_settings_ok(args, real_stripe=real_stripe):
+        return 2
+    bridge = LocalEventBridge(bus_name=EVENT_BUS, host=args.host, state_path=args.data_dir / EVENTS_FILE)
+    stack = Stack(args, real_stripe, database_for(args), bridge)
+    # Ctrl-C (SIGINT) and SIGTERM stop everything, at any moment (startup included) and whatever this
+    # process inherited: a background job of a non-interactive shell, nohup and CI runners start it with
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own. The handler
+    # raises; it never sets an Event the main thread waits on (Event.set() in a signal handler
+    # deadlocks when the signal lands while the main thread holds that Event's lock).
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in STOP_SIGNALS}
+    try:
+        stack.start()
         threading.Event().wait()  # until Ctrl-C or SIGTERM
         return 0  # pragma: no cover - the wait only ends by a signal
     except KeyboardInterrupt:
@@ -290,17 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig in STOP_SIGNALS:  # a second Ctrl-C does not cut the shutdown short (nothing left running)
             signal.signal(sig, signal.SIG_IGN)
-        (args.data_dir / STATE_FILE).unlink(missing_ok=True)
-        if poller is not None:
-            poller.stop()
-        if events is not None:
-            events.close()
-        if gateway is not None:
-            gateway.stop()
-        bridge.stop()
-        if emulator is not None:
-            emulator.stop()
-        database.stop()
+        stack.stop()
         print("stopped.", flush=True)
         for sig, handler in previous.items():
             if handler is not None:  # None: not installed from Python, nothing to put back
@@ -320,7 +367,7 @@ def write_state(data_dir: Path, *, api: str, dynamodb_endpoint: str, region: str
         # the emulator's fixed local key; with real Stripe the CLI reads STRIPE_SECRET_KEY itself
         "stripe": {"apiBase": stripe_api_base, "secretKey": EMULATOR_API_KEY} if stripe_api_base else None,
     }
-    (data_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    write_json(data_dir / STATE_FILE, state, indent=2)
 
 
 def seed_catalog() -> None:

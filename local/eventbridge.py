@@ -23,10 +23,12 @@ import logging
 import threading
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from local.serving import BackgroundServer, write_json
 
 Json = dict[str, Any]
 
@@ -68,8 +70,7 @@ class LocalEventBridge:
         self._events: list[Json] = []
         self._failures: list[tuple[str, str]] = []  # (code, message) for the next entries
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -83,25 +84,16 @@ class LocalEventBridge:
         """Serve in a daemon thread; returns the endpoint."""
         self._load()
         handler = type("Handler", (_Handler,), {"bridge": self})
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        server = self._server
-        self._thread = threading.Thread(
-            target=lambda: server.serve_forever(poll_interval=0.05), name="eventbridge", daemon=True
-        )
-        self._thread.start()
+        self._server = BackgroundServer((self.host, self.port), handler, name="eventbridge")
+        self.port = self._server.port
+        self._server.start()
         return self.endpoint
 
     def stop(self) -> None:
         """Stop serving (the events file is written at every put already)."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     def __enter__(self) -> LocalEventBridge:
         self.start()
@@ -203,10 +195,7 @@ class LocalEventBridge:
         """Write the events to the state file (the lock is held)."""
         if self.state_path is None:
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"bus": self.bus_name, "events": self._events}))
-        tmp.replace(self.state_path)
+        write_json(self.state_path, {"bus": self.bus_name, "events": self._events})
 
     def _load(self) -> None:
         if self.state_path is None or not self.state_path.exists():

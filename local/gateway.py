@@ -3,7 +3,11 @@
 Routes and their functions are read from template.yaml, so nothing is listed twice (a function
 behind a CloudFormation Condition is served too). A `{name}` segment of a route's path matches one
 path segment; an exact route wins over a templated one. Each request becomes the payload 2.0 event
-the deployed function would receive, with its `pathParameters`.
+the deployed function would receive, with its `pathParameters`. The gateway's own paths (below) are
+a table too (`local_routes`: method and path to the handler's method), matched first. A request no
+route takes, whatever its method (HEAD, TRACE, QUERY or a made-up one), is answered as API Gateway
+answers it: `404 {"message": "Not Found"}`, never the standard library's HTML 501; OPTIONS is a CORS
+preflight, which API Gateway answers itself (204).
 
 JWT routes need a token that this gateway signed at `POST /local/sign-in` (a LOCAL-ONLY stand-in
 for the JWT authorizer). IAM routes (`/internal/*`) need an AWS Signature Version 4 made with the
@@ -25,32 +29,33 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
-import importlib.util
 import json
 import mimetypes
 import os
 import re
 import socket
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from credits.ledger import MAX_KEY_BYTES, key_problem
 from local.containers import ContainerError, ContainerPool, InvocationError, Runtime
+from local.handlers import LocalContext as LocalContext  # re-exported: tests.support imports it from here
+from local.handlers import load_handler as load_handler  # re-exported, as LocalContext
+from local.serving import BackgroundServer
 from local.sigv4 import Rejected, verify
 from local.template import (
     ROOT,
@@ -58,7 +63,6 @@ from local.template import (
     Route,
     TeamTemplate,
     TemplateError,
-    code_dir,
     exports,
     function_variables,
     functions,
@@ -148,44 +152,6 @@ class LocalTokens:
         return claims
 
 
-class LocalContext:
-    """The Lambda context attributes Powertools reads."""
-
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-
-    def __init__(self, name: str = "local-function") -> None:
-        self.function_name = name
-        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{name}"
-        self.aws_request_id = str(uuid.uuid4())
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 15_000
-
-
-def load_handler(
-    function: str, module_name: str | None = None, *, code: str | None = None, file: str = "app.py"
-) -> ModuleType:
-    """Import a function's `<code>/app.py` (or `file`) as its own module: one container, with its own
-    cold start.
-
-    `code` is the function's code directory relative to the repository root (default: its CodeUri
-    in template.yaml, e.g. functions/use_credits or examples/premium), or an absolute folder."""
-    name = module_name or f"local_fn_{function}"
-    directory = ROOT / (code if code is not None else code_dir(function))
-    spec = importlib.util.spec_from_file_location(name, directory / file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
 def _shape(path: str) -> str:
     """A route's path with its parameters unnamed: /a/{x} and /a/{y} are one route to API Gateway."""
     return re.sub(r"\{[^}/]*\}", "{}", path)
@@ -247,6 +213,41 @@ def _event(
     return event
 
 
+def _error(code: str, message: str) -> dict[str, Any]:
+    """The API's error body."""
+    return {"error": {"code": code, "message": message}}
+
+
+class _Refused(ValueError):
+    """A test action's body that is refused (400), with the API's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _action_params(action: str, body: bytes) -> dict[str, Any]:
+    """The emulator's parameters for a test action, from the page's JSON body: a refund's `amount`
+    (optional, a positive whole number), a closed dispute's `status` (won or lost)."""
+    try:
+        given = json.loads(body or b"{}")
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        raise _Refused("invalid_json", "The body must be a JSON object.")
+    params: dict[str, Any] = {}
+    if action == "refund" and given.get("amount") is not None:
+        amount = given["amount"]
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
+            raise _Refused("validation_error", "amount: a positive whole number.")
+        params["amount"] = amount
+    if action == "close_dispute":
+        if given.get("status") not in ("won", "lost"):
+            raise _Refused("validation_error", "status: won or lost.")
+        params["status"] = given["status"]
+    return params
+
+
 class Gateway:
     """The HTTP server: API routes, the webhook URL, local sign-in and the static page."""
 
@@ -295,9 +296,12 @@ class Gateway:
         }
         self.teams = self._team_templates(template, templates, credits_table, containers_per_function)
         self.page_config = page_config or {}
-        self.server = ThreadingHTTPServer((host, port), self._handler_class())
-        self.server.daemon_threads = True
-        self.thread: threading.Thread | None = None
+        # The paths the gateway answers itself (before the template's routes), for this configuration.
+        self.local_routes = local_routes(
+            notifications=event_bridge is not None, stripe_tools=self.stripe_emulator_url is not None
+        )
+        self._serving = BackgroundServer((host, port), self._handler_class(), name="gateway")  # bound now
+        self.server = self._serving.server
 
     def _team_templates(
         self, ours: dict[str, Any], paths: Sequence[Path], credits_table: str | None, limit: int
@@ -349,13 +353,12 @@ class Gateway:
         if warm:
             with ThreadPoolExecutor(len(self.pools)) as pool:
                 list(pool.map(lambda p: p.warm(2), self.pools.values()))  # re-raises a failed cold start
-        self.thread = threading.Thread(target=self.server.serve_forever, name="gateway", daemon=True)
-        self.thread.start()
+        self._serving.start()
         return self.base_url
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Stop serving (if it serves: a gateway never started stops too) and close every container."""
+        self._serving.stop()
         for pool in self.pools.values():
             pool.close()
 
@@ -397,30 +400,18 @@ class Gateway:
     def stripe_action(self, user: str, session_id: str, action: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """One emulator control action on one of the user's own payments: (status, answer)."""
         if action not in STRIPE_ACTIONS:
-            return 404, {"error": {"code": "not_found", "message": f"No such test action: {action}."}}
+            return 404, _error("not_found", f"No such test action: {action}.")
         try:
-            given = json.loads(body or b"{}")
-        except ValueError:
-            given = None
-        if not isinstance(given, dict):
-            return 400, {"error": {"code": "invalid_json", "message": "The body must be a JSON object."}}
-        params: dict[str, Any] = {}
-        if action == "refund" and given.get("amount") is not None:
-            amount = given["amount"]
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 1:
-                return 400, {"error": {"code": "validation_error", "message": "amount: a positive whole number."}}
-            params["amount"] = amount
-        if action == "close_dispute":
-            if given.get("status") not in ("won", "lost"):
-                return 400, {"error": {"code": "validation_error", "message": "status: won or lost."}}
-            params["status"] = given["status"]
+            params = _action_params(action, body)
+        except _Refused as refused:
+            return 400, _error(refused.code, refused.message)
         if not any(p.get("id") == session_id for p in self.stripe_payments(user, limit=1000)):
-            return 404, {"error": {"code": "not_found", "message": "No such payment of yours."}}
+            return 404, _error("not_found", "No such payment of yours.")
         status, answer = self._emulator("POST", f"/_emulator/sessions/{quote(session_id, safe='')}/{action}", params)
         if status != 200:
             error = answer.get("error") or {}
             message = str(error.get("message") or f"The Stripe emulator answered {status}.")
-            return 409, {"error": {"code": str(error.get("code") or "emulator_refused"), "message": message}}
+            return 409, _error(str(error.get("code") or "emulator_refused"), message)
         delivered = [int(d[1]) for d in answer.get("deliveries") or []]
         payment = next((p for p in self.stripe_payments(user, limit=1000) if p.get("id") == session_id), None)
         return 200, {"payment": payment, "delivered": all(200 <= d < 300 for d in delivered), "deliveries": delivered}
@@ -472,278 +463,364 @@ class Gateway:
 
     # ---- HTTP ---------------------------------------------------------------------------------
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        gateway = self
+    def _handler_class(self) -> type[GatewayHandler]:
+        """The request handler class of this gateway's server."""
+        return type("Handler", (GatewayHandler,), {"gateway": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            unread = False  # an error was answered before the request was read in full
-            status: int | None = None  # of the answer to the current request, once sent
-            user: str | None = None  # who made it, when known (a valid local token, a sign-in, a key)
-            started = 0.0
-            begun = False  # the current request's line was read
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+# ---- the paths the gateway answers itself -------------------------------------------------------
 
-            def handle_one_request(self) -> None:
-                """One request, and its line in the request log. A client that closes the connection
-                before it has the whole answer (a browser tab closed, a reload) ends the connection
-                with one line in the log, not a traceback."""
-                self.status, self.user, self.started, self.begun = None, None, time.perf_counter(), False
-                try:
-                    super().handle_one_request()
-                except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-                    self.close_connection = True
-                    if self.begun or self.status is not None:  # not an idle connection closed
-                        self._log("(the client closed the connection)")
-                    return
-                if self.status is not None:
-                    self._log()
 
-            def parse_request(self) -> bool:
-                # the request line is in: the time an idle keep-alive connection waited is not counted
-                self.started, self.begun = time.perf_counter(), True
-                return super().parse_request()
+@dataclass(frozen=True)
+class Request:
+    """One request as a route's handler sees it: the path and query as they came (percent-encoded),
+    header names in lower case, and the path's `{name}` parameters of the route that matched."""
 
-            def send_response(self, code: int, message: str | None = None) -> None:
-                self.status = code
-                super().send_response(code, message)
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    parameters: dict[str, str] = field(default_factory=dict)
 
-            def _log(self, note: str = "") -> None:
-                if gateway.request_log is None:
-                    return
-                took = (time.perf_counter() - self.started) * 1000
-                path = urlsplit(getattr(self, "path", "") or "").path or "-"
-                fields = [getattr(self, "command", None) or "-", path[:200], str(self.status or "-"), f"{took:.0f} ms"]
-                if self.user:
-                    fields.append(self.user)
-                if note:
-                    fields.append(note)
-                with contextlib.suppress(OSError, ValueError):  # where it prints to is gone (closed, a broken pipe)
-                    gateway.request_log(_printable(" ".join(fields)))
 
-            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-                """Every error http.server answers by itself (414 URI too long, 400 bad request line,
-                431 headers too large, 505, 501...) as API Gateway answers: `{"message": ...}` in JSON,
-                never the standard library's HTML page. The message is the status's phrase (the
-                detail http.server passes may quote the request). The connection is closed: what
-                follows on it cannot be read as a request."""
-                try:
-                    phrase = HTTPStatus(code).phrase
-                except ValueError:
-                    phrase = message or "Error"
-                # A request line that did not parse leaves http.server's default version, HTTP/0.9,
-                # which would send the body with no status line nor headers: answer in HTTP/1.1.
-                if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
-                    self.request_version = self.protocol_version
-                self.send_response(code, phrase)
-                self.send_header("Connection", "close")
-                body = b""
-                # No body for 1xx, 204, 205 and 304 (RFC 9110), as http.server's own send_error.
-                if code >= 200 and code not in (
-                    HTTPStatus.NO_CONTENT,
-                    HTTPStatus.RESET_CONTENT,
-                    HTTPStatus.NOT_MODIFIED,
-                ):
-                    body = json.dumps({"message": phrase}).encode()
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD" and body:
-                    self.wfile.write(body)
-                self.unread = True
+@dataclass(frozen=True)
+class LocalRoute:
+    """A path the gateway answers itself: its method (None: every method), its path (a `{name}`
+    segment matches one non-empty segment, as in the template's routes), and the handler's method
+    that answers it."""
 
-            def finish(self) -> None:
-                super().finish()  # flushes the answer
-                if self.unread:
-                    _linger(self.connection)
+    method: str | None
+    path: str
+    answer: Callable[[GatewayHandler, Request], None]
 
-            def do_GET(self) -> None:
-                self._dispatch("GET")
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The path parameters (as they came) if this route takes the request, else None."""
+        if self.method is not None and self.method != method:
+            return None
+        found = _path_pattern(self.path).fullmatch(path)
+        return found.groupdict() if found else None
 
-            def do_POST(self) -> None:
-                self._dispatch("POST")
 
-            def do_PUT(self) -> None:
-                self._dispatch("PUT")
+@functools.cache
+def _path_pattern(path: str) -> re.Pattern[str]:
+    """A route's path as a pattern: each `{name}` segment a named group of one non-empty segment."""
+    return re.compile(
+        "/".join(
+            f"(?P<{part[1:-1]}>[^/]+)" if part[:1] + part[-1:] == "{}" else re.escape(part) for part in path.split("/")
+        )
+    )
 
-            def do_PATCH(self) -> None:
-                self._dispatch("PATCH")
 
-            def do_DELETE(self) -> None:
-                self._dispatch("DELETE")
+def local_routes(*, notifications: bool, stripe_tools: bool) -> list[LocalRoute]:
+    """The gateway's own paths, matched before the template's routes: the webhook's Function URL
+    (any method), the local sign-in and the page's configuration, the contract and its reference;
+    the page's notifications with a local EventBridge, its Stripe test tools with the emulator."""
+    table = [
+        LocalRoute(None, WEBHOOK_PATH, GatewayHandler.webhook),
+        LocalRoute("POST", "/local/sign-in", GatewayHandler.sign_in),
+        LocalRoute("GET", "/local/config.json", GatewayHandler.page_config),
+        LocalRoute("GET", "/docs", GatewayHandler.docs),
+        LocalRoute("GET", "/openapi.yaml", GatewayHandler.openapi),
+        *(LocalRoute("GET", path, GatewayHandler.api_docs) for path in API_DOCS),
+    ]
+    if notifications:
+        table.append(LocalRoute("GET", "/local/notifications", GatewayHandler.notifications))
+    if stripe_tools:
+        table.append(LocalRoute("GET", "/local/stripe/payments", GatewayHandler.stripe_payments))
+        table.append(LocalRoute("POST", "/local/stripe/payments/{sessionId}/{action}", GatewayHandler.stripe_action))
+    return table
 
-            def do_OPTIONS(self) -> None:
-                self._send(204, b"", {"Allow": "GET, POST, PUT, PATCH, DELETE, OPTIONS"})
 
-            def __getattr__(self, name: str) -> Any:
-                # Any other method (TRACE, HEAD, made-up ones) matches no route: API Gateway's 404.
-                if name.startswith("do_"):
-                    return lambda: self._dispatch(name[3:])
-                raise AttributeError(name)
+class GatewayHandler(BaseHTTPRequestHandler):
+    """One connection to the gateway (`gateway` is set on the subclass each Gateway makes). Every
+    method is dispatched: a request is answered by the first of the gateway's own routes that takes
+    it, else by the template route it matches (its function), else by a file of the page (GET), else
+    with API Gateway's `404 {"message": "Not Found"}`, whatever the method (TRACE, HEAD,
+    QUERY or a made-up one; OPTIONS is a CORS preflight, 204): never the standard library's HTML 501."""
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":  # a HEAD answer has the headers of its GET, never a body
-                    self.wfile.write(body)
+    gateway: Gateway
+    protocol_version = "HTTP/1.1"
+    unread = False  # an error was answered before the request was read in full
+    status: int | None = None  # of the answer to the current request, once sent
+    user: str | None = None  # who made it, when known (a valid local token, a sign-in, a key)
+    started = 0.0
+    begun = False  # the current request's line was read
 
-            def _json(self, status: int, body: dict[str, Any]) -> None:
-                self._send(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    def __getattr__(self, name: str) -> Any:
+        # http.server looks up `do_<METHOD>` for each request and answers 501 when there is none:
+        # here every method has one, the dispatcher.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
-            def _dispatch(self, method: str) -> None:
-                split = urlsplit(self.path)
-                path = split.path
-                declared = self.headers.get("Content-Length") or "0"
-                if not declared.isascii() or not declared.strip().isdigit():  # neither a number nor >= 0
-                    self.send_error(HTTPStatus.BAD_REQUEST)
-                    return
-                length = int(declared)
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                if path == WEBHOOK_PATH:
-                    self._lambda(gateway.invoke("webhook", gateway.url_event(path, headers, body, method)))
-                    return
-                if path == "/local/sign-in" and method == "POST":
-                    self._sign_in(body)
-                    return
-                if path == "/local/config.json" and method == "GET":
-                    self._json(200, gateway.page_config)
-                    return
-                if path == "/local/notifications" and method == "GET" and gateway.event_bridge is not None:
-                    claims = self._claims(headers)
-                    if claims is None:
-                        self._json(401, {"message": "Unauthorized"})
-                        return
-                    self._json(200, {"notifications": gateway.notifications(str(claims["sub"]))})
-                    return
-                tools = path == "/local/stripe/payments" or path.startswith("/local/stripe/payments/")
-                if tools and gateway.stripe_emulator_url is not None:
-                    self._stripe_tools(method, path, headers, body)
-                    return
-                if method == "GET" and self._api_docs(path):
-                    return
-                found = match_route(gateway.routes, method, path)
-                if found is None:
-                    if method == "GET" and self._static(path):
-                        return
-                    self._json(404, {"message": "Not Found"})
-                    return
-                route, parameters = found
-                authorizer = None
-                if route.auth == "AWS_IAM":
-                    # As on AWS, a request without a valid signature is refused before any function runs.
-                    if gateway.iam_credentials is None:
-                        self._json(403, {"message": "Forbidden"})
-                        return
-                    try:
-                        caller = verify(
-                            method,
-                            path,
-                            split.query,
-                            headers,
-                            body,
-                            credentials=gateway.iam_credentials,
-                            region=gateway.region,
-                        )
-                    except Rejected:
-                        self._json(403, {"message": "Forbidden"})
-                        return
-                    authorizer = caller.authorizer()
-                    self.user = f"iam:{caller.access_key}"
-                elif route.auth == "JWT":
-                    claims = self._claims(headers)
-                    if claims is None:
-                        self._json(401, {"message": "Unauthorized"})
-                        return
-                    authorizer = {"jwt": {"claims": {k: str(v) for k, v in claims.items()}, "scopes": None}}
-                event = gateway.api_event(
-                    route, path, split.query, headers, body, authorizer=authorizer, path_parameters=parameters
-                )
-                self._lambda(gateway.invoke(route.function, event))
+    def do_OPTIONS(self) -> None:
+        # The webhook's Function URL hands every method to its function; anywhere else OPTIONS is a
+        # CORS preflight, which the API's CorsConfiguration (template.yaml) makes API Gateway answer
+        # itself, with no route and no function.
+        if urlsplit(self.path).path == WEBHOOK_PATH:
+            self._dispatch()
+        else:
+            self._send(204, b"", {"Allow": "GET, POST, PUT, OPTIONS"})
 
-            def _stripe_tools(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
-                """LOCAL-ONLY test tools: GET /local/stripe/payments (the signed-in user's payments at the
-                emulator) and POST /local/stripe/payments/{sessionId}/{action} (on one of them only)."""
-                parts = path.split("/")[4:]  # after /local/stripe/payments
-                if not (method == "GET" and parts == []) and not (method == "POST" and len(parts) == 2 and all(parts)):
-                    self._json(404, {"message": "Not Found"})
-                    return
-                claims = self._claims(headers)
-                if claims is None:
-                    self._json(401, {"message": "Unauthorized"})
-                    return
-                user = str(claims["sub"])
-                try:
-                    if method == "GET":
-                        self._json(200, {"payments": gateway.stripe_payments(user)})
-                    else:
-                        self._json(*gateway.stripe_action(user, parts[0], parts[1], body))
-                except (OSError, ValueError):
-                    message = "The local Stripe emulator did not answer."
-                    self._json(502, {"error": {"code": "emulator_unavailable", "message": message}})
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
-            def _claims(self, headers: dict[str, str]) -> dict[str, Any] | None:
-                """The claims of the request's bearer token, if the gateway signed it and it is valid."""
-                auth = headers.get("authorization", "")
-                token = auth[7:] if auth.lower().startswith("bearer ") else ""
-                claims = gateway.tokens.verify(token) if token else None
-                if claims is not None:
-                    self.user = str(claims.get("sub"))
-                return claims
+    def handle_one_request(self) -> None:
+        """One request, and its line in the request log. A client that closes the connection
+        before it has the whole answer (a browser tab closed, a reload) ends the connection
+        with one line in the log, not a traceback."""
+        self.status, self.user, self.started, self.begun = None, None, time.perf_counter(), False
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.close_connection = True
+            if self.begun or self.status is not None:  # not an idle connection closed
+                self._log("(the client closed the connection)")
+            return
+        if self.status is not None:
+            self._log()
 
-            def _lambda(self, response: dict[str, Any]) -> None:
-                raw = response.get("body") or ""
-                data = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode()
-                headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
-                headers.setdefault("Content-Type", "application/json")
-                self._send(int(response.get("statusCode", 200)), data, headers)
+    def parse_request(self) -> bool:
+        # the request line is in: the time an idle keep-alive connection waited is not counted
+        self.started, self.begun = time.perf_counter(), True
+        return super().parse_request()
 
-            def _sign_in(self, body: bytes) -> None:
-                try:
-                    user = json.loads(body or b"{}").get("user", "")
-                except (ValueError, AttributeError):  # not JSON (nor UTF-8), or not an object
-                    user = ""
-                if not isinstance(user, str) or key_problem(user) is not None:
-                    message = f"Pick a user name: {USER_NAME_RULE}."
-                    self._json(400, {"error": {"code": "validation_error", "message": message}})
-                    return
-                self.user = user
-                self._json(200, {"token": gateway.tokens.issue(user), "userId": user, "localOnly": True})
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.status = code
+        super().send_response(code, message)
 
-            def _api_docs(self, path: str) -> bool:
-                if path == "/docs":
-                    self._send(308, b"", {"Location": "/docs/"})
-                    return True
-                if path == "/openapi.yaml":
-                    self._file(OPENAPI_SPEC, "application/yaml; charset=utf-8")
-                    return True
-                if path in API_DOCS:
-                    self._file(API_DOCS[path])
-                    return True
-                return False
+    def _log(self, note: str = "") -> None:
+        if self.gateway.request_log is None:
+            return
+        took = (time.perf_counter() - self.started) * 1000
+        path = urlsplit(getattr(self, "path", "") or "").path or "-"
+        fields = [getattr(self, "command", None) or "-", path[:200], str(self.status or "-"), f"{took:.0f} ms"]
+        if self.user:
+            fields.append(self.user)
+        if note:
+            fields.append(note)
+        with contextlib.suppress(OSError, ValueError):  # where it prints to is gone (closed, a broken pipe)
+            self.gateway.request_log(_printable(" ".join(fields)))
 
-            def _file(self, target: Path, kind: str | None = None) -> None:
-                if not target.is_file():
-                    self._json(404, {"message": "Not Found"})
-                    return
-                kind = kind or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-                self._send(200, target.read_bytes(), {"Content-Type": kind, "Cache-Control": "no-cache"})
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every error http.server answers by itself (414 URI too long, 400 bad request line,
+        431 headers too large, 505...) as API Gateway answers: `{"message": ...}` in JSON, never
+        the standard library's HTML page. The message is the status's phrase (the detail
+        http.server passes may quote the request). The connection is closed: what follows on it
+        cannot be read as a request."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = message or "Error"
+        # A request line that did not parse leaves http.server's default version, HTTP/0.9,
+        # which would send the body with no status line nor headers: answer in HTTP/1.1.
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = self.protocol_version
+        self.send_response(code, phrase)
+        self.send_header("Connection", "close")
+        body = b""
+        # No body for 1xx, 204, 205 and 304 (RFC 9110), as http.server's own send_error.
+        if code >= 200 and code not in (HTTPStatus.NO_CONTENT, HTTPStatus.RESET_CONTENT, HTTPStatus.NOT_MODIFIED):
+            body = json.dumps({"message": phrase}).encode()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+        self.unread = True
 
-            def _static(self, path: str) -> bool:
-                if gateway.web_dir is None:
-                    return False
-                root = gateway.web_dir.resolve()
-                target = (root / path.lstrip("/")).resolve()
-                if path.endswith("/"):
-                    target = target / "index.html"
-                if not target.is_file() or root not in target.parents:
-                    return False
-                self._file(target)
-                return True
+    def finish(self) -> None:
+        super().finish()  # flushes the answer
+        if self.unread:
+            _linger(self.connection)
 
-        return Handler
+    # ---- answering ----------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":  # a HEAD answer has the headers of its GET, never a body
+            self.wfile.write(body)
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        self._send(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+    def _not_found(self) -> None:
+        self._json(404, {"message": "Not Found"})
+
+    def _dispatch(self) -> None:
+        """Read the request, then answer it by the first route that takes it (see the class)."""
+        request = self._read()
+        if request is None:
+            return
+        for route in self.gateway.local_routes:
+            parameters = route.match(request.method, request.path)
+            if parameters is not None:
+                route.answer(self, replace(request, parameters=parameters))
+                return
+        found = match_route(self.gateway.routes, request.method, request.path)
+        if found is not None:
+            self._function(request, *found)
+        elif not (request.method == "GET" and self._static(request.path)):
+            self._not_found()
+
+    def _read(self) -> Request | None:
+        """The request with its body; None (400 answered) if its Content-Length is no length."""
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isascii() or not declared.strip().isdigit():  # neither a number nor >= 0
+            self.send_error(HTTPStatus.BAD_REQUEST)
+            return None
+        length = int(declared)
+        body = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        return Request(self.command, split.path, split.query, headers, body)
+
+    def _function(self, request: Request, route: Route, parameters: dict[str, str]) -> None:
+        """A template route: the caller authorized as API Gateway authorizes it, then its function."""
+        authorizer = None
+        if route.auth == "AWS_IAM":
+            # As on AWS, a request without a valid signature is refused before any function runs.
+            authorizer = self._iam_authorizer(request)
+            if authorizer is None:
+                self._json(403, {"message": "Forbidden"})
+                return
+        elif route.auth == "JWT":
+            claims = self._claims(request.headers)
+            if claims is None:
+                self._json(401, {"message": "Unauthorized"})
+                return
+            authorizer = {"jwt": {"claims": {k: str(v) for k, v in claims.items()}, "scopes": None}}
+        event = self.gateway.api_event(
+            route,
+            request.path,
+            request.query,
+            request.headers,
+            request.body,
+            authorizer=authorizer,
+            path_parameters=parameters,
+        )
+        self._lambda(self.gateway.invoke(route.function, event))
+
+    def _iam_authorizer(self, request: Request) -> dict[str, Any] | None:
+        """The IAM authorizer context of a request signed with the gateway's local key, else None."""
+        if self.gateway.iam_credentials is None:
+            return None
+        try:
+            caller = verify(
+                request.method,
+                request.path,
+                request.query,
+                request.headers,
+                request.body,
+                credentials=self.gateway.iam_credentials,
+                region=self.gateway.region,
+            )
+        except Rejected:
+            return None
+        self.user = f"iam:{caller.access_key}"
+        return caller.authorizer()
+
+    def _claims(self, headers: dict[str, str]) -> dict[str, Any] | None:
+        """The claims of the request's bearer token, if the gateway signed it and it is valid."""
+        auth = headers.get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        claims = self.gateway.tokens.verify(token) if token else None
+        if claims is not None:
+            self.user = str(claims.get("sub"))
+        return claims
+
+    def _lambda(self, response: dict[str, Any]) -> None:
+        raw = response.get("body") or ""
+        data = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode()
+        headers = {str(k): str(v) for k, v in (response.get("headers") or {}).items()}
+        headers.setdefault("Content-Type", "application/json")
+        self._send(int(response.get("statusCode", 200)), data, headers)
+
+    # ---- the gateway's own routes (local_routes) ----------------------------------------------
+
+    def webhook(self, request: Request) -> None:
+        """The webhook's Function URL: any method, no authorizer (the function checks Stripe's signature)."""
+        event = self.gateway.url_event(request.path, request.headers, request.body, request.method)
+        self._lambda(self.gateway.invoke("webhook", event))
+
+    def sign_in(self, request: Request) -> None:
+        """POST /local/sign-in `{"user": NAME}`: a local token for that user (LOCAL-ONLY)."""
+        try:
+            user = json.loads(request.body or b"{}").get("user", "")
+        except (ValueError, AttributeError):  # not JSON (nor UTF-8), or not an object
+            user = ""
+        if not isinstance(user, str) or key_problem(user) is not None:
+            self._json(400, _error("validation_error", f"Pick a user name: {USER_NAME_RULE}."))
+            return
+        self.user = user
+        self._json(200, {"token": self.gateway.tokens.issue(user), "userId": user, "localOnly": True})
+
+    def page_config(self, request: Request) -> None:
+        """GET /local/config.json: the page's settings."""
+        self._json(200, self.gateway.page_config)
+
+    def notifications(self, request: Request) -> None:
+        """GET /local/notifications: the signed-in user's events on the local bus (LOCAL-ONLY)."""
+        claims = self._claims(request.headers)
+        if claims is None:
+            self._json(401, {"message": "Unauthorized"})
+            return
+        self._json(200, {"notifications": self.gateway.notifications(str(claims["sub"]))})
+
+    def stripe_payments(self, request: Request) -> None:
+        """GET /local/stripe/payments: the signed-in user's payments at the emulator (LOCAL-ONLY)."""
+        self._stripe_tool(request, lambda user: (200, {"payments": self.gateway.stripe_payments(user)}))
+
+    def stripe_action(self, request: Request) -> None:
+        """POST /local/stripe/payments/{sessionId}/{action}: a control action on one of the signed-in
+        user's own payments (LOCAL-ONLY)."""
+        session_id, action = request.parameters["sessionId"], request.parameters["action"]
+        self._stripe_tool(request, lambda user: self.gateway.stripe_action(user, session_id, action, request.body))
+
+    def _stripe_tool(self, request: Request, answer: Callable[[str], tuple[int, dict[str, Any]]]) -> None:
+        """A test tool's answer for the signed-in user; 502 if the emulator did not answer."""
+        claims = self._claims(request.headers)
+        if claims is None:
+            self._json(401, {"message": "Unauthorized"})
+            return
+        try:
+            self._json(*answer(str(claims["sub"])))
+        except (OSError, ValueError):
+            self._json(502, _error("emulator_unavailable", "The local Stripe emulator did not answer."))
+
+    def docs(self, request: Request) -> None:
+        """GET /docs: to the reference's folder."""
+        self._send(308, b"", {"Location": "/docs/"})
+
+    def openapi(self, request: Request) -> None:
+        """GET /openapi.yaml: the API's contract."""
+        self._file(OPENAPI_SPEC, "application/yaml; charset=utf-8")
+
+    def api_docs(self, request: Request) -> None:
+        """GET /docs/...: the reference (Swagger UI) and its files."""
+        self._file(API_DOCS[request.path])
+
+    def _file(self, target: Path, kind: str | None = None) -> None:
+        if not target.is_file():
+            self._not_found()
+            return
+        kind = kind or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        self._send(200, target.read_bytes(), {"Content-Type": kind, "Cache-Control": "no-cache"})
+
+    def _static(self, path: str) -> bool:
+        """A file of the page (web/), if there is one at this path."""
+        if self.gateway.web_dir is None:
+            return False
+        root = self.gateway.web_dir.resolve()
+        target = (root / path.lstrip("/")).resolve()
+        if path.endswith("/"):
+            target = target / "index.html"
+        if not target.is_file() or root not in target.parents:
+            return False
+        self._file(target)
+        return True

@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from local.serving import write_json
+
 STOP_TIMEOUT = 30.0  # seconds a leftover has to end after SIGTERM (a JVM on a loaded machine) before SIGKILL
 
 
@@ -95,13 +97,7 @@ def record(path: Path, pid: int, *, owner: int | None = None) -> None:
         "owner": owner,
         "ownerIdentity": identity(owner),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        handle.write(json.dumps(entry) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_json(path, entry)
 
 
 def forget(path: Path) -> None:

@@ -92,6 +92,48 @@ def _parse_authorization(header: str) -> tuple[list[str], list[str], str]:
     return fields["Credential"].split("/"), fields["SignedHeaders"].lower().split(";"), fields["Signature"]
 
 
+def _check_scope(scope: list[str], access_key: str, region: str | None) -> tuple[str, str, str]:
+    """The access key id, date and region of a credential scope that is ours: our key, for
+    `execute-api` (in `region`, when given); else Rejected."""
+    if len(scope) != 5:
+        raise Rejected("malformed credential scope")
+    key_id, scope_date, scope_region, service, terminator = scope
+    if not _same(key_id, access_key):
+        raise Rejected("unknown access key id")
+    if service != SERVICE or terminator != "aws4_request" or not scope_region:
+        raise Rejected(f"the credential scope is not for {SERVICE}")
+    if region is not None and scope_region != region:
+        raise Rejected(f"the credential scope is not for {region}, the region this API is in")
+    return key_id, scope_date, scope_region
+
+
+def _check_date(stamp: str, scope_date: str, now: datetime) -> None:
+    """X-Amz-Date is well formed, the credential scope's date, and within MAX_SKEW of now; else Rejected."""
+    try:
+        signed_at = datetime.strptime(stamp, TIMESTAMP).replace(tzinfo=UTC)
+    except ValueError:
+        raise Rejected("X-Amz-Date missing or malformed") from None
+    if scope_date != stamp[:8]:
+        raise Rejected("the credential scope's date is not the X-Amz-Date's")
+    if abs(now - signed_at) > MAX_SKEW:
+        raise Rejected("X-Amz-Date is more than 15 minutes from now")
+
+
+def _check_signed_headers(signed: list[str], headers: Mapping[str, str], body: bytes) -> None:
+    """The host and the date are under the signature, every signed header is here, and a claimed
+    body hash is the body's; else Rejected."""
+    if not {"host", "x-amz-date"} <= set(signed):
+        raise Rejected("host and x-amz-date must be signed")
+    missing = [name for name in signed if name not in headers]
+    if missing:
+        raise Rejected(f"signed headers missing from the request: {', '.join(missing)}")
+    # botocore takes X-Amz-Content-SHA256, when sent, as the body's hash without computing it, so
+    # make sure it is the body's (which also refuses UNSIGNED-PAYLOAD).
+    claimed = headers.get("x-amz-content-sha256")
+    if claimed is not None and not _same(claimed, hashlib.sha256(body).hexdigest()):
+        raise Rejected("X-Amz-Content-SHA256 is not the body's hash")
+
+
 def verify(
     method: str,
     path: str,
@@ -115,37 +157,10 @@ def verify(
     if not authorization:
         raise Rejected("unsigned")
     scope, signed, signature = _parse_authorization(authorization)
-    if len(scope) != 5:
-        raise Rejected("malformed credential scope")
-    key_id, scope_date, scope_region, service, terminator = scope
-    if not _same(key_id, access_key):
-        raise Rejected("unknown access key id")
-    if service != SERVICE or terminator != "aws4_request" or not scope_region:
-        raise Rejected(f"the credential scope is not for {SERVICE}")
-    if region is not None and scope_region != region:
-        raise Rejected(f"the credential scope is not for {region}, the region this API is in")
-
+    key_id, scope_date, scope_region = _check_scope(scope, access_key, region)
     stamp = headers.get("x-amz-date", "")
-    try:
-        signed_at = datetime.strptime(stamp, TIMESTAMP).replace(tzinfo=UTC)
-    except ValueError:
-        raise Rejected("X-Amz-Date missing or malformed") from None
-    if scope_date != stamp[:8]:
-        raise Rejected("the credential scope's date is not the X-Amz-Date's")
-    if abs((now or datetime.now(UTC)) - signed_at) > MAX_SKEW:
-        raise Rejected("X-Amz-Date is more than 15 minutes from now")
-
-    # The host and the date must be under the signature, and every signed header must be here.
-    if not {"host", "x-amz-date"} <= set(signed):
-        raise Rejected("host and x-amz-date must be signed")
-    missing = [name for name in signed if name not in headers]
-    if missing:
-        raise Rejected(f"signed headers missing from the request: {', '.join(missing)}")
-    # botocore takes X-Amz-Content-SHA256, when sent, as the body's hash without computing it, so
-    # make sure it is the body's (which also refuses UNSIGNED-PAYLOAD).
-    claimed = headers.get("x-amz-content-sha256")
-    if claimed is not None and not _same(claimed, hashlib.sha256(body).hexdigest()):
-        raise Rejected("X-Amz-Content-SHA256 is not the body's hash")
+    _check_date(stamp, scope_date, now or datetime.now(UTC))
+    _check_signed_headers(signed, headers, body)
 
     url = f"http://{headers['host']}{path}" + (f"?{query}" if query else "")
     request = AWSRequest(method=method, url=url, headers={name: headers[name] for name in signed}, data=body)

@@ -48,6 +48,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from local.serving import write_json
 from local.template import stream_source
 
 Json = dict[str, Any]
@@ -580,7 +581,4 @@ class StreamPoller:
             for s in self._shards.values()
             if s.checkpoint is not None or s.closed
         }
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"streamArn": self._stream_arn, "shards": shards}, indent=1))
-        tmp.replace(self.checkpoint_path)
+        write_json(self.checkpoint_path, {"streamArn": self._stream_arn, "shards": shards}, indent=1)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
 
-# Logical id of each table -> the environment variable that names it (DESIGN.md section 7).
+# Logical id of each table -> the environment variable that names it (docs/design.md section 7 (Configuration)).
 TABLE_VARIABLES = {"CreditsTable": "CREDITS_TABLE_NAME", "IdempotencyTable": "IDEMPOTENCY_TABLE_NAME"}
 STACK = "credits"  # the stack name a team's template imports from (`!ImportValue credits-...`, README)
 
@@ -433,18 +433,10 @@ def team_template(path: Path, imports: Mapping[str, str | None], *, region: str 
     """A team's SAM template: its functions with HttpApi routes (CodeUri from the template's folder),
     their environment resolved (see _Resolver), their routes. TemplateError for what cannot be served."""
     path = path.resolve()
-    if not path.is_file():
-        raise TemplateError(f"{path}: no such template")
-    try:
-        data = load(path)
-    except yaml.YAMLError as exc:
-        raise TemplateError(f"{path}: not YAML: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("Resources"), dict):
-        raise TemplateError(f"{path}: no Resources")
+    data = _team_data(path)
     base = path.parent
     resolver = _Resolver(path, data, imports, region)
     globals_ = (data.get("Globals") or {}).get("Function") or {}
-    shared = (globals_.get("Environment") or {}).get("Variables") or {}
     try:
         served = routes(data, base, internal_iam=True)
     except AssertionError as exc:  # two functions with one CodeUri folder name
@@ -458,16 +450,37 @@ def team_template(path: Path, imports: Mapping[str, str | None], *, region: str 
             continue
         props = resource.get("Properties") or {}
         code = _code(logical_id, props, base)
-        if Path(code).name not in named:
-            continue  # no HttpApi route: nothing of the gateway's
-        resolver.check_imports(logical_id, {k: props.get(k) for k in ("Layers", "Policies")})
-        variables = {**shared, **((props.get("Environment") or {}).get("Variables") or {})}
-        environment = {name: resolver.value(f"{logical_id}: {name}", v) for name, v in variables.items()}
-        handler = str(props.get("Handler") or globals_.get("Handler") or "")
-        module, _, attribute = handler.rpartition(".")
-        if not module or not attribute or not (Path(code) / f"{module.replace('.', '/')}.py").is_file():
-            raise TemplateError(f"{path}: {logical_id}: Handler {handler!r}: no {module or '?'}.py in {code}")
-        out.append(TeamFunction(logical_id, Path(code).name, code, handler, environment))
+        if Path(code).name in named:  # else no HttpApi route: nothing of the gateway's
+            out.append(_team_function(path, logical_id, props, code, globals_, resolver))
     if not out:
         raise TemplateError(f"{path}: no AWS::Serverless::Function with an HttpApi event")
     return TeamTemplate(path, out, served)
+
+
+def _team_data(path: Path) -> dict[str, Any]:
+    """A team's template, read; TemplateError if there is none, it is not YAML or it has no Resources."""
+    if not path.is_file():
+        raise TemplateError(f"{path}: no such template")
+    try:
+        data = load(path)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{path}: not YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("Resources"), dict):
+        raise TemplateError(f"{path}: no Resources")
+    return data
+
+
+def _team_function(
+    path: Path, logical_id: str, props: dict[str, Any], code: str, globals_: dict[str, Any], resolver: _Resolver
+) -> TeamFunction:
+    """One function of a team's template: its imports checked, its environment (the Globals' and
+    its own Variables) resolved, its Handler's module found in its code folder."""
+    resolver.check_imports(logical_id, {k: props.get(k) for k in ("Layers", "Policies")})
+    shared = (globals_.get("Environment") or {}).get("Variables") or {}
+    variables = {**shared, **((props.get("Environment") or {}).get("Variables") or {})}
+    environment = {name: resolver.value(f"{logical_id}: {name}", v) for name, v in variables.items()}
+    handler = str(props.get("Handler") or globals_.get("Handler") or "")
+    module, _, attribute = handler.rpartition(".")
+    if not module or not attribute or not (Path(code) / f"{module.replace('.', '/')}.py").is_file():
+        raise TemplateError(f"{path}: {logical_id}: Handler {handler!r}: no {module or '?'}.py in {code}")
+    return TeamFunction(logical_id, Path(code).name, code, handler, environment)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -29,9 +32,21 @@ for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
     os.environ.pop(_var, None)
 
 from local.dynamodb_local import DynamoDBLocal  # noqa: E402
-from local.template import create_tables  # noqa: E402
+from local.template import load, table_definitions, ttl_attribute  # noqa: E402
 
 TABLES = {"CreditsTable": "credits", "IdempotencyTable": "idempotency"}
+
+
+@functools.cache
+def template_tables() -> tuple[tuple[str, dict[str, Any], str | None], ...]:
+    """template.yaml's tables, read once a session: logical id, create_table's arguments, TTL attribute.
+    (Parsing the template is most of what a moto table costs: read for every test, it took a third of
+    the unit tests' time. `local.template.create_tables` reads it on every call.)"""
+    template = load()
+    return tuple(
+        (logical_id, definition, ttl_attribute(logical_id, template))
+        for logical_id, definition in table_definitions(template).items()
+    )
 
 
 @pytest.fixture
@@ -39,10 +54,20 @@ def moto_dynamodb() -> Iterator[object]:
     """A moto DynamoDB with the template's tables; functions loaded inside it talk to moto."""
     import boto3
     from moto import mock_aws
+    from moto.core.config import DefaultConfig, default_user_config
 
-    with mock_aws():
+    # boto3's default session is kept from one test to the next (moto would make a new one for each):
+    # a new session reads botocore's service models again, for every client a test or a function
+    # creates; its state (credentials, region) is the same for every test, from the environment above.
+    config: DefaultConfig = {"core": {**default_user_config["core"], "reset_boto3_session": False}}
+    with mock_aws(config=config):
         client = boto3.client("dynamodb")
-        create_tables(client, TABLES)
+        for logical_id, definition, ttl in template_tables():  # as local.template.create_tables makes them
+            client.create_table(TableName=TABLES[logical_id], **copy.deepcopy(definition))
+            if ttl:
+                client.update_time_to_live(
+                    TableName=TABLES[logical_id], TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl}
+                )
         yield client
 
 

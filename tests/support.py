@@ -7,16 +7,21 @@ import copy
 import json
 import os
 import queue
+import threading
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from local.containers import Container, ContainerPool, start_containers
 from local.gateway import Gateway, LocalContext, load_handler
+
+if TYPE_CHECKING:
+    from credits.ledger import Audit, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_EVENT = json.loads((ROOT / "tests" / "events" / "http_api_proxy.json").read_text())
@@ -85,7 +90,21 @@ def load_function(name: str) -> ModuleType:
     return load_handler(name, f"fn_{name}_{uuid.uuid4().hex[:8]}")
 
 
-def invoke(module: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+class Answer(NamedTuple):
+    """A Lambda proxy response: status, decoded JSON body and headers (a tuple, unpacked as one)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def code(self) -> str | None:
+        """The error's code (`error.code` of the body), or None for an answer that is no error."""
+        error = self.body.get("error") if isinstance(self.body, dict) else None
+        return error.get("code") if isinstance(error, dict) else None
+
+
+def invoke(module: ModuleType, event: dict[str, Any]) -> Answer:
     """Call a handler; returns status, decoded JSON body and headers."""
     return decode(module.lambda_handler(event, FakeContext()))
 
@@ -103,16 +122,46 @@ class Fleet:
         for container in containers:
             self._idle.put(container)
 
-    def invoke(self, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def invoke(self, event: dict[str, Any]) -> Answer:
         container = self._idle.get()
         try:
             return decode(container.invoke(event))
         finally:
             self._idle.put(container)
 
-    def on(self, index: int, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def on(self, index: int, event: dict[str, Any]) -> Answer:
         """Invoke one particular container."""
         return decode(self.containers[index].invoke(event))
+
+    def hammer(
+        self,
+        events: Sequence[dict[str, Any]],
+        *,
+        at_once: bool = False,
+        pinned: bool = False,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> list[Answer]:
+        """Send every event, from as many threads as there are containers, and return the answers in
+        the order of `events`.
+
+        `at_once`: the first request of each thread waits until all of them are ready, then they go
+        together. `pinned`: event i goes to container i (one event per container), not to whichever
+        is idle. `meanwhile` runs in the calling thread while the requests are in flight."""
+        workers = len(self.containers)
+        if pinned:
+            assert len(events) == workers, "pinned: one event per container"
+        barrier = threading.Barrier(min(workers, len(events)), timeout=120) if at_once else None
+
+        def send(i: int) -> Answer:
+            if barrier is not None and i < workers:
+                barrier.wait()
+            return self.on(i, events[i]) if pinned else self.invoke(events[i])
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            answers = pool.map(send, range(len(events)))
+            if meanwhile is not None:
+                meanwhile()
+            return list(answers)
 
 
 @contextmanager
@@ -126,12 +175,59 @@ def fleet(function: str, count: int, *, setup: str | None = None) -> Iterator[Fl
             container.close()
 
 
-def decode(response: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+def hammer(
+    function: str,
+    events: Sequence[dict[str, Any]],
+    *,
+    workers: int = 16,
+    setup: str | None = None,
+    at_once: bool = False,
+    pinned: bool = False,
+    meanwhile: Callable[[], object] | None = None,
+) -> list[Answer]:
+    """A fleet of `workers` containers of functions/<function>/app.py, each its own process, sent
+    `events` from `workers` threads at once (see `Fleet.hammer`); the answers in the order of `events`.
+    The containers are closed before it returns."""
+    with fleet(function, workers, setup=setup) as containers:
+        return containers.hammer(events, at_once=at_once, pinned=pinned, meanwhile=meanwhile)
+
+
+def assert_audited(
+    ledger: Ledger,
+    user: str,
+    *,
+    balance: int | None = None,
+    available: int | None = None,
+    held: int | None = None,
+    entries: int | None = None,
+    amounts: Sequence[int] | None = None,
+) -> Audit:
+    """After a race: the user's ledger passes the audit (every invariant of docs/design.md section 4),
+    and, where given, the balance, what is available and held, the number of entries (numbered 1 to
+    `entries`, no gap) and their amounts in order are as expected."""
+    audit = ledger.audit(user)
+    assert audit.ok, audit.problems
+    if balance is not None or available is not None or held is not None:
+        view = ledger.account(user)
+        for name, wanted, seen in (
+            ("balance", balance, view.balance),
+            ("available", available, view.available),
+            ("held", held, view.held),
+        ):
+            assert wanted is None or seen == wanted, f"{user}'s {name} is {seen}, not {wanted}"
+    if entries is not None:
+        assert (audit.seq, audit.entries) == (entries, entries), audit
+    if amounts is not None:
+        assert [t.amount for t in ledger.history(user)] == list(amounts)
+    return audit
+
+
+def decode(response: dict[str, Any]) -> Answer:
     """A Lambda proxy response as status, decoded JSON body and headers."""
     body = response.get("body") or "null"
     if response.get("isBase64Encoded"):
         body = base64.b64decode(body).decode()
-    return response["statusCode"], json.loads(body), response.get("headers") or {}
+    return Answer(response["statusCode"], json.loads(body), response.get("headers") or {})
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""events: the credits table's stream to EventBridge (DESIGN.md section 11).
+"""events: the credits table's stream to EventBridge (docs/design.md section 10).
 
 Invoked by the stream's event source mapping with only new ledger entries and first spend-limit
 refusals (template.yaml filters the rest out). Every entry announces an event; usage entries'

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits import api, config
 from credits.aws import dynamodb_client
-from credits.errors import CreditsError, InsufficientCredits, SpendLimitReached, TemporarilyUnavailable
+from credits.errors import ERRORS_BY_CODE, REFUSAL_METRICS, CreditsError
 from credits.http import error_response, header, install_error_handlers, json_body, json_response, user_id
 from credits.ledger import Ledger, Posted
 
@@ -40,18 +40,10 @@ def _answer(posted: Posted, body: dict[str, Any], metric: str) -> Response:
     return json_response(200, body)
 
 
-# Refusals the dashboard counts (402s by cause, 503s); the answer is the standard error body.
-REFUSAL_METRICS = {
-    InsufficientCredits: "InsufficientCredits",
-    SpendLimitReached: "SpendLimitRefused",
-    TemporarilyUnavailable: "Unavailable",
-}
-
-
-@app.exception_handler(list(REFUSAL_METRICS))
+# Refusals the dashboard counts (402s by cause, 503s), by code; the answer is the standard error body.
+@app.exception_handler([ERRORS_BY_CODE[code] for code in REFUSAL_METRICS])
 def _refused(exc: CreditsError) -> Response:
-    name = next(REFUSAL_METRICS[c] for c in type(exc).__mro__ if c in REFUSAL_METRICS)
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=REFUSAL_METRICS[exc.code], unit=MetricUnit.Count, value=1)
     return error_response(exc)
 
 

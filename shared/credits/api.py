@@ -1,4 +1,4 @@
-"""The HTTP API's requests and responses (DESIGN.md section 5), independent of any web framework.
+"""The HTTP API's requests and responses (docs/design.md section 6), independent of any web framework.
 
 Handlers parse the event, call one function here, and return its result; bad input raises
 ValidationError before anything is read or written.

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from botocore.exceptions import ClientError
-
 from credits import keys
 from credits.errors import TemporarilyUnavailable
-from credits.ledger import from_item, iso_utc, to_item
+from credits.ledger import iso_utc
 from credits.packages import Catalog, Package
+from credits.store import NEW, DynamoStore, Put, Store, TransactionCancelled, Update, absent
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -36,62 +36,47 @@ class CheckoutUrls:
 
 
 class Customers:
-    """The user <-> Stripe customer link: on the account item and as a `CUSTOMER#` item."""
+    """The user <-> Stripe customer link: on the account item and as a `CUSTOMER#` item.
 
-    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
-        self.client = client
-        self.table = table_name
+    `Customers(client, table_name)` on DynamoDB; `Customers.on(store)` on any store (the simulator's)."""
+
+    def __init__(
+        self, client: DynamoDBClient | None = None, table_name: str = "", *, store: Store | None = None
+    ) -> None:
+        if store is None:
+            if client is None:
+                raise TypeError("Customers needs a DynamoDB client and table name, or a store")
+            store = DynamoStore(client, table_name)
+        self.store = store
+
+    @classmethod
+    def on(cls, store: Store) -> Customers:
+        return cls(store=store)
 
     def get(self, user_id: str) -> str | None:
-        response = self.client.get_item(
-            TableName=self.table,
-            Key=to_item({"pk": keys.user_pk(user_id), "sk": keys.ACCOUNT}),
-            ConsistentRead=True,
-            ProjectionExpression="stripe_customer_id",
-        )
-        value = from_item(response.get("Item", {})).get("stripe_customer_id")
+        account = self.store.get((keys.user_pk(user_id), keys.ACCOUNT)) or {}
+        value = account.get("stripe_customer_id")
         return str(value) if value else None
 
     def link(self, user_id: str, customer_id: str) -> str:
         """Store the link unless the user has one already; returns the customer id that won."""
         now = iso_utc(time.time())
-        no_customer_yet = "attribute_not_exists(stripe_customer_id)"
-        link_is_new = "attribute_not_exists(pk)"
+        on_account = Update(
+            (keys.user_pk(user_id), keys.ACCOUNT),
+            set={"stripe_customer_id": customer_id, "updated_at": now},
+            set_if_absent={"created_at": now},
+            condition=absent("stripe_customer_id"),  # no customer yet
+        )
+        link = Put(
+            {"pk": keys.customer_pk(customer_id), "sk": keys.CUSTOMER_SK, "user_id": user_id, "created_at": now},
+            condition=NEW,
+        )
         try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Update": {
-                            "TableName": self.table,
-                            "Key": to_item({"pk": keys.user_pk(user_id), "sk": keys.ACCOUNT}),
-                            "UpdateExpression": (
-                                "SET stripe_customer_id = :customer, updated_at = :now, "
-                                "created_at = if_not_exists(created_at, :now)"
-                            ),
-                            "ConditionExpression": no_customer_yet,
-                            "ExpressionAttributeValues": to_item({":customer": customer_id, ":now": now}),
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self.table,
-                            "Item": to_item(
-                                {
-                                    "pk": keys.customer_pk(customer_id),
-                                    "sk": keys.CUSTOMER_SK,
-                                    "user_id": user_id,
-                                    "created_at": now,
-                                }
-                            ),
-                            "ConditionExpression": link_is_new,
-                        }
-                    },
-                ]
-            )
+            # A fresh token: a resend of this very request is a no-op, a concurrent checkout's is not.
+            self.store.transact([on_account, link], token=str(uuid.uuid4()))
             return customer_id
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                raise
+        except TransactionCancelled:
+            pass
         winner = self.get(user_id)  # a concurrent checkout linked first: use its customer
         if winner is None:
             raise TemporarilyUnavailable("Could not link the payment customer; nothing was charged. Retry.")

@@ -36,14 +36,12 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from credits.errors import HTTP_ERRORS, CreditsError, InsufficientCredits, InternalError, ValidationError
+from credits.errors import ERRORS_BY_CODE, CreditsError, InsufficientCredits, ValidationError
 
 logger = logging.getLogger(__name__)
 
-# Error code -> exception class, from the one table that maps classes to codes. `internal_error` is
-# shared by ConfigError and InternalError; to a caller it is InternalError.
-EXCEPTIONS_BY_CODE: dict[str, type[CreditsError]] = {code: cls for cls, (_status, code) in HTTP_ERRORS.items()}
-EXCEPTIONS_BY_CODE["internal_error"] = InternalError
+# Error code -> exception class: each error's one stable code (`internal_error` is InternalError).
+EXCEPTIONS_BY_CODE: dict[str, type[CreditsError]] = ERRORS_BY_CODE
 
 
 class CreditsClientError(Exception):

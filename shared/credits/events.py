@@ -1,4 +1,4 @@
-"""Events (DESIGN.md section 11): what a ledger entry, or a month's first spend-limit refusal, announces.
+"""Events (docs/design.md section 10): what a ledger entry, or a month's first spend-limit refusal, announces.
 
 Every ledger entry announces what it is, one event by its type (`ENTRY_EVENTS`): `purchase` Credits
 Purchased; `usage` Credits Used (unless usage events are switched off: PUBLISH_USAGE_EVENTS); `gift`

@@ -9,8 +9,6 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from botocore.exceptions import ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from credits.errors import (
     CreditsError,
@@ -22,7 +20,8 @@ from credits.errors import (
     Unauthorized,
     http_error,
 )
-from credits.ledger import RETRIABLE_CODES, validate_token
+from credits.ledger import validate_token
+from credits.store import AWS_ERRORS, domain_error
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -50,24 +49,27 @@ def install_error_handlers(app: APIGatewayHttpResolver, logger: Logger) -> None:
 
     @app.exception_handler(CreditsError)
     def _domain_error(exc: CreditsError) -> Response:
-        logger.info("request refused", extra={"error": type(exc).__name__})
+        if exc.status == 500:  # our own failure (a store error, a missing setting): with its stack
+            logger.exception("request failed", extra={"error": exc.code})
+        else:
+            logger.info("request refused", extra={"error": exc.code})
         return error_response(exc)
 
     @app.not_found
     def _not_found(exc: NotFoundError) -> Response:
         return error_response(NotFound("No such route."))
 
-    @app.exception_handler([ClientError, BotoConnectionError, HTTPClientError])
-    def _store_failed(exc: Exception) -> Response:
-        # An AWS call no retry of the ledger's wrapped (a read of the catalog, of the ledger's pages;
-        # in a team's paywalled function, its own calls): throttling, an unknown outcome or an outage
-        # is retriable, so 503 with Retry-After; any other AWS error is a bug of ours.
-        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else "connection"
-        if code == "connection" or code in RETRIABLE_CODES:
-            logger.warning("store unavailable", extra={"error": code})
-            return error_response(TemporarilyUnavailable("A service this request needs is unavailable. Please retry."))
-        logger.exception("unhandled AWS error")
-        return error_response(InternalError("Internal error."))
+    @app.exception_handler(list(AWS_ERRORS))
+    def _aws_failed(exc: Exception) -> Response:
+        # An AWS call of a team's own code behind the paywall (ours go through credits.store, which
+        # answers in domain errors): throttling, an unknown outcome or an outage is retriable, so
+        # 503 with Retry-After; any other AWS error is a bug, 500.
+        translated = domain_error(exc)
+        if isinstance(translated, TemporarilyUnavailable):
+            logger.warning("AWS unavailable", extra={"error": str(exc)})
+        else:
+            logger.exception("unhandled AWS error")
+        return error_response(translated)
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -1,4 +1,4 @@
-"""Key layout of the credits table (DESIGN.md section 3): every key is built here and nowhere else."""
+"""Key layout of the credits table (docs/design.md section 3): every key is built here and nowhere else."""
 
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
-"""The credit package catalog: what a user can buy, stored in the credits table (DESIGN.md section 3)."""
+"""The credit package catalog: what a user can buy, stored in the credits table (docs/design.md section 3)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from credits import keys, money
 from credits.errors import PackageNotFound
-from credits.ledger import MAX_AMOUNT, from_item, to_item
+from credits.ledger import MAX_AMOUNT
+from credits.store import DynamoStore, Put, Store
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -192,19 +194,35 @@ class Package(BaseModel):
         }
 
 
-class Catalog:
-    """Reads and writes packages; one Query on a sparse index lists them, never a Scan."""
+class CatalogStore(Store, Protocol):
+    """What the catalog needs of the table: a `Store` that also reads a sparse index."""
 
-    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
-        self.client = client
-        self.table = table_name
+    def query_index(self, index: str, attr: str, value: str) -> Iterator[dict[str, Any]]: ...
+
+
+class Catalog:
+    """Reads and writes packages; one Query on a sparse index lists them, never a Scan.
+
+    `Catalog(client, table_name)` on DynamoDB; `Catalog.on(store)` on any store (the simulator's)."""
+
+    def __init__(
+        self, client: DynamoDBClient | None = None, table_name: str = "", *, store: CatalogStore | None = None
+    ) -> None:
+        if store is None:
+            if client is None:
+                raise TypeError("Catalog needs a DynamoDB client and table name, or a store")
+            store = DynamoStore(client, table_name)
+        self.store = store
+
+    @classmethod
+    def on(cls, store: CatalogStore) -> Catalog:
+        return cls(store=store)
 
     def put(self, package: Package) -> None:
         item = package.model_dump()
         package_id = item.pop("id")
-        self.client.put_item(
-            TableName=self.table,
-            Item=to_item(
+        self.store.write(
+            Put(
                 {
                     "pk": keys.package_pk(package_id),
                     "sk": keys.PACKAGE_SK,
@@ -212,14 +230,12 @@ class Catalog:
                     "catalog": keys.CATALOG_PARTITION,
                     **item,
                 }
-            ),
+            )
         )
 
     def get(self, package_id: str) -> Package | None:
-        response = self.client.get_item(
-            TableName=self.table, Key=to_item({"pk": keys.package_pk(package_id), "sk": keys.PACKAGE_SK})
-        )
-        return _package(from_item(response["Item"])) if "Item" in response else None
+        item = self.store.get((keys.package_pk(package_id), keys.PACKAGE_SK))
+        return None if item is None else _package(item)
 
     def active(self, package_id: str) -> Package:
         """A package on sale, or PackageNotFound."""
@@ -231,23 +247,8 @@ class Catalog:
     def all(self) -> list[Package]:
         """Every package, active or not, by currency, then price, then id: the one order of the
         catalog (GET /credit-packages lists `listed()`, `credits packages list` all of them)."""
-        out: list[Package] = []
-        start: dict[str, Any] | None = None
-        while True:
-            query: dict[str, Any] = {
-                "TableName": self.table,
-                "IndexName": keys.CATALOG_INDEX,
-                "KeyConditionExpression": "#catalog = :catalog",
-                "ExpressionAttributeNames": {"#catalog": "catalog"},  # a DynamoDB reserved word
-                "ExpressionAttributeValues": to_item({":catalog": keys.CATALOG_PARTITION}),
-            }
-            if start:
-                query["ExclusiveStartKey"] = start
-            response = self.client.query(**query)
-            out.extend(_package(from_item(i)) for i in response.get("Items", []))
-            start = response.get("LastEvaluatedKey")
-            if not start:
-                return sorted(out, key=lambda p: (p.currency, p.price, p.id))
+        found = self.store.query_index(keys.CATALOG_INDEX, "catalog", keys.CATALOG_PARTITION)
+        return sorted((_package(item) for item in found), key=lambda p: (p.currency, p.price, p.id))
 
     def listed(self) -> list[Package]:
         """The packages on sale."""

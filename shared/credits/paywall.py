@@ -1,4 +1,4 @@
-"""Charge credits for your own routes: a Powertools route middleware (DESIGN.md section 10).
+"""Charge credits for your own routes: a Powertools route middleware (docs/design.md section 9).
 
     from credits.paywall import charge_credits
 
@@ -40,6 +40,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from credits import config
 from credits.errors import (
+    REFUSAL_METRICS,
     ConfigError,
     CreditsError,
     HoldCaptured,
@@ -105,8 +106,8 @@ class Paywall:
             if reserved.replayed:
                 return self._replay(user, reserved.hold_id)  # the route never runs twice for one key
         except CreditsError as refused:
-            if type(refused).__name__ in REFUSAL_METRICS:
-                _metric(REFUSAL_METRICS[type(refused).__name__], 1)
+            if refused.code in REFUSAL_METRICS:
+                _metric(REFUSAL_METRICS[refused.code], 1)
             return error_response(refused)  # 401, 402, 409 or 503: the route does not run
         try:
             response = next_middleware(app)
@@ -221,14 +222,6 @@ class Paywall:
             self.ledger.release(user, hold_id)
         except Exception:
             logger.exception("release failed; the hold will expire", extra={"user_id": user, "hold_id": hold_id})
-
-
-# Refusals counted as the stack's own functions count them (the dashboard's 402s and 503s).
-REFUSAL_METRICS = {
-    "InsufficientCredits": "InsufficientCredits",
-    "SpendLimitReached": "SpendLimitRefused",
-    "TemporarilyUnavailable": "Unavailable",
-}
 
 
 def _metric(name: str, value: int) -> None:

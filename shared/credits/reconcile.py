@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from credits.errors import CreditsError, ValidationError
-from credits.payments import CLOSED, DisputeFact, Outcome, PaymentRecord, Payments, object_id
+from credits.payments import Outcome, Payments
+from credits.settlement import CLOSED, DisputeFact, PaymentRecord
+from credits.stripe_objects import object_id, started_here
 
 MAX_WINDOW_SECONDS = 30 * 24 * 3600  # Stripe keeps events for 30 days; nothing older is looked at
 UNITS = {"m": 60, "h": 3600, "d": 24 * 3600}
@@ -85,66 +87,91 @@ def _once(objects: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             yield obj
 
 
+class _Records:
+    """Payment records, each read once per run."""
+
+    def __init__(self, payments: Payments) -> None:
+        self.payments = payments
+        self.read: dict[str, PaymentRecord | None] = {}
+
+    def __call__(self, payment_id: str) -> PaymentRecord | None:
+        if payment_id not in self.read:
+            self.read[payment_id] = self.payments.record(payment_id)
+        return self.read[payment_id]
+
+
 def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> list[Missing]:
     """Everything of the period that the ledger does not show, purchases first."""
-    found: list[Missing] = []
-    records: dict[str, PaymentRecord | None] = {}
+    record = _Records(payments)
+    late = _late_changes(stripe, created_gte)
+    ours: set[str] = set()  # payments of this product's sessions in the period
+    sessions = [*stripe.sessions_since(created_gte), *late["checkout.session"]]
+    found = list(_missing_purchases(_once(sessions), record, ours))
+    found += _missing_refunds(stripe.refunded_charges_since(created_gte), record, ours)
+    found += _missing_disputes(_once([*stripe.disputes_since(created_gte), *late["dispute"]]), record, ours)
+    return sorted(found, key=lambda m: ORDER[m.kind])
 
-    def record(payment_id: str) -> PaymentRecord | None:
-        if payment_id not in records:
-            records[payment_id] = payments.record(payment_id)
-        return records[payment_id]
 
+def _late_changes(stripe: StripeSource, created_gte: int) -> dict[str, list[dict[str, Any]]]:
+    """The sessions and disputes named by the period's events of late changes, by object type."""
     late: dict[str, list[dict[str, Any]]] = {"checkout.session": [], "dispute": []}
     for obj in stripe.changed_since(created_gte, LATE_CHANGES):
         late.setdefault(str(obj.get("object")), []).append(obj)
+    return late
 
-    ours: set[str] = set()  # payments of this product's sessions in the period
-    for session in _once([*stripe.sessions_since(created_gte), *late["checkout.session"]]):
-        metadata = session.get("metadata") or {}
-        user_id = session.get("client_reference_id") or metadata.get("userId")
-        if session.get("mode") not in (None, "payment") or not user_id or not metadata.get("packageId"):
+
+def _credited(known: PaymentRecord | None) -> bool:
+    return known is not None and known.granted
+
+
+def _missing_purchases(sessions: Iterable[dict[str, Any]], record: _Records, ours: set[str]) -> Iterator[Missing]:
+    """Paid sessions of this product whose payment is not on record as credited; notes in `ours`
+    the payment of every session of this product, paid or not."""
+    for session in sessions:
+        started = started_here(session)
+        if started is None:
             continue  # not started by this product
         payment_id = object_id(session.get("payment_intent")) or str(session["id"])
         ours.add(payment_id)
         if session.get("status") != "complete" or session.get("payment_status") != "paid":
             continue  # not paid (yet): nothing is owed
-        known = record(payment_id)
-        if known is None or not known.granted:
-            detail = f"session {session['id']}: {metadata.get('packageId')} paid, not credited"
+        if not _credited(record(payment_id)):
+            detail = f"session {session['id']}: {started.package_id} paid, not credited"
             event = _event("checkout.session.completed", session)
-            found.append(Missing("purchase", str(session["id"]), payment_id, user_id, detail, event))
+            yield Missing("purchase", str(session["id"]), payment_id, started.user_id, detail, event)
 
-    for charge in stripe.refunded_charges_since(created_gte):
+
+def _missing_refunds(charges: Iterable[dict[str, Any]], record: _Records, ours: set[str]) -> Iterator[Missing]:
+    """Refunded charges whose refunded total is more than their payment's record knows."""
+    for charge in charges:
         payment_id = object_id(charge.get("payment_intent")) or str(charge["id"])
         known = record(payment_id)
         refunded = int(charge.get("amount_refunded") or 0)
-        if (known is None or not known.granted) and payment_id not in ours:
+        if not _credited(known) and payment_id not in ours:
             continue  # a payment this product never credited (another product's, or too old)
         if known is None or known.refunded_amount < refunded:
-            user_id = known.user_id if known else None
             before = known.refunded_amount if known else 0
             detail = f"charge {charge['id']}: {refunded} refunded, the ledger knows {before}"
             event = _event("charge.refunded", charge)
-            found.append(Missing("refund", str(charge["id"]), payment_id, user_id, detail, event))
+            yield Missing("refund", str(charge["id"]), payment_id, known.user_id if known else None, detail, event)
 
-    for dispute in _once([*stripe.disputes_since(created_gte), *late["dispute"]]):
-        disputed = object_id(dispute.get("payment_intent"))
-        if disputed is None:
+
+def _missing_disputes(disputes: Iterable[dict[str, Any]], record: _Records, ours: set[str]) -> Iterator[Missing]:
+    """Disputes their payment's record does not know, or knows in an earlier state."""
+    for dispute in disputes:
+        payment_id = object_id(dispute.get("payment_intent"))
+        if payment_id is None:
             continue
-        payment_id = disputed
         known = record(payment_id)
-        if (known is None or not known.granted) and payment_id not in ours:
+        if not _credited(known) and payment_id not in ours:
             continue
         fact = DisputeFact(str(dispute.get("status")), dispute.get("amount"))
         seen = known.disputes.get(str(dispute["id"])) if known else None
         if seen is None or seen.rank < fact.rank:
             kind = "charge.dispute.closed" if fact.status in CLOSED else "charge.dispute.created"
-            user_id = known.user_id if known else None
             detail = f"dispute {dispute['id']} ({fact.status}): the ledger knows {seen.status if seen else 'nothing'}"
-            found.append(Missing("dispute", str(dispute["id"]), payment_id, user_id, detail, _event(kind, dispute)))
-
-    return sorted(found, key=lambda m: ORDER[m.kind])
+            event = _event(kind, dispute)
+            yield Missing("dispute", str(dispute["id"]), payment_id, known.user_id if known else None, detail, event)
 
 
 def apply(payments: Payments, missing: Iterable[Missing]) -> Iterator[tuple[Missing, Outcome | CreditsError]]:

@@ -17,7 +17,9 @@ import pytest
 
 from credits import keys
 from credits.errors import InsufficientCredits
-from credits.ledger import Ledger, _Intent
+from credits.ledger import Ledger
+from credits.ledger.codec import Intent
+from credits.store import Write
 from local.containers import Container, ContainerError
 from tests.integration.conftest import LocalTables
 from tests.support import fleet, http_event
@@ -37,11 +39,11 @@ def patient(module: ModuleType) -> None:  # pragma: no cover - runs in the conta
     module.ledger.time_budget = 30.0
 
 
-def queued(ledger: Ledger) -> list[_Intent]:
-    return ledger._queued(keys.user_pk(USER))[1]
+def queued(ledger: Ledger) -> list[Intent]:
+    return ledger.group.queued(keys.user_pk(USER))[1]
 
 
-def orphan_a_queued_charge(local_tables: LocalTables) -> _Intent:
+def orphan_a_queued_charge(local_tables: LocalTables) -> Intent:
     """R1: analyze (5 credits) under KEY, queued behind a live combiner; its container is killed -9
     once its intent is in the table."""
     ledger = local_tables.ledger()
@@ -49,13 +51,13 @@ def orphan_a_queued_charge(local_tables: LocalTables) -> _Intent:
     container = Container("use_credits", setup="tests.integration.test_answered_keys:patient")
     try:
         with ThreadPoolExecutor(1) as pool:
-            assert ledger._take_lease(pk, BUSY)
+            assert ledger.group.take_lease(pk, BUSY)
             pending = pool.submit(container.invoke, analyze(KEY))
             give_up = time.monotonic() + 60
-            intents: list[_Intent] = []
+            intents: list[Intent] = []
             while not intents:
                 assert time.monotonic() < give_up, "the request never queued"
-                assert ledger._take_lease(pk, BUSY)  # the busy combiner stays live meanwhile
+                assert ledger.group.take_lease(pk, BUSY)  # the busy combiner stays live meanwhile
                 intents = queued(ledger)
                 time.sleep(0.02)
             container.process.kill()  # the container dies while its change waits in the queue
@@ -63,16 +65,16 @@ def orphan_a_queued_charge(local_tables: LocalTables) -> _Intent:
                 pending.result(timeout=60)
     finally:
         container.close()
-    ledger._release_lease(pk, BUSY)  # the busy combiner finished without reaching it
+    ledger.group.release_lease(pk, BUSY)  # the busy combiner finished without reaching it
     (intent,) = intents
-    assert intent.op.idempotency is not None and intent.op.idempotency.key == KEY
+    assert intent.change.idempotency is not None and intent.change.idempotency.key == KEY
     return intent
 
 
 def serve_the_queue(ledger: Ledger) -> None:
     """The user's next contended request (a grant of 1 that finds a live lease) serves the queue."""
     pk = keys.user_pk(USER)
-    assert ledger._take_lease(pk, BUSY)
+    assert ledger.group.take_lease(pk, BUSY)
     ledger.grant(USER, 1, type="gift", description="next request", reference_id="next")
     assert queued(ledger) == []
 
@@ -110,27 +112,27 @@ def test_a_402_written_while_a_combiner_decides_the_orphan_makes_that_pass_decid
 
     combiner = local_tables.ledger()
     markers_read, refusal_recorded = threading.Event(), threading.Event()
-    read_markers = combiner._markers
+    read_markers = combiner.group.markers
 
-    def markers_then_wait(pk_: str, intents: list[_Intent]) -> dict:
+    def markers_then_wait(pk_: str, intents: list[Intent]) -> dict:
         found = read_markers(pk_, intents)
         markers_read.set()
         assert refusal_recorded.wait(60)
         return found
 
-    monkeypatch.setattr(combiner, "_markers", markers_then_wait)
+    monkeypatch.setattr(combiner.group, "markers", markers_then_wait)
     passes: list[object] = []
 
     def one_pass() -> None:
-        assert combiner._take_lease(pk, BUSY)
-        snapshot, intents = combiner._queued(pk)
+        assert combiner.group.take_lease(pk, BUSY)
+        snapshot, intents = combiner.group.queued(pk)
         assert snapshot.available(int(time.time() * 1000)) == 5  # the hold is released: the orphan fits
-        passes.append(combiner._combine(pk, snapshot, intents, BUSY))
+        passes.append(combiner.group.combine(pk, snapshot, intents, BUSY))
 
     retry = local_tables.ledger()
-    remember = retry._remember_refusal
+    remember = retry.committer._remember
 
-    def release_then_race(item: dict) -> bool:
+    def release_then_race(item: Write) -> bool:
         """The retry decided 402 against the hold; before it records the refusal, the hold is released
         and a combiner reads the queue."""
         ledger.release(USER, hold.hold_id)
@@ -140,10 +142,10 @@ def test_a_402_written_while_a_combiner_decides_the_orphan_makes_that_pass_decid
         refusal_recorded.set()
         return recorded
 
-    monkeypatch.setattr(retry, "_remember_refusal", release_then_race)
+    monkeypatch.setattr(retry.committer, "_remember", release_then_race)
     racer = threading.Thread(target=one_pass)
     with pytest.raises(InsufficientCredits):  # the same request as the orphan's, retried
-        retry.charge(USER, 5, description="analyze", idempotency=orphan.op.idempotency)
+        retry.charge(USER, 5, description="analyze", idempotency=orphan.change.idempotency)
     racer.join(60)
     assert passes == [None]  # the pass lost: the refusal's marker appeared under it
 

@@ -6,37 +6,25 @@ one process would share Powertools' resolver state and misattribute requests.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.integration.conftest import LocalTables
-from tests.support import fleet, http_event
+from tests.support import assert_audited, hammer, http_event
 
 
 def test_300_concurrent_charges_against_200_credits_never_overdraw(local_tables: LocalTables) -> None:
     ledger = local_tables.ledger()
     ledger.grant("racer", 200, type="purchase", description="pack", reference_id="pi_race")
 
-    with fleet("use_credits", 16) as containers:
+    events = [
+        http_event("POST", "/credits/use", sub="racer", headers={"Idempotency-Key": f"k{i}"}, body={"action": "search"})
+        for i in range(300)
+    ]
+    answers = hammer("use_credits", events, workers=16)
 
-        def charge(i: int) -> int:
-            event = http_event(
-                "POST", "/credits/use", sub="racer", headers={"Idempotency-Key": f"k{i}"}, body={"action": "search"}
-            )
-            status, body, _h = containers.invoke(event)
-            if status == 402:
-                assert body["error"]["code"] == "insufficient_credits"
-            return status
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            statuses = Counter(pool.map(charge, range(300)))
-
-    assert statuses == {200: 200, 402: 100}
-    assert ledger.balance("racer") == 0
-    audit = ledger.audit("racer")
-    assert audit.ok, audit.problems
-    assert (audit.seq, audit.entries) == (201, 201)
+    assert Counter((a.status, a.code) for a in answers) == {(200, None): 200, (402, "insufficient_credits"): 100}
+    assert_audited(ledger, "racer", balance=0, entries=201)
 
 
 def test_concurrent_users_each_get_their_own_answers(local_tables: LocalTables) -> None:
@@ -46,19 +34,12 @@ def test_concurrent_users_each_get_their_own_answers(local_tables: LocalTables) 
     for n, user in enumerate(users):
         ledger.grant(user, 1000 + n, type="gift", description="seed")
 
-    with fleet("use_credits", 8) as containers:
-
-        def charge(i: int) -> tuple[str, int, int]:
-            user = users[i % len(users)]
-            event = http_event("POST", "/credits/use", sub=user, body={"action": "search"})
-            status, body, _h = containers.invoke(event)
-            return user, status, body["balance"]
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            answers = list(pool.map(charge, range(160)))
+    who = [users[i % len(users)] for i in range(160)]
+    events = [http_event("POST", "/credits/use", sub=user, body={"action": "search"}) for user in who]
+    answers = hammer("use_credits", events, workers=8)
 
     for n, user in enumerate(users):
-        mine = [balance for who, status, balance in answers if who == user and status == 200]
+        mine = [a.body["balance"] for asker, a in zip(who, answers, strict=True) if asker == user and a.status == 200]
         assert len(mine) == 20
         # Every answer a user got is a balance of their own ledger: 1000+n minus 1..20 charges.
         assert sorted(mine, reverse=True) == list(range(1000 + n - 1, 1000 + n - 21, -1)), (user, mine)
@@ -69,30 +50,19 @@ def test_concurrent_users_each_get_their_own_answers(local_tables: LocalTables) 
 def test_20_concurrent_requests_with_one_idempotency_key_charge_once(local_tables: LocalTables) -> None:
     ledger = local_tables.ledger()
     ledger.grant("clicker", 100, type="gift", description="welcome")
-    barrier = threading.Barrier(20)
-
-    with fleet("use_credits", 20) as containers:
-
-        def request(index: int) -> tuple[int, dict]:
-            event = http_event(
-                "POST",
-                "/credits/use",
-                sub="clicker",
-                headers={"Idempotency-Key": "double-click"},
-                body={"action": "generate"},
-            )
-            barrier.wait()
-            status, body, _h = containers.on(index, event)
-            return status, body
-
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            answers = list(pool.map(request, range(20)))
+    headers = {"Idempotency-Key": "double-click"}
+    events = [
+        http_event("POST", "/credits/use", sub="clicker", headers=headers, body={"action": "generate"})
+        for _ in range(20)
+    ]
+    # the same request reaches each of 20 containers at the same moment
+    sent = hammer("use_credits", events, workers=20, at_once=True, pinned=True)
+    answers = [(status, body) for status, body, _h in sent]  # replays differ in a header alone
 
     assert all(a == answers[0] for a in answers), answers
     assert answers[0][0] == 200 and answers[0][1]["charged"] == 10 and answers[0][1]["balance"] == 90
-    assert ledger.balance("clicker") == 90
     assert [t.type for t in ledger.history("clicker")] == ["gift", "usage"]
-    assert ledger.audit("clicker").ok
+    assert_audited(ledger, "clicker", balance=90)
 
 
 def test_concurrent_grants_and_charges_keep_the_ledger_gapless(local_tables: LocalTables) -> None:

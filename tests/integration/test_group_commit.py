@@ -7,29 +7,19 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from credits import keys
 from credits.errors import InsufficientCredits, TemporarilyUnavailable
-from credits.ledger import (
-    LEASE_MS,
-    Entry,
-    Idempotency,
-    Ledger,
-    Policy,
-    _Intent,
-    _Kind,
-    _Op,
-    _Outcome,
-    _posted,
-    fingerprint,
-    to_item,
-)
+from credits.ledger import Entry, Idempotency, Ledger, Policy, Posted, codec, fingerprint, to_item
+from credits.ledger.codec import Intent
+from credits.ledger.outcomes import Outcome
+from credits.ledger.rules import Change, Kind
+from credits.ledger.values import LEASE_MS
 from tests.integration.conftest import LocalTables
-from tests.support import fleet, http_event
+from tests.support import assert_audited, fleet, http_event
 
 
 def charge_event(user: str, key: str) -> dict:
@@ -41,25 +31,15 @@ def test_32_containers_600_charges_against_500_all_answered_and_replayable(local
     ledger.grant("hot", 500, type="gift", description="seed")
 
     with fleet("use_credits", 32) as containers:
-
-        def charge(i: int) -> tuple[int, dict]:
-            status, body, _ = containers.invoke(charge_event("hot", f"key-{i}"))
-            return status, body
-
-        with ThreadPoolExecutor(32) as pool:
-            first = list(pool.map(charge, range(600)))
+        first = [(a.status, a.body) for a in containers.hammer([charge_event("hot", f"key-{i}") for i in range(600)])]
         statuses = Counter(status for status, _ in first)
         assert statuses == {200: 500, 402: 100}, statuses
 
         # every key replays its first answer (a 402 wrote nothing, so it is refused again)
-        with ThreadPoolExecutor(32) as pool:
-            again = list(pool.map(charge, range(600)))
-    assert again == first
+        again = containers.hammer([charge_event("hot", f"key-{i}") for i in range(600)])
+    assert [(a.status, a.body) for a in again] == first
 
-    assert ledger.balance("hot") == 0
-    audit = ledger.audit("hot")
-    assert audit.ok, audit.problems
-    assert audit.entries == 501
+    assert_audited(ledger, "hot", balance=0, entries=501)
     assert sorted(body["balance"] for status, body in first if status == 200) == list(range(500))
     queued = local_tables.client.query(  # type: ignore[attr-defined]
         TableName=local_tables.credits,
@@ -82,50 +62,50 @@ def test_a_combiner_that_dies_mid_pass_leaves_every_waiter_answered(local_tables
     client: Any = local_tables.client
     dying = Ledger(client, local_tables.credits, clock=lambda: time.time() + 3600)
 
+    def read_the_queue_then_die() -> None:
+        give_up = time.monotonic() + 60
+        intents: list[Intent] = []
+        while not intents and time.monotonic() < give_up:
+            _snapshot, intents = dying.group.queued(pk)  # the pass's read...
+            if not intents:
+                time.sleep(0.05)
+        assert intents  # ...saw queued changes; then it dies, before its transaction:
+        lapsed = Ledger(client, local_tables.credits, clock=lambda: time.time() - 2 * LEASE_MS / 1000)
+        assert lapsed.group.take_lease(pk, "combiner-that-dies")  # its lease ran out a lease ago
+
     with fleet("use_credits", 8) as containers:
-        assert dying._take_lease(pk, "combiner-that-dies")  # its lease is live when the charges arrive
-        with ThreadPoolExecutor(8) as pool:
-            pending = [pool.submit(containers.invoke, charge_event("orphaned", f"o-{i}")) for i in range(30)]
-            give_up = time.monotonic() + 60
-            intents: list[_Intent] = []
-            while not intents and time.monotonic() < give_up:
-                _snapshot, intents = dying._queued(pk)  # the pass's read...
-                if not intents:
-                    time.sleep(0.05)
-            assert intents  # ...saw queued changes; then it dies, before its transaction:
-            lapsed = Ledger(client, local_tables.credits, clock=lambda: time.time() - 2 * LEASE_MS / 1000)
-            assert lapsed._take_lease(pk, "combiner-that-dies")  # its lease ran out a lease ago
-            answers = [f.result() for f in pending]
+        assert dying.group.take_lease(pk, "combiner-that-dies")  # its lease is live when the charges arrive
+        events = [charge_event("orphaned", f"o-{i}") for i in range(30)]
+        answers = containers.hammer(events, meanwhile=read_the_queue_then_die)
 
     assert Counter(status for status, _, _ in answers) == {200: 30}
-    assert ledger.balance("orphaned") == 70
-    assert ledger.audit("orphaned").ok
+    assert_audited(ledger, "orphaned", balance=70)
     assert sorted(body["balance"] for _, body, _ in answers) == list(range(70, 100))
 
 
-def queue(ledger: Ledger, user: str, amount: int, key: str) -> _Intent:
+def queue(ledger: Ledger, user: str, amount: int, key: str) -> Intent:
     """A change queued as a waiter would queue it (the waiter itself is played by the test)."""
     now = time.time()
     entry = Entry(-amount, "usage", "queued")
-    intent = _Intent(
+    intent = Intent(
         id=str(uuid.uuid4()),
         created_ms=int(now * 1000),
         apply_before_ms=int((now + 30) * 1000),
-        op=_Op(_Kind.POST, entry, Policy.USAGE, Idempotency(key, fingerprint({"key": key})), "rf"),
+        change=Change(Kind.POST, entry, Policy.USAGE, Idempotency(key, fingerprint({"key": key})), "rf"),
     )
-    ledger._write("put_item", {"TableName": ledger.table, "Item": to_item(intent.item(keys.user_pk(user), int(now)))})
+    ledger.store.write(codec.intent_put(keys.user_pk(user), intent, int(now)))
     return intent
 
 
 def combine_once(ledger: Ledger, user: str) -> dict:
     pk = keys.user_pk(user)
     owner = str(uuid.uuid4())
-    assert ledger._take_lease(pk, owner)
+    assert ledger.group.take_lease(pk, owner)
     try:
-        snapshot, intents = ledger._queued(pk)
-        return ledger._combine(pk, snapshot, intents, owner) or {}
+        snapshot, intents = ledger.group.queued(pk)
+        return ledger.group.combine(pk, snapshot, intents, owner) or {}
     finally:
-        ledger._release_lease(pk, owner)
+        ledger.group.release_lease(pk, owner)
 
 
 def test_a_waiter_that_cancels_after_its_change_was_applied_answers_the_applied_result(
@@ -135,10 +115,10 @@ def test_a_waiter_that_cancels_after_its_change_was_applied_answers_the_applied_
     ledger.grant("late", 10, type="gift", description="seed")
     intent = queue(ledger, "late", 3, "k-late")
     decided = combine_once(ledger, "late")
-    outcome = ledger._withdraw(keys.user_pk("late"), intent)  # gives up just after the combiner committed
+    outcome = ledger.group.withdraw(keys.user_pk("late"), intent)  # gives up just after the combiner committed
     assert outcome is not None and outcome.value is not None
-    posted = _posted(outcome.result())
-    assert posted.transaction_id == _posted(decided[intent.id].result()).transaction_id
+    posted = Posted.of(outcome.result())
+    assert posted.transaction_id == Posted.of(decided[intent.id].result()).transaction_id
     assert (posted.amount, posted.balance) == (-3, 7)
     assert ledger.balance("late") == 7 and ledger.audit("late").ok
 
@@ -147,7 +127,7 @@ def test_a_waiter_that_cancels_first_is_never_applied(local_tables: LocalTables)
     ledger = local_tables.ledger()
     ledger.grant("early", 10, type="gift", description="seed")
     intent = queue(ledger, "early", 3, "k-early")
-    assert ledger._withdraw(keys.user_pk("early"), intent) is None  # withdrawn: the answer is 503
+    assert ledger.group.withdraw(keys.user_pk("early"), intent) is None  # withdrawn: the answer is 503
     assert combine_once(ledger, "early") == {}  # nothing left to decide
     assert ledger.balance("early") == 10
     assert [t.type for t in ledger.history("early")] == ["gift"]
@@ -185,11 +165,11 @@ def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(
     pk = keys.user_pk("racing")
     intents = [queue(ledger, "racing", 1, f"r-{i}") for i in range(4)]
     early, late = intents[:cancelled_first], intents[cancelled_first:]
-    answers: dict[str, _Outcome | None] = {}
+    answers: dict[str, Outcome | None] = {}
 
-    def withdraw(batch: list[_Intent]) -> None:
+    def withdraw(batch: list[Intent]) -> None:
         for intent in batch:
-            answers[intent.id] = ledger._withdraw(pk, intent)
+            answers[intent.id] = ledger.group.withdraw(pk, intent)
 
     gate: Any = CommitGate(local_tables.client, lambda: withdraw(early))
     combiner = Ledger(gate, local_tables.credits)
@@ -205,8 +185,8 @@ def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(
     for intent in late:
         answer = answers[intent.id]
         assert answer is not None  # the applied charge, not a withdrawal
-        posted.append(_posted(answer.result()))
-        assert posted[-1] == _posted(decided[intent.id].result())  # the combiner's decision, as it is
+        posted.append(Posted.of(answer.result()))
+        assert posted[-1] == Posted.of(decided[intent.id].result())  # the combiner's decision, as it is
     assert [p.amount for p in posted] == [-1] * len(late)
     assert sorted(p.balance for p in posted) == list(range(1000 - len(late), 1000))  # one after another
     history = ledger.history("racing")
@@ -226,12 +206,12 @@ def test_refusals_in_a_batch_are_402_and_write_nothing(local_tables: LocalTables
         queue(ledger, "tight", 4, "a"),
     )
     decided = combine_once(ledger, "tight")
-    assert _posted(decided[big.id].result()).balance == 1
+    assert Posted.of(decided[big.id].result()).balance == 1
     with pytest.raises(InsufficientCredits) as refused:
         decided[small.id].result()
     assert (refused.value.required, refused.value.balance) == (4, 1)
-    replay = _posted(decided[same_key.id].result())  # the same key in the same batch replays the first
-    assert replay.transaction_id == _posted(decided[big.id].result()).transaction_id and replay.replayed
+    replay = Posted.of(decided[same_key.id].result())  # the same key in the same batch replays the first
+    assert replay.transaction_id == Posted.of(decided[big.id].result()).transaction_id and replay.replayed
     assert [t.amount for t in ledger.history("tight")] == [5, -4]
 
 
@@ -243,7 +223,7 @@ def test_a_combiner_whose_later_pass_fails_still_answers_its_own_charge(
     ledger.grant("served", 10, type="gift", description="seed")
     pk = keys.user_pk("served")
     mine = queue(ledger, "served", 2, "mine")
-    real_combine, real_queued = ledger._combine, ledger._queued
+    real_combine, real_queued = ledger.group.combine, ledger.group.queued
     reads: list[int] = []
 
     def combine_then_more_arrive(*args, **kwargs):
@@ -257,11 +237,11 @@ def test_a_combiner_whose_later_pass_fails_still_answers_its_own_charge(
             raise TemporarilyUnavailable("throttled")
         return real_queued(pk_)
 
-    monkeypatch.setattr(ledger, "_combine", combine_then_more_arrive)
-    monkeypatch.setattr(ledger, "_queued", queued_then_throttled)
-    assert ledger._take_lease(pk, mine.id)
-    outcome = ledger._serve(pk, mine, time.monotonic() + 5)
-    assert outcome is not None and _posted(outcome.result()).balance == 8
+    monkeypatch.setattr(ledger.group, "combine", combine_then_more_arrive)
+    monkeypatch.setattr(ledger.group, "queued", queued_then_throttled)
+    assert ledger.group.take_lease(pk, mine.id)
+    outcome = ledger.group.serve(pk, mine, time.monotonic() + 5)
+    assert outcome is not None and Posted.of(outcome.result()).balance == 8
     assert ledger.balance("served") == 8
 
 
@@ -274,17 +254,17 @@ def test_a_waiter_whose_store_fails_withdraws_its_change_before_answering(
     ledger.sleep = lambda _s: None
     ledger.grant("flaky", 10, type="gift", description="seed")
     pk = keys.user_pk("flaky")
-    assert ledger._take_lease(pk, "someone-else")
+    assert ledger.group.take_lease(pk, "someone-else")
 
     def fails(*_a, **_k):
         raise TemporarilyUnavailable("throttled")
 
-    monkeypatch.setattr(ledger, "_get_many", fails)
-    snapshot, _ = ledger._queued(pk)
+    monkeypatch.setattr(ledger.store, "get_many", fails)
+    snapshot, _ = ledger.group.queued(pk)
     entry = Entry(-3, "usage", "flaky")
     with pytest.raises(TemporarilyUnavailable):
-        ledger._queue(pk, _Op(_Kind.POST, entry, Policy.USAGE, None, "rf"), time.monotonic() + 5, snapshot)
+        ledger.group.queue(pk, Change(Kind.POST, entry, Policy.USAGE, None, "rf"), time.monotonic() + 5, snapshot)
     monkeypatch.undo()
-    ledger._release_lease(pk, "someone-else")
+    ledger.group.release_lease(pk, "someone-else")
     assert combine_once(ledger, "flaky") == {}  # nothing left that could be applied later
     assert ledger.balance("flaky") == 10

@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from tests.integration.conftest import LocalTables
-from tests.support import fleet, http_event, invoke, load_function
+from tests.support import assert_audited, fleet, http_event, invoke, load_function
 
 
 def reserve_event(user: str, amount: int, key: str, ttl: int = 300) -> dict:
@@ -22,36 +21,22 @@ def test_200_concurrent_reserves_of_1_against_100_credits_then_capturing_all(loc
     ledger.grant("holder", 100, type="purchase", description="pack", reference_id="pi_holds")
 
     with fleet("use_credits", 16) as containers:
+        # the account keeps at most 100 open holds
+        answers = containers.hammer([reserve_event("holder", 1, f"k{i}") for i in range(200)])
 
-        def hold(i: int) -> tuple[int, str | None]:
-            status, body, _ = containers.invoke(reserve_event("holder", 1, f"k{i}"))
-            if status == 402:
-                assert body["error"]["code"] == "insufficient_credits"
-            return status, body.get("holdId")
+        assert Counter((a.status, a.code) for a in answers) == {(201, None): 100, (402, "insufficient_credits"): 100}
+        assert_audited(ledger, "holder", balance=100, available=0, held=100, entries=1)  # holds never touch the ledger
 
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(hold, range(200)))  # the account keeps at most 100 open holds
+        held = [a.body["holdId"] for a in answers if a.status == 201]
+        captures = containers.hammer(
+            [
+                http_event("POST", f"/internal/credits/holds/{h}/capture", sub=None, body={"userId": "holder"})
+                for h in held
+            ]
+        )
+        assert Counter(a.status for a in captures) == {200: 100}
 
-        assert Counter(status for status, _ in answers) == {201: 100, 402: 100}
-        view = ledger.account("holder")
-        assert (view.balance, view.available, view.held) == (100, 0, 100)
-        assert len(ledger.history("holder")) == 1  # holds never touch the ledger
-
-        def capture(hold_id: str) -> int:
-            event = http_event(
-                "POST", f"/internal/credits/holds/{hold_id}/capture", sub=None, body={"userId": "holder"}
-            )
-            return containers.invoke(event)[0]
-
-        held = [hold_id for status, hold_id in answers if status == 201 and hold_id]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            assert Counter(pool.map(capture, held)) == {200: 100}
-
-    view = ledger.account("holder")
-    assert (view.balance, view.available, view.held) == (0, 0, 0)
-    audit = ledger.audit("holder")
-    assert audit.ok, audit.problems
-    assert (audit.seq, audit.entries) == (101, 101)
+    assert_audited(ledger, "holder", balance=0, available=0, held=0, entries=101)
     assert sorted(t.reference_id or "" for t in ledger.history("holder")[1:]) == sorted(f"hold:{h}" for h in held)
 
 
@@ -65,22 +50,22 @@ def test_concurrent_charges_and_reserves_never_take_available_below_zero(local_t
         while not done.is_set():
             seen.append(ledger.account("mixed").available)
 
+    kinds = ["charge" if i % 2 else "hold" for i in range(80)]
+    events = [
+        http_event("POST", "/credits/use", sub="mixed", body={"action": "analyze"})  # 5
+        if kind == "charge"
+        else reserve_event("mixed", 3, f"h{i}")
+        for i, kind in enumerate(kinds)
+    ]
     with fleet("use_credits", 12) as containers:
-
-        def act(i: int) -> tuple[str, int]:
-            if i % 2:
-                event = http_event("POST", "/credits/use", sub="mixed", body={"action": "analyze"})  # 5
-                return "charge", containers.invoke(event)[0]
-            return "hold", containers.invoke(reserve_event("mixed", 3, f"h{i}"))[0]
-
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            with ThreadPoolExecutor(max_workers=12) as pool:
-                outcomes = Counter(pool.map(act, range(80)))
+            answers = containers.hammer(events)
         finally:
             done.set()
             watcher.join()
+    outcomes = Counter((kind, a.status) for kind, a in zip(kinds, answers, strict=True))
 
     assert set(outcomes) <= {("charge", 200), ("charge", 402), ("hold", 201), ("hold", 402)}
     charged, held = 5 * outcomes["charge", 200], 3 * outcomes["hold", 201]
@@ -93,7 +78,7 @@ def test_concurrent_charges_and_reserves_never_take_available_below_zero(local_t
         assert view.available < 3
     if outcomes["charge", 402]:
         assert view.available < 5
-    assert ledger.audit("mixed").ok
+    assert_audited(ledger, "mixed")
 
 
 def test_a_hold_of_one_second_stops_counting_when_it_expires(local_tables: LocalTables) -> None:

@@ -208,17 +208,9 @@ def starter_on_sale(tables: LocalTables) -> None:
 def deliver_at_once(events: list[dict[str, Any]], *, redeliver: bool = True) -> list[tuple[int, dict[str, Any]]]:
     """Each event, signed, reaches its own webhook container (a process) at the same moment; the
     first answers. With `redeliver`, Stripe then delivers every one again, and each must be 200."""
-    barrier = threading.Barrier(len(events))
     with environment(STRIPE_WEBHOOK_SECRET=se.SECRET), fleet("webhook", len(events)) as containers:
-
-        def deliver(i: int) -> tuple[int, dict[str, Any]]:
-            request = se.signed(events[i])
-            barrier.wait()
-            status, body, _ = containers.on(i, request)
-            return status, body
-
-        with ThreadPoolExecutor(len(events)) as pool:
-            first = list(pool.map(deliver, range(len(events))))
+        answers = containers.hammer([se.signed(evt) for evt in events], at_once=True, pinned=True)
+        first = [(status, body) for status, body, _ in answers]
         if redeliver:
             for i, evt in enumerate(events):
                 assert containers.on(i, se.signed(evt))[0] == 200, first

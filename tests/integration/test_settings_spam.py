@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from credits import keys
-from credits.ledger import Ledger, to_item
+from credits.ledger import Ledger
+from credits.store import NEW, Put
 from local.dynamodb_local import client_for
 from tests.integration.conftest import LocalTables
 
@@ -31,16 +32,10 @@ def spam(endpoint: str, table: str, stop_at: float, changes: Any) -> None:  # pr
             changes.value += 1
 
 
-def payment_state(local_tables: LocalTables, name: str) -> dict:
+def payment_state(local_tables: LocalTables, name: str) -> Put:
     """An item of the caller's own in the same transaction, as a refund's payment record is: such a
     change retries alone instead of queueing (ADR 0004), the path the attack starved."""
-    return {
-        "Put": {
-            "TableName": local_tables.credits,
-            "Item": to_item({"pk": f"TEST#{name}", "sk": "STATE", "state": "settled"}),
-            "ConditionExpression": "attribute_not_exists(pk)",
-        }
-    }
+    return Put({"pk": f"TEST#{name}", "sk": "STATE", "state": "settled"}, NEW)
 
 
 def test_settings_changes_from_four_processes_never_delay_a_purchase_clawback_capture_or_release(
@@ -92,4 +87,7 @@ def test_settings_changes_from_four_processes_never_delay_a_purchase_clawback_ca
     assert [t.type for t in ledger.history(USER)] == ["gift", "purchase", "refund", "usage"]
     audit = ledger.audit(USER)
     assert audit.ok, audit.problems
-    assert ledger._get_many(keys.user_pk(USER), [keys.ACCOUNT])[keys.ACCOUNT]["monthly_spend_limit"] in (1_000, 1_001)
+    assert ledger.store.get_many(keys.user_pk(USER), [keys.ACCOUNT])[keys.ACCOUNT]["monthly_spend_limit"] in (
+        1_000,
+        1_001,
+    )

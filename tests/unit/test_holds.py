@@ -150,7 +150,7 @@ def test_the_account_item_keeps_only_open_holds(ledger: Ledger, clock: Clock, mo
 def test_an_account_keeps_a_bounded_number_of_open_holds(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, moto_dynamodb
 ) -> None:
-    monkeypatch.setattr("credits.ledger.MAX_OPEN_HOLDS", 3)
+    monkeypatch.setattr("credits.ledger.rules.MAX_OPEN_HOLDS", 3)
     for _ in range(3):
         ledger.reserve("ann", 1, description="a")
     with pytest.raises(TooManyHolds):

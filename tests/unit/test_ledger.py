@@ -301,12 +301,14 @@ def test_an_adjustment_credit_is_a_grant(ledger: Ledger) -> None:
 
 def test_a_queued_adjustment_keeps_its_policy_and_reason() -> None:
     """Under contention a change waits as an intent item (group commit): it must come back the same."""
-    from credits.ledger import Entry, Policy, _Kind, _Op
+    from credits.ledger import Entry, Policy
+    from credits.ledger.codec import change_fields, change_from_fields
+    from credits.ledger.rules import Change, Kind
 
     entry = Entry(-8, "adjustment", "promo reversed", "t-1", reason="ticket 42")
     for policy in (Policy.ADJUSTMENT, Policy.CLAWBACK):
-        op = _Op(_Kind.POST, entry, policy, None, "fp")
-        back = _Op.from_fields({k: v for k, v in op.fields().items() if v is not None})
+        op = Change(Kind.POST, entry, policy, None, "fp")
+        back = change_from_fields({k: v for k, v in change_fields(op).items() if v is not None})
         assert (back.entry, back.policy) == (entry, policy)
 
 
@@ -316,16 +318,18 @@ def test_queued_adjustments_in_one_combiner_pass_never_go_below_zero_unless_forc
     import uuid
 
     from credits import keys
-    from credits.ledger import Entry, Policy, _Intent, _Kind, _Op, _posted
+    from credits.ledger import Entry, Policy, Posted, codec
+    from credits.ledger.codec import Intent
+    from credits.ledger.rules import Change, Kind
 
     ledger.grant("kim", 5, type="gift", description="seed")
     pk = keys.user_pk("kim")
 
-    def queue(amount: int, policy: Policy, reason: str | None = None) -> _Intent:
+    def queue(amount: int, policy: Policy, reason: str | None = None) -> Intent:
         now = time.time()
         entry = Entry(-amount, "adjustment", "queued", reason=reason)
-        intent = _Intent(str(uuid.uuid4()), int(now * 1000), int((now + 30) * 1000), _Op(_Kind.POST, entry, policy))
-        ledger._write("put_item", {"TableName": ledger.table, "Item": to_item(intent.item(pk, int(now)))})
+        intent = Intent(str(uuid.uuid4()), int(now * 1000), int((now + 30) * 1000), Change(Kind.POST, entry, policy))
+        ledger.store.write(codec.intent_put(pk, intent, int(now)))
         return intent
 
     first, second, forced = (
@@ -334,15 +338,15 @@ def test_queued_adjustments_in_one_combiner_pass_never_go_below_zero_unless_forc
         queue(4, Policy.CLAWBACK, "ticket 7"),
     )
     owner = str(uuid.uuid4())
-    assert ledger._take_lease(pk, owner)
+    assert ledger.group.take_lease(pk, owner)
     try:
-        snapshot, intents = ledger._queued(pk)
-        decided = ledger._combine(pk, snapshot, intents, owner) or {}
+        snapshot, intents = ledger.group.queued(pk)
+        decided = ledger.group.combine(pk, snapshot, intents, owner) or {}
     finally:
-        ledger._release_lease(pk, owner)
-    assert _posted(decided[first.id].result()).balance == 1
+        ledger.group.release_lease(pk, owner)
+    assert Posted.of(decided[first.id].result()).balance == 1
     with pytest.raises(InsufficientCredits):
         decided[second.id].result()
-    assert _posted(decided[forced.id].result()).balance == -3
+    assert Posted.of(decided[forced.id].result()).balance == -3
     assert [(t.amount, t.reason) for t in ledger.history("kim")] == [(5, None), (-4, None), (-4, "ticket 7")]
     assert ledger.audit("kim").ok

@@ -230,7 +230,8 @@ class SplitStream:
         return {"Records": records, **({"NextShardIterator": following} if following else {})}
 
 
-def test_a_shard_s_parent_is_delivered_first_even_when_its_delivery_is_retried() -> None:
+def test_a_shard_s_parent_is_delivered_first_even_when_its_delivery_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("local.streams.FIRST_BACKOFF", 0.01)  # the retry comes at once, not after a second
     fake = SplitStream()
     delivered: list[list[str]] = []
     answers: list[Any] = [RuntimeError("once")]

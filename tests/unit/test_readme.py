@@ -106,6 +106,7 @@ def lint(resources_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.slow  # a cfn-lint process for each snippet
 @pytest.mark.parametrize("snippet", of("yaml"))
 def test_yaml_snippets_lint_in_a_stack_that_imports_this_one(snippet: Snippet, tmp_path: Path) -> None:
     data = yaml.load(snippet.text, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
@@ -139,6 +140,7 @@ def test_a_function_with_the_layer_runs_where_the_layer_was_built(snippet: Snipp
         assert properties["Runtime"] in layer["CompatibleRuntimes"]
 
 
+@pytest.mark.slow  # a cfn-lint process
 def test_the_linter_would_catch_a_broken_resource(tmp_path: Path) -> None:
     """Not vacuous: the same check fails on a mistyped property."""
     broken = "Topic:\n  Type: AWS::SNS::Topic\n  Properties: {TopicNme: x}\n"
@@ -209,7 +211,7 @@ class Stub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()  # close() waits a poll
 
     def close(self) -> None:
         self.server.shutdown()
@@ -370,7 +372,19 @@ def runs_for_real(snippet: Snippet) -> bool:
     return "curl " in snippet.text
 
 
-@pytest.mark.parametrize("snippet", [s for s in of("bash") if not runs_for_real(s.values[0])])
+def asks_for_help(snippet: Snippet) -> bool:
+    """Whether checking it runs `sam ... --help` or `credits ... --help` (a process each: slow)."""
+    return any(word in (".venv-sam/bin/sam", ".venv/bin/credits") for words in commands(snippet.text) for word in words)
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        pytest.param(*p.values, id=p.id, marks=[pytest.mark.slow] if asks_for_help(p.values[0]) else [])
+        for p in of("bash")
+        if not runs_for_real(p.values[0])
+    ],
+)
 def test_shell_snippets_name_commands_and_options_that_exist(snippet: Snippet) -> None:
     for words in commands(snippet.text):
         env, words = strip_environment(words)
@@ -394,6 +408,7 @@ def gateway(local_tables: LocalTables) -> Iterator[Gateway]:  # noqa: F811 - the
         served.stop()
 
 
+@pytest.mark.slow  # DynamoDB Local (Java) and a gateway with its containers
 @pytest.mark.parametrize("snippet", [s for s in of("bash") if runs_for_real(s.values[0])])
 def test_curl_snippets_run_against_the_local_gateway(snippet: Snippet, gateway: Gateway) -> None:
     """As typed against `make dev` (its default address), against a gateway of the same code on
@@ -412,6 +427,7 @@ def test_curl_snippets_run_against_the_local_gateway(snippet: Snippet, gateway: 
     assert json.loads(result.stdout) == {"balance": 0, "available": 0, "held": 0}
 
 
+@pytest.mark.slow  # DynamoDB Local (Java) and a gateway with its containers
 def test_the_make_dev_banner_s_curl_lines_run_as_printed(gateway: Gateway) -> None:
     """The banner prints a ready curl for GET /credits/balance: pasted as printed, it answers."""
     from local.dev import balance_curl

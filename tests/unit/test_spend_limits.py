@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 from credits.errors import SpendLimitReached, TooManyRequests
 from credits.ledger import Ledger
+from credits.store import Write
 from tests.support import ManualClock as Clock
 from tests.support import http_event, invoke
 
@@ -142,16 +145,16 @@ def test_a_charge_decided_before_a_new_limit_is_decided_again_against_it(
     """The user lowers their limit while a charge is between its read and its write."""
     ledger.charge("ann", 40, description="earlier")
     other = Ledger(moto_dynamodb, "credits", clock=clock, sleep=lambda _s: None)  # another container
-    real_commit = ledger._commit
+    real_commit = ledger.ctx.commit
     raced: list[int] = []
 
-    def settings_change_first(request: dict, **kwargs: object) -> bool:
+    def settings_change_first(request: Sequence[Write], **kwargs: Any) -> bool:
         if not raced:
             raced.append(1)
             other.update_settings("ann", monthly_spend_limit=50)
-        return real_commit(request, **kwargs)  # type: ignore[arg-type]
+        return real_commit(request, **kwargs)
 
-    monkeypatch.setattr(ledger, "_commit", settings_change_first)
+    monkeypatch.setattr(ledger.ctx, "commit", settings_change_first)
     with pytest.raises(SpendLimitReached):
         ledger.charge("ann", 20, description="decided against no limit")
     assert ledger.settings("ann").spent_this_month == 40 and ledger.balance("ann") == 60
@@ -201,16 +204,16 @@ def test_a_threshold_change_does_not_make_a_charge_decide_again(
     """Only the spend limit guards a charge: a threshold changed between its read and its write lets
     it land as decided (its entry carries the threshold it was decided with)."""
     other = Ledger(moto_dynamodb, "credits")
-    commit = ledger._commit
-    attempts: list[dict] = []
+    commit = ledger.ctx.commit
+    attempts: list[Sequence[Write]] = []
 
-    def threshold_change_first(request: dict, **kwargs: object) -> bool:
+    def threshold_change_first(request: Sequence[Write], **kwargs: Any) -> bool:
         if not attempts:
             other.update_settings("ann", low_balance_threshold=77)
         attempts.append(request)
-        return commit(request, **kwargs)  # type: ignore[arg-type]
+        return commit(request, **kwargs)
 
-    monkeypatch.setattr(ledger, "_commit", threshold_change_first)
+    monkeypatch.setattr(ledger.ctx, "commit", threshold_change_first)
     posted = ledger.charge("ann", 5, description="decided with the old threshold")
     assert (len(attempts), posted.balance) == (1, 95)
     assert ledger.settings("ann").low_balance_threshold == 77

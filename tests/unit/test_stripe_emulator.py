@@ -987,3 +987,38 @@ def test_lists_page_as_stripe_s_do_and_deliveries_can_be_dropped(
     send("POST", f"{emulator.base_url}/_emulator/webhooks", {"drop": "false"})
     emulator.close_dispute(sessions[0].id, "won")
     assert [e.type for e in receiver.events()] == ["charge.dispute.closed"]
+
+
+# ---- the package itself ---------------------------------------------------------------------------
+
+
+def test_the_object_shapes_are_data_next_to_the_code_and_every_kind_is_made_from_them() -> None:
+    """shapes.json (Stripe's example objects), not a string in Python: each kind the emulator makes
+    has every field of its shape, our values filled in."""
+    from importlib import resources
+
+    from local.stripe_emulator import shape
+
+    shapes = json.loads(resources.files("local.stripe_emulator").joinpath("shapes.json").read_text("utf-8"))
+    assert {"customer", "product", "price", "checkout.session", "payment_intent", "charge", "refund", "dispute"} <= set(
+        shapes
+    )
+    for kind, fields in shapes.items():
+        made = shape(kind, id="x_1")
+        assert set(made) == set(fields) | {"id"}, kind
+        assert made is not shapes[kind] and made["id"] == "x_1"
+    charge = shape("charge")
+    charge["refunds"]["data"].append("changed")
+    assert shape("charge")["refunds"]["data"] == []  # each object is a copy
+
+
+def test_the_package_stays_in_pieces_a_reader_can_hold() -> None:
+    """No module of local/stripe_emulator over 500 lines, no class over 300."""
+    import ast
+
+    for path in sorted((ROOT / "local" / "stripe_emulator").glob("*.py")):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 500, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno is not None and node.end_lineno - node.lineno < 300, (path.name, node.name)

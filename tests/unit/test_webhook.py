@@ -10,7 +10,7 @@ import pytest
 
 from credits.ledger import Ledger
 from credits.packages import Catalog, Package
-from credits.payments import Charge, CheckoutSession, Dispute, Event
+from credits.payments import Charge, CheckoutSession, Dispute, Event, record_key
 from tests import stripe_events as se
 from tests.support import FakeContext, environment, load_function
 
@@ -209,8 +209,8 @@ def test_a_refund_that_arrives_before_its_purchase_is_applied_when_it_lands(
     record = webhook.payments.record("pi_early_refund")
     assert record is not None and record.granted
     # The record of a credited payment never expires.
-    item = webhook.payments.client.get_item(TableName="credits", Key=webhook.payments._key("pi_early_refund"))
-    assert "expires_at" not in item["Item"]
+    item = webhook.payments.store.get(record_key("pi_early_refund"))
+    assert item is not None and "expires_at" not in item
 
 
 def test_a_dispute_closed_before_it_was_created_stays_closed(webhook: ModuleType, ledger: Ledger) -> None:

@@ -1,0 +1,152 @@
+"""One user's account: `credits user` (what it holds), `credits grant` and `credits adjust`."""
+
+from __future__ import annotations
+
+import click
+import pydantic
+
+from credits import api
+from credits.cli.common import credits, invalid, one_line_errors, when
+from credits.cli.target import target_of
+from credits.errors import InsufficientCredits
+from credits.ledger import MAX_AMOUNT
+
+
+@click.command()
+@click.argument("user")
+@click.option("--entries", default=10, show_default=True, type=click.IntRange(1, 100), help="how many last entries")
+@click.pass_context
+@one_line_errors
+def user(ctx: click.Context, user: str, entries: int) -> int:
+    """A user's balance, holds, settings and last ledger entries. A user with no account has 0."""
+    target = target_of(ctx)
+    ledger = target.ledger()
+    view = ledger.account(user)
+    settings = ledger.settings(user)
+    holds = ledger.holds(user)
+    last, _ = ledger.transactions(user, limit=entries)
+    known = target.has_account(user)
+    click.echo(f"{user}  ({target.where}{'' if known else '; no account yet'})")
+    click.echo(f"  balance      {credits(view.balance)}")
+    click.echo(f"  available    {credits(view.available)}")
+    click.echo(f"  held         {credits(view.held)} in {len(holds)} open hold{'' if len(holds) == 1 else 's'}")
+    for hold in holds:
+        click.echo(f"    {hold.hold_id}  {credits(hold.amount)}  until {when(hold.expires_at_ms)}  {hold.description}")
+    limit = "none" if settings.monthly_spend_limit is None else credits(settings.monthly_spend_limit)
+    click.echo(
+        f"  settings     low-balance alert under {credits(settings.low_balance_threshold)}; monthly limit {limit}; "
+        f"spent this month {credits(settings.spent_this_month)}"
+    )
+    if not last:
+        click.echo("  no ledger entries")
+        return 0
+    click.echo(f"  last {len(last)} entr{'y' if len(last) == 1 else 'ies'}, newest first:")
+    for tx in last:
+        click.echo(
+            f"    #{tx.seq:<5} {when(tx.created_at)}  {tx.type:<10} {tx.amount:>+12,}  "
+            f"balance {tx.balance_after:>12,}  {tx.description}" + (f"  [forced: {tx.reason}]" if tx.reason else "")
+        )
+    return 0
+
+
+@click.command()
+@click.argument("user")
+@click.argument("amount", type=click.IntRange(1, MAX_AMOUNT))
+@click.option("--type", "kind", type=click.Choice(["gift", "adjustment"]), required=True, help="the entry's type")
+@click.option("--description", required=True, help="what the user sees in their history")
+@click.option("--reference", help="your id of this grant: repeating it grants once (answers the first grant)")
+@click.pass_context
+@one_line_errors
+def grant(ctx: click.Context, user: str, amount: int, kind: str, description: str, reference: str | None) -> int:
+    """Add credits to a user, as POST /internal/credits/grant does (same checks, same ledger entry)."""
+    try:
+        fields = {"userId": user, "amount": amount, "type": kind, "description": description, "referenceId": reference}
+        request = api.GrantRequest.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        raise invalid(exc) from None
+    target = target_of(ctx)
+    posted = api.internal_grant(target.ledger(), request, None)
+    if posted.replayed:
+        click.echo(f"already granted with reference {reference}, nothing granted now ({target.where})")
+    else:
+        click.echo(f"granted {credits(amount)} to {user} ({kind}): balance {credits(posted.balance)} ({target.where})")
+    return 0
+
+
+class _Adjustment(pydantic.BaseModel):
+    """What `credits adjust` takes, checked as the API checks the same fields."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    userId: api.Token
+    description: api.Description
+    referenceId: api.Token | None = None
+    reason: api.Description | None = None
+
+
+def _check_adjustment(
+    user: str, amount: int, description: str, reference: str | None, force_negative: bool, reason: str | None
+) -> None:
+    """`credits adjust`'s arguments as a whole (UsageError), and its fields as the API checks them."""
+    if amount == 0:
+        raise click.UsageError("AMOUNT must not be 0: give credits to add (5) or to take away (-5)")
+    if force_negative != (reason is not None):
+        raise click.UsageError("--force-negative and --reason go together")
+    if force_negative and amount > 0:
+        raise click.UsageError("--force-negative is for a debit (a negative AMOUNT)")
+    try:
+        fields = {"userId": user, "description": description, "referenceId": reference, "reason": reason}
+        _Adjustment.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        raise invalid(exc) from None
+    if force_negative and not (reason or "").strip():
+        raise click.UsageError("--reason must say why")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})  # so that AMOUNT may be -5
+@click.argument("user")
+@click.argument("amount", type=click.IntRange(-MAX_AMOUNT, MAX_AMOUNT))
+@click.option("--description", required=True, help="what the user sees in their history")
+@click.option("--reference", help="your id of this adjustment: repeating it adjusts once")
+@click.option("--force-negative", is_flag=True, help="allow a debit to take the balance below zero (needs --reason)")
+@click.option("--reason", help="why the debit may go below zero: kept on the entry, not shown to the user")
+@click.pass_context
+@one_line_errors
+def adjust(
+    ctx: click.Context,
+    user: str,
+    amount: int,
+    description: str,
+    reference: str | None,
+    force_negative: bool,
+    reason: str | None,
+) -> int:
+    """Correct a user's balance with an `adjustment` entry: AMOUNT > 0 adds credits, AMOUNT < 0 takes
+    them away. A debit never takes the balance, nor what is available (open holds count), below zero:
+    it is refused, exit 1, unless --force-negative with a --reason."""
+    _check_adjustment(user, amount, description, reference, force_negative, reason)
+    target = target_of(ctx)
+    ledger = target.ledger()
+    try:
+        posted = ledger.adjust(
+            user,
+            amount,
+            description=description,
+            reference_id=reference,
+            force_negative=force_negative,
+            reason=reason,
+        )
+    except InsufficientCredits as no:
+        held = f", {credits(no.balance - no.available)} held" if no.available != no.balance else ""
+        click.echo(
+            f"refused: taking {credits(-amount)} from {user} would go below zero (balance {credits(no.balance)}"
+            f"{held}); nothing changed. To allow it: --force-negative --reason TEXT",
+            err=True,
+        )
+        return 1
+    if posted.replayed:
+        click.echo(f"already adjusted with reference {reference}, nothing changed now ({target.where})")
+        return 0
+    verb = f"added {credits(amount)} to" if amount > 0 else f"took {credits(-amount)} from"
+    click.echo(f"{verb} {user} (adjustment): balance {credits(posted.balance)} ({target.where})")
+    return 0

@@ -1,0 +1,146 @@
+"""The commit path: read the account and the change's markers once, decide by the rules, and write
+the decision in ONE transaction guarded by what was read (invariants 1 and 2).
+
+A lost race (the guard failed) queues the change for group commit (`group.py`) instead of retrying
+alone; a combiner already at work gets the change queued at once. A refusal under an
+Idempotency-Key is remembered on the key's marker before it is answered (invariant 4).
+The flow from the HTTP request to here: docs/design.md section 5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from credits import keys
+from credits.errors import CreditsError, SpendLimitReached, TemporarilyUnavailable, TooManyRequests, ValidationError
+from credits.ledger import codec
+from credits.ledger.context import Context
+from credits.ledger.group import GroupCommit
+from credits.ledger.rules import Change, Decision, Kind, Work, decide
+from credits.ledger.values import MAX_AMOUNT, UNCHANGED, Unchanged, iso_utc, validate_amount
+from credits.store import ConditionFailed, Update, Write, absent, eq, lt, ne
+
+
+class Committer:
+    def __init__(self, ctx: Context, group: GroupCommit) -> None:
+        self.ctx = ctx
+        self.group = group
+
+    def run(self, user_id: str, change: Change, extra: Sequence[Write] = ()) -> Mapping[str, Any]:
+        """Decide and write a change; the first refusal of a month by the user's spend limit is noted
+        (`LIMIT#<month>`), once, for the Spend Limit Reached event."""
+        try:
+            return self.decide_and_write(user_id, change, extra)
+        except SpendLimitReached as refused:
+            # best effort (the refusal stands either way): a conditional put, so the event is once
+            with contextlib.suppress(CreditsError, ConditionFailed):
+                self.ctx.store.write(codec.limit_note(keys.user_pk(user_id), refused, self.ctx.clock()))
+            raise
+
+    def decide_and_write(self, user_id: str, change: Change, extra: Sequence[Write]) -> Mapping[str, Any]:
+        """`extra` writes join the transaction (a payment record's state change): a change with
+        items of its own retries alone, never queued (docs/adr/0004-group-commit.md)."""
+        ctx = self.ctx
+        pk = keys.user_pk(user_id)
+        deadline = ctx.monotonic() + ctx.time_budget
+        for attempt in range(ctx.max_attempts):
+            if ctx.monotonic() > deadline:
+                break
+            # the account and every item the change names, in one consistent read (one store call)
+            found = codec.live(ctx.store.get_many(pk, [keys.ACCOUNT, *change.sks()]), ctx.clock())
+            state = codec.read_account(found.pop(keys.ACCOUNT, None))
+            now = ctx.clock()
+            work = Work.of(state, now)
+            outcome, effects = decide(change, work, found, Decision(now, ctx.new_id, ctx.default_threshold))
+            writes = codec.writes(pk, effects, now)
+            if outcome.error is not None:
+                # A refusal writes at most its key's marker, so that nothing queued earlier under the
+                # key can apply once the client was told "not charged"; if a marker appeared first,
+                # decide again from it.
+                if writes and not self._remember(writes[0]):
+                    continue
+                return outcome.result()
+            if not writes:
+                return outcome.result()  # a replay, or nothing to write
+            queue = not extra
+            if queue and state.combining(int(now * 1000)):
+                return self.group.queue(pk, change, deadline, state)  # a direct write would only lose
+            transact = [codec.account_update(pk, work, now), *writes, *extra]
+            # The token makes a resend of this very request (lost answer, timeout) a no-op for 10 min;
+            # it is the id of what the request creates (fresh for every decision), so it is traceable.
+            value = outcome.result()
+            token = value.get("transaction_id") or (value["hold_id"] if change.kind is Kind.RESERVE else None)
+            if ctx.commit(transact, token=token or ctx.new_id(), first_extra=len(transact) - len(extra)):
+                return value
+            if queue:
+                # Lost a race: the balance is contended. Queue the change and let one writer apply
+                # every queued change in one transaction, instead of retrying alone.
+                return self.group.queue(pk, change, deadline, None)
+            ctx.backoff(attempt)
+        raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
+
+    def _remember(self, marker: Write) -> bool:
+        """Write a refusal's marker under its Idempotency-Key; False when a marker of the key appeared
+        since the decision (the change landed, or another answer): decide again."""
+        try:
+            self.ctx.store.write(marker)
+        except ConditionFailed:
+            return False
+        return True
+
+
+def update_settings(
+    ctx: Context,
+    user_id: str,
+    rate: int,
+    low_balance_threshold: int | None = None,
+    monthly_spend_limit: int | Unchanged | None = UNCHANGED,
+) -> None:
+    """Change a user's settings on the account item, never touching its balance, ledger or holds;
+    at most `rate` changes per user in a UTC minute (TooManyRequests past that)."""
+    now = ctx.clock()
+    sets: dict[str, Any] = {"updated_at": iso_utc(now)}
+    remove: tuple[str, ...] = ()
+    if low_balance_threshold is not None:
+        if type(low_balance_threshold) is not int or not 0 <= low_balance_threshold <= MAX_AMOUNT:
+            raise ValidationError("lowBalanceThreshold must be an integer from 0 to 1000000000.")
+        sets["low_balance_threshold"] = low_balance_threshold
+    if monthly_spend_limit is None:
+        remove = ("monthly_spend_limit",)
+    elif not isinstance(monthly_spend_limit, Unchanged):
+        sets["monthly_spend_limit"] = validate_amount(monthly_spend_limit, "monthlySpendLimit")
+    window = int(now) // 60  # the UTC minute, counted on the account item with the change
+    key = (keys.user_pk(user_id), keys.ACCOUNT)
+    first = {"created_at": iso_utc(now)}
+    counted = [
+        # another change in this minute, while under the rate
+        Update(
+            key,
+            sets,
+            first,
+            {"settings_changes": 1},
+            remove,
+            eq("settings_window", window) & lt("settings_changes", rate),
+        ),
+        # the first change of a minute
+        Update(
+            key,
+            {**sets, "settings_window": window, "settings_changes": 1},
+            first,
+            {},
+            remove,
+            absent("settings_window") | ne("settings_window", window),
+        ),
+    ]
+    for update in counted:
+        try:
+            # a transaction in flight on the account: ask again once it is done
+            ctx.store.write(update, conflicts=True)
+            return
+        except ConditionFailed:
+            continue
+    raise TooManyRequests(
+        f"Settings can be changed at most {rate} times a minute; retry shortly.", retry_after=60 - int(now) % 60
+    )

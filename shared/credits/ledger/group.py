@@ -1,0 +1,263 @@
+"""Group commit: a contended balance's changes, queued and decided in batches by one combiner.
+
+One writer at a time holds the combiner lease (on the account item) and decides queued changes
+(intents) in passes, one transaction per pass, by the same rules as a direct change; the others
+poll their intent and take the lease over if it lapses (a combiner that died). Exactly one of
+"decided" and "withdrawn" wins: a decision is written onto the intent only if it has none and still
+exists, and a waiter that gives up deletes it only if it has no decision. The reasoning, and the
+measurements that sized the lease and polls: docs/adr/0004-group-commit.md, docs/design.md section 11.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from credits import keys
+from credits.errors import CreditsError, TemporarilyUnavailable
+from credits.ledger import codec
+from credits.ledger.codec import Intent
+from credits.ledger.context import Context
+from credits.ledger.outcomes import Outcome
+from credits.ledger.rules import AccountState, Change, Decision, Work, decide
+from credits.ledger.values import (
+    INTENT_GRACE_SECONDS,
+    LEASE_MS,
+    MAX_INTENTS_PER_PASS,
+    MAX_LEASE_MS,
+    MAX_POLL_SECONDS,
+    MAX_TRANSACTION_ITEMS,
+    POLL_SECONDS,
+    SERVE_AFTER_OWN_SECONDS,
+)
+from credits.store import ConditionFailed, Delete, Write
+
+
+def lease_ms(pass_ms: int) -> int:
+    """How long a combiner's lease lasts, given how long its passes take (MAX_LEASE_MS at most, so
+    a dead combiner is still replaced well within its waiters' time budget)."""
+    return min(MAX_LEASE_MS, max(LEASE_MS, 3 * pass_ms))
+
+
+class GroupCommit:
+    """The queue of one store: queue a change and wait for its decision, serving as the combiner."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def queue(self, pk: str, change: Change, deadline: float, seen: AccountState | None) -> Mapping[str, Any]:
+        """Queue a change as an intent and wait until the combiner (possibly us) decides it."""
+        ctx = self.ctx
+        now = ctx.clock()
+        remaining = max(deadline - ctx.monotonic(), 0.0)
+        # a crashed waiter's intent is not applied long after its client was answered: past
+        # `apply_before_ms` a combiner refuses it instead
+        intent = Intent(ctx.new_id(), int(now * 1000), int((now + remaining + INTENT_GRACE_SECONDS) * 1000), change)
+        try:
+            self.put_intent(pk, intent, int(now))
+            outcome = self.wait(pk, intent, deadline, seen)
+        except Exception as failure:
+            # Whatever went wrong, the client must not be told "not charged" while the intent can
+            # still be applied: withdraw it, or answer the decision it already has.
+            try:
+                outcome = self.withdraw(pk, intent)
+            except Exception:  # noqa: BLE001 - the withdrawal failed too: the outcome is unknown
+                raise TemporarilyUnavailable(
+                    "The outcome of this change is unknown. Retry with the same Idempotency-Key: "
+                    "the change may have landed."
+                ) from failure
+            if outcome is None:  # withdrawn: nothing was written, nothing will be
+                if isinstance(failure, CreditsError):
+                    raise
+                raise TemporarilyUnavailable(
+                    "The credits store failed; nothing was written. Please retry."
+                ) from failure
+        if outcome is None:
+            raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
+        return self.done(pk, intent, outcome)
+
+    def put_intent(self, pk: str, intent: Intent, now: int) -> None:
+        with contextlib.suppress(ConditionFailed):  # a resend of ours after a lost answer
+            self.ctx.store.write(codec.intent_put(pk, intent, now))
+
+    def wait(self, pk: str, intent: Intent, deadline: float, seen: AccountState | None) -> Outcome | None:
+        """Our intent's decision, serving as the combiner when the lease is free; None when we
+        withdrew it at our deadline."""
+        ctx = self.ctx
+        try_lease = seen is None or not seen.combining(ctx.now_ms())
+        pass_ms = seen.combiner_pass_ms if seen is not None else 0
+        polls = 0
+        while True:
+            if try_lease and self.take_lease(pk, intent.id, lease_ms(pass_ms)):
+                outcome = self.serve(pk, intent, deadline)
+                if outcome is not None:
+                    return outcome
+            if ctx.monotonic() > deadline:
+                return self.withdraw(pk, intent)
+            # about twice per pass when passes are slow: a decision comes once per pass
+            pause = max(POLL_SECONDS * min(1 + polls, 2), min(pass_ms / 2000, MAX_POLL_SECONDS))
+            ctx.sleep(ctx.uniform(0.5, 1.5) * pause)
+            polls += 1
+            # our intent and the account in one read: a decision, or whether the combiner is gone
+            found = ctx.store.get_many(pk, [intent.sk, keys.ACCOUNT])
+            outcome = self._decision_of(found.get(intent.sk))
+            if outcome is not None:
+                return outcome
+            account = codec.read_account(found.get(keys.ACCOUNT))
+            try_lease, pass_ms = not account.combining(ctx.now_ms()), account.combiner_pass_ms
+
+    def done(self, pk: str, intent: Intent, outcome: Outcome) -> Mapping[str, Any]:
+        """Take our decided intent off the queue (its decision is in our hands now) and answer it."""
+        with contextlib.suppress(CreditsError, ConditionFailed):  # best effort: its TTL removes it anyway
+            self.ctx.store.write(Delete((pk, intent.sk)))
+        return outcome.result()
+
+    def take_lease(self, pk: str, owner: str, lease: int = LEASE_MS) -> bool:
+        """Become the combiner if nobody is (or the last one's lease lapsed), for `lease` ms."""
+        try:
+            self.ctx.store.write(codec.lease_take(pk, owner, self.ctx.now_ms(), lease))
+        except ConditionFailed:
+            return False  # held by a live combiner (maybe committing right now)
+        return True
+
+    def renew_lease(self, pk: str, owner: str, lease: int) -> bool:
+        """Extend our lease before a transaction that would otherwise outlast it (a slow pass);
+        False when it is no longer ours."""
+        try:
+            self.ctx.store.write(codec.lease_renew(pk, owner, self.ctx.now_ms() + lease), conflicts=True)
+        except ConditionFailed:
+            return False
+        return True
+
+    def release_lease(self, pk: str, owner: str) -> None:
+        """Best effort: a lease we fail to release lapses by itself within its length."""
+        with contextlib.suppress(CreditsError, ConditionFailed):
+            self.ctx.store.write(codec.lease_release(pk, owner))
+
+    def serve(self, pk: str, mine: Intent, deadline: float) -> Outcome | None:
+        """Hold the lease and decide queued changes, pass after pass, until ours is decided and the
+        queue is empty, or we served a little longer than our own change needed, or our deadline
+        came. Our outcome, or None if it is not decided (the lease lapsed, or the deadline)."""
+        ctx = self.ctx
+        outcome: Outcome | None = None
+        stop_at = deadline
+        last_pass_ms = 0
+        while True:
+            started = ctx.monotonic()
+            try:
+                state, intents = self.queued(pk)
+                if state.combiner != mine.id or not state.combining(ctx.now_ms()):
+                    return outcome  # the lease lapsed and was taken over
+                if outcome is None and all(i.id != mine.id for i in intents):
+                    # decided before we held the lease (or beyond this read): read it and serve briefly
+                    outcome = self.outcome(pk, mine)
+                    if outcome is not None:
+                        stop_at = min(stop_at, ctx.monotonic() + SERVE_AFTER_OWN_SECONDS)
+                if not intents or ctx.monotonic() > stop_at:
+                    self.release_lease(pk, mine.id)
+                    return outcome
+                decided = self.combine(pk, state, intents, mine.id, last_pass_ms, started)
+                last_pass_ms = int((ctx.monotonic() - started) * 1000)
+                if decided is not None and mine.id in decided:
+                    outcome = decided[mine.id]
+                    stop_at = min(stop_at, ctx.monotonic() + SERVE_AFTER_OWN_SECONDS)
+                # decided is None: a direct write moved the account; re-read and decide again
+            except Exception:
+                if outcome is None:
+                    raise
+                # Serving others failed after ours was decided: ours stands (the lease lapses).
+                return outcome
+
+    def combine(
+        self,
+        pk: str,
+        state: AccountState,
+        intents: list[Intent],
+        owner: str,
+        last_pass_ms: int = 0,
+        started: float | None = None,
+    ) -> dict[str, Outcome] | None:
+        """One combiner pass: decide as many queued intents as fit in ONE transaction, in order, by
+        the same rules as a direct change, and commit them together, guarded by the account's seq
+        and holds and by our lease (which it extends). The decisions by intent id; None when the
+        account moved first."""
+        ctx = self.ctx
+        found = self.markers(pk, intents)
+        now = ctx.clock()
+        now_ms = int(now * 1000)
+        # How long a pass takes: the whole last one; on a first pass, twice its reads so far (its
+        # transaction is still to come), or half the last combiner's (so an estimate decays).
+        so_far = 0 if started is None else int((ctx.monotonic() - started) * 1000)
+        pass_ms = last_pass_ms or max(2 * so_far, state.combiner_pass_ms // 2)
+        if state.combiner_until - now_ms < max(pass_ms, LEASE_MS // 2) and not self.renew_lease(
+            pk, owner, lease_ms(pass_ms)
+        ):
+            return None  # our reads took most of the lease, and a waiter took it over meanwhile
+        work = Work.of(state, now)
+        decision = Decision(now, ctx.new_id, ctx.default_threshold)
+        writes: list[Write] = []
+        touched: set[str] = set()
+        decided: dict[str, Outcome] = {}
+        for intent in intents:
+            change = intent.change
+            if 1 + len(writes) + 1 + change.size() > MAX_TRANSACTION_ITEMS:
+                break
+            # One transaction may not touch an item twice: a change that shares a marker or a hold
+            # with one already in this pass waits for the next pass (where it may replay it).
+            touches = change.writes(found)
+            if touches & touched:
+                break
+            touched |= touches
+            if intent.apply_before_ms < now_ms:
+                outcome = Outcome.refused(TemporarilyUnavailable("The balance is busy; nothing was written."))
+            else:
+                outcome, effects = decide(change, work, found, decision)
+                writes += codec.writes(pk, effects, now)
+            decided[intent.id] = outcome
+            writes.append(codec.decision_update(pk, intent, outcome))
+        lease_until = ctx.now_ms() + lease_ms(pass_ms)
+        guard = codec.account_update(pk, work, now, combiner=owner, lease_until=lease_until, pass_ms=pass_ms)
+        all_writes = [guard, *writes]
+        return decided if ctx.commit(all_writes, token=ctx.new_id(), first_extra=len(all_writes)) else None
+
+    def queued(self, pk: str) -> tuple[AccountState, list[Intent]]:
+        """The account and the first queued intents, oldest first, in ONE consistent Query (intents
+        sort right after the account item: `ACCOUNT`, `ACCOUNT#INTENT#<ms>#<id>`); decided ones wait
+        for their waiter and are left out."""
+        page = self.ctx.store.query(pk, keys.ACCOUNT, without="outcome")
+        account = None
+        intents: list[Intent] = []
+        for item in page.items:
+            if item["sk"] == keys.ACCOUNT:
+                account = item
+            elif len(intents) < MAX_INTENTS_PER_PASS:
+                intents.append(codec.intent(item))
+        return codec.read_account(account), intents
+
+    def markers(self, pk: str, intents: list[Intent]) -> dict[str, dict[str, Any]]:
+        """The reference and idempotency markers the intents name (one consistent batch read)."""
+        sks = {sk for i in intents for sk in i.change.sks()}
+        return codec.live(self.ctx.store.get_many(pk, sorted(sks)), self.ctx.clock()) if sks else {}
+
+    def outcome(self, pk: str, intent: Intent) -> Outcome | None:
+        """The decision on our intent, or None while it is queued."""
+        return self._decision_of(self.ctx.store.get_many(pk, [intent.sk]).get(intent.sk))
+
+    def withdraw(self, pk: str, intent: Intent) -> Outcome | None:
+        """Give up waiting: delete the intent if it is still undecided (None: nothing was or will be
+        written), else return its decision. A decision and a withdrawal exclude each other."""
+        try:
+            # a combiner's transaction on it in flight: ask again once it is done
+            self.ctx.store.write(codec.withdrawal(pk, intent), conflicts=True)
+        except ConditionFailed:
+            outcome = self.outcome(pk, intent)
+            assert outcome is not None  # the condition failed: it has a decision
+            return outcome
+        return None
+
+    @staticmethod
+    def _decision_of(item: Mapping[str, Any] | None) -> Outcome | None:
+        if item is None:  # pragma: no cover - only its own waiter removes an intent
+            raise TemporarilyUnavailable("The outcome of this change is unknown; retry with the same key.")
+        return codec.decision(item)

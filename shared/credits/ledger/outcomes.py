@@ -1,0 +1,106 @@
+"""What a decision says and what it writes: the `Outcome` (a result, or a refusal by its stable error
+code, stored as such on a decided intent or a refused key's marker) and the effects the rules return
+(`rules.decide`), which `codec.writes` turns into the store's writes. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from credits.errors import CreditsError, from_code
+from credits.ledger.values import Entry, Idempotency
+
+_REFUSAL_DETAILS = ("required", "balance", "available", "limit", "spent", "month", "message")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What was decided for a change: applied (a result, maybe a replay), or refused: an error code."""
+
+    value: Mapping[str, Any] | None = None
+    error: str | None = None  # the refusal's stable code (credits.errors)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def applied(cls, value: Mapping[str, Any]) -> Outcome:
+        return cls(value=value)
+
+    @classmethod
+    def refused(cls, exc: CreditsError) -> Outcome:
+        return cls(error=exc.code, details={**exc.details(), "message": str(exc)})
+
+    def result(self) -> Mapping[str, Any]:
+        if self.value is not None:
+            return self.value
+        raise from_code(str(self.error), self.details)
+
+    def attributes(self) -> dict[str, Any]:
+        """As stored: on a decided intent, and on a refused key's marker."""
+        if self.value is not None:
+            return dict(self.value)
+        details = {k: v for k, v in self.details.items() if k in _REFUSAL_DETAILS}
+        return {"error": self.error, **details}
+
+    @classmethod
+    def from_attributes(cls, stored: Mapping[str, Any]) -> Outcome:
+        if "error" in stored:
+            return cls(error=str(stored["error"]), details=dict(stored))
+        return cls(value=dict(stored))
+
+
+@dataclass(frozen=True)
+class EntryPosted:
+    """Ledger entry `seq` (invariant 2) and its reference and idempotency markers (invariant 4)."""
+
+    entry: Entry
+    seq: int
+    balance_after: int
+    transaction_id: str
+    threshold: int  # the low-balance threshold in force: the entry's events are derived from it alone
+    idempotency: Idempotency | None
+    ref_fingerprint: str
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "amount": self.entry.amount,
+            "balance_after": self.balance_after,
+            "seq": self.seq,
+        }
+
+
+@dataclass(frozen=True)
+class KeyRemembered:
+    """An Idempotency-Key's marker: a hold's result (kept a long time) or a refusal (kept a minute)."""
+
+    idempotency: Idempotency
+    fields: Mapping[str, Any]
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class HoldOpened:
+    hold_id: str
+    amount: int
+    until_ms: int
+    description: str
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class HoldClosed:
+    """A hold's end, once (invariant 7): captured or released, with its result."""
+
+    hold_id: str
+    ended: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class KeyFreed:
+    """A released hold charged nothing: its Idempotency-Key may be used again."""
+
+    key: str
+
+
+Effect = EntryPosted | KeyRemembered | HoldOpened | HoldClosed | KeyFreed

@@ -1,0 +1,441 @@
+"""The rules of the ledger: given the account as read and one change, decide the outcome and effects.
+
+No I/O, no clock and no ids of its own (the caller passes `now` and `new_id`), no DynamoDB items:
+`decide` returns an `Outcome` (a result, maybe a replay, or a refusal with its error code) and the
+`Effect`s that write it (an entry posted, a hold opened or closed, a key remembered or freed);
+`codec.writes` turns effects into the store's writes. The same rules decide a change directly
+(`commit.py`) and in a combiner pass (`group.py`), where `Work` carries the account from one
+change to the next and `found` the markers and holds each change wrote.
+
+The invariants they keep (docs/design.md section 4) are named where they are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from credits import keys
+from credits.errors import (
+    CaptureExceedsHold,
+    CreditsError,
+    HoldCaptured,
+    HoldEnded,
+    HoldExpired,
+    HoldNotFound,
+    HoldReleased,
+    IdempotencyKeyReused,
+    InsufficientCredits,
+    ReferenceReused,
+    SpendLimitReached,
+    TooManyHolds,
+    ValidationError,
+)
+from credits.ledger.outcomes import (
+    Effect,
+    EntryPosted,
+    HoldClosed,
+    HoldOpened,
+    KeyFreed,
+    KeyRemembered,
+    Outcome,
+)
+from credits.ledger.values import (
+    IDEMPOTENCY_TTL_SECONDS,
+    MAX_OPEN_HOLDS,
+    REFUSAL_MEMORY_SECONDS,
+    Entry,
+    Idempotency,
+    Policy,
+    entry_fingerprint,
+    iso_utc,
+    month_of,
+)
+
+Found = dict[str, dict[str, Any]]  # the markers and holds a change names, as read (by sort key)
+
+# The refusals a rule may answer with; any other error is not a decision, it propagates.
+REFUSALS = (
+    InsufficientCredits,
+    SpendLimitReached,
+    ValidationError,
+    HoldNotFound,
+    HoldEnded,
+    CaptureExceedsHold,
+    TooManyHolds,
+)
+
+
+@dataclass
+class AccountState:
+    """What one read of the account tells: the ledger's head, the open holds, the combiner lease."""
+
+    exists: bool
+    balance: int
+    seq: int
+    combiner: str | None = None  # who holds the combiner lease (group commit), until when (Unix ms)
+    combiner_until: int = 0
+    combiner_pass_ms: int = 0  # how long the last combiner pass took (it sizes the next lease)
+    # open holds as last written, hold id -> (amount, expires at in Unix ms); expired ones count for
+    # nothing from that millisecond on, whether or not a write has pruned them yet (invariant 7)
+    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    holds_rev: int = 0  # moves with every change of `holds`: a write guards it like `seq`
+    # the user's settings (docs/design.md section 10) and the usage posted in `spend_month` (YYYY-MM)
+    threshold: int | None = None
+    spend_limit: int | None = None
+    spend_month: str | None = None
+    spent: int = 0
+
+    def combining(self, now_ms: int) -> bool:
+        return self.combiner is not None and self.combiner_until > now_ms
+
+    def held(self, now_ms: int) -> int:
+        return sum(amount for amount, until in self.holds.values() if until > now_ms)
+
+    def available(self, now_ms: int) -> int:
+        return self.balance - self.held(now_ms)
+
+
+@dataclass
+class Work:
+    """The account as a pass of decisions changes it (one change directly, many in a combiner pass)."""
+
+    base: AccountState
+    balance: int
+    seq: int
+    holds: dict[str, tuple[int, int]]
+    month: str
+    spent: int  # usage posted this month (captures and charges; open holds count on top)
+    holds_changed: bool = False
+    spent_changed: bool = False
+    limit_used: bool = False  # a decision of this pass was made against the user's spend limit
+
+    @classmethod
+    def of(cls, state: AccountState, now: float) -> Work:
+        month = month_of(now)
+        if state.spend_month is not None and state.spend_month > month:
+            month = state.spend_month  # a writer whose clock is behind never goes back a month
+        spent = state.spent if state.spend_month == month else 0  # a new month starts from 0
+        return cls(state, state.balance, state.seq, dict(state.holds), month, spent)
+
+    def spend(self, amount: int) -> None:
+        self.spent += amount
+        self.spent_changed = True
+
+    def check_limit(self, amount: int, now_ms: int) -> None:
+        """Invariant 8: usage this month (posted, plus open holds) never passes the user's limit."""
+        limit = self.base.spend_limit
+        self.limit_used = True  # the write is guarded by the limit as read (None included)
+        if limit is not None and self.spent + self.held(now_ms) + amount > limit:
+            raise SpendLimitReached(limit=limit, spent=self.spent + self.held(now_ms), month=self.month)
+
+    def held(self, now_ms: int) -> int:
+        return sum(amount for amount, until in self.holds.values() if until > now_ms)
+
+    def available(self, now_ms: int) -> int:
+        return self.balance - self.held(now_ms)
+
+    def prune(self, now_ms: int) -> None:
+        """Forget expired holds, so the account item never grows with the number of holds ever made."""
+        expired = [hold_id for hold_id, (_, until) in self.holds.items() if until <= now_ms]
+        for hold_id in expired:
+            del self.holds[hold_id]
+        self.holds_changed |= bool(expired)
+
+
+class Kind(Enum):
+    POST = "post"  # a ledger entry (usage, credit, clawback)
+    RESERVE = "reserve"  # open a hold
+    CAPTURE = "capture"  # end a hold with one usage entry (or none, for 0)
+    RELEASE = "release"  # end a hold with no entry
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to a user's account, decided directly or in a combiner pass."""
+
+    kind: Kind
+    entry: Entry | None = None  # POST
+    policy: Policy | None = None  # POST
+    idempotency: Idempotency | None = None  # POST, RESERVE
+    ref_fingerprint: str = ""  # POST
+    hold_id: str | None = None  # CAPTURE, RELEASE
+    amount: int | None = None  # RESERVE: the amount held; CAPTURE: the amount asked (None: all of it)
+    ttl_seconds: int = 0  # RESERVE
+    description: str = ""  # RESERVE
+    note: str | None = None  # CAPTURE: kept on the hold with its end (the paywall's response, to replay)
+
+    def sks(self) -> list[str]:
+        """The items this change reads besides the account: its markers, or its hold."""
+        sks = [] if self.entry is None else [ref_sk(self.entry)]
+        sks.append(idem_sk(self.idempotency))
+        if self.hold_id is not None:
+            sks.append(keys.hold_sk(self.hold_id))
+        return [sk for sk in sks if sk is not None]
+
+    def writes(self, found: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """The items besides the account and the ledger entry it would write, as `found` stands: none
+        when a marker of it exists already (it replays or is refused) or its hold is not open."""
+        if self.hold_id is None:
+            sks = set(self.sks())
+            return set() if sks & found.keys() else sks
+        hold = found.get(keys.hold_sk(self.hold_id))
+        if hold is None or hold["state"] != "open":
+            return set()
+        key = hold.get("idempotency_key")
+        return {keys.hold_sk(self.hold_id)} | ({keys.idem_sk(key)} if key else set())
+
+    def size(self) -> int:
+        """The most transaction items it may write, besides the account and the decision."""
+        if self.kind in (Kind.POST, Kind.RESERVE):
+            return 1 + len(self.sks())  # TX (or HOLD) and its markers
+        return 3  # CAPTURE: HOLD, TX, its reference marker; RELEASE: HOLD and the freed key
+
+
+def ref_sk(entry: Entry) -> str | None:
+    """The sort key of an entry's reference marker, in the client's or the system's key space."""
+    return None if entry.reference_id is None else keys.ref_sk(entry.reference_id, system=entry.system_reference)
+
+
+def idem_sk(idempotency: Idempotency | None) -> str | None:
+    return None if idempotency is None else keys.idem_sk(idempotency.key)
+
+
+@dataclass
+class Decision:
+    """The context of deciding: the time, fresh ids, the threshold for users who set none."""
+
+    now: float
+    new_id: Callable[[], str]
+    default_threshold: int
+
+    @property
+    def now_ms(self) -> int:
+        return int(self.now * 1000)
+
+
+def decide(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
+    """Decide one change against the account as `work` holds it and the items in `found`: its outcome,
+    and the effects that write it (none for a replay; for a refusal under an Idempotency-Key, only the
+    marker that remembers it). `work` and `found` are updated, so the next change of a combiner pass
+    sees this one."""
+    try:
+        if change.kind is Kind.POST:
+            return _post(change, work, found, ctx)
+        if change.kind is Kind.RESERVE:
+            return _reserve(change, work, found, ctx)
+        return _end(change, work, found, ctx)
+    except REFUSALS as no:
+        refused = Outcome.refused(no)
+        idem = change.idempotency
+        if idem is None:
+            return refused, []
+        # Once a key is answered "not done", nothing queued under it before the answer may apply (an
+        # orphaned intent whose container died, a stale direct write): the refusal is kept on the key's
+        # marker for REFUSAL_MEMORY_SECONDS and replayed to every change under the key, and any write of
+        # the key's marker meanwhile fails its condition and is decided again (invariant 4).
+        marker = {"fingerprint": idem.fingerprint, "refused": refused.attributes()}
+        found[keys.idem_sk(idem.key)] = marker
+        return refused, [KeyRemembered(idem, marker, REFUSAL_MEMORY_SECONDS)]
+
+
+def replay(marker: Mapping[str, Any], fingerprint: str, reused: type[CreditsError], result_field: str) -> Outcome:
+    """A change whose key or reference is already used: its first result, or reused (409). A marker
+    left by another kind of change (a charge's key sent to open a hold) is a different request. A
+    key whose request was refused (a 402) replays that refusal while the marker lives."""
+    if "refused" in marker and marker["fingerprint"] == fingerprint:
+        return Outcome.from_attributes(marker["refused"])
+    if marker["fingerprint"] != fingerprint or result_field not in marker:
+        what = "Idempotency-Key" if reused is IdempotencyKeyReused else "referenceId"
+        return Outcome.refused(reused(f"This {what} was already used for a different request."))
+    value = marker.get("result") or {
+        "transaction_id": marker["transaction_id"],
+        "amount": marker["amount"],
+        "balance_after": marker["balance_after"],
+        "seq": marker["seq"],
+    }
+    return Outcome.applied({**value, "replayed": True})
+
+
+def _post(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
+    entry, idem = change.entry, change.idempotency
+    assert entry is not None and change.policy is not None
+    idem_key, ref_key = idem_sk(idem), ref_sk(entry)
+    if idem is not None and idem_key in found:
+        return replay(found[str(idem_key)], idem.fingerprint, IdempotencyKeyReused, "transaction_id"), []
+    if ref_key is not None and ref_key in found:
+        return replay(found[ref_key], change.ref_fingerprint, ReferenceReused, "transaction_id"), []
+    check_policy(work, entry, change.policy, ctx.now_ms)
+    if change.policy is Policy.USAGE:
+        work.spend(-entry.amount)
+    posted = _append(work, entry, idem, change.ref_fingerprint, found, ctx)
+    return Outcome.applied({**posted.result(), "replayed": False}), [posted]
+
+
+def check_policy(work: Work, entry: Entry, policy: Policy, now_ms: int) -> None:
+    """How an entry may move the balance (invariants 3, 6 and 8); raises the refusal."""
+    if policy is Policy.USAGE:
+        # Invariants 3 and 6: usage never overdraws what is available (the balance less open
+        # holds), and a negative balance blocks all usage.
+        if entry.amount >= 0:
+            raise ValidationError("A usage charge must be a debit.")
+        available = work.available(now_ms)
+        if work.balance < 0 or available + entry.amount < 0:
+            raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
+        work.check_limit(-entry.amount, now_ms)
+    elif policy is Policy.CREDIT and entry.amount <= 0:
+        raise ValidationError("A credit must be positive.")
+    elif policy is Policy.CLAWBACK and entry.amount >= 0:
+        raise ValidationError("A clawback must be a debit.")
+    elif policy is Policy.ADJUSTMENT:
+        # Invariants 3 and 6 for an operator's debit: neither the balance nor what is available
+        # (open holds count) goes below zero. It is not usage: no spend limit, no month's spend.
+        if entry.amount >= 0:
+            raise ValidationError("An adjustment debit must be negative.")
+        available = work.available(now_ms)
+        if min(work.balance, available) + entry.amount < 0:
+            raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
+
+
+def _append(
+    work: Work, entry: Entry, idem: Idempotency | None, ref_fingerprint: str, found: Found, ctx: Decision
+) -> EntryPosted:
+    """The next ledger entry; a later change of the same pass with the same key or reference finds
+    its markers in `found` and replays this one."""
+    work.seq, work.balance = work.seq + 1, work.balance + entry.amount
+    threshold = work.base.threshold if work.base.threshold is not None else ctx.default_threshold
+    posted = EntryPosted(entry, work.seq, work.balance, ctx.new_id(), threshold, idem, ref_fingerprint)
+    if idem is not None:
+        found[keys.idem_sk(idem.key)] = {**posted.result(), "fingerprint": idem.fingerprint}
+    ref_key = ref_sk(entry)
+    if ref_key is not None:
+        found[ref_key] = {**posted.result(), "fingerprint": ref_fingerprint}
+    return posted
+
+
+def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
+    """Open a hold (invariant 6): it counts against `available` until it ends or expires."""
+    idem, idem_key = change.idempotency, idem_sk(change.idempotency)
+    if idem is not None and idem_key is not None and idem_key in found:
+        return replay(found[idem_key], idem.fingerprint, IdempotencyKeyReused, "hold_id"), []
+    assert change.amount is not None
+    now_ms = ctx.now_ms
+    work.prune(now_ms)
+    available = work.available(now_ms)
+    if work.balance < 0 or change.amount > available:
+        raise InsufficientCredits(required=change.amount, balance=work.balance, available=available)
+    work.check_limit(change.amount, now_ms)
+    if len(work.holds) >= MAX_OPEN_HOLDS:
+        raise TooManyHolds(f"An account keeps at most {MAX_OPEN_HOLDS} open holds; end some first.")
+    opened = HoldOpened(
+        ctx.new_id(), change.amount, now_ms + change.ttl_seconds * 1000, change.description, idem.key if idem else None
+    )
+    work.holds[opened.hold_id] = (opened.amount, opened.until_ms)
+    work.holds_changed = True
+    value = {
+        "hold_id": opened.hold_id,
+        "amount": opened.amount,
+        "expires_at_ms": opened.until_ms,
+        "balance": work.balance,
+        "available": available - opened.amount,
+        "replayed": False,
+    }
+    found[keys.hold_sk(opened.hold_id)] = {
+        "hold_id": opened.hold_id,
+        "amount": opened.amount,
+        "state": "open",
+        "until_ms": opened.until_ms,
+        "description": opened.description,
+        "idempotency_key": opened.idempotency_key,
+    }
+    effects: list[Effect] = [opened]
+    if idem is not None:
+        marker = {"fingerprint": idem.fingerprint, "hold_id": opened.hold_id, "result": value}
+        effects.append(KeyRemembered(idem, marker, IDEMPOTENCY_TTL_SECONDS))
+        found[keys.idem_sk(idem.key)] = marker
+    return Outcome.applied(value), effects
+
+
+def _end(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
+    """Capture or release a hold: it ends once (invariant 7)."""
+    assert change.hold_id is not None
+    hold = found.get(keys.hold_sk(change.hold_id))
+    if hold is None:
+        raise HoldNotFound("No such hold for this user.")
+    if hold["state"] != "open":
+        return _ended_already(change, hold), []
+    # The account's map decides whether a hold still counts (a writer whose clock ran ahead may have
+    # pruned it already): one that no longer counts can no longer charge.
+    if hold["until_ms"] <= ctx.now_ms or change.hold_id not in work.holds:
+        if change.kind is Kind.CAPTURE:
+            raise HoldExpired(f"This hold expired at {iso_utc(hold['until_ms'] / 1000)}; it charges nothing.")
+        # already counts for nothing: say so, write nothing
+        nothing = {"hold_id": change.hold_id, "released": hold["amount"], "balance": work.balance}
+        return Outcome.applied({**nothing, "available": work.available(ctx.now_ms), "replayed": False}), []
+    if change.kind is Kind.CAPTURE:
+        value, ended, effects = _capture(change, hold, work, found, ctx)
+    else:
+        value, ended, effects = _release(change, hold, work, found, ctx)
+    value.update({"balance": work.balance, "available": work.available(ctx.now_ms), "replayed": False})
+    ended.update({"result": value, "ended_at": iso_utc(ctx.now)})
+    effects.append(HoldClosed(change.hold_id, ended))
+    found[keys.hold_sk(change.hold_id)] = {**hold, **ended}
+    return Outcome.applied(value), effects
+
+
+def _ended_already(change: Change, hold: Mapping[str, Any]) -> Outcome:
+    """A hold that ended: the same end replays its answer; a different one is refused (409)."""
+    capture = change.kind is Kind.CAPTURE
+    if hold["state"] == "captured":
+        if capture and change.amount in (None, hold["captured"]):
+            return Outcome.applied({**hold["result"], "replayed": True})
+        raise HoldCaptured(f"This hold was already captured, for {hold['captured']} credits.")
+    if not capture:
+        return Outcome.applied({**hold["result"], "replayed": True})
+    raise HoldReleased("This hold was released; it can no longer be captured.")
+
+
+def _close(change: Change, work: Work, ctx: Decision) -> None:
+    assert change.hold_id is not None
+    work.holds.pop(change.hold_id, None)
+    work.holds_changed = True
+    work.prune(ctx.now_ms)
+
+
+def _capture(
+    change: Change, hold: Mapping[str, Any], work: Work, found: Found, ctx: Decision
+) -> tuple[dict[str, Any], dict[str, Any], list[Effect]]:
+    """ONE usage entry of the amount captured (none for 0), reference `hold:<id>` (a system one)."""
+    amount = hold["amount"] if change.amount is None else change.amount
+    if amount > hold["amount"]:
+        raise CaptureExceedsHold(f"The hold is for {hold['amount']} credits; {amount} cannot be captured.")
+    if amount > 0 and work.balance - amount < 0:
+        # invariant 3: only a clawback takes a balance below zero (one came since the hold)
+        raise InsufficientCredits(required=amount, balance=work.balance, available=work.available(ctx.now_ms))
+    _close(change, work, ctx)
+    effects: list[Effect] = []
+    transaction_id = None
+    if amount > 0:
+        entry = Entry(-amount, "usage", hold.get("description", ""), f"hold:{change.hold_id}", system_reference=True)
+        work.spend(amount)
+        posted = _append(work, entry, None, entry_fingerprint(entry), found, ctx)
+        effects.append(posted)
+        transaction_id = posted.transaction_id
+    ended: dict[str, Any] = {"state": "captured", "captured": amount}
+    if change.note is not None:
+        ended["response"] = change.note
+    return {"hold_id": change.hold_id, "transaction_id": transaction_id, "charged": amount}, ended, effects
+
+
+def _release(
+    change: Change, hold: Mapping[str, Any], work: Work, found: Found, ctx: Decision
+) -> tuple[dict[str, Any], dict[str, Any], list[Effect]]:
+    _close(change, work, ctx)
+    effects: list[Effect] = []
+    if hold.get("idempotency_key"):
+        # a released hold charged nothing: its key is free for a retry that should charge
+        effects.append(KeyFreed(hold["idempotency_key"]))
+        found.pop(keys.idem_sk(hold["idempotency_key"]), None)
+    return {"hold_id": change.hold_id, "released": hold["amount"]}, {"state": "released"}, effects
