@@ -113,6 +113,11 @@ def update_settings(
         sets["monthly_spend_limit"] = validate_amount(monthly_spend_limit, "monthlySpendLimit")
     window = int(now) // 60  # the UTC minute, counted on the account item with the change
     key = (keys.user_pk(user_id), keys.ACCOUNT)
+    # The change carries its own id: a resend after a lost answer (the store retries it) finds it
+    # written and fails its condition, instead of counting (or refusing) the same change twice.
+    change_id = ctx.new_id()
+    sets["settings_change_id"] = change_id
+    not_yet = absent("settings_change_id") | ne("settings_change_id", change_id)
     first = {"created_at": iso_utc(now)}
     counted = [
         # another change in this minute, while under the rate
@@ -122,7 +127,7 @@ def update_settings(
             first,
             {"settings_changes": 1},
             remove,
-            eq("settings_window", window) & lt("settings_changes", rate),
+            eq("settings_window", window) & lt("settings_changes", rate) & not_yet,
         ),
         # the first change of a minute
         Update(
@@ -131,7 +136,7 @@ def update_settings(
             first,
             {},
             remove,
-            absent("settings_window") | ne("settings_window", window),
+            (absent("settings_window") | ne("settings_window", window)) & not_yet,
         ),
     ]
     for update in counted:
@@ -141,6 +146,9 @@ def update_settings(
             return
         except ConditionFailed:
             continue
+    account = ctx.store.get_many(key[0], [keys.ACCOUNT]).get(keys.ACCOUNT) or {}
+    if account.get("settings_change_id") == change_id:
+        return  # it landed: the answer to its first attempt was lost
     raise TooManyRequests(
         f"Settings can be changed at most {rate} times a minute; retry shortly.", retry_after=60 - int(now) % 60
     )

@@ -109,8 +109,9 @@ class GroupCommit:
 
     def done(self, pk: str, intent: Intent, outcome: Outcome) -> Mapping[str, Any]:
         """Take our decided intent off the queue (its decision is in our hands now) and answer it."""
-        with contextlib.suppress(CreditsError, ConditionFailed):  # best effort: its TTL removes it anyway
-            self.ctx.store.write(Delete((pk, intent.sk)))
+        # one attempt, best effort: its TTL removes it anyway, and a decided answer is never delayed
+        with contextlib.suppress(CreditsError, ConditionFailed):
+            self.ctx.store.write(Delete((pk, intent.sk)), once=True)
         return outcome.result()
 
     def take_lease(self, pk: str, owner: str, lease: int = LEASE_MS) -> bool:

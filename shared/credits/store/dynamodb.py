@@ -127,9 +127,13 @@ def _code(exc: ClientError) -> str:
 
 
 def domain_error(exc: Exception) -> InternalError | TemporarilyUnavailable:
-    """A botocore failure as the domain sees it: retriable (throttled, unreachable) or our bug."""
-    if isinstance(exc, ClientError) and _code(exc) not in RETRIABLE_CODES:
-        return StoreError(f"DynamoDB refused the request: {_code(exc)}")
+    """A botocore failure as the domain sees it: retriable (throttled, unreachable) or our bug (a
+    request DynamoDB or botocore itself refuses: a malformed parameter, missing credentials)."""
+    if isinstance(exc, ClientError):
+        if _code(exc) not in RETRIABLE_CODES:
+            return StoreError(f"DynamoDB refused the request: {_code(exc)}")
+    elif not isinstance(exc, (ConnectionError, HTTPClientError)):
+        return StoreError(f"The AWS client failed: {type(exc).__name__}")
     return TemporarilyUnavailable("A service this request needs is unavailable. Please retry.")
 
 
@@ -162,9 +166,9 @@ class DynamoStore:
         """Full jitter: a random wait up to base * 2^attempt, capped."""
         self.sleep((self.rng or random).uniform(0, min(self.max_delay, self.base_delay * (2**attempt))))
 
-    def _call(self, call: Callable[[], T], retriable: frozenset[str] = RETRIABLE_CODES) -> T:
+    def _call(self, call: Callable[[], T], retriable: frozenset[str] = RETRIABLE_CODES, attempts: int = 0) -> T:
         """One DynamoDB call, retried with backoff on throttling and on unknown outcomes."""
-        for attempt in range(self.max_attempts):
+        for attempt in range(attempts or self.max_attempts):
             try:
                 return call()
             except ClientError as exc:
@@ -296,7 +300,7 @@ class DynamoStore:
 
     # ---- writes
 
-    def write(self, op: Write, *, conflicts: bool = False) -> None:
+    def write(self, op: Write, *, conflicts: bool = False, once: bool = False) -> None:
         kind, request = render(op, self.table)
         call: dict[str, Callable[..., Any]] = {
             "Put": self.client.put_item,
@@ -305,7 +309,7 @@ class DynamoStore:
         }
         retriable = RETRIABLE_CODES | {"TransactionConflictException"} if conflicts else RETRIABLE_CODES
         try:
-            self._call(lambda: call[kind](**request), retriable)
+            self._call(lambda: call[kind](**request), retriable, 1 if once else 0)
         except ClientError as exc:
             if _code(exc) in ("ConditionalCheckFailedException", "TransactionConflictException"):
                 # a transaction in flight on the item (not retried without `conflicts`): the item is
@@ -324,7 +328,10 @@ class DynamoStore:
             except ClientError as exc:
                 if _code(exc) == "TransactionCanceledException":
                     codes = [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
-                    if not any(c in _RETRIABLE_REASONS for c in codes):
+                    # a failed condition or a conflict is an answer (re-read and decide again); only a
+                    # transaction cancelled for throttling alone is resent as it is
+                    raced = any(c in ("ConditionalCheckFailed", "TransactionConflict") for c in codes)
+                    if raced or not any(c in _RETRIABLE_REASONS for c in codes):
                         raise TransactionCancelled([_REASONS.get(c, c) for c in codes]) from exc
                 elif _code(exc) not in RETRIABLE_CODES:
                     raise domain_error(exc) from exc

@@ -203,9 +203,10 @@ class Store(Protocol):
         fewer than `limit` items)."""
         ...
 
-    def write(self, op: Write, *, conflicts: bool = False) -> None:
+    def write(self, op: Write, *, conflicts: bool = False, once: bool = False) -> None:
         """One conditional write; ConditionFailed when its condition is false. With `conflicts`, a
-        clash with a transaction in flight on the item is retried too."""
+        clash with a transaction in flight on the item is retried too; with `once`, nothing is
+        retried (a best-effort clean-up that must never delay an answer)."""
         ...
 
     def transact(self, ops: Sequence[Write], *, token: str) -> None:

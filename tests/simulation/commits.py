@@ -1,0 +1,504 @@
+"""The model's checks of every commit: each transaction, single write and TTL deletion of the
+table, as the `MemoryStore` reports it, against the model's own balance, ledger, holds, spend and
+settings (docs/design.md section 4; the list is in `model.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from credits import keys
+from tests.simulation.records import (
+    KEY_MEMORY,
+    MARGIN,
+    MAX_OPEN_HOLDS,
+    POSTS,
+    REFUSAL_MEMORY,
+    SETTINGS_RATE,
+    Attempt,
+    Hold,
+    KeyState,
+    Payment,
+    Req,
+    User,
+    Violation,
+    iso_ms,
+)
+from tests.simulation.workload import PACKAGE_BY_ID, REASON
+
+if TYPE_CHECKING:
+    from tests.simulation.store import Change
+
+
+class Commits:
+    """The commit checks; the state is the `Model`'s (declared here)."""
+
+    now: Callable[[], float]
+    current: Callable[[], Any]
+    users: dict[str, User]
+    reqs: dict[int, Req]
+    payments: dict[str, Payment]
+    holds: dict[str, Hold]
+    group_passes: int
+    intents_decided: int
+    largest_pass: int
+    negative_balances: int
+    withdrawn: int
+    _by_hold: dict[str, list[Req]]
+    _commit_changes: Sequence[Change]
+
+    def user(self, name: str) -> User:
+        u = self.users.get(name)
+        if u is None:
+            u = self.users[name] = User(name)
+        return u
+
+    @staticmethod
+    def fail(invariant: str, detail: str) -> None:
+        raise Violation(invariant, detail)
+
+    # ---- commits --------------------------------------------------------------------------------
+
+    def observe(self, kind: str, changes: list[Change]) -> None:
+        self._commit_changes = changes
+        by_pk: dict[str, list[Change]] = {}
+        for ch in changes:
+            by_pk.setdefault(ch.key[0], []).append(ch)
+        for pk, mine in by_pk.items():
+            if pk.startswith(keys.USER):
+                self._user_commit(kind, self.user(pk[len(keys.USER) :]), mine)
+            elif kind == "write" and pk.startswith(keys.PAYMENT):
+                pass  # facts noted on a payment's record: checked with the payment
+            elif kind == "transact" and not pk.startswith((keys.PAYMENT,)):
+                self.fail("all-or-nothing", f"a transaction wrote {pk}, outside users and payments")
+        if kind == "transact" and not any(pk.startswith(keys.USER) for pk in by_pk):
+            self.fail("all-or-nothing", f"a transaction without a ledger: {sorted(by_pk)}")
+
+    def _user_commit(self, kind: str, u: User, changes: list[Change]) -> None:
+        for ch in changes:
+            sk = ch.key[1]
+            if sk.startswith(keys.TX) and ch.before is not None:
+                self.fail("gapless", f"{u.name}'s entry {sk} was {'deleted' if ch.after is None else 'rewritten'}")
+        if kind == "ttl":
+            ch = changes[0]
+            if ch.key[1].startswith(keys.HOLD):
+                hold = self.holds.get(ch.key[1][len(keys.HOLD) :])
+                if hold is not None:
+                    hold.gone = True
+            elif ch.key[1] == keys.ACCOUNT:
+                self.fail("gapless", f"TTL deleted {u.name}'s account")
+            return
+        if kind == "write":
+            self._single_write(u, changes[0])
+            return
+        account = [ch for ch in changes if ch.key[1] == keys.ACCOUNT]
+        if not account:
+            moved = [ch.key[1] for ch in changes if ch.key[1].startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF))]
+            if moved:
+                self.fail("all-or-nothing", f"{u.name}: {moved} written without the account's update")
+            return
+        before, after = account[0].before or {}, account[0].after
+        assert after is not None
+        if before.get("balance", 0) != u.balance or before.get("seq", 0) != u.seq:
+            self.fail("gapless", f"{u.name}'s account read {before.get('balance')}/{before.get('seq')} "
+                      f"where the model has {u.balance}/{u.seq}")  # fmt: skip
+        stamp = after["updated_at"]
+        t_ms = iso_ms(stamp)
+        actor = self.current()
+        clock_ms = int(actor.clock() * 1000) if actor is not None else t_ms
+        if not clock_ms - 40_000 <= t_ms <= clock_ms + 2:
+            self.fail("clock", f"{u.name}: a decision at {stamp} committed by a container whose clock reads {clock_ms}")
+        month = max(stamp[:7], u.month)
+        available_before = u.balance - u.held(t_ms)
+        clawback = any(
+            ch.key[1].startswith(keys.TX)
+            and ch.after is not None
+            and ch.after["amount"] < 0
+            and (ch.after["type"] in ("refund", "dispute") or ch.after.get("reason") is not None)
+            for ch in changes
+        )
+        intents = 0
+        freed: list[str] = []
+        for ch in changes:
+            sk = ch.key[1]
+            if sk.startswith(keys.TX):
+                assert ch.after is not None
+                self._entry(u, ch.after, t_ms, month)
+            elif sk.startswith(keys.HOLD):
+                if ch.before is None:
+                    assert ch.after is not None
+                    self._hold_opened(u, ch.after, t_ms, month)
+                else:
+                    self._hold_ended(u, ch, t_ms)
+            elif sk.startswith(keys.INTENT):
+                intents += 1
+                if ch.after is None or "outcome" not in ch.after:
+                    self.fail("exactly-once", f"{u.name}: a pass wrote intent {sk} without its decision")
+            elif sk.startswith(keys.IDEM) and ch.after is None:
+                freed.append(sk[len(keys.IDEM) :])
+        for key in freed:
+            self._key_freed(u, key)
+        if intents:
+            self.group_passes += 1
+            self.intents_decided += intents
+            self.largest_pass = max(self.largest_pass, intents)
+        if after.get("balance", 0) != u.balance or after.get("seq", 0) != u.seq:
+            self.fail("gapless", f"{u.name}'s account holds {after.get('balance')}/{after.get('seq')} after a commit; "
+                      f"its entries add up to {u.balance}/{u.seq}")  # fmt: skip
+        self._check_map(u, after, t_ms)
+        # invariant 6 after the commit, at its decision time: open holds fit in the balance; only a
+        # clawback takes `available` below zero (or lower, when one already did)
+        available = u.balance - u.held(t_ms)
+        if available < 0 and available < available_before and not clawback:
+            self.fail(
+                "holds-available",
+                f"{u.name}: available {available} (balance {u.balance}) after a commit at {t_ms}, "
+                f"{available_before} before",
+            )
+        if "spend_month" in after and (after["spend_month"], after.get("spent", 0)) != (u.month, u.spent):
+            self.fail(
+                "spend-limit",
+                f"{u.name}'s account counts {after.get('spent')} spent in {after['spend_month']}; "
+                f"its usage adds up to {u.spent} in {u.month}",
+            )
+
+    def _single_write(self, u: User, ch: Change) -> None:
+        sk = ch.key[1]
+        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF)):
+            self.fail("all-or-nothing", f"{u.name}: a single write to {sk}")
+        if sk.startswith(keys.INTENT) and ch.after is None and ch.before is not None and "outcome" not in ch.before:
+            self.withdrawn += 1
+        if sk.startswith(keys.IDEM):
+            if ch.after is not None and "refused" not in ch.after:
+                self.fail("all-or-nothing", f"{u.name}: a single write of a success under key {sk}")
+            return
+        if sk != keys.ACCOUNT:
+            return
+        before, after = ch.before or {}, ch.after or {}
+        for money in ("balance", "seq", "holds", "holds_rev", "spent", "spend_month"):
+            if before.get(money) != after.get(money):
+                self.fail("all-or-nothing", f"{u.name}: a single write changed the account's {money}")
+        settings = ("low_balance_threshold", "monthly_spend_limit", "settings_window", "settings_changes")
+        if all(before.get(s) == after.get(s) for s in settings) and "updated_at" not in after:
+            return
+        if all(before.get(s) == after.get(s) for s in settings) and before.get("updated_at") == after.get("updated_at"):
+            return
+        actor = self.current()
+        att = getattr(actor.task, "att", None) if actor is not None else None
+        if not isinstance(att, Attempt) or att.op.kind != "settings" or att.op.user != u.name:
+            self.fail("settings", f"{u.name}'s settings changed by {att.op.describe() if att else 'nobody'}")
+            return
+        op = att.op
+        if after.get("low_balance_threshold") != op.threshold:
+            self.fail("settings", f"{u.name}: threshold {after.get('low_balance_threshold')} for {op.describe()}")
+        if op.limit == "set" and after.get("monthly_spend_limit") != op.limit_value:
+            self.fail("settings", f"{u.name}: limit {after.get('monthly_spend_limit')} for {op.describe()}")
+        if op.limit == "clear" and "monthly_spend_limit" in after:
+            self.fail("settings", f"{u.name}: limit {after.get('monthly_spend_limit')} for {op.describe()}")
+        if after.get("settings_changes", 0) > SETTINGS_RATE:
+            self.fail("settings", f"{u.name}: {after.get('settings_changes')} settings changes in a minute")
+        att.settings_writes += 1
+        u.limit = after.get("monthly_spend_limit")
+        u.threshold = after.get("low_balance_threshold")
+
+    # ---- entries ----------------------------------------------------------------------------------
+
+    def _entry(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> None:
+        seq, amount = item["seq"], item["amount"]
+        if type(amount) is not int or type(item["balance_after"]) is not int:
+            self.fail("integer-money", f"{u.name}'s entry {seq}: amount {amount!r}")
+        if seq != u.seq + 1:
+            self.fail("gapless", f"{u.name}: entry seq {seq} after seq {u.seq}")
+        if item["balance_after"] != u.balance + amount:
+            self.fail(
+                "gapless", f"{u.name}: entry {seq} balance_after {item['balance_after']} != {u.balance} + {amount}"
+            )
+        if iso_ms(item["created_at"]) != t_ms:
+            self.fail("clock", f"{u.name}: entry {seq} created at {item['created_at']}, decided at {t_ms}")
+        ref = item.get("reference_id")
+        scope = "system" if item.get("reference_scope") == "system" else "client"
+        if ref is not None and (scope, ref) in u.refs:
+            self.fail(
+                "exactly-once",
+                f"{u.name}: reference {scope}:{ref} applied twice (seq {u.refs[(scope, ref)][0]}, {seq})",
+            )
+        owner: Req | None = None
+        if scope == "system" and ref is not None:
+            if ref.startswith("hold:"):
+                self._capture_entry(u, item, t_ms, month)
+            elif ref.startswith("purchase:"):
+                self._purchase_entry(u, item, ref[len("purchase:") :])
+            elif ref.startswith("settle:"):
+                self._settle_entry(u, item, ref)
+            else:
+                self.fail("exactly-once", f"{u.name}: entry {seq} with unknown system reference {ref}")
+        else:
+            owner = self._request_entry(u, item, t_ms, month)
+        if ref is not None:
+            u.refs[(scope, ref)] = (seq, owner)
+        u.balance += amount
+        u.seq = seq
+        if u.balance < 0 and u.balance - amount >= 0:
+            self.negative_balances += 1
+        u.entries.append((item["id"], amount, item["balance_after"]))
+        u.tids[item["id"]] = seq
+
+    def _request_entry(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> Req:
+        desc = str(item.get("description", ""))
+        req = self.reqs.get(int(desc[1:])) if desc[:1] == "r" and desc[1:].isdigit() else None
+        seq, amount, typ = item["seq"], item["amount"], item["type"]
+        if req is None or req.user != u.name or req.kind not in POSTS:
+            self.fail("exactly-once", f"{u.name}: entry {seq} ({typ} {amount}, {desc!r}) answers no request")
+            raise AssertionError  # unreachable
+        op = req.op
+        what = f"{u.name}: entry {seq} ({typ} {amount}) for {op.describe()}"
+        if item.get("reference_id") != op.ref:
+            self.fail("exactly-once", f"{what} carries reference {item.get('reference_id')}")
+        avail = u.balance - u.held(t_ms)
+        if op.kind == "charge":
+            if typ != "usage" or amount != -(op.amount or 0):
+                self.fail("exactly-once", f"{what}: not the usage asked")
+            if u.balance < 0 or avail < -amount:
+                self.fail("no-overdraft", f"{what}: balance {u.balance}, available {avail} at {t_ms}")
+            self._spend(u, -amount, t_ms, month, what, check=True)
+        elif op.kind == "grant":
+            if typ != op.type or amount != op.amount:
+                self.fail("exactly-once", f"{what}: not the grant asked")
+        else:
+            if typ != "adjustment" or amount != op.amount:
+                self.fail("exactly-once", f"{what}: not the adjustment asked")
+            if amount < 0:
+                if op.force:
+                    if item.get("reason") != REASON:
+                        self.fail("no-overdraft", f"{what}: forced without its reason")
+                elif min(u.balance, avail) + amount < 0:
+                    self.fail("no-overdraft", f"{what}: balance {u.balance}, available {avail} at {t_ms}")
+                elif item.get("reason") is not None:
+                    self.fail("no-overdraft", f"{what}: a reason on an adjustment that was not forced")
+        self._applies(u, req, what, item["id"])
+        req.entries.append((seq, self.now()))
+        return req
+
+    def _applies(self, u: User, req: Req, what: str, ident: str) -> None:
+        """A request's change lands: it must be outstanding, never applied before (while its key
+        lives), and its key neither another request's nor refused a moment ago."""
+        now = self.now()
+        if not req.outstanding():
+            self.fail(
+                "exactly-once",
+                f"{what} applied with no attempt of it outstanding: its client was told '{req.last_answer}'",
+            )
+        if req.kind in POSTS and req.entries:
+            last = req.entries[-1][1]
+            if req.op.key is None or req.op.ref is not None or now - last < KEY_MEMORY - MARGIN:
+                self.fail("exactly-once", f"{what} applied twice (first as seq {req.entries[-1][0]})")
+        if req.kind == "reserve":
+            live = [h for h in req.holds if self.holds[h].state != "released"]
+            if live and (req.op.key is None or now - self.holds[live[-1]].opened_at < KEY_MEMORY - MARGIN):
+                self.fail("exactly-once", f"{what} opened a second hold (after {live[-1]})")
+        key = req.op.key
+        if key is None:
+            return
+        k = u.keys.setdefault(key, KeyState())
+        if k.owner is not None and k.owner is not req and now - k.applied_at < KEY_MEMORY - MARGIN:
+            self.fail("exactly-once", f"{what}: key {key} was applied for r{k.owner.rid} at {k.applied_at:.3f}")
+        if k.refused_at is not None and k.refused_at <= now < k.refused_at + REFUSAL_MEMORY - MARGIN:
+            self.fail("exactly-once", f"{what}: key {key} was answered a refusal at {k.refused_at:.3f}")
+        k.owner = req
+        k.applied_at = now
+        # what every answer under the key replays while its marker lives
+        k.first = (now, f"ok {ident}", now + KEY_MEMORY - MARGIN, req)
+
+    def _spend(self, u: User, amount: int, t_ms: int, month: str, what: str, *, check: bool) -> None:
+        """Usage counts for its month (the later of the decision's and the account's); a charge or
+        a reserve (`check`) must fit under the limit with the open holds."""
+        spent = u.spent if u.month == month else 0
+        if check and u.limit is not None and spent + u.held(t_ms) + amount > u.limit:
+            self.fail(
+                "spend-limit",
+                f"{what}: {spent} spent in {month} + {u.held(t_ms)} held + {amount} passes the limit {u.limit}",
+            )
+        u.month, u.spent = month, spent + amount
+
+    # ---- holds ------------------------------------------------------------------------------------
+
+    def _hold_opened(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> None:
+        desc = str(item.get("description", ""))
+        req = self.reqs.get(int(desc[1:])) if desc[:1] == "r" and desc[1:].isdigit() else None
+        hold_id = item["hold_id"]
+        if req is None or req.kind != "reserve" or req.user != u.name:
+            self.fail("holds", f"{u.name}: hold {hold_id} ({desc!r}) answers no reserve")
+            raise AssertionError  # unreachable
+        op = req.op
+        what = f"{u.name}: hold {hold_id} of {item['amount']} for {op.describe()}"
+        if item["amount"] != op.amount or item.get("idempotency_key") != op.key or item["state"] != "open":
+            self.fail("holds", f"{what}: not the hold asked")
+        until = t_ms + (op.ttl or 0) * 1000
+        if not until - 2 <= item["until_ms"] <= until + 1:
+            self.fail("holds", f"{what}: until {item['until_ms']}, decided at {t_ms} for {op.ttl}s")
+        avail = u.balance - u.held(t_ms)
+        if u.balance < 0 or op.amount is None or op.amount > avail:
+            self.fail("holds-available", f"{what}: balance {u.balance}, available {avail} at {t_ms}")
+        assert op.amount is not None
+        if u.limit is not None:
+            spent = u.spent if u.month == month else 0
+            if spent + u.held(t_ms) + op.amount > u.limit:
+                self.fail("spend-limit", f"{what}: {spent} spent + {u.held(t_ms)} held passes the limit {u.limit}")
+        if sum(1 for h in u.open.values() if h.until_ms > t_ms) >= MAX_OPEN_HOLDS:
+            self.fail("holds", f"{what}: more than {MAX_OPEN_HOLDS} open holds")
+        self._applies(u, req, what, hold_id)
+        hold = Hold(hold_id, req, op.amount, item["until_ms"], op.key, opened_at=self.now())
+        if hold_id in self.holds:
+            self.fail("holds", f"{what}: hold id {hold_id} used twice")
+        self.holds[hold_id] = u.holds[hold_id] = u.open[hold_id] = hold
+        req.holds.append(hold_id)
+
+    def _capture_entry(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> None:
+        hold_id = str(item["reference_id"])[len("hold:") :]
+        hold = u.holds.get(hold_id)
+        amount = -item["amount"]
+        what = f"{u.name}: capture entry {item['seq']} of {amount} from hold {hold_id}"
+        if hold is None or hold.state != "open":
+            self.fail("holds", f"{what}: the hold is {'absent' if hold is None else hold.state}")
+            raise AssertionError  # unreachable
+        if hold.until_ms <= t_ms - 1:
+            self.fail(
+                "expired-hold-charged",
+                f"{what}: the hold expired at {hold.until_ms}, the capture was decided at {t_ms}",
+            )
+        if hold_id not in u.open:
+            self.fail("expired-hold-charged", f"{what}: the hold no longer counted (expired, left the account)")
+        if item["type"] != "usage" or not 0 < amount <= hold.amount:
+            self.fail("holds", f"{what}: the hold is of {hold.amount}")
+        if u.balance - amount < 0:
+            self.fail("no-overdraft", f"{what}: the balance is {u.balance}")
+        if item.get("description", "") != hold.req.desc:
+            self.fail("holds", f"{what}: description {item.get('description')!r}")
+        self._spend(u, amount, t_ms, month, what, check=False)
+        hold.pending_capture = amount
+        hold.tx = item["id"]
+
+    def _hold_ended(self, u: User, ch: Change, t_ms: int) -> None:
+        hold_id = ch.key[1][len(keys.HOLD) :]
+        hold = u.holds.get(hold_id)
+        after = ch.after or {}
+        what = f"{u.name}: hold {hold_id} ended {after.get('state')}"
+        if hold is None or hold.state != "open" or (ch.before or {}).get("state") != "open":
+            self.fail("holds", f"{what}, but it was {'absent' if hold is None else hold.state}")
+            raise AssertionError  # unreachable
+        if after.get("amount") != hold.amount or after.get("until_ms") != hold.until_ms:
+            self.fail("holds", f"{what}: its amount or end changed")
+        if hold.until_ms <= t_ms - 1 or hold_id not in u.open:
+            invariant = "expired-hold-charged" if after.get("state") == "captured" else "holds"
+            self.fail(invariant, f"{what} at {t_ms}, after it expired at {hold.until_ms} (or left the account)")
+        state = str(after.get("state"))
+        if state == "captured":
+            captured = after.get("captured")
+            if captured != (hold.pending_capture or 0):
+                self.fail("holds", f"{what} of {captured}, its entry took {hold.pending_capture or 0}")
+            hold.captured = captured
+            if not captured:
+                hold.tx = None
+        elif state != "released":
+            self.fail("holds", f"{what}: unknown state")
+        # a request asked for this end: a capture (of this amount, or of all) or a release
+        enders = [r for r in self._by_hold.get(hold_id, []) if r.outstanding()]
+        if state == "captured":
+            asked = [r for r in enders if r.kind == "capture" and (r.op.amount is None or r.op.amount == hold.captured)]
+            asked = [r for r in asked if r.op.amount is not None or hold.captured == hold.amount]
+        else:
+            asked = [r for r in enders if r.kind == "release"]
+        if not asked:
+            self.fail("exactly-once", f"{what} (captured {hold.captured}) with no such request outstanding")
+        hold.state = state
+        hold.pending_capture = None
+        u.open.pop(hold_id, None)
+        if state == "released" and hold.key:
+            freed = keys.idem_sk(hold.key)
+            if not any(c.key[1] == freed and c.after is None for c in self._commit_changes):
+                self.fail("holds", f"{what}: its key {hold.key} was not freed with it")
+
+    def _key_freed(self, u: User, key: str) -> None:
+        holds = [h for h in u.holds.values() if h.key == key and h.state == "released"]
+        if not holds:
+            self.fail(
+                "exactly-once", f"{u.name}: key {key}'s marker deleted by a transaction that released no hold of it"
+            )
+        k = u.keys.get(key)
+        if k is not None:
+            u.keys[key] = KeyState(refused_at=k.refused_at)
+
+    def _check_map(self, u: User, after: Mapping[str, Any], t_ms: int) -> None:
+        stored = after.get("holds") or {}
+        for hold_id in list(u.open):
+            if hold_id not in stored:
+                pruned = u.open[hold_id]
+                if pruned.until_ms > t_ms + 1:
+                    self.fail(
+                        "holds", f"{u.name}: hold {hold_id} left the account at {t_ms}, open until {pruned.until_ms}"
+                    )
+                del u.open[hold_id]
+        for hold_id, value in stored.items():
+            hold = u.open.get(hold_id)
+            if hold is None:
+                self.fail("holds", f"{u.name}: hold {hold_id} is on the account but not open")
+                raise AssertionError  # unreachable
+            if value != {"a": hold.amount, "u": hold.until_ms}:
+                self.fail("holds", f"{u.name}: hold {hold_id} on the account as {value}")
+
+    # ---- payments ---------------------------------------------------------------------------------
+
+    def _purchase_entry(self, u: User, item: Mapping[str, Any], pi: str) -> None:
+        p = self.payments.get(pi)
+        what = f"{u.name}: purchase entry {item['seq']} for {pi}"
+        if p is None or not p.paid or p.user != u.name or p.inflight == 0:
+            self.fail("payments", f"{what}: no paid delivery of it outstanding")
+            raise AssertionError  # unreachable
+        if p.credited_to is not None:
+            self.fail("exactly-once", f"{what}: the payment was credited before (to {p.credited_to})")
+        package = next(pk for pk in PACKAGE_BY_ID.values() if pk.credits == p.credits and pk.price == p.price)
+        if (item["type"], item["amount"], item.get("monetary_amount"), item.get("currency")) != (
+            "purchase",
+            p.credits,
+            p.price,
+            package.currency,
+        ):
+            self.fail("payments", f"{what}: {item['amount']} credits for {item.get('monetary_amount')}")
+        p.credited_to = u.name
+        p.purchase_seq = item["seq"]
+        p.entries.append(item["seq"])
+        u.payments.add(pi)
+
+    def _settle_entry(self, u: User, item: Mapping[str, Any], ref: str) -> None:
+        _, pi, _step = ref.split(":", 2)
+        p = self.payments.get(pi)
+        what = f"{u.name}: {item['type']} entry {item['seq']} of {item['amount']} ({ref})"
+        if p is None or p.credited_to != u.name:
+            self.fail("payments", f"{what}: the payment is not credited to {u.name}")
+            raise AssertionError  # unreachable
+        if p.inflight == 0:
+            self.fail("payments", f"{what}: no delivery of the payment outstanding")
+        amount = item["amount"]
+        if item["type"] == "refund":
+            target = p.refund_target()
+            if amount >= 0 or p.refunds - amount > target:
+                self.fail(
+                    "payments-clawback",
+                    f"{what}: refunds would take {p.refunds - amount} credits of {p.credits}; the refunds "
+                    f"Stripe sent ({p.refunded} of {p.price}) allow {target}",
+                )
+            p.refunds -= amount
+        elif item["type"] == "dispute":
+            held = p.held - amount
+            if not 0 <= held <= p.credits - p.refunds or (amount < 0 and not p.disputes):
+                self.fail(
+                    "payments-clawback",
+                    f"{what}: disputes would hold {held} of {p.credits} credits ({p.refunds} refunded)",
+                )
+            p.held = held
+        else:
+            self.fail("payments", f"{what}: a settlement step of type {item['type']}")
+        # (between a refund step and the dispute step that gives back what the refund now takes, the
+        # payment's clawbacks exceed its credits for one transaction: refunds are settled first)
+        p.steps += 1
+        p.entries.append(item["seq"])

@@ -1,0 +1,113 @@
+"""Known bugs, monkeypatched into the real code for one run, to prove the simulator catches them.
+
+- `capture-ignores-expiry`: a capture does not check its hold's expiry (`credits.ledger.rules`): a
+  hold past its end, or one an earlier change pruned from the account, is captured anyway.
+- `apply-withdrawn-intent`: a combiner applies an intent after its waiter withdrew it: the decision
+  update no longer requires the intent to exist (`codec.decision_update` without `exists(pk)`: it
+  re-creates a deleted intent), and a withdrawal that clashes with a pass in flight counts as
+  withdrawn instead of waiting for the pass (`GroupCommit.withdraw`).
+- `double-refund-clawback`: a settlement step (a refund's clawback) is posted, then its record
+  updated in a second write, and its reference is fresh per attempt instead of unique per step: a
+  delivery whose answer was lost after the entry landed leaves the record behind, and the
+  redelivery (or a concurrent duplicate) posts the clawback again under a new reference.
+
+`planted(name)` patches for the duration of a `with` block and restores the originals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from credits import keys, payments
+from credits.errors import CreditsError
+from credits.ledger import codec, group, rules
+from credits.ledger.codec import Intent
+from credits.ledger.rules import Change, Decision, Found, Kind, Outcome, Work
+from credits.settlement import PaymentRecord, Step
+from credits.store import ConditionFailed, Update, absent
+
+PLANTS = ("capture-ignores-expiry", "apply-withdrawn-intent", "double-refund-clawback")
+
+
+def _capture_ignores_expiry() -> list[tuple[Any, str, Any]]:
+    original = rules._end
+
+    def _end(change: Change, work: Work, found: Found, ctx: Decision) -> Any:
+        if change.kind is Kind.CAPTURE and change.hold_id is not None:
+            sk = keys.hold_sk(change.hold_id)
+            hold = found.get(sk)
+            if hold is not None and hold["state"] == "open":
+                # BUG: the hold's end is not looked at
+                found[sk] = {**hold, "until_ms": max(hold["until_ms"], ctx.now_ms + 1)}
+                work.holds.setdefault(change.hold_id, (hold["amount"], hold["until_ms"]))
+        return original(change, work, found, ctx)
+
+    return [(rules, "_end", _end)]
+
+
+def _apply_withdrawn_intent() -> list[tuple[Any, str, Any]]:
+    def decision_update(pk: str, intent: Intent, outcome: Outcome) -> Update:
+        # BUG: no `exists("pk")`: a withdrawn (deleted) intent is written again, decided
+        return Update((pk, intent.sk), set={"outcome": outcome.attributes()}, condition=absent("outcome"))
+
+    def withdraw(self: group.GroupCommit, pk: str, intent: Intent) -> Outcome | None:
+        try:
+            self.ctx.store.write(codec.withdrawal(pk, intent))  # BUG: does not wait out a pass in flight
+        except ConditionFailed:
+            # BUG: a clash with a pass in flight (no decision on the intent yet) counts as withdrawn
+            return self.outcome(pk, intent)
+        return None
+
+    return [(codec, "decision_update", decision_update), (group.GroupCommit, "withdraw", withdraw)]
+
+
+def _double_refund_clawback() -> list[tuple[Any, str, Any]]:
+    fresh = itertools.count(1)
+
+    def _take(self: payments.Payments, user_id: str, record: PaymentRecord, step: Step) -> bool:
+        # BUG: a reference fresh per attempt, not unique per step ...
+        entry = dataclasses.replace(
+            step.entry(), reference_id=f"settle:{record.payment_id}:{step.state.settle_steps}.{next(fresh)}"
+        )
+        try:
+            self.ledger.post(user_id, entry, step.policy)
+        except CreditsError:
+            raise
+        # ... and the record's state in a second write, after the entry
+        try:
+            self.store.write(payments.state_update(record, step))
+        except ConditionFailed:
+            return False
+        return True
+
+    return [(payments.Payments, "_take", _take)]
+
+
+_PATCHES: Mapping[str, Callable[[], list[tuple[Any, str, Any]]]] = {
+    "capture-ignores-expiry": _capture_ignores_expiry,
+    "apply-withdrawn-intent": _apply_withdrawn_intent,
+    "double-refund-clawback": _double_refund_clawback,
+}
+
+
+@contextlib.contextmanager
+def planted(name: str | None) -> Iterator[None]:
+    """Patch the bug `name` in (None: nothing) while the block runs."""
+    if name is None:
+        yield
+        return
+    if name not in _PATCHES:
+        raise ValueError(f"unknown plant {name!r}; known: {', '.join(PLANTS)}")
+    patches = _PATCHES[name]()
+    saved = [(target, attr, getattr(target, attr)) for target, attr, _ in patches]
+    try:
+        for target, attr, value in patches:
+            setattr(target, attr, value)
+        yield
+    finally:
+        for target, attr, value in saved:
+            setattr(target, attr, value)

@@ -1,0 +1,194 @@
+"""The model's records: constants from the design, a violation, and what the model keeps per
+attempt, request, hold, Idempotency-Key, user and payment (plain values, no checks)."""
+
+from __future__ import annotations
+
+import calendar
+import random
+from dataclasses import dataclass, field
+
+from tests.simulation.workload import Op
+
+KEY_MEMORY = 48 * 3600.0  # an Idempotency-Key's marker lives this long after a success
+REFUSAL_MEMORY = 60.0  # ... and this long after a refusal
+MARGIN = 22.0  # seconds the windows leave out: container clocks disagree, retries take time
+MAX_OPEN_HOLDS = 100
+SETTINGS_RATE = 10
+RELEASING = frozenset({"won", "warning_closed", "prevented"})  # disputes that give the credits back
+CLOSED_DISPUTES = RELEASING | {"lost"}
+DECIDED_REFUSALS = frozenset(
+    {
+        "insufficient_credits",
+        "spend_limit_reached",
+        "validation_error",
+        "hold_not_found",
+        "hold_expired",
+        "hold_captured",
+        "hold_released",
+        "hold_ended",
+        "capture_exceeds_hold",
+        "too_many_holds",
+    }
+)
+POSTS = frozenset({"charge", "grant", "adjust"})
+# Real bugs the simulator found in shared/credits, reported and not fixed yet: observed and counted
+# (`strict` runs fail on them). None now: see "Bugs found" in tests/simulation/README.md.
+KNOWN_BUGS: frozenset[str] = frozenset()
+
+
+class Violation(Exception):
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"{invariant}: {detail}")
+        self.invariant = invariant
+        self.detail = detail
+
+
+def iso_ms(text: str, _days: dict[str, int] = {}) -> int:  # noqa: B006 - a cache
+    """`2026-01-31T22:00:00.123Z` as Unix ms (written independently of the ledger's iso_utc)."""
+    day = text[:10]
+    base = _days.get(day)
+    if base is None:
+        base = _days[day] = calendar.timegm((int(text[:4]), int(text[5:7]), int(text[8:10]), 0, 0, 0)) * 1000
+    return base + ((int(text[11:13]) * 60 + int(text[14:16])) * 60 + int(text[17:19])) * 1000 + int(text[20:23])
+
+
+@dataclass(eq=False)
+class Attempt:
+    """One try of a request (or one delivery of a Stripe event) on one container."""
+
+    n: int
+    op: Op
+    req: Req
+    try_no: int
+    started: float = 0.0
+    ended: float = 0.0
+    actor: str = ""
+    status: str = "pending"  # inflight, ok, refused, unavailable, killed, crash, failed
+    code: str = ""
+    hold_id: str | None = None  # capture/release: the hold it names
+    budget: float | None = None  # a short time budget (a waiter that gives up)
+    settings_writes: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # its own: faults, backoff, choices
+
+
+@dataclass(eq=False)
+class Req:
+    """A logical request: its original op and every attempt and repeat of it."""
+
+    rid: int
+    op: Op
+    fingerprint: str
+    inflight: int = 0
+    ambiguous: int = 0  # attempts whose answer was lost (no definite answer since, for a keyed one)
+    entries: list[tuple[int, float]] = field(default_factory=list)  # (seq, when committed)
+    holds: list[str] = field(default_factory=list)
+    last_answer: str = "nothing yet"
+    attempts: int = 0
+    answered_ok: bool = False
+    hold_answer: str | None = None  # a reserve: the hold its client was told
+    hold_target: str | None = None  # a capture or release: the hold it names
+
+    @property
+    def kind(self) -> str:
+        return self.op.kind
+
+    @property
+    def user(self) -> str:
+        return self.op.user
+
+    @property
+    def key(self) -> str | None:
+        return self.op.key
+
+    @property
+    def desc(self) -> str:
+        return f"r{self.rid}"
+
+    def outstanding(self) -> bool:
+        return self.inflight > 0 or self.ambiguous > 0
+
+
+@dataclass(eq=False)
+class Hold:
+    hold_id: str
+    req: Req
+    amount: int
+    until_ms: int
+    key: str | None
+    state: str = "open"
+    captured: int | None = None
+    tx: str | None = None
+    opened_at: float = 0.0  # virtual time
+    gone: bool = False  # deleted by TTL (a week after its end)
+    pending_capture: int | None = None  # the capture entry of the commit being read
+
+
+@dataclass
+class KeyState:
+    owner: Req | None = None
+    applied_at: float = 0.0
+    first: tuple[float, str, float, Req] | None = None  # (answered at, what, remembered until, request)
+    refused_at: float | None = None
+
+
+@dataclass(eq=False)
+class User:
+    name: str
+    balance: int = 0
+    seq: int = 0
+    entries: list[tuple[str, int, int]] = field(default_factory=list)  # (id, amount, balance_after)
+    tids: dict[str, int] = field(default_factory=dict)  # entry id -> seq
+    holds: dict[str, Hold] = field(default_factory=dict)
+    open: dict[str, Hold] = field(default_factory=dict)  # the account's map, as the model has it
+    month: str = ""
+    spent: int = 0
+    limit: int | None = None
+    threshold: int | None = None
+    refs: dict[tuple[str, str], tuple[int, Req | None]] = field(default_factory=dict)  # -> (seq, owner)
+    keys: dict[str, KeyState] = field(default_factory=dict)
+    payments: set[str] = field(default_factory=set)
+    last_hold: str | None = None  # the hold a reserve of the user was last answered
+
+    def held(self, t_ms: int) -> int:
+        return sum(h.amount for h in self.open.values() if h.until_ms > t_ms)
+
+
+@dataclass(eq=False)
+class Payment:
+    pi: str
+    user: str
+    credits: int
+    price: int
+    inflight: int = 0
+    pending: int = 0  # redeliveries not made yet
+    failures: int = 0
+    paid: bool = False  # a paid session with the right amount was delivered
+    refunded: int = 0  # the largest refunded total delivered
+    disputes: dict[str, dict[int, str]] = field(default_factory=dict)  # id -> rank -> status
+    credited_to: str | None = None
+    purchase_seq: int = 0
+    refunds: int = 0  # credits refund entries took
+    held: int = 0  # credits dispute entries hold
+    steps: int = 0
+    entries: list[int] = field(default_factory=list)  # seqs of its entries
+
+    def refund_target(self, refunded: int | None = None) -> int:
+        money = self.refunded if refunded is None else refunded
+        return self.credits * min(money, self.price) // self.price
+
+    def status(self, dispute: str) -> str:
+        ranks = self.disputes[dispute]
+        return ranks.get(2) or ranks[1]
+
+    def hold_target(self) -> int:
+        holding = any(self.status(d) not in RELEASING for d in self.disputes)
+        return self.credits - self.refund_target() if holding else 0
+
+    def expected_net(self) -> int:
+        if not self.paid:
+            return 0
+        return self.credits - self.refund_target() - self.hold_target()
+
+    @property
+    def net(self) -> int:
+        return (self.credits if self.purchase_seq else 0) - self.refunds - self.held

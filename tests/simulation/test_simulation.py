@@ -1,0 +1,169 @@
+"""The deterministic simulator, run by the test command (docs/design.md section 15).
+
+- a fixed-seed run of 20,000 operations must pass every invariant, and exercise what it claims to
+  (contention and group commit, every fault kind, refusals, payments);
+- the same seed gives the same run (the event log's digest), and no container thread is left;
+- the store keeps DynamoDB's rules the checks rely on;
+- (slow) each planted bug is caught by the default run: seed 1, 20,000 operations;
+- the real bug the simulator found in shared/credits (a settings change whose answer was lost was
+  answered 429 though written), reproduced both by hand and by its shortest simulated history.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from credits.ledger import Ledger
+from credits.store import NEW, ConditionFailed, Put, StoreError, TransactionCancelled, Update, Write, absent, eq
+from tests.simulation.plants import PLANTS
+from tests.simulation.sim import DEFAULT_SEED, simulate
+from tests.simulation.store import MemoryStore
+from tests.simulation.workload import Op
+
+FIXED_SEED = 20_260_131
+FIXED_OPS = 20_000
+PLANT_OPS = 20_000  # the default run (`python -m tests.simulation --plant NAME`): seed 1, 20,000 ops
+
+
+def test_a_fixed_seed_run_passes_every_invariant() -> None:
+    result = simulate(FIXED_SEED, FIXED_OPS)
+    assert result.violation is None, f"seed {FIXED_SEED}: {result.violation}"
+    stats = result.stats
+    assert len(result.ops) == FIXED_OPS
+    # it exercised what it is for
+    assert stats["group_passes"] > 200 and stats["intents_withdrawn"] > 10
+    assert stats["largest_pass"] >= 20 and stats["largest_transaction"] >= 80  # passes near their item limit
+    assert all(n > 0 for kind, n in stats["faults"].items()), stats["faults"]
+    outcomes = stats["outcomes"]
+    for outcome in (
+        "charge ok",
+        "charge refused insufficient_credits",
+        "charge refused spend_limit_reached",
+        "charge refused idempotency_key_reused",
+        "capture ok",
+        "capture refused hold_expired",
+        "release ok",
+        "reserve ok",
+        "payment ok",
+        "charge killed",
+        "charge unavailable nothing_written",
+    ):
+        assert outcomes.get(outcome, 0) > 0, outcome
+    assert stats["negative_balances"] > 0 and stats["ttl_deleted"] > 0 and stats["payments_credited"] > 100
+
+
+def test_the_same_seed_gives_the_same_run() -> None:
+    before = set(threading.enumerate())
+    first = simulate(7, 1500)
+    second = simulate(7, 1500)
+    assert first.ok and second.ok
+    assert first.digest == second.digest
+    assert first.stats == {**second.stats, "cpu_seconds": first.stats["cpu_seconds"]}
+    assert set(threading.enumerate()) == before  # every container thread was joined
+    assert simulate(8, 1500).digest != first.digest
+
+
+def test_the_memory_store_keeps_dynamodbs_rules() -> None:
+    now = [1_000.0]
+    store = MemoryStore(lambda: now[0])
+    store.write(Put({"pk": "P", "sk": "a", "n": 1}, NEW))
+    with pytest.raises(ConditionFailed):
+        store.write(Put({"pk": "P", "sk": "a", "n": 2}, NEW))
+    # an Update creates an absent item; increment needs the attribute
+    store.write(Update(("P", "b"), set={"x": 1}, set_if_absent={"y": 2}))
+    assert store.get(("P", "b")) == {"pk": "P", "sk": "b", "x": 1, "y": 2}
+    with pytest.raises(StoreError):
+        store.write(Update(("P", "b"), increment={"z": 1}))
+    with pytest.raises(StoreError):
+        store.write(Update(("P", "b"), set={"x": 1.5}))
+    # a transaction: all or nothing, two ops on one item refused, a committed token resent is a no-op
+    with pytest.raises(TransactionCancelled) as cancelled:
+        store.transact(
+            [Update(("P", "c"), set={"x": 1}), Update(("P", "a"), set={"n": 3}, condition=eq("n", 9))], token="t1"
+        )
+    assert cancelled.value.reasons == ["", "condition"] and store.get(("P", "c")) is None
+    with pytest.raises(StoreError):
+        store.transact([Update(("P", "c"), set={"x": 1}), Update(("P", "c"), set={"y": 1})], token="t2")
+    with pytest.raises(StoreError):
+        store.transact([Update(("P", f"k{i}"), set={"x": 1}) for i in range(101)], token="t3")
+    store.transact([Update(("P", "c"), set={"n": 1}, set_if_absent={"m": 0}, condition=absent("n"))], token="t4")
+    with pytest.raises(StoreError):  # the same token for another transaction
+        store.transact([Update(("P", "d"), set={"x": 1})], token="t4")
+    ops = [Update(("P", "e"), set={"x": 1}, condition=absent("x"))]
+    store.transact(ops, token="t5")
+    store.transact(ops, token="t5")  # a resend: succeeds, applies nothing (the condition would fail)
+    now[0] += 601
+    with pytest.raises(TransactionCancelled):  # ten minutes later the token is forgotten
+        store.transact(ops, token="t5")
+    # a transaction in flight holds its items: another conflicts, a single write too
+    prepared = store.prepare([Update(("P", "a"), set={"n": 4})], "t6")
+    assert prepared is not None
+    with pytest.raises(TransactionCancelled) as conflict:
+        store.transact([Update(("P", "a"), set={"n": 5})], token="t7")
+    assert conflict.value.conflict
+    with pytest.raises(ConditionFailed):
+        store.write(Update(("P", "a"), set={"n": 6}))
+    store.commit(prepared)
+    assert store.get(("P", "a"))["n"] == 4  # type: ignore[index]
+    # a page: the limit counts items read before the filter, and says where the next page starts
+    for i in range(5):
+        store.write(Put({"pk": "Q", "sk": f"TX#{i}", "gone": True} if i % 2 else {"pk": "Q", "sk": f"TX#{i}"}))
+    page = store.query("Q", "TX#", limit=2, without="gone")
+    assert [i["sk"] for i in page.items] == ["TX#0"] and page.last_sk == "TX#1"
+    page = store.query("Q", "TX#", forward=False, after="TX#3")
+    assert [i["sk"] for i in page.items] == ["TX#2", "TX#1", "TX#0"] and page.last_sk is None
+    # reads are copies
+    item = store.get(("P", "a"))
+    assert item is not None
+    item["n"] = 99
+    assert store.get(("P", "a"))["n"] == 4  # type: ignore[index]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plant", PLANTS)
+def test_the_default_run_catches_each_planted_bug(plant: str) -> None:
+    result = simulate(DEFAULT_SEED, PLANT_OPS, plant=plant)
+    assert result.violation is not None, f"{plant} was not caught in {PLANT_OPS} ops"
+    print(f"{plant}: caught after {len(result.ops)} operations: {result.violation}")
+    assert len(result.ops) < PLANT_OPS
+
+
+class _LostFirstAnswer:
+    """The table, where the first single write's answer is lost: DynamoStore resends the same
+    UpdateItem (a lost connection, a 500), its condition evaluated again."""
+
+    def __init__(self, table: MemoryStore) -> None:
+        self.table = table
+        self.lost = False
+
+    def write(self, op: Write, *, conflicts: bool = False) -> None:
+        self.table.write(op, conflicts=conflicts)
+        if not self.lost:
+            self.lost = True
+            self.table.write(op, conflicts=conflicts)  # the resend
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.table, name)
+
+
+def test_a_settings_change_whose_answer_was_lost_is_not_answered_429() -> None:
+    """update_settings' counted UpdateItem was not idempotent: when its answer was lost and
+    DynamoStore resent it, the resend failed its condition (the change had landed: the window was
+    now this minute's), the other counted update failed too, and the change that landed was
+    answered 429 (and, below the rate, a resend that passed counted it twice)."""
+    table = MemoryStore(lambda: 1_769_896_800.0)
+    ledger = Ledger(None, store=_LostFirstAnswer(table), clock=lambda: 1_769_896_800.0)  # type: ignore[arg-type]
+    ledger.update_settings("u1", low_balance_threshold=5)
+    assert ledger.settings("u1").low_balance_threshold == 5
+    assert table.get(("USER#u1", "ACCOUNT"))["settings_changes"] == 1  # type: ignore[index]
+
+
+def test_the_simulator_s_shortest_history_for_the_settings_bug() -> None:
+    """`python -m tests.simulation --seed 23 --ops 432 --keep 431 --strict --no-shrink`: one settings
+    change, whose single write's answer is lost and resent (the attempt's faults come from the seed
+    and the op): answered 429 though written."""
+    op = Op(n=431, at=12.234, kind="settings", user="u08", req=431, threshold=37, limit="set", limit_value=4809)
+    result = simulate(23, ops=[op], strict=True)
+    assert result.ok, result.violation

@@ -1,0 +1,382 @@
+"""The workload: a seed's list of operations, each a client request (or a Stripe delivery), readable.
+
+`generate(seed, n)` is prefix-stable (`generate(s, n)[:m] == generate(s, m)`), so a failing run can
+be shortened by op count, and every op carries all it needs (a repeat carries its original's
+parameters, a capture the request whose hold it ends), so any subset of a history still runs.
+Arrival times are absolute (seconds after the start), so dropping an op moves no other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from credits.packages import Package
+
+USERS = 30
+HOT_USERS = 3  # most traffic hits these: contended balances, group commit
+# The catalog every run starts with: (id, credits, price in minor units, currency).
+PACKAGES = (
+    Package(id="small", name="Small", credits=20, price=199, currency="usd"),
+    Package(id="medium", name="Medium", credits=60, price=499, currency="usd"),
+    Package(id="yen", name="Yen pack", credits=100, price=800, currency="jpy"),
+)
+PACKAGE_BY_ID = {p.id: p for p in PACKAGES}
+REASON = "chargeback under review"
+
+# kind -> weight (per 1000 ops)
+WEIGHTS: dict[str, float] = {
+    "charge": 300,
+    "grant": 55,
+    "adjust": 35,
+    "reserve": 115,
+    "capture": 85,
+    "release": 40,
+    "settings": 22,
+    "repeat": 85,
+    "read": 25,
+    "purchase": 85,
+    "refund": 40,
+    "dispute": 45,
+    "redeliver": 40,
+    "leap": 0.3,
+    "storm": 0.25,  # 30 to 60 requests at once on one user: passes up to their item limit
+}
+
+
+@dataclass(slots=True)
+class Op:
+    """One client request or Stripe delivery. `req`: the logical request it belongs to (the op
+    number that first made it): a repeat shares its original's, and so its key, reference and
+    description."""
+
+    n: int
+    at: float  # arrival, seconds after the start
+    kind: str
+    user: str = ""
+    req: int = -1
+    amount: int | None = None
+    key: str | None = None
+    ref: str | None = None
+    type: str | None = None  # a grant's entry type
+    force: bool = False  # an adjustment forced below zero (with REASON)
+    ttl: int | None = None  # a reserve's
+    target: int | None = None  # capture/release: the reserve request whose hold it ends
+    threshold: int | None = None  # settings
+    limit: str = "keep"  # settings: keep, set, clear
+    limit_value: int | None = None
+    page: int | None = None  # read: the page size
+    # payments: the Stripe event delivered
+    event: str | None = None  # completed, async_succeeded, async_failed, refunded, dispute
+    pi: str | None = None
+    package: str | None = None
+    paid: bool = True
+    terms: bool = False  # the session carries its terms in metadata
+    mismatch: bool = False  # the session paid another amount than the package's price
+    refunded: int | None = None  # the charge's cumulative refunded money
+    dispute: str | None = None
+    status: str | None = None
+    event_id: str | None = None
+    leap: float = 0.0
+    repeat: bool = False  # a repeat of an earlier request (same key/reference/parameters)
+
+    def describe(self) -> str:
+        t = f"#{self.n} t={self.at:9.3f}s"
+        k = self.kind
+        if k == "leap":
+            return f"{t} time passes: {self.leap / 3600:.2f} h"
+        who = f"{self.user} "
+        req = f" [request r{self.req}{', repeated' if self.repeat else ''}]"
+        idem = f" key={self.key}" if self.key else ""
+        ref = f" ref={self.ref}" if self.ref else ""
+        if k == "charge":
+            return f"{t} charge {who}{self.amount}{idem}{ref}{req}"
+        if k == "grant":
+            return f"{t} grant {who}{self.amount} ({self.type}){idem}{ref}{req}"
+        if k == "adjust":
+            forced = f" forced ({REASON})" if self.force else ""
+            return f"{t} adjust {who}{self.amount:+d}{forced}{ref}{req}"
+        if k == "reserve":
+            return f"{t} reserve {who}{self.amount} for {self.ttl}s{idem}{req}"
+        if k == "capture":
+            what = "all" if self.amount is None else str(self.amount)
+            return f"{t} capture {who}{what} of the hold of r{self.target}{req}"
+        if k == "release":
+            return f"{t} release {who}the hold of r{self.target}{req}"
+        if k == "settings":
+            limit = {"keep": "", "clear": " limit=none", "set": f" limit={self.limit_value}"}[self.limit]
+            return f"{t} settings {who}threshold={self.threshold}{limit}{req}"
+        if k == "read":
+            return f"{t} read {who}balance and a page of {self.page}"
+        return f"{t} deliver {self.event_id} {self.describe_event()}"
+
+    def describe_event(self) -> str:
+        e = self.event
+        if e in ("completed", "async_succeeded", "async_failed"):
+            extra = "" if self.paid else " (unpaid)"
+            extra += " with terms" if self.terms else ""
+            extra += " MISMATCHED amount" if self.mismatch else ""
+            return f"checkout.session.{e} {self.pi} {self.user} {self.package}{extra}"
+        if e == "refunded":
+            return f"charge.refunded {self.pi} refunded={self.refunded}"
+        return f"charge.dispute {self.dispute} {self.pi} {self.status}"
+
+
+@dataclass(eq=False)
+class _Payment:
+    pi: str
+    user: str
+    package: Package
+    refunded: int = 0
+    disputes: dict[str, str] = field(default_factory=dict)  # id -> status
+    purchase_due: list[Op] = field(default_factory=list)  # the purchase, delivered after its facts
+
+
+class Generator:
+    """Makes ops one at a time from the seed (prefix-stable)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(f"workload:{seed}")
+        self.n = 0
+        self.at = 0.0
+        self.users = [f"u{i:02d}" for i in range(USERS)]
+        self.last_user = self.users[0]
+        self.recent: deque[Op] = deque(maxlen=60)  # keyed or referenced requests, to repeat
+        self.reserves: dict[str, deque[Op]] = {u: deque(maxlen=12) for u in self.users}
+        self.payments: deque[_Payment] = deque(maxlen=40)  # the recent ones: refunds and disputes name them
+        self.deliveries: deque[Op] = deque(maxlen=40)
+        self.pending_purchases: list[tuple[int, Op]] = []  # (deliver at op number, purchase)
+        self.kinds = list(WEIGHTS)
+        self.cum_weights = list(itertools.accumulate(WEIGHTS.values()))
+        self.storm_left = 0
+        self.storm_user = ""
+
+    def __iter__(self) -> Generator:
+        return self
+
+    def __next__(self) -> Op:
+        rng = self.rng
+        n = self.n
+        self.n += 1
+        if self.storm_left:
+            self.storm_left -= 1
+            self.at += rng.uniform(0, 0.001)
+            kind = rng.choices(("charge", "reserve", "grant", "repeat"), (80, 10, 5, 5))[0]
+            return getattr(self, f"_{kind}")(n, self.storm_user) or self._charge(n, self.storm_user)
+        burst = rng.random() < 0.4
+        self.at += rng.uniform(0, 0.003) if burst else rng.expovariate(1 / 0.05)
+        if burst and rng.random() < 0.85:
+            user = self.last_user
+        elif rng.random() < 0.5:
+            user = self.users[rng.randrange(HOT_USERS)]
+        else:
+            user = rng.choice(self.users)
+        self.last_user = user
+        if self.pending_purchases and self.pending_purchases[0][0] <= n:
+            _, op = self.pending_purchases.pop(0)
+            return self._delivery(replace(op, n=n, at=self.at, req=n))
+        kind = rng.choices(self.kinds, cum_weights=self.cum_weights)[0]
+        op = getattr(self, f"_{kind}")(n, user)
+        if op is None:
+            op = self._charge(n, user)
+        return op
+
+    # ---- ledger requests ------------------------------------------------------------------------
+
+    def _base(self, n: int, kind: str, user: str, **fields: object) -> Op:
+        return Op(n=n, at=self.at, kind=kind, user=user, req=n, **fields)  # type: ignore[arg-type]
+
+    def _keyed(self, op: Op) -> Op:
+        if op.key or op.ref:
+            self.recent.append(op)
+        return op
+
+    def _charge(self, n: int, user: str) -> Op:
+        rng = self.rng
+        key = f"k{n}" if rng.random() < 0.7 else None
+        ref = f"ref{n}" if rng.random() < 0.15 else None
+        amount = rng.randint(1, 25) if rng.random() < 0.95 else rng.randint(100, 400)
+        reuse = rng.random()
+        same_user = [o for o in self.recent if o.user == user and o.kind == "charge"]
+        if reuse < 0.05 and same_user:
+            old = rng.choice(same_user)
+            if old.key:  # the same key for a different request
+                return self._keyed(self._base(n, "charge", user, amount=(old.amount or 0) + 1, key=old.key))
+        elif reuse < 0.08 and same_user:
+            old = rng.choice(same_user)
+            if old.ref:  # the same reference for a different amount
+                return self._keyed(self._base(n, "charge", user, amount=(old.amount or 0) + 2, ref=old.ref))
+        return self._keyed(self._base(n, "charge", user, amount=amount, key=key, ref=ref))
+
+    def _grant(self, n: int, user: str) -> Op:
+        rng = self.rng
+        amount = rng.randint(5, 60) if rng.random() < 0.9 else rng.randint(200, 1500)
+        key = f"k{n}" if rng.random() < 0.5 else None
+        ref = f"ref{n}" if rng.random() < 0.2 else None
+        kind = "gift" if rng.random() < 0.7 else "adjustment"
+        return self._keyed(self._base(n, "grant", user, amount=amount, key=key, ref=ref, type=kind))
+
+    def _adjust(self, n: int, user: str) -> Op:
+        rng = self.rng
+        amount = rng.randint(1, 60)
+        force = False
+        if rng.random() < 0.6:
+            amount = -amount
+            force = rng.random() < 0.3
+        ref = f"ref{n}" if rng.random() < 0.3 else None
+        return self._keyed(self._base(n, "adjust", user, amount=amount, ref=ref, force=force))
+
+    def _reserve(self, n: int, user: str) -> Op:
+        rng = self.rng
+        ttl = rng.randint(1, 6) if rng.random() < 0.6 else 300
+        key = f"k{n}" if rng.random() < 0.6 else None
+        op = self._base(n, "reserve", user, amount=rng.randint(1, 40), ttl=ttl, key=key)
+        self.reserves[user].append(op)
+        return self._keyed(op)
+
+    def _capture(self, n: int, user: str) -> Op | None:
+        rng = self.rng
+        if not self.reserves[user]:
+            return None
+        target = rng.choice(self.reserves[user])
+        held = target.amount or 1
+        r = rng.random()
+        amount: int | None
+        if r < 0.4:
+            amount = None
+        elif r < 0.5:
+            amount = 0
+        elif r < 0.9:
+            amount = rng.randint(1, held)
+        else:
+            amount = held + rng.randint(1, 5)
+        op = self._base(n, "capture", user, amount=amount, target=target.req)
+        self.recent.append(op)
+        return op
+
+    def _release(self, n: int, user: str) -> Op | None:
+        if not self.reserves[user]:
+            return None
+        target = self.rng.choice(self.reserves[user])
+        op = self._base(n, "release", user, target=target.req)
+        self.recent.append(op)
+        return op
+
+    def _settings(self, n: int, user: str) -> Op:
+        rng = self.rng
+        r = rng.random()
+        limit, value = ("set", rng.randint(50, 5000)) if r < 0.3 else (("clear", None) if r < 0.7 else ("keep", None))
+        return self._base(n, "settings", user, threshold=rng.randint(0, 200), limit=limit, limit_value=value)
+
+    def _repeat(self, n: int, user: str) -> Op | None:
+        if not self.recent:
+            return None
+        old = self.rng.choice(self.recent)
+        return replace(old, n=n, at=self.at, repeat=True)
+
+    def _read(self, n: int, user: str) -> Op:
+        return self._base(n, "read", user, page=self.rng.randint(1, 30))
+
+    def _storm(self, n: int, user: str) -> Op:
+        self.storm_left = self.rng.randint(30, 60)
+        self.storm_user = self.users[self.rng.randrange(HOT_USERS)]
+        return self._grant(n, self.storm_user)
+
+    def _leap(self, n: int, user: str) -> Op:
+        hours = self.rng.choice((0.1, 1.0, 6.0, 30.0, 50.0, 24.0 * 8))
+        seconds = hours * 3600 * self.rng.uniform(0.9, 1.1)
+        op = Op(n=n, at=self.at, kind="leap", leap=seconds)
+        self.at += seconds  # the ops after it arrive after it
+        return op
+
+    # ---- Stripe deliveries ----------------------------------------------------------------------
+
+    def _delivery(self, op: Op) -> Op:
+        op = replace(op, event_id=f"evt_{op.n:07d}")
+        self.deliveries.append(op)
+        return op
+
+    def _purchase(self, n: int, user: str) -> Op:
+        rng = self.rng
+        package = rng.choice(PACKAGES)
+        pi = f"pi_{n:07d}"
+        payment = _Payment(pi, user, package)
+        r = rng.random()
+        base = self._base(n, "payment", user, pi=pi, package=package.id, terms=rng.random() < 0.5)
+        if r < 0.05:  # paid another amount than the package's price: never credited
+            return self._delivery(replace(base, event="completed", mismatch=True))
+        self.payments.append(payment)
+        if r < 0.13:  # an async method: unpaid first, its result later
+            later = replace(base, event="async_succeeded" if rng.random() < 0.7 else "async_failed")
+            if later.event == "async_failed":
+                self.payments.pop()  # never paid: nothing to refund or dispute
+            self.pending_purchases.append((n + rng.randint(1, 40), later))
+            self.pending_purchases.sort(key=lambda p: p[0])
+            return self._delivery(replace(base, event="completed", paid=False))
+        if r < 0.2:  # facts arrive before the purchase does
+            self.pending_purchases.append((n + rng.randint(2, 30), replace(base, event="completed")))
+            self.pending_purchases.sort(key=lambda p: p[0])
+            return self._refund(n, user, payment) or self._delivery(replace(base, event="completed"))
+        return self._delivery(replace(base, event="completed"))
+
+    def _refund(self, n: int, user: str, payment: _Payment | None = None) -> Op | None:
+        rng = self.rng
+        candidates = [p for p in self.payments if p.refunded < p.package.price]
+        if payment is None:
+            if not candidates:
+                return None
+            payment = rng.choice(candidates)
+        price = payment.package.price
+        payment.refunded = min(price, payment.refunded + rng.randint(1, price))
+        return self._delivery(
+            self._base(
+                n,
+                "payment",
+                payment.user,
+                event="refunded",
+                pi=payment.pi,
+                package=payment.package.id,
+                refunded=payment.refunded,
+            )
+        )
+
+    def _dispute(self, n: int, user: str) -> Op | None:
+        rng = self.rng
+        if not self.payments:
+            return None
+        payment = rng.choice(self.payments)
+        open_ = [d for d, s in payment.disputes.items() if s == "needs_response"]
+        if open_ and rng.random() < 0.7:
+            dispute = rng.choice(open_)
+            status = rng.choice(("won", "lost", "warning_closed"))
+        elif len(payment.disputes) < 2:
+            dispute = f"dp_{n:07d}"
+            status = "needs_response"
+        else:
+            return None
+        payment.disputes[dispute] = status
+        op = self._base(
+            n,
+            "payment",
+            payment.user,
+            event="dispute",
+            pi=payment.pi,
+            package=payment.package.id,
+            dispute=dispute,
+            status=status,
+            amount=payment.package.price,
+        )
+        return self._delivery(op)
+
+    def _redeliver(self, n: int, user: str) -> Op | None:
+        if not self.deliveries:
+            return None
+        old = self.rng.choice(self.deliveries)
+        return replace(old, n=n, at=self.at, repeat=True)
+
+
+def generate(seed: int, count: int) -> list[Op]:
+    gen = Generator(seed)
+    return [next(gen) for _ in range(count)]
