@@ -1,5 +1,5 @@
-"""Stripe events for tests, built on Stripe's own example objects (../shared/stripe/fixtures3.json when
-present, else the trimmed copy in tests/events/stripe_objects.json) and signed as Stripe signs them."""
+"""Stripe events for tests, built on Stripe's own example objects (a trimmed copy of the official
+fixtures, kept in tests/events/stripe_objects.json) and signed as Stripe signs them."""
 
 from __future__ import annotations
 
@@ -14,16 +14,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "stripe" / "fixtures3.json"
 TRIMMED = ROOT / "tests" / "events" / "stripe_objects.json"
 SECRET = "whsec_test_secret"
 
 
 def stripe_objects() -> dict[str, Any]:
     """Stripe's example objects by name: checkout.session, charge, dispute, event."""
-    if FIXTURES.exists():
-        resources: dict[str, Any] = json.loads(FIXTURES.read_text())["resources"]
-        return {k: resources[k] for k in ("checkout.session", "charge", "dispute", "event")}
     data: dict[str, Any] = json.loads(TRIMMED.read_text())
     return data
 
