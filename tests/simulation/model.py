@@ -200,6 +200,8 @@ class Model(Commits):
             k.refused_at = now
         if k.first is not None:
             at, first, until, owner = k.first
+            if what.startswith("refused") and not decided_refusal and att.started < at:
+                return  # a 409 (it writes nothing) decided before the key's marker landed
             if att.started <= until and owner is att.req:
                 if first != what:
                     self.fail(

@@ -9,6 +9,7 @@ violation if any, the counts, and the hash of the event log (the same seed gives
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import random
@@ -459,8 +460,11 @@ class Feed:
             self.i += 1
             sim.admitted.append(op)
             sim.log(f"arrive #{op.n} {op.kind} {op.user}")
-            if sim.progress is not None and len(sim.admitted) % 50_000 == 0:
-                sim.progress(len(sim.admitted))
+            if len(sim.admitted) % 50_000 == 0:
+                if len(sim.admitted) % 100_000 == 0:
+                    gc.freeze()
+                if sim.progress is not None:
+                    sim.progress(len(sim.admitted))
             self.due.append(Job(sim, sim.attempt(op, 1)))
         self.next_at = START + ops[self.i].at if self.i < len(ops) else float("inf")
         if self.i < len(ops) and ops[self.i].kind == "leap":
@@ -505,12 +509,20 @@ def simulate(
     history = list(ops) if ops is not None else generate(seed, count)
     started = time.perf_counter()
     cpu = time.process_time()
-    with plants.planted(plant):
-        sim = Simulation(seed, history, actors=actors, rates=rates, log=log)
-        if strict:
-            sim.model.tolerate = frozenset()
-        sim.progress = progress
-        sim.run()
+    thresholds = gc.get_threshold()
+    # millions of long-lived objects (the table, the model): full collections, which walk them all,
+    # rarely (and what is old is frozen out of them every 100,000 ops, see Feed.admit)
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        with plants.planted(plant):
+            sim = Simulation(seed, history, actors=actors, rates=rates, log=log)
+            if strict:
+                sim.model.tolerate = frozenset()
+            sim.progress = progress
+            sim.run()
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
     wall = time.perf_counter() - started
     stats = sim.stats()
     stats["cpu_seconds"] = time.process_time() - cpu
