@@ -54,13 +54,8 @@ def moto_dynamodb() -> Iterator[object]:
     """A moto DynamoDB with the template's tables; functions loaded inside it talk to moto."""
     import boto3
     from moto import mock_aws
-    from moto.core.config import DefaultConfig, default_user_config
 
-    # boto3's default session is kept from one test to the next (moto would make a new one for each):
-    # a new session reads botocore's service models again, for every client a test or a function
-    # creates; its state (credentials, region) is the same for every test, from the environment above.
-    config: DefaultConfig = {"core": {**default_user_config["core"], "reset_boto3_session": False}}
-    with mock_aws(config=config):
+    with mock_aws():
         client = boto3.client("dynamodb")
         for logical_id, definition, ttl in template_tables():  # as local.template.create_tables makes them
             client.create_table(TableName=TABLES[logical_id], **copy.deepcopy(definition))
