@@ -27,7 +27,7 @@ test: install  ## everything CI runs: lint, types, complexity, template, and eve
 	@$(MAKE) --no-print-directory lint typecheck complexity validate
 	$(PY) -m pytest tests
 
-check:  ## the quick loop (under 90 s): lint, types, complexity, unit, rule and simulation tests not marked slow
+check:  ## the quick loop: lint, types, complexity, unit, rule and simulation tests not marked slow
 	@$(MAKE) --no-print-directory lint typecheck complexity
 	$(PY) -m pytest -q -m "not slow" tests/unit $(wildcard tests/simulation)
 
