@@ -259,40 +259,36 @@ class DynamoStore:
 
     def query_index(self, index: str, attr: str, value: str) -> Iterator[dict[str, Any]]:
         """Every item of a sparse index partition (`attr` = `value`), page after page."""
-        start: dict[str, Any] | None = None
-        while True:
-            expression = _Expression()
-            request: dict[str, Any] = {
-                "TableName": self.table,
-                "IndexName": index,
-                "KeyConditionExpression": f"{expression.name(attr)} = {expression.value(value)}",
-            }
-            if start:
-                request["ExclusiveStartKey"] = start
-            response = self._translated(partial(self.client.query, **expression.attach(request)))
-            yield from (from_item(i) for i in response.get("Items", []))
-            start = response.get("LastEvaluatedKey")
-            if not start:
-                return
+        expression = _Expression()
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": index,
+            "KeyConditionExpression": f"{expression.name(attr)} = {expression.value(value)}",
+        }
+        return self._every_page(self.client.query, expression.attach(request), None)
 
     def scan(
         self, where: Cond, attributes: Sequence[str] = (), *, after: Key | None = None
     ) -> Iterator[dict[str, Any]]:
         """Every item of the table matching `where`, consistently, in the table's order, from just after
         the item `after` (an operator's listing, never a request path)."""
-        start = _key(after) if after is not None else None
+        expression = _Expression()
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": expression.condition(where),
+            "ConsistentRead": True,
+        }
+        if attributes:
+            request["ProjectionExpression"] = ", ".join(expression.name(a) for a in attributes)
+        return self._every_page(self.client.scan, expression.attach(request), _key(after) if after else None)
+
+    def _every_page(
+        self, call: Callable[..., Any], request: dict[str, Any], start: dict[str, Any] | None
+    ) -> Iterator[dict[str, Any]]:
+        """The items of a Query or Scan, page after page, from `start` (an exclusive start key)."""
         while True:
-            expression = _Expression()
-            request: dict[str, Any] = {
-                "TableName": self.table,
-                "FilterExpression": expression.condition(where),
-                "ConsistentRead": True,
-            }
-            if attributes:
-                request["ProjectionExpression"] = ", ".join(expression.name(a) for a in attributes)
-            if start:
-                request["ExclusiveStartKey"] = start
-            response = self._translated(partial(self.client.scan, **expression.attach(request)))
+            page = {**request, "ExclusiveStartKey": start} if start else request
+            response = self._translated(partial(call, **page))
             yield from (from_item(i) for i in response.get("Items", []))
             start = response.get("LastEvaluatedKey")
             if not start:
