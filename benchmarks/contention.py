@@ -2,16 +2,19 @@
 
 Contention: for 1, 8, 16 and 32 writers, N charges of 1 credit against a balance smaller than N on
 ONE user, each request with its own Idempotency-Key, every writer its own PROCESS (as Lambda runs
-containers). Three ways, side by side:
+containers). Three ways, side by side, ours twice:
 
-- ours:         POST /credits/use through the use_credits handler (group commit under contention)
+- ours:         POST /credits/use through the use_credits handler (group commit under contention),
+                on an account whose credits are one lot
+- lots-20:      ours, on an account whose credits are 20 open lots (`seed_lots`): the cost of lots
 - serialize:    the floor: a single-item conditional UpdateItem by hand (no ledger, no markers)
 - seq-guard:    read + seq-guarded transaction (account, entry, idempotency marker) by hand, each
                 writer retrying alone: the naive design
 
 Printed as a table: rate, outcomes (200/402/503), p50/p99 latency, DynamoDB calls per request,
-and ours as a ratio of both. Cold start: importing each handler in a fresh interpreter, as a
-ratio of `import boto3; boto3.client("dynamodb")` measured the same way.
+ours as a ratio of both, and lots-20 as a ratio of ours (rate, and DynamoDB calls per request).
+Cold start: importing each handler in a fresh interpreter, as a ratio of
+`import boto3; boto3.client("dynamodb")` measured the same way.
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(ROOT))
 
-from credits.ledger import Ledger  # noqa: E402
+from credits.ledger import Ledger, LotTerms  # noqa: E402
 from local.containers import SHOW_METRICS, start_containers  # noqa: E402
 from local.dev import default_action_costs  # noqa: E402
 from local.dynamodb_local import DynamoDBLocal  # noqa: E402
 from local.template import create_tables  # noqa: E402
 
 TABLE = "bench-credits"
+LOTS = 20  # the open lots of the lots-20 account
 _CONTEXT = multiprocessing.get_context("spawn")
 
 
@@ -62,11 +66,16 @@ class Result:
     def rate(self) -> float:
         return sum(self.outcomes.values()) / self.seconds
 
+    @property
+    def per(self) -> float:
+        """DynamoDB calls per request."""
+        return self.calls / max(sum(self.outcomes.values()), 1)
+
     def row(self) -> str:
         ordered = sorted(self.latencies)
         p50 = ordered[len(ordered) // 2] * 1000
         p99 = ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000
-        per = self.calls / max(sum(self.outcomes.values()), 1)
+        per = self.per
         return (
             f"{self.writers:>7} {self.name:<10} {self.rate:>7.0f} {self.outcomes['200']:>5} {self.outcomes['402']:>5}"
             f" {self.outcomes['503']:>5} {p50:>8.0f} {p99:>8.0f} {per:>7.1f}"
@@ -187,14 +196,16 @@ def _noop(_: int) -> None:
 
 
 def count_calls(module: ModuleType) -> None:
-    """Container setup hook: report the DynamoDB calls each invocation made, in a response header."""
+    """Container setup hook: report the DynamoDB calls each invocation made, in a response header
+    (`x-bench-dynamodb-calls`: the calls by operation, as JSON)."""
+    app: Any = module  # the handler's module: its attributes are the function's own
     calls: Counter[str] = Counter()
 
     def count(event_name: str, **_: Any) -> None:
         calls[event_name.rsplit(".", 1)[-1]] += 1
 
-    module.ledger.client.meta.events.register("before-call.dynamodb", count)
-    handler = module.lambda_handler
+    app.ledger.client.meta.events.register("before-call.dynamodb", count)
+    handler = app.lambda_handler
 
     def counted(event: dict[str, Any], context: Any) -> dict[str, Any]:
         calls.clear()
@@ -202,14 +213,19 @@ def count_calls(module: ModuleType) -> None:
         response.setdefault("headers", {})["x-bench-dynamodb-calls"] = json.dumps(calls)
         return response
 
-    module.lambda_handler = counted
+    app.lambda_handler = counted
 
 
-def ours(endpoint: str, writers: int, args: Any) -> Result:
+def ours(endpoint: str, writers: int, args: Any, lots: int = 1) -> Result:
+    """The use_credits handler; `lots` > 1: on an account whose credits are that many open lots."""
     from tests.support import http_event
 
-    user = f"ours-{writers}-{uuid.uuid4().hex[:6]}"
-    seed(endpoint, user, args.balance)
+    name = "ours" if lots == 1 else f"lots-{lots}"
+    user = f"{name}-{writers}-{uuid.uuid4().hex[:6]}"
+    if lots == 1:
+        seed(endpoint, user, args.balance)
+    else:
+        seed_lots(Ledger(_plain_client(endpoint), TABLE), user, args.balance, lots)
     containers = start_containers("use_credits", writers, setup="benchmarks.contention:count_calls")
     idle: list[Any] = list(containers)
     lock = threading.Lock()
@@ -242,13 +258,13 @@ def ours(endpoint: str, writers: int, args: Any) -> Result:
         for container in containers:
             container.close()
     if args.verbose:
-        print(f"{'':>7} ours: DynamoDB calls by operation, per request:", end="")
+        print(f"{'':>7} {name}: DynamoDB calls by operation, per request:", end="")
         print("".join(f" {op} {n / args.requests:.2f}" for op, n in operations.most_common()))
     audit = Ledger(_plain_client(endpoint), TABLE).audit(user)
     if not audit.ok:
         raise SystemExit(f"the ledger of {user} is broken: {audit.problems}")
     return Result(
-        "ours", writers, seconds, Counter(a[0] for a in answers), [a[1] for a in answers], sum(a[2] for a in answers)
+        name, writers, seconds, Counter(a[0] for a in answers), [a[1] for a in answers], sum(a[2] for a in answers)
     )
 
 
@@ -260,6 +276,23 @@ def _plain_client(endpoint: str) -> Any:
 
 def seed(endpoint: str, user: str, balance: int) -> None:
     Ledger(_plain_client(endpoint), TABLE).grant(user, balance, type="gift", description="bench")
+
+
+def seed_lots(ledger: Ledger, user: str, balance: int, lots: int = LOTS) -> None:
+    """`balance` credits in `lots` open lots: `lots - 1` paid lots expiring a day apart from 30 days on
+    (outside the expiry warning window: nothing is announced nor expires during a run) and one without
+    expiry. The one that expires soonest is spent first and holds all but one credit of each other
+    lot, so the account keeps its `lots` lots for every charge but the last `lots - 1`, and answers
+    as many 200s and 402s as ours."""
+    if balance < lots:
+        raise ValueError(f"{lots} lots need a balance of at least {lots}")
+    day_ms = 86_400_000
+    now_ms = int(time.time() * 1000)
+    for n in range(lots):
+        expires = None if n == lots - 1 else now_ms + (30 + n) * day_ms
+        credits = balance - (lots - 1) if n == 0 else 1
+        terms = LotTerms(expires_at_ms=expires, label=f"bench lot {n + 1}")
+        ledger.grant(user, credits, type="gift", description=f"bench lot {n + 1}", lot=terms)
 
 
 # ---- cold start -------------------------------------------------------------------------------------
@@ -330,6 +363,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="break our DynamoDB calls down by operation")
     args = parser.parse_args()
+    if args.balance < LOTS:
+        parser.error(f"--balance must be at least {LOTS}: the lots-{LOTS} account spreads it over {LOTS} lots")
     for variable in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
         os.environ.pop(variable, None)
     with DynamoDBLocal() as database:
@@ -345,14 +380,28 @@ def main() -> None:
         for writers in args.writers:
             results = [
                 ours(database.endpoint, writers, args),
+                ours(database.endpoint, writers, args, lots=LOTS),
                 by_hand("serialize", _serialize, database.endpoint, writers, args),
                 by_hand("seq-guard", _seq_guard, database.endpoint, writers, args),
             ]
             for result in results:
                 print(result.row(), flush=True)
-            mine, floor, naive = (r.rate for r in results)
-            print(f"{'':>7} ours/serialize {mine / floor:.2f}   ours/seq-guard {mine / naive:.2f}", flush=True)
-            rows += [{"writers": writers, "way": r.name, "rate": r.rate, "outcomes": dict(r.outcomes)} for r in results]
+            one, many, floor, naive = results
+            print(f"{'':>7} ours/serialize {one.rate / floor.rate:.2f}   ours/seq-guard {one.rate / naive.rate:.2f}")
+            print(
+                f"{'':>7} {many.name}/ours req/s {many.rate / one.rate:.2f}   calls/req {many.per / one.per:.2f}",
+                flush=True,
+            )
+            rows += [
+                {
+                    "writers": writers,
+                    "way": r.name,
+                    "rate": r.rate,
+                    "calls_per_request": r.per,
+                    "outcomes": dict(r.outcomes),
+                }
+                for r in results
+            ]
         cold_starts(database.endpoint, args.cold_start_runs)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

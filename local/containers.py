@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import Any, TextIO, cast
 
 from local.handlers import LocalContext, load_handler
-from local.template import ROOT, code_dir
+from local.template import ROOT, code_dir, function_timeout
 
 _CONTEXT = multiprocessing.get_context("spawn")
 # "1": containers print their CloudWatch metrics (EMF lines) and Powertools' metric warnings, as on
@@ -135,11 +135,24 @@ class Runtime:
     unset: frozenset[str] = frozenset()
 
 
+DEFAULT_TIMEOUT = 15.0  # seconds: template.yaml's Globals, for a function it does not name
+
+
+def _timeout(function: str, runtime: Runtime | None) -> float:
+    """How long an invocation of the function may run (its LocalContext counts it down): its Timeout
+    in template.yaml; the Globals' default for a team's function or one the template does not name."""
+    if runtime is None:
+        with contextlib.suppress(KeyError):
+            return function_timeout(function)
+    return DEFAULT_TIMEOUT
+
+
 def _serve(  # pragma: no cover - in the child
     function: str, code: str, conn: Connection, setup: str | None, runtime: Runtime | None = None
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes its containers
     module_file, attribute = "app.py", "lambda_handler"
+    timeout = _timeout(function, runtime)
     if runtime is not None:
         for name in runtime.unset:
             os.environ.pop(name, None)
@@ -167,7 +180,8 @@ def _serve(  # pragma: no cover - in the child
             return
         try:
             # looked up each time: a test's `setup` may replace it after the cold start
-            conn.send(("ok", getattr(module, attribute)(event, LocalContext(module.__name__))))
+            context = LocalContext(module.__name__, timeout)
+            conn.send(("ok", getattr(module, attribute)(event, context)))
         except BaseException as exc:  # noqa: BLE001 - an invocation error, as Lambda reports it
             conn.send(("raised", f"{type(exc).__name__}: {exc}"))
 

@@ -4,7 +4,8 @@ DynamoDB Local (data kept under .local-data/), the tables from template.yaml, th
 the Stripe emulator with its hosted checkout page (or real Stripe in test mode, when
 STRIPE_SECRET_KEY is set), the local gateway serving the API, the webhook URL and the page, and the
 credits table's stream feeding the events function, which puts its events on a local EventBridge
-bus (the page shows them). Ctrl-C stops everything.
+bus (the page shows them), and the expire function's sweep of credit lots, every `--sweep-every`
+seconds instead of once a day. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from local import leftovers
 from local.containers import SHOW_METRICS, ContainerError, ContainerPool
 from local.dynamodb_local import DynamoDBLocal, DynamoDBLocalError
 from local.eventbridge import LocalEventBridge
+from local.schedules import Schedule
 from local.serving import write_json
 from local.streams import StreamPoller
 from local.template import ROOT, TABLE_VARIABLES, TemplateError, create_tables
@@ -44,6 +46,8 @@ EMULATOR_WEBHOOK_SECRET = "whsec_local_emulator"  # noqa: S105 - the local emula
 IAM_CREDENTIALS_FILE = "local-iam-credentials.json"  # the local key /internal/* accepts, under --data-dir
 EVENT_BUS = "credits-local"
 EVENTS_FUNCTION = "events"  # the function the credits table's stream invokes (template.yaml)
+EXPIRE_FUNCTION = "expire"  # the daily sweep of credit lots (template.yaml), run every --sweep-every s
+SWEEP_EVERY = 60.0  # seconds between local sweeps (DEV_SWEEP_EVERY; 0: never)
 EVENTS_FILE = "eventbridge-events.json"  # the local bus's events, under --data-dir
 STREAM_CHECKPOINTS_FILE = "stream-checkpoints.json"  # how far the events function has read the stream
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what a supervisor sends
@@ -85,6 +89,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PATH",
         help="also serve the HttpApi functions of your own SAM template (repeatable): CodeUri from its "
         "folder, the layer importable, `!ImportValue credits-CreditsTableName` the local table",
+    )
+    parser.add_argument(
+        "--sweep-every",
+        type=float,
+        default=float(env.get("DEV_SWEEP_EVERY", SWEEP_EVERY)),
+        metavar="SECONDS",
+        help="run the expire function (credit lots' expirations and warnings; once a day on AWS) every "
+        f"SECONDS, the first time at start ({SWEEP_EVERY:g} by default; 0: never)",
     )
     parser.add_argument(
         "--show-metrics",
@@ -178,6 +190,8 @@ class Stack:
     gateway: Gateway | None = None
     events: ContainerPool | None = None
     poller: StreamPoller | None = None
+    expire: ContainerPool | None = None
+    sweeps: Schedule | None = None
 
     @property
     def base(self) -> str:
@@ -224,10 +238,12 @@ class Stack:
         # The events function runs in its own container, as the stream's event source mapping
         # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
         self.events = ContainerPool(EVENTS_FUNCTION, limit=1)
-        with ThreadPoolExecutor(1) as warming:
-            events_warm = warming.submit(self.events.warm, 1)
+        self.expire = ContainerPool(EXPIRE_FUNCTION, limit=1)  # as on Lambda: its own container
+        with ThreadPoolExecutor(2) as warming:
+            warm = [warming.submit(self.events.warm, 1), warming.submit(self.expire.warm, 1)]
             self.gateway.start()
-            events_warm.result()
+            for started in warm:
+                started.result()
         self.poller = StreamPoller.for_function(
             EVENTS_FUNCTION,
             endpoint=self.database.endpoint,
@@ -236,6 +252,8 @@ class Stack:
             starting_position="TRIM_HORIZON",  # what was written while make dev was down is not missed
             checkpoint_path=args.data_dir / STREAM_CHECKPOINTS_FILE,
         ).start()
+        if args.sweep_every > 0:
+            self.sweeps = self.start_sweeps(self.expire, args.sweep_every)
         write_state(
             args.data_dir,
             api=self.base,
@@ -267,8 +285,19 @@ class Stack:
             "EVENT_BUS_NAME": EVENT_BUS,
             "AWS_ENDPOINT_URL_EVENTBRIDGE": self.bridge.endpoint,
             "LOW_BALANCE_THRESHOLD": os.environ.get("LOW_BALANCE_THRESHOLD", "10"),
+            "EXPIRY_WARNING_DAYS": os.environ.get("EXPIRY_WARNING_DAYS", "7"),
             **{variable: TABLES[logical] for logical, variable in TABLE_VARIABLES.items()},
         }
+
+    def start_sweeps(self, expire: ContainerPool, every: float) -> Schedule:
+        """The expire function on a local schedule: a line in the request log when it swept something."""
+        log = request_printer()
+
+        def answered(answer: object) -> None:
+            if isinstance(answer, dict) and answer.get("accounts"):
+                log(f"expire: {answer['accounts']} accounts swept, {answer.get('expirations', 0)} expirations written")
+
+        return Schedule(EXPIRE_FUNCTION, every, expire.invoke, answered=answered, log=log).start()
 
     def start_emulator(self) -> StripeEmulator:
         """The local Stripe emulator, delivering its webhooks to the gateway's webhook URL."""
@@ -302,6 +331,7 @@ class Stack:
             f"  DynamoDB:  {self.database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
             f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {self.bridge.endpoint} "
             f"(bus {EVENT_BUS}; GET /_local/events; the page shows yours)\n"
+            f"{sweep_line(args.sweep_every)}"
             f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE, region=gateway.region)}"
             f"  log:       one line per request{'' if args.show_metrics else '; metrics hidden (--show-metrics)'}\n"
             "  Ctrl-C stops everything.\n"
@@ -310,6 +340,10 @@ class Stack:
     def stop(self) -> None:
         """Stop what was started, the last started first (the CLI's state file first of all)."""
         (self.args.data_dir / STATE_FILE).unlink(missing_ok=True)
+        if self.sweeps is not None:
+            self.sweeps.stop()
+        if self.expire is not None:
+            self.expire.close()
         if self.poller is not None:
             self.poller.stop()
         if self.events is not None:
@@ -364,6 +398,7 @@ def write_state(data_dir: Path, *, api: str, dynamodb_endpoint: str, region: str
         "creditsTable": TABLES["CreditsTable"],
         "idempotencyTable": TABLES["IdempotencyTable"],
         "lowBalanceThreshold": int(os.environ.get("LOW_BALANCE_THRESHOLD", "10")),
+        "expiryWarningDays": int(os.environ.get("EXPIRY_WARNING_DAYS", "7")),
         # the emulator's fixed local key; with real Stripe the CLI reads STRIPE_SECRET_KEY itself
         "stripe": {"apiBase": stripe_api_base, "secretKey": EMULATOR_API_KEY} if stripe_api_base else None,
     }
@@ -396,6 +431,15 @@ def team_routes(gateway: Gateway) -> str:
         served = ", ".join(f"{r.method} {r.path}" + (" (SigV4)" if r.auth == "AWS_IAM" else "") for r in team.routes)
         lines.append(f"  yours:     {served}  (from {team.path})\n")
     return "".join(lines)
+
+
+def sweep_line(every: float) -> str:
+    """The banner's line on the expire function's local schedule."""
+    when = f"every {every:g} s" if every > 0 else "never (--sweep-every 0)"
+    return (
+        f"  expiry:    functions/{EXPIRE_FUNCTION} (credit lots' expirations and warnings) {when}; "
+        "once a day on AWS (--sweep-every SECONDS)\n"
+    )
 
 
 def balance_curl(base: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 import uuid
 from types import ModuleType
 
@@ -13,19 +14,20 @@ from local.template import ROOT, code_dir
 
 
 class LocalContext:
-    """The Lambda context attributes Powertools reads."""
+    """The Lambda context attributes Powertools reads, and the time an invocation has left: its
+    function's Timeout (`timeout_seconds`, template.yaml's Globals default) from when it is made."""
 
     function_version = "$LATEST"
     memory_limit_in_mb = 512
 
-    def __init__(self, name: str = "local-function") -> None:
+    def __init__(self, name: str = "local-function", timeout_seconds: float = 15.0) -> None:
         self.function_name = name
         self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{name}"
         self.aws_request_id = str(uuid.uuid4())
+        self._deadline = time.monotonic() + timeout_seconds
 
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 15_000
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def load_handler(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -88,12 +89,13 @@ def ttl_attribute(logical_id: str, template: dict[str, Any] | None = None) -> st
 
 def create_tables(client: DynamoDBClient, names: dict[str, str]) -> None:
     """Create each table of the template under the given names (logical id -> name), if missing.
-    A table kept from before the template gave it a stream gets the stream now."""
+    A table kept from before the template gave it a stream, or one of its indexes, gets it now."""
     existing = set(client.list_tables().get("TableNames", []))
     for logical_id, definition in table_definitions().items():
         name = names[logical_id]
         if name in existing:
             _enable_stream(client, name, definition.get("StreamSpecification"))
+            _add_indexes(client, name, definition)
             continue
         client.create_table(TableName=name, **definition)
         client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
@@ -112,6 +114,34 @@ def _enable_stream(client: DynamoDBClient, name: str, wanted: dict[str, Any] | N
         return
     client.update_table(TableName=name, StreamSpecification=wanted)  # type: ignore[arg-type]
     client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+
+def _add_indexes(client: DynamoDBClient, name: str, definition: dict[str, Any]) -> None:
+    """Create the template's global secondary indexes a kept table lacks (make dev's data from before
+    the template had them), one at a time as DynamoDB requires, each waited for until active."""
+    described = client.describe_table(TableName=name)["Table"]
+    present = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
+    for index in definition.get("GlobalSecondaryIndexes", []):
+        if index["IndexName"] in present:
+            continue
+        used = {key["AttributeName"] for key in index["KeySchema"]}
+        client.update_table(
+            TableName=name,
+            AttributeDefinitions=[a for a in definition["AttributeDefinitions"] if a["AttributeName"] in used],
+            GlobalSecondaryIndexUpdates=[{"Create": index}],
+        )
+        _wait_index(client, name, index["IndexName"])
+
+
+def _wait_index(client: DynamoDBClient, name: str, index: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        table = client.describe_table(TableName=name)["Table"]
+        states = {i["IndexName"]: i.get("IndexStatus") for i in table.get("GlobalSecondaryIndexes", [])}
+        if states.get(index) == "ACTIVE":
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"index {index} of table {name} is not active after {timeout} s")
 
 
 def _code(logical_id: str, properties: dict[str, Any], base: Path | None) -> str:
@@ -139,6 +169,33 @@ def functions(template: dict[str, Any] | None = None, base: Path | None = None) 
         assert name not in out, f"{logical_id}: a second function named {name!r} ({code} and {out[name]})"
         out[name] = code
     return out
+
+
+def function_timeouts(template: dict[str, Any] | None = None) -> dict[str, float]:
+    """Every function's Timeout in seconds, by name, as Lambda gives it (its own, else the Globals',
+    else Lambda's 3)."""
+    data = template or load()
+    default = ((data.get("Globals") or {}).get("Function") or {}).get("Timeout", 3)
+    return {
+        Path(_code(logical_id, resource["Properties"], None)).name: float(
+            resource["Properties"].get("Timeout", default)
+        )
+        for logical_id, resource in data["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+
+
+@lru_cache(maxsize=1)
+def _template_timeouts() -> dict[str, float]:
+    return function_timeouts()
+
+
+def function_timeout(function: str) -> float:
+    """The Timeout (seconds) of a function of template.yaml."""
+    try:
+        return _template_timeouts()[function]
+    except KeyError:
+        raise KeyError(f"no function {function!r} in {TEMPLATE.name}") from None
 
 
 def function_variables(template: dict[str, Any] | None = None) -> frozenset[str]:

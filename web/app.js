@@ -20,7 +20,7 @@
     balance: null, available: null, cursor: null, ids: new Set(), inflight: new Map(), retryKeys: new Map(),
     packages: [], settings: null, settingsDirty: false, notes: new Set(), notesLoaded: false, notesTimer: null,
     notesBusy: false, rows: new Map(), purchases: new Map(), payments: [], tools: false, toolsMissing: false,
-    toolsBusy: false, checkoutSession: null, limitRefused: false,
+    toolsBusy: false, checkoutSession: null, limitRefused: false, expiryTimer: null,
   };
   let packagesReady = Promise.resolve();
   let localConfig = Promise.resolve(null);
@@ -145,6 +145,7 @@
     localStorage.removeItem(USER_KEY);
     Object.assign(state, { balance: null, available: null, cursor: null, settings: null, settingsDirty: false,
       payments: [], checkoutSession: null, limitRefused: false });
+    showLots(null);
     state.ids.clear();
     state.rows.clear();
     state.purchases.clear();
@@ -207,10 +208,45 @@
   }
 
   async function loadBalance() {
-    const { balance, available, held } = await api("GET", "/credits/balance");
+    const body = await api("GET", "/credits/balance");
+    const { balance, available, held } = body;
     setBalance(balance, available);
     setHeld(held, available);
+    showLots(body);
     return balance;
+  }
+
+  // Credit lots: promotional credits apart from paid ones ("(20 promotional)" by the balance), and
+  // the soonest expiry ("40 credits expire on 3 Jan 2027"). When it passes, the balance is read again:
+  // expired credits stop counting at once, without anything written.
+  const EXPIRY_DATE = { day: "numeric", month: "short", year: "numeric" };
+  const [EXPIRY_RECHECK_MS, EXPIRY_LONGEST_WAIT_MS] = [5000, 86_400_000];
+
+  function expiryText({ amount, expiresAt }) {
+    const at = new Date(expiresAt);
+    const soon = at - Date.now() < 2 * EXPIRY_LONGEST_WAIT_MS; // within two days: the time matters too
+    const time = soon ? ` at ${at.toLocaleTimeString(undefined, { timeStyle: "short" })}` : "";
+    return `${credits(amount)} ${amount === 1 ? "expires" : "expire"} on ${at.toLocaleDateString(undefined, EXPIRY_DATE)}${time}`;
+  }
+
+  function showLots(body) {
+    clearTimeout(state.expiryTimer);
+    state.expiryTimer = null;
+    const promotional = body && body.byCategory ? Number(body.byCategory.promotional) || 0 : 0;
+    $("#promotional").hidden = !promotional;
+    $("#promotional").textContent = promotional ? `(${num(promotional)} promotional)` : "";
+    const next = body && Array.isArray(body.expiring) ? body.expiring[0] : null;
+    $("#expiring").hidden = !next;
+    $("#expiring").textContent = next ? expiryText(next) : "";
+    if (!next) return;
+    // A second after it expires (a clock behind the server's: again every few seconds, until it is gone);
+    // a far expiry is looked at again once a day, so a timer never overflows.
+    const wait = Math.min(Math.max(Date.parse(next.expiresAt) - Date.now() + 1000, EXPIRY_RECHECK_MS),
+      EXPIRY_LONGEST_WAIT_MS);
+    state.expiryTimer = setTimeout(() => {
+      state.expiryTimer = null;
+      if (isSignedIn()) loadBalance().catch(() => {});
+    }, wait);
   }
 
   const DATE_FORMAT = { dateStyle: "medium", timeStyle: "short" };
@@ -249,6 +285,8 @@
       }
       case "usage":
         return actionLabel(t.description) || t.description || "Usage";
+      case "expiration": // the server's own words: "Expired: 70 credits of Starter (bought 3 Jan 2026)"
+        return t.description || `Expired: ${credits(-t.amount)}`;
       case "refund":
         return paid && t.monetaryAmount > 0 ? `Refund: ${paid} of ${of}` : `Refund of ${of}`;
       case "dispute": {
@@ -465,6 +503,8 @@
         return `${credits(d.credits)} given back: the dispute was closed in your favour; your balance is ${num(d.balance)}.`;
       case "Credits Expired":
         return `${credits(d.credits)} expired; your balance is ${num(d.balance)}.`;
+      case "Credits Expiring Soon":
+        return `${expiryText({ amount: d.credits, expiresAt: d.expiresAt })}${d.label ? ` (${d.label})` : ""}.`;
       case "Balance Low":
         return d.balance < 0 ? `Your balance is ${num(d.balance)}, under your alert of ${num(d.threshold)}: `
           + "buy credits to pay it back."

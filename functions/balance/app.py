@@ -24,7 +24,12 @@ from credits.packages import Catalog
 PRICES = api.prices_body(config.action_costs(config.require("ACTION_COSTS")))  # the one price list
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
-ledger = Ledger(_client, _table, default_threshold=config.low_balance_threshold())
+ledger = Ledger(
+    _client,
+    _table,
+    default_threshold=config.low_balance_threshold(),
+    expiry_warning_days=config.expiry_warning_days(),
+)
 catalog = Catalog(_client, _table)
 
 logger = Logger()

@@ -1,7 +1,8 @@
 """events: the credits table's stream to EventBridge (docs/design.md section 10).
 
-Invoked by the stream's event source mapping with only new ledger entries and first spend-limit
-refusals (template.yaml filters the rest out). Every entry announces an event; usage entries'
+Invoked by the stream's event source mapping with only new ledger entries, first spend-limit
+refusals and credit lots' expiry notes (template.yaml filters the rest out). Every entry announces
+an event, and every expiry note Credits Expiring Soon, once per lot; usage entries'
 Credits Used can be switched off (PUBLISH_USAGE_EVENTS=false, the PublishUsageEvents parameter), but
 usage entries are still delivered: they are what crosses a low-balance threshold. Each record is one
 of (credits.events.record_events):

@@ -29,7 +29,15 @@ WINDOW_SECONDS = window(config.optional("RECONCILE_WINDOW") or "3d")
 APPLY = config.optional("RECONCILE_APPLY") == "true"
 stripe = StripeGateway.connect(config.secret("STRIPE_SECRET_KEY"), config.optional("STRIPE_API_BASE"))
 payments = Payments(
-    Ledger(_client, _table, default_threshold=config.low_balance_threshold()), Catalog(_client, _table), _client, _table
+    Ledger(
+        _client,
+        _table,
+        default_threshold=config.low_balance_threshold(),
+        expiry_warning_days=config.expiry_warning_days(),
+    ),
+    Catalog(_client, _table),
+    _client,
+    _table,
 )
 
 logger = Logger()

@@ -23,7 +23,10 @@ from credits.ledger import Ledger, Posted
 # Built once per container: configuration (fails here, naming the variable) and the adapters.
 PRICES = config.action_costs(config.require("ACTION_COSTS"))
 ledger = Ledger(
-    dynamodb_client(), config.require("CREDITS_TABLE_NAME"), default_threshold=config.low_balance_threshold()
+    dynamodb_client(),
+    config.require("CREDITS_TABLE_NAME"),
+    default_threshold=config.low_balance_threshold(),
+    expiry_warning_days=config.expiry_warning_days(),
 )
 
 logger = Logger()

@@ -35,7 +35,12 @@ from credits.stripe_gateway import InvalidWebhook, verify_webhook
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
 WEBHOOK_SECRET = config.secret("STRIPE_WEBHOOK_SECRET")
-ledger = Ledger(_client, _table, default_threshold=config.low_balance_threshold())
+ledger = Ledger(
+    _client,
+    _table,
+    default_threshold=config.low_balance_threshold(),
+    expiry_warning_days=config.expiry_warning_days(),
+)
 payments = Payments(ledger, Catalog(_client, _table), _client, _table)
 
 # Event-id dedupe in front; the ledger's payment reference is what makes credits exactly-once.

@@ -7,6 +7,7 @@ ValidationError before anything is read or written.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
@@ -14,15 +15,18 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from credits.errors import InvalidJson, UnknownAction, ValidationError
 from credits.ledger import (
+    CATEGORIES,
     DEFAULT_HOLD_TTL_SECONDS,
     MAX_AMOUNT,
     MAX_HOLD_TTL_SECONDS,
+    MAX_PRIORITY,
     UNCHANGED,
     AccountView,
     Captured,
     Hold,
     Idempotency,
     Ledger,
+    LotTerms,
     Posted,
     Released,
     Reserved,
@@ -30,6 +34,7 @@ from credits.ledger import (
     Transaction,
     Unchanged,
     fingerprint,
+    iso_utc,
     key_problem,
     validate_token,
 )
@@ -53,13 +58,36 @@ def _storable(value: str) -> str:
     return value
 
 
+def _instant(value: str) -> str:
+    """An ISO 8601 date and time that names its offset (`Z` for UTC): never a local time."""
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 date and time, such as 2027-01-03T00:00:00Z") from None
+    if at.tzinfo is None:
+        raise ValueError("must say its time zone: end it with Z for UTC (2027-01-03T00:00:00Z)")
+    return value
+
+
+MAX_EXPIRES_IN_DAYS = 3650  # how far ahead a grant's credits may expire (about ten years)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 Token = Annotated[str, AfterValidator(_key_part)]
 Description = Annotated[str, StringConstraints(max_length=500), AfterValidator(_storable)]
 Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
+Category = Literal["paid", "promotional"]
+Priority = Annotated[int, Field(strict=True, ge=0, le=MAX_PRIORITY)]
+Instant = Annotated[str, StringConstraints(max_length=64), AfterValidator(_instant)]
+ExpiresInDays = Annotated[int, Field(strict=True, ge=1, le=MAX_EXPIRES_IN_DAYS)]
+LOT_FIELDS = ("category", "priority", "expiresAt", "expiresInDays")
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """What an Idempotency-Key remembers of the request: its fields."""
+        return self.model_dump()
 
 
 class UseRequest(_Request):
@@ -95,13 +123,47 @@ class InternalUseRequest(_PricedRequest):
 
 
 class GrantRequest(_Request):
-    """POST /internal/credits/grant: support staff or a trusted service adds credits."""
+    """POST /internal/credits/grant: support staff or a trusted service adds credits, to a lot with
+    the terms given (none: paid credits that never expire, as before lots)."""
 
     userId: Token
     amount: Amount
     type: Literal["gift", "adjustment"]
     description: Description
     referenceId: Token | None = None
+    category: Category | None = None  # None: paid
+    priority: Priority | None = None  # None: the category's default (paid 50, promotional 10)
+    expiresAt: Instant | None = None
+    expiresInDays: ExpiresInDays | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> GrantRequest:
+        if self.expiresAt is not None and self.expiresInDays is not None:
+            raise ValueError("give at most one of expiresAt and expiresInDays")
+        return self
+
+    def fingerprinted(self) -> dict[str, Any]:
+        # A grant without lot terms is fingerprinted as before they existed (a retry across the
+        # upgrade is still the same request); terms given are part of the request.
+        body = self.model_dump()
+        return {k: v for k, v in body.items() if k not in LOT_FIELDS or v is not None}
+
+    def lot_terms(self, now: float) -> LotTerms | None:
+        """The terms of the lot the credits go to; None when the request gives none (paid, no expiry).
+        An expiry is at most MAX_EXPIRES_IN_DAYS ahead; that it is in the future, the ledger checks."""
+        if all(getattr(self, name) is None for name in LOT_FIELDS):
+            return None
+        now_ms = int(now * 1000)
+        expires_ms: int | None = None
+        if self.expiresAt is not None:
+            expires_ms = (datetime.fromisoformat(self.expiresAt) - EPOCH) // timedelta(milliseconds=1)
+            if expires_ms > now_ms + MAX_EXPIRES_IN_DAYS * 86_400_000:
+                raise ValidationError(
+                    f"expiresAt must be at most {MAX_EXPIRES_IN_DAYS} days ahead.", [{"field": "expiresAt"}]
+                )
+        elif self.expiresInDays is not None:
+            expires_ms = now_ms + self.expiresInDays * 86_400_000
+        return LotTerms(self.category or CATEGORIES[0], self.priority, expires_ms, label=self.description)
 
 
 class HoldRequest(_PricedRequest):
@@ -159,11 +221,11 @@ def parse(model: type[M], body: object) -> M:
         raise ValidationError("The request is not valid.", errors) from None
 
 
-def idempotency(key: str | None, route: str, user_id: str, request: BaseModel) -> Idempotency | None:
+def idempotency(key: str | None, route: str, user_id: str, request: _Request) -> Idempotency | None:
     """The Idempotency-Key of a request and its fingerprint (route, user and body)."""
     if key is None:
         return None
-    return Idempotency(key, fingerprint({"route": route, "userId": user_id, "body": request.model_dump()}))
+    return Idempotency(key, fingerprint({"route": route, "userId": user_id, "body": request.fingerprinted()}))
 
 
 def cost_of(action: str, prices: Mapping[str, int]) -> int:
@@ -210,6 +272,7 @@ def internal_grant(ledger: Ledger, request: GrantRequest, key: str | None) -> Po
         description=request.description,
         reference_id=request.referenceId,
         idempotency=idempotency(key, "POST /internal/credits/grant", request.userId, request),
+        lot=request.lot_terms(ledger.clock()),
     )
     return posted
 
@@ -280,7 +343,18 @@ def settings_body(settings: Settings) -> dict[str, Any]:
 
 
 def balance_body(view: AccountView) -> dict[str, Any]:
-    return {"balance": view.balance, "available": view.available, "held": view.held}
+    """The balance; the next expiries (soonest 3 lots with credits left); and the credits of the lots
+    that count now (remaining and held), by category."""
+    by_category = dict.fromkeys(CATEGORIES, 0)
+    for lot in view.lots:
+        by_category[lot.category] = by_category.get(lot.category, 0) + lot.remaining + lot.held
+    return {
+        "balance": view.balance,
+        "available": view.available,
+        "held": view.held,
+        "expiring": [{"amount": n, "expiresAt": iso_utc(at / 1000)} for n, at in view.expiring()],
+        "byCategory": by_category,
+    }
 
 
 def holds_body(holds: list[Hold]) -> dict[str, Any]:

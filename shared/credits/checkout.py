@@ -18,13 +18,22 @@ if TYPE_CHECKING:
 
 
 class PaymentProvider(Protocol):
-    """What checkout needs of Stripe (credits.stripe_gateway.StripeGateway in production)."""
+    """What checkout needs of Stripe (credits.stripe_gateway.StripeGateway in production). The
+    session it creates carries `session_metadata(user_id, package)`."""
 
     def create_customer(self, user_id: str) -> str: ...
 
     def create_checkout_session(
         self, *, user_id: str, customer_id: str, package: Package, success_url: str, cancel_url: str
     ) -> tuple[str, str]: ...
+
+
+def session_metadata(user_id: str, package: Package) -> dict[str, str]:
+    """A Checkout Session's metadata: the user, the package, and the terms of the sale fixed now
+    (`credits`, `price`, `currency`, and `expiresInDays` when the credits expire). The webhook and
+    reconcile credit exactly these, if exactly this was paid, whatever the catalog says later
+    (`credits.payments.Terms`). Keys of at most 40 characters, values of at most 500: Stripe's limits."""
+    return {"userId": user_id, "packageId": package.id, **package.sale_terms()}
 
 
 @dataclass(frozen=True)

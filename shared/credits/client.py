@@ -3,6 +3,7 @@
     from credits.client import CreditsClient
     client = CreditsClient("https://abc123.execute-api.eu-west-1.amazonaws.com", region="eu-west-1")
     client.grant("alice", 100, description="welcome")
+    client.grant("alice", 50, description="Spring promotion", category="promotional", expires_in_days=30)
     client.charge("alice", action="search", description="search", idempotency_key="search-7f3a")
     with client.hold("alice", amount=10, description="report") as held:
         held.use(make_report())  # optional: capture what the work cost (default: all of the hold)
@@ -28,6 +29,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -144,6 +146,15 @@ def _fields(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def _instant(value: datetime | str | None) -> str | None:
+    """A time as the API takes it: ISO 8601 in UTC (`Z`). A datetime must say its time zone."""
+    if not isinstance(value, datetime):
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("expires_at needs a time zone: datetime(..., tzinfo=UTC), not a naive datetime")
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class CreditsClient:
     """The `/internal` routes of one deployment (its `ApiUrl` output, or the local gateway's address)."""
 
@@ -192,9 +203,29 @@ class CreditsClient:
         description: str,
         reference_id: str | None = None,
         idempotency_key: str | None = None,
+        category: str | None = None,
+        priority: int | None = None,
+        expires_at: datetime | str | None = None,
+        expires_in_days: int | None = None,
     ) -> Grant:
-        """Add credits: a `gift` or an `adjustment`."""
-        body = _fields(userId=user_id, amount=amount, type=type, description=description, referenceId=reference_id)
+        """Add credits: a `gift` or an `adjustment`, to a lot with these terms (none given: paid
+        credits that never expire). `category` "paid" or "promotional"; `priority` 0-100 (lower
+        spends first; default paid 50, promotional 10); an expiry, either `expires_at` (a datetime
+        with its time zone, or ISO 8601 text such as "2027-01-03T00:00:00Z") or `expires_in_days`
+        (1-3650), never both. The server checks them (ValidationError)."""
+        if expires_at is not None and expires_in_days is not None:
+            raise ValueError("give at most one of expires_at and expires_in_days")
+        body = _fields(
+            userId=user_id,
+            amount=amount,
+            type=type,
+            description=description,
+            referenceId=reference_id,
+            category=category,
+            priority=priority,
+            expiresAt=_instant(expires_at),
+            expiresInDays=expires_in_days,
+        )
         data, replayed = self._post("/internal/credits/grant", body, idempotency_key)
         return Grant(data["transactionId"], data["balance"], replayed)
 

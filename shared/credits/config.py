@@ -7,7 +7,9 @@ import os
 from collections.abc import Mapping
 
 from credits.errors import ConfigError
-from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, MAX_AMOUNT
+from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, EXPIRY_WARNING_DAYS, MAX_AMOUNT
+
+MAX_EXPIRY_WARNING_DAYS = 365
 
 
 def require(name: str, env: Mapping[str, str] | None = None) -> str:
@@ -64,6 +66,18 @@ def low_balance_threshold(env: Mapping[str, str] | None = None) -> int:
         return DEFAULT_LOW_BALANCE_THRESHOLD
     if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_AMOUNT:
         raise ConfigError("LOW_BALANCE_THRESHOLD must be an integer from 0 to 1000000000.")
+    return int(raw)
+
+
+def expiry_warning_days(env: Mapping[str, str] | None = None) -> int:
+    """EXPIRY_WARNING_DAYS: how many days before a credit lot expires its credits are announced
+    (Credits Expiring Soon, once per lot); 0 announces nothing. Every function that writes the ledger
+    passes it to its `Ledger` (`expiry_warning_days=`): the time an idle account is next due depends on it."""
+    raw = optional("EXPIRY_WARNING_DAYS", env)
+    if raw is None:
+        return EXPIRY_WARNING_DAYS
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_EXPIRY_WARNING_DAYS:
+        raise ConfigError(f"EXPIRY_WARNING_DAYS must be an integer from 0 to {MAX_EXPIRY_WARNING_DAYS}.")
     return int(raw)
 
 

@@ -42,6 +42,11 @@ class ValidationError(CreditsError):
     def details(self) -> dict[str, Any]:
         return {"errors": self.errors} if self.errors else {}
 
+    @classmethod
+    def from_details(cls, message: str, details: Mapping[str, Any]) -> CreditsError:
+        errors = details.get("errors")
+        return cls(message, [dict(e) for e in errors] if isinstance(errors, list) else None)
+
 
 class InvalidJson(ValidationError):
     """The body is not a JSON object."""

@@ -4,8 +4,10 @@ Every ledger entry announces what it is, one event by its type (`ENTRY_EVENTS`):
 Purchased; `usage` Credits Used (unless usage events are switched off: PUBLISH_USAGE_EVENTS); `gift`
 and `adjustment` Credits Granted; a `refund` or `dispute` that takes credits Credits Clawed Back, one
 that gives them back (a dispute closed in the user's favour: a positive `dispute` entry with the
-system reference `settle:<payment>:<step>`) Credits Restored; `expiration` Credits Expired. Any entry
-may also announce Balance Low and Balance Negative (never switched off).
+system reference `settle:<payment>:<step>`) Credits Restored; `expiration` Credits Expired (with the
+lot it expired, from the entry's `draws`). Any entry may also announce Balance Low and Balance
+Negative (never switched off). A credit lot about to expire is announced once, by its note
+(`EXPIRING#<lot>`, written once per lot): Credits Expiring Soon (docs/adr/0010-credit-lots.md).
 
 Derived from the stream record's new item alone (an entry's amount, balance_after, type and the
 low-balance threshold written with it), so the result never depends on the order or the timing of
@@ -13,8 +15,9 @@ processing, and a redelivered record gives events with the same `eventId`.
 
 A stream record is one of three things (`record_events`):
 
-- **events**: an INSERT of a user's ledger entry (`TX#`) or spend-limit note (`LIMIT#`) whose fields
-  read as the ledger writes them (possibly none, e.g. a charge that crossed nothing);
+- **events**: an INSERT of a user's ledger entry (`TX#`), spend-limit note (`LIMIT#`) or expiry note
+  (`EXPIRING#`) whose fields read as the ledger writes them (possibly none, e.g. a charge that
+  crossed nothing);
 - **ignored** (None): a well-formed record that carries no event by design and that the stream's
   filter (template.yaml) never delivers: a MODIFY or a REMOVE (TTL deletions of notes and holds),
   an INSERT of any other item (the account, references, holds...);
@@ -28,14 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from credits import keys
-from credits.ledger import ENTRY_TYPES
+from credits.ledger import ENTRY_TYPES, iso_utc
 
 
 class EventBridgeClient(Protocol):
@@ -65,6 +68,8 @@ ENTRY_EVENTS: Mapping[str, tuple[str, ...]] = {
 USAGE_EVENT = "Credits Used"  # the one event PUBLISH_USAGE_EVENTS=false leaves out
 PUT_EVENTS_MAX = 10  # entries per PutEvents call
 EVENT_NAMES = frozenset({"INSERT", "MODIFY", "REMOVE"})
+EXPIRING_EVENT = "Credits Expiring Soon"  # a lot's note (EXPIRING#<lot>), once per lot
+EVENT_ITEMS = (keys.TX, keys.LIMIT, keys.EXPIRING)  # sort key prefixes of the items with events (the filter)
 DEAD_LETTER_MAX_BYTES = 256 * 1024  # what every SQS queue takes (new queues take 1 MiB)
 _NUMBER_MAX_CHARS = 64  # DynamoDB numbers have at most 38 digits and an exponent of 3
 
@@ -171,7 +176,7 @@ def record_events(record: Any, default_threshold: int, *, publish_usage: bool = 
         raise Unpublishable("no dynamodb.Keys")
     sk = _string(keys_, "sk", "Keys")
     assert sk is not None
-    if not sk.startswith((keys.TX, keys.LIMIT)):
+    if not sk.startswith(EVENT_ITEMS):
         return None  # another item (the account, a reference, a hold...): the filter never delivers it
     new_image = stream.get("NewImage")
     if not isinstance(new_image, Mapping):
@@ -183,11 +188,11 @@ def events_of(
     keys_: Mapping[str, Any], new_image: Mapping[str, Any], default_threshold: int, *, publish_usage: bool = True
 ) -> list[Event]:
     """The events of an INSERT (`Keys` and `NewImage` in DynamoDB JSON): [] for an item that is neither
-    a ledger entry nor a spend-limit note; Unpublishable for a user's entry or note that does not
-    read as the ledger writes it. `publish_usage` False leaves out Credits Used (only)."""
+    a ledger entry nor a note (spend limit, expiry); Unpublishable for a user's entry or note that
+    does not read as the ledger writes it. `publish_usage` False leaves out Credits Used (only)."""
     pk, sk = _string(keys_, "pk", "Keys"), _string(keys_, "sk", "Keys")
     assert pk is not None and sk is not None
-    if not sk.startswith((keys.TX, keys.LIMIT)):
+    if not sk.startswith(EVENT_ITEMS):
         return []
     if not pk.startswith(keys.USER) or pk == keys.USER:
         raise Unpublishable(f"a {sk.split('#')[0]}# item outside a user's partition (Keys.pk is not USER#<id>)")
@@ -197,13 +202,9 @@ def events_of(
         return Event(kind, {"eventId": _event_id(pk, sk, kind), "userId": user, **detail})
 
     where = "NewImage"
-    if sk.startswith(keys.LIMIT):
-        limit, spent, month = (
-            _integer(new_image, "limit", where),
-            _integer(new_image, "spent", where),
-            _string(new_image, "month", where),
-        )
-        return [event("Spend Limit Reached", limit=limit, spent=spent, month=month)]
+    note = _note(sk, new_image)
+    if note is not None:
+        return [event(note[0], **note[1])]
     tx = _string(new_image, "id", where)
     kind = _string(new_image, "type", where)
     amount, balance = _integer(new_image, "amount", where), _integer(new_image, "balance_after", where)
@@ -270,12 +271,82 @@ def events_of(
             )
         )
     elif kind == "expiration":
-        found.append(event("Credits Expired", transactionId=tx, credits=-amount, balance=balance))
+        lot = _expired_lot(new_image, where)
+        found.append(
+            event(
+                "Credits Expired",
+                transactionId=tx,
+                credits=-amount,
+                balance=balance,
+                lotId=lot,
+                description=description,
+            )
+        )
+    return found + _crossings(event, before, balance, threshold, tx)
+
+
+def _crossings(event: Callable[..., Event], before: int, balance: int, threshold: int, tx: str | None) -> list[Event]:
+    """What an entry's move of the balance crossed: the low-balance threshold, zero."""
+    found: list[Event] = []
     if threshold > 0 and before >= threshold > balance:
         found.append(event("Balance Low", balance=balance, threshold=threshold, transactionId=tx))
     if before >= 0 > balance:
         found.append(event("Balance Negative", balance=balance, transactionId=tx))
     return found
+
+
+def _note(sk: str, new_image: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A note's event and its detail (a month's spend-limit note, a lot's expiry note); None for a
+    ledger entry."""
+    where = "NewImage"
+    if sk.startswith(keys.LIMIT):
+        limit, spent, month = (
+            _integer(new_image, "limit", where),
+            _integer(new_image, "spent", where),
+            _string(new_image, "month", where),
+        )
+        return "Spend Limit Reached", {"limit": limit, "spent": spent, "month": month}
+    if sk.startswith(keys.EXPIRING):
+        return EXPIRING_EVENT, _expiring(sk, new_image)
+    return None
+
+
+def _expiring(sk: str, new_image: Mapping[str, Any]) -> dict[str, Any]:
+    """Credits Expiring Soon's detail from a lot's note: its lot (the note's key names it too), the
+    credits that expire, when (ISO 8601 UTC) and the lot's label."""
+    where = "NewImage"
+    lot = _string(new_image, "lot_id", where)
+    if sk != keys.expiring_sk(str(lot)):
+        raise Unpublishable(f"{where}.lot_id is not the lot its key names")
+    credits = _integer(new_image, "credits", where)
+    expires_ms = _integer(new_image, "expires_at_ms", where)
+    assert expires_ms is not None
+    if not 0 < expires_ms < _LAST_MS:
+        raise Unpublishable(f"{where}.expires_at_ms is not a time")
+    return {
+        "lotId": lot,
+        "credits": credits,
+        "expiresAt": iso_utc(expires_ms / 1000),
+        "label": _text(new_image, "label", where),
+    }
+
+
+_LAST_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z: an expiry beyond it is no time
+
+
+def _expired_lot(new_image: Mapping[str, Any], where: str) -> str | None:
+    """The lot an expiration entry expired (the one key of its `draws`, a map of lot id to credits);
+    None for an entry written without draws (before lots)."""
+    draws = _value(new_image, "draws", "M", where)
+    if draws is None:
+        return None
+    if not isinstance(draws, Mapping) or len(draws) != 1:
+        raise Unpublishable(f"{where}.draws of an expiration does not name one lot")
+    ((lot, _),) = draws.items()
+    if not isinstance(lot, str) or not lot:
+        raise Unpublishable(f"{where}.draws names no lot")
+    _integer(draws, lot, f"{where}.draws")  # the credits: a number, as the ledger writes them
+    return lot
 
 
 # ---- publishing and dead-lettering ------------------------------------------------------------------

@@ -10,6 +10,7 @@ SYSREF = "SYSREF#"  # a reference the system writes for itself (purchases, refun
 IDEM = "IDEM#"
 HOLD = "HOLD#"
 LIMIT = "LIMIT#"  # the first refusal of a month by the user's spend limit (an event, once)
+EXPIRING = "EXPIRING#"  # a lot's credits expire soon (an event, once per lot)
 INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
 CUSTOMER = "CUSTOMER#"
 PACKAGE = "PACKAGE#"
@@ -21,6 +22,12 @@ PAYMENT_SK = "PAYMENT"
 # Packages carry this sparse index key so the catalog is one Query, never a table Scan.
 CATALOG_INDEX = "CatalogIndex"
 CATALOG_PARTITION = "PACKAGE"
+
+# Accounts with a lot to warn about or expire carry this sparse index key (spread over shards), so
+# the daily sweep finds the idle ones with a few Queries, never a table Scan.
+LOTS_DUE_INDEX = "LotsDueIndex"
+LOTS_DUE_PARTITION = "LOTS#"
+LOTS_DUE_SHARDS = 16
 
 SEQ_DIGITS = 12
 
@@ -49,6 +56,10 @@ def hold_sk(hold_id: str) -> str:
 
 def limit_sk(month: str) -> str:
     return f"{LIMIT}{month}"
+
+
+def expiring_sk(lot_id: str) -> str:
+    return f"{EXPIRING}{lot_id}"
 
 
 def intent_sk(created_ms: int, intent_id: str) -> str:

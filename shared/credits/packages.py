@@ -158,12 +158,15 @@ STRIPE_CURRENCIES = frozenset(
 ZERO_DECIMAL = money.ZERO_DECIMAL
 
 PackageId = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+MAX_EXPIRES_IN_DAYS = 3650  # ten years: a package's credits expire at most this long after the purchase
 
 
 class Package(BaseModel):
-    """A credit package: `credits` for `price` minor units of `currency`."""
+    """A credit package: `credits` for `price` minor units of `currency`; with `expiresInDays`, the
+    credits of each purchase expire that many days after it is credited (none: never)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # the catalog file says `expiresInDays`; the package item stores `expires_in_days`
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_by_name=True, validate_by_alias=True)
 
     id: PackageId
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -171,6 +174,7 @@ class Package(BaseModel):
     credits: Annotated[int, Field(gt=0, le=MAX_AMOUNT)]
     price: Annotated[int, Field(gt=0, le=99_999_999)]  # Stripe's cap on unit_amount
     currency: str
+    expires_in_days: Annotated[int | None, Field(alias="expiresInDays", ge=1, le=MAX_EXPIRES_IN_DAYS)] = None
     active: bool = True
     stripe_product_id: str | None = None
     stripe_price_id: str | None = None
@@ -192,6 +196,15 @@ class Package(BaseModel):
             "price": self.price,
             "currency": self.currency,
         }
+
+    def sale_terms(self) -> dict[str, str]:
+        """The terms of a sale of this package as a Checkout Session's metadata carries them: fixed at
+        checkout, so the webhook credits what the user saw whatever the catalog says later
+        (`credits.payments.Terms` reads them back). `expiresInDays` only for credits that expire."""
+        terms = {"credits": str(self.credits), "price": str(self.price), "currency": self.currency}
+        if self.expires_in_days is not None:
+            terms["expiresInDays"] = str(self.expires_in_days)
+        return terms
 
 
 class CatalogStore(Store, Protocol):
@@ -221,6 +234,8 @@ class Catalog:
     def put(self, package: Package) -> None:
         item = package.model_dump()
         package_id = item.pop("id")
+        if item["expires_in_days"] is None:
+            del item["expires_in_days"]  # credits that never expire: the item as before expiry existed
         self.store.write(
             Put(
                 {

@@ -19,6 +19,13 @@ EXACTLY ONCE (docs/design.md section 4, invariant 4), kept here on top of the le
 - a state that cannot be settled (a conflict, an impossible record) raises SettlementFailed: the
   webhook answers 5xx, logs an error and raises an alarmed metric. Never a 2xx or 4xx.
 
+CREDIT LOTS (docs/adr/0010-credit-lots.md): a purchase credits a paid lot of its own, source
+`purchase:<pi>`, expiring `expiresInDays` after it is credited when its package says so (a term of
+the sale, fixed in the session at checkout). Refund and dispute steps name that source: the ledger
+draws the purchase's lot first and never takes back its credits that had expired already, so an
+entry may move less than its step (the entry's `expired_part`). The record counts the step's credits
+as the settlement computed them; `Outcome.credits` is what the balance moved.
+
 The Stripe objects read are in `credits.stripe_objects`; this module is the service that reads and
 writes payment records (through a `credits.store.Store`) and posts to the ledger.
 """
@@ -35,10 +42,21 @@ import pydantic
 
 from credits import keys
 from credits.errors import CreditsError, ReferenceReused, SettlementFailed, TemporarilyUnavailable, ValidationError
-from credits.ledger import MAX_AMOUNT, Entry, ExtraConditionFailed, Ledger, Policy, Posted, Transaction, iso_utc
-from credits.packages import Catalog
+from credits.ledger import (
+    MAX_AMOUNT,
+    Entry,
+    ExtraConditionFailed,
+    Ledger,
+    LotTerms,
+    Policy,
+    Posted,
+    Transaction,
+    iso_utc,
+)
+from credits.packages import MAX_EXPIRES_IN_DAYS, Catalog
 from credits.settlement import (
     CLOSED,
+    DAY_MS,
     DISPUTE_ATTRIBUTE,
     RELEASED,
     DisputeFact,
@@ -47,6 +65,7 @@ from credits.settlement import (
     Step,
     next_step,
     payment_problems,
+    purchase_reference,
 )
 from credits.store import Cond, ConditionFailed, DynamoStore, Key, Store, Update, absent, eq, lt
 from credits.stripe_objects import (
@@ -96,30 +115,32 @@ News = Callable[[Mapping[str, Any] | None], Cond | None]
 class Outcome:
     """What an event did, for the response, the log line and the metrics."""
 
-    kind: str  # granted, duplicate, clawed_back, restored, pending, waiting, failed, mismatch, ignored
+    kind: str  # granted, duplicate, clawed_back, restored, noted, pending, waiting, failed, mismatch, ignored
     detail: str = ""
     user_id: str | None = None
-    credits: int = 0
+    credits: int = 0  # what the balance moved (a refund of credits that expired already moves none)
 
     def body(self) -> dict[str, Any]:
         return {"outcome": self.kind, "detail": self.detail, "credits": self.credits}
 
 
 class Terms(NamedTuple):
-    """What a session sold."""
+    """What a session sold: the package's name, its credits for its price, and how many days after
+    the purchase is credited they expire (None: never)."""
 
     name: str
     credits: int
     price: int
     currency: str
+    expires_in_days: int | None = None
 
 
-def _count(text: str | None) -> int | None:
-    """A positive integer written by us in metadata, or None."""
+def _count(text: str | None, limit: int = MAX_AMOUNT) -> int | None:
+    """A positive integer written by us in metadata, at most `limit`, or None."""
     if text is None or not re.fullmatch(r"[0-9]{1,10}", text):
         return None
     value = int(text)
-    return value if 0 < value <= MAX_AMOUNT else None
+    return value if 0 < value <= limit else None
 
 
 class Payments:
@@ -190,29 +211,36 @@ class Payments:
         return self._credit(object_id(session.payment_intent) or session.id, session.id, user_id, terms)
 
     def _terms(self, metadata: dict[str, str], package_id: str) -> Terms | None:
-        """What was sold: the terms fixed in the session at checkout, else the catalog's current ones."""
+        """What was sold: the terms fixed in the session at checkout (`credits.checkout.session_metadata`;
+        without `expiresInDays` the credits never expire), else the catalog's current ones."""
         package = self.catalog.get(package_id)
         credits, price = _count(metadata.get("credits")), _count(metadata.get("price"))
         currency = metadata.get("currency", "")
-        if credits and price and re.fullmatch(r"[a-z]{3}", currency):
-            return Terms(package.name if package else package_id, credits, price, currency)
+        days_text = metadata.get("expiresInDays")
+        days = _count(days_text, MAX_EXPIRES_IN_DAYS)
+        if credits and price and re.fullmatch(r"[a-z]{3}", currency) and (days_text is None or days):
+            return Terms(package.name if package else package_id, credits, price, currency, days)
         if package is None:
             return None
-        return Terms(package.name, package.credits, package.price, package.currency)
+        return Terms(package.name, package.credits, package.price, package.currency, package.expires_in_days)
 
     def _credit(self, payment_id: str, session_id: str, user_id: str, terms: Terms) -> Outcome:
-        """Credit a paid purchase once, then settle what arrived about it before."""
-        name, credits, price, currency = terms
+        """Credit a paid purchase once, to a paid lot of its own (expiring `expires_in_days` after now,
+        if the package said so), then settle what arrived about it before."""
+        name, credits, price, currency, days = terms
+        now, reference = self.clock(), purchase_reference(payment_id)
+        expires = None if days is None else int(now * 1000) + days * DAY_MS
         entry = Entry(
             credits,
             "purchase",
             f"{name}: {credits} credits",
-            f"purchase:{payment_id}",
+            reference,
             price,
             currency,
-            system_reference=True,
+            system_reference=True,  # so not `Ledger.grant`, which posts client references only
+            lot=LotTerms("paid", None, expires, label=name, source=reference),
         )
-        credited = purchase_update(payment_id, session_id, user_id, terms, self.clock())
+        credited = purchase_update(payment_id, session_id, user_id, terms, now)
         try:
             posted = self._post(user_id, entry, Policy.CREDIT, credited)
         except ExtraConditionFailed:
@@ -282,7 +310,9 @@ class Payments:
     # ---- ledger state -------------------------------------------------------------------------
 
     def _settle(self, payment_id: str) -> int:
-        """Post what the payment's facts require and the ledger does not show yet; returns the net change."""
+        """Post what the payment's facts require and the ledger does not show yet; returns the net
+        change of the balance (credits of the purchase that had expired are not taken back again: a
+        step may move less than it counts on the record)."""
         net = 0
         for _ in range(MAX_RECOMPUTES):
             record = self.record(payment_id)
@@ -291,19 +321,21 @@ class Payments:
             step = next_step(record)
             if step is None:
                 return net
-            if self._take(record.user_id, record, step):
-                net += step.amount
+            posted = self._take(record.user_id, record, step)
+            if posted is not None:
+                net += posted.amount
             # else: the record moved under us, or a concurrent delivery posted the step: recompute
         # Each round either posts a step or sees the record move: eight rounds without an end is not
         # contention but a state we cannot settle.
         raise SettlementFailed(f"payment {payment_id} did not settle after {MAX_RECOMPUTES} rounds")
 
-    def _take(self, user_id: str, record: PaymentRecord, step: Step) -> bool:
-        """Post one settlement step with the record's new state: False when it was not ours to post."""
+    def _take(self, user_id: str, record: PaymentRecord, step: Step) -> Posted | None:
+        """Post one settlement step with the record's new state: None when it was not ours to post."""
+        entry = step.entry(int(self.clock() * 1000))
         try:
-            return self._post(user_id, step.entry(), step.policy, state_update(record, step)) is not None
+            return self._post(user_id, entry, step.policy, state_update(record, step))
         except ExtraConditionFailed:
-            return False  # the record moved under us (a concurrent event)
+            return None  # the record moved under us (a concurrent event)
 
     def _post(self, user_id: str, entry: Entry, policy: Policy, record_update: Update) -> Posted | None:
         """Post a payment's ledger entry with its record update in one transaction: the Posted, or None
@@ -328,10 +360,11 @@ class Payments:
     def audit(self, user_id: str, history: list[Transaction]) -> list[str]:
         """Problems between a user's ledger and the records of the payments credited to them: the
         purchase, refund and dispute entries of each payment must add up to what its facts require."""
+        prefix = purchase_reference("")
         credited = {
-            str(t.reference_id)[len("purchase:") :]
+            str(t.reference_id)[len(prefix) :]
             for t in history
-            if t.type == "purchase" and (t.reference_id or "").startswith("purchase:")
+            if t.type == "purchase" and (t.reference_id or "").startswith(prefix)
         }
         problems: list[str] = []
         for payment_id in sorted(credited):
@@ -389,6 +422,8 @@ def purchase_update(payment_id: str, session_id: str, user_id: str, terms: Terms
         "currency": terms.currency,
         "session_id": session_id,
         "granted_at": iso_utc(now),
+        "package_name": terms.name,  # the terms of credits a won dispute gives back
+        **({} if terms.expires_in_days is None else {"expires_in_days": terms.expires_in_days}),
         **dataclasses.asdict(LedgerState()),  # nothing taken back yet, no step posted
     }
     return Update(

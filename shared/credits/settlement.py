@@ -11,6 +11,13 @@ state it was computed from) and asks again until nothing is left (docs/design.md
   bought;
 - then disputes: while any dispute is open or lost, whatever refunds did not take is held; given
   back when every dispute is won, `warning_closed` or `prevented`.
+
+Every step names its purchase (`source`, `purchase:<payment>`): the ledger takes from that purchase's
+lot first and never takes back its credits that had expired already, so it may post less than the
+step asks (the entry's `expired_part`; docs/adr/0010-credit-lots.md, rule 5). The record counts the
+step's credits as computed here ("credits of the purchase refunded"); the audit counts an entry's
+`expired_part` with it. Credits a won dispute gives back go to a paid lot with the purchase's terms
+(its package's `expiresInDays` counted from then, or no expiry).
 """
 
 from __future__ import annotations
@@ -20,13 +27,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from credits.ledger import Entry, Policy, Transaction
+from credits.ledger import Entry, LotTerms, Policy, Transaction
 from credits.money import format_money
 
 # Dispute statuses after which the money stays with us (or never left): the hold is released.
 RELEASED = frozenset({"won", "warning_closed", "prevented"})
 CLOSED = RELEASED | {"lost"}
 DISPUTE_ATTRIBUTE = "dispute#"  # one record attribute per dispute on the payment: {status, rank, amount}
+DISPUTE_HELD = "Payment disputed"  # how a dispute step that takes credits is described
+DISPUTE_RELEASED = "Dispute closed"  # ... and one that gives them back
+DAY_MS = 86_400_000
+
+
+def purchase_reference(payment_id: str) -> str:
+    """The purchase's system reference on the ledger; its lot's `source`, named by its refunds and disputes."""
+    return f"purchase:{payment_id}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,10 @@ class PaymentRecord:
     refund_money_applied: int = 0
     credits_disputed: int = 0
     settle_steps: int = 0
+    # the terms of the purchase, for credits a won dispute gives back (records of purchases from
+    # before lots have neither: no expiry)
+    package_name: str = ""
+    expires_in_days: int | None = None
 
     @classmethod
     def from_item(cls, payment_id: str, item: Mapping[str, Any]) -> PaymentRecord:
@@ -134,15 +153,32 @@ class Step:
     money: int | None  # the money it answers for, in the currency's minor unit
     currency: str | None
     state: LedgerState
+    source: str | None = None  # the purchase's reference (`purchase:<payment>`): its lot answers first
+    expires_in_days: int | None = None  # the purchase's terms, for credits given back
+    label: str = ""  # the package's name, for the lot of credits given back
 
     @property
     def policy(self) -> Policy:
         """A clawback may take the balance below zero; a release is a credit."""
         return Policy.CLAWBACK if self.amount < 0 else Policy.CREDIT
 
-    def entry(self) -> Entry:
+    def entry(self, now_ms: int) -> Entry:
+        """The ledger entry, decided at `now_ms`: a clawback names its purchase; credits given back
+        go to a paid lot with the purchase's terms counted from now."""
+        lot = None
+        if self.amount > 0:
+            expires = None if self.expires_in_days is None else now_ms + self.expires_in_days * DAY_MS
+            lot = LotTerms("paid", None, expires, self.label, self.source)
         return Entry(
-            self.amount, self.type, self.description, self.reference, self.money, self.currency, system_reference=True
+            self.amount,
+            self.type,
+            self.description,
+            self.reference,
+            self.money,
+            self.currency,
+            system_reference=True,
+            lot=lot,
+            source=self.source,
         )
 
     def record_changes(self) -> dict[str, int]:
@@ -175,7 +211,7 @@ def _refund_step(record: PaymentRecord, reference: str) -> Step | None:
         settle_steps=record.settle_steps + 1,
     )
     description = f"Refund of {shown} ({record.payment_id})"
-    return Step("refund", -refund, reference, description, money, record.currency, state)
+    return Step("refund", -refund, reference, description, money, record.currency, state, *_terms(record))
 
 
 def _dispute_step(record: PaymentRecord, reference: str) -> Step | None:
@@ -186,14 +222,19 @@ def _dispute_step(record: PaymentRecord, reference: str) -> Step | None:
     holding = change < 0
     named = sorted(d for d, fact in record.disputes.items() if fact.holds == holding)
     if holding:
-        description = f"Payment disputed ({', '.join(named)})"
+        description = f"{DISPUTE_HELD} ({', '.join(named)})"
     else:
-        description = "Dispute closed (" + ", ".join(f"{d} {record.disputes[d].status}" for d in named) + ")"
+        description = f"{DISPUTE_RELEASED} (" + ", ".join(f"{d} {record.disputes[d].status}" for d in named) + ")"
         description += ": credits restored"
     # The money at stake in the disputes named, never more than the payment.
     disputed = min(sum(record.disputes[d].amount or 0 for d in named), record.amount) or None
     state = dataclasses.replace(record.state, credits_disputed=hold, settle_steps=record.settle_steps + 1)
-    return Step("dispute", change, reference, description, disputed, record.currency, state)
+    return Step("dispute", change, reference, description, disputed, record.currency, state, *_terms(record))
+
+
+def _terms(record: PaymentRecord) -> tuple[str, int | None, str]:
+    """What every step of the payment names: its purchase, and the terms of credits given back."""
+    return purchase_reference(record.payment_id), record.expires_in_days, record.package_name
 
 
 # ---- the payments audit -----------------------------------------------------------------------
@@ -209,6 +250,16 @@ def settles(tx: Transaction, record: PaymentRecord) -> bool:
     return tx.type == "dispute" and any(ref.startswith(f"dispute:{d}:") for d in record.disputes)  # older layout
 
 
+def credits_taken(tx: Transaction) -> int:
+    """The purchase's credits a settlement entry took back (negative: gave back), as the settlement
+    counted them: what the entry moved, and what of them had expired already (`expired_part`: the
+    ledger never takes those again, nor gives them back). An entry of 0 credits says its direction
+    only by its description (a dispute's release)."""
+    released = tx.type == "dispute" and tx.description.startswith(DISPUTE_RELEASED)
+    gives = tx.amount > 0 or (tx.amount == 0 and released)
+    return -(tx.amount + tx.expired_part) if gives else -tx.amount + tx.expired_part
+
+
 def payment_problems(
     payment_id: str, user_id: str, record: PaymentRecord | None, history: Iterable[Transaction]
 ) -> list[str]:
@@ -219,7 +270,8 @@ def payment_problems(
         return [f"payment {payment_id}: credited on the ledger but not on record for this user"]
     history = list(history)
     problems: list[str] = []
-    bought = [t.amount for t in history if t.type == "purchase" and t.reference_id == f"purchase:{payment_id}"]
+    reference = purchase_reference(payment_id)
+    bought = [t.amount for t in history if t.type == "purchase" and t.reference_id == reference]
     if bought != [record.credits]:
         problems.append(f"payment {payment_id}: purchase entries {bought}, record says {record.credits}")
     steps = [t for t in history if settles(t, record)]
@@ -227,7 +279,7 @@ def payment_problems(
         ("refunds", "refund", record.credits_refunded, record.refund_target()),
         ("disputes", "dispute", record.credits_disputed, record.dispute_target()),
     ):
-        on_ledger = -sum(t.amount for t in steps if t.type == kind)
+        on_ledger = sum(credits_taken(t) for t in steps if t.type == kind)
         if not on_ledger == on_record == required:
             problems.append(
                 f"payment {payment_id}: {what} took {on_ledger} credits on the ledger, "

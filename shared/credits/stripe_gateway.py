@@ -13,6 +13,7 @@ from typing import Any
 
 import stripe
 
+from credits.checkout import session_metadata
 from credits.errors import PaymentProviderError, ValidationError
 from credits.packages import Package
 
@@ -95,13 +96,7 @@ class StripeGateway:
         (a truncated or hashed one would name no user).
         """
         # The terms of the sale, fixed now: the webhook credits exactly these, if exactly this was paid.
-        metadata = {
-            "userId": user_id,
-            "packageId": package.id,
-            "credits": str(package.credits),
-            "price": str(package.price),
-            "currency": package.currency,
-        }
+        metadata = session_metadata(user_id, package)
         if package.stripe_price_id:
             line_item: dict[str, Any] = {"price": package.stripe_price_id, "quantity": 1}
         else:

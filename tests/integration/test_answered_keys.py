@@ -18,7 +18,7 @@ import pytest
 from credits import keys
 from credits.errors import InsufficientCredits
 from credits.ledger import Ledger
-from credits.ledger.codec import Intent
+from credits.ledger.intents import Intent
 from credits.store import Write
 from local.containers import Container, ContainerError
 from tests.integration.conftest import LocalTables

@@ -13,7 +13,7 @@ import sys
 from local.template import ROOT
 
 BENCH_DEADLINE = 300.0  # seconds: DynamoDB Local's JVM, containers and cold starts on a loaded 2-core machine
-ROW = re.compile(r"\s+1 (ours|serialize|seq-guard)\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+\d+\s+[\d.]+")
+ROW = re.compile(r"\s+1 (ours|lots-20|serialize|seq-guard)\s+\d+\s+(\d+)\s+(\d+)\s+(\d+)\s+\d+\s+\d+\s+[\d.]+")
 
 
 def test_the_benchmark_table_is_not_interrupted_by_metrics_or_warnings() -> None:
@@ -41,8 +41,13 @@ def test_the_benchmark_table_is_not_interrupted_by_metrics_or_warnings() -> None
     lines = out.splitlines()
     assert lines[1].startswith(" writers way"), out
     table = lines[2 : lines.index("")]
-    assert len(table) == 4, out  # three ways and the ratios, nothing in between
-    assert all(ROW.fullmatch(line) for line in table[:3]), out
-    assert table[3].strip().startswith("ours/serialize"), out
+    assert len(table) == 6, out  # three ways (ours twice: one lot, 20 lots) and the ratios, nothing in between
+    rows = [ROW.fullmatch(line) for line in table[:4]]
+    assert all(rows), out
+    assert [row.group(1) for row in rows if row] == ["ours", "lots-20", "serialize", "seq-guard"], out
+    # every way answers the same: 200 charges, 50 refusals, no 503 (the 20 lots hold the same credits)
+    assert {row.groups()[1:] for row in rows if row} == {("200", "50", "0")}, out
+    assert table[4].strip().startswith("ours/serialize"), out
+    assert re.fullmatch(r"\s+lots-20/ours req/s [\d.]+   calls/req [\d.]+", table[5]), out
     assert "_aws" not in out and "CloudWatchMetrics" not in out, out
     assert "UserWarning" not in err and "No application metrics" not in err, err

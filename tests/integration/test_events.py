@@ -5,6 +5,7 @@ local stand-in."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from credits.ledger import Ledger
+from credits.ledger import Ledger, LotTerms, iso_utc
 from local.containers import Container
 from local.eventbridge import LocalEventBridge
 from local.streams import StreamPoller
@@ -159,3 +160,29 @@ def test_malformed_entries_are_dead_lettered_and_the_entries_after_them_are_publ
         assert message["record"]["dynamodb"]["Keys"] == {"pk": {"S": pk}, "sk": {"S": sk}}
         assert message["sequenceNumber"] == message["record"]["dynamodb"]["SequenceNumber"]
         assert message["eventSourceARN"] == message["record"]["eventSourceARN"]
+
+
+def test_a_lot_is_announced_once_before_it_expires_and_its_expiry_names_it(
+    local_tables: LocalTables, events: Events
+) -> None:
+    """The lot's note and its expiration entry, through the table's stream and its filter as deployed."""
+    ledger = local_tables.ledger()
+    ledger.update_settings("lots", low_balance_threshold=0)
+    expires = int(time.time() * 1000) + 4000
+    ledger.grant("lots", 40, type="gift", description="trial", lot=LotTerms(expires_at_ms=expires, label="Trial"))
+    ledger.grant("lots", 10, type="gift", description="kept")
+    assert ledger.sweep("lots") == 0  # within its warning window: announced, nothing expired
+    assert ledger.sweep("lots") == 0  # once
+    deadline = time.monotonic() + 60
+    while ledger.account("lots").balance != 10:  # the lot expired (reads leave it out at once)
+        assert time.monotonic() < deadline, "the lot never expired"
+        time.sleep(0.05)
+    assert ledger.sweep("lots") == 1
+
+    (soon,) = events.of("lots", "Credits Expiring Soon")
+    assert (soon["lotId"], soon["credits"], soon["label"]) == ("1", 40, "Trial")
+    assert soon["expiresAt"] == iso_utc(expires / 1000)
+    (expired,) = events.of("lots", "Credits Expired")
+    assert (expired["lotId"], expired["credits"], expired["balance"]) == ("1", 40, 10)
+    assert expired["description"].startswith("Expired: 40 credits of Trial")
+    assert events.poller.dead_letters == []

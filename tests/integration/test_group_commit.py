@@ -13,8 +13,8 @@ import pytest
 
 from credits import keys
 from credits.errors import InsufficientCredits, TemporarilyUnavailable
-from credits.ledger import Entry, Idempotency, Ledger, Policy, Posted, codec, fingerprint, to_item
-from credits.ledger.codec import Intent
+from credits.ledger import Entry, Idempotency, Ledger, Policy, Posted, fingerprint, to_item
+from credits.ledger.intents import Intent, intent_put
 from credits.ledger.outcomes import Outcome
 from credits.ledger.rules import Change, Kind
 from credits.ledger.values import LEASE_MS
@@ -93,7 +93,7 @@ def queue(ledger: Ledger, user: str, amount: int, key: str) -> Intent:
         apply_before_ms=int((now + 30) * 1000),
         change=Change(Kind.POST, entry, Policy.USAGE, Idempotency(key, fingerprint({"key": key})), "rf"),
     )
-    ledger.store.write(codec.intent_put(keys.user_pk(user), intent, int(now)))
+    ledger.store.write(intent_put(keys.user_pk(user), intent, int(now)))
     return intent
 
 

@@ -92,6 +92,8 @@ def test_a_hold_of_one_second_stops_counting_when_it_expires(local_tables: Local
         "balance": 10,
         "available": 2,
         "held": 8,
+        "expiring": [],
+        "byCategory": {"paid": 10, "promotional": 0},  # what is left, and what the hold drew
     }
     expires = datetime.fromisoformat(hold["expiresAt"].replace("Z", "+00:00")).timestamp()
     time.sleep(max(expires - time.time(), 0) + 0.01)
@@ -100,6 +102,8 @@ def test_a_hold_of_one_second_stops_counting_when_it_expires(local_tables: Local
         "balance": 10,
         "available": 10,
         "held": 0,
+        "expiring": [],
+        "byCategory": {"paid": 10, "promotional": 0},  # the expired hold's credits are back
     }
     assert invoke(bal, http_event("GET", "/credits/holds", sub="brief"))[1] == {"holds": []}
     capture = http_event(

@@ -51,6 +51,11 @@ class Stack:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
+    def money(self, token: str) -> tuple[int, dict[str, int]]:
+        """GET /credits/balance: its status, and the balance, what is available and what is held."""
+        status, body = self.call("GET", "/credits/balance", token=token)
+        return status, {name: body[name] for name in ("balance", "available", "held")}
+
     def sign_in(self, user: str) -> str:
         status, body = self.call("POST", "/local/sign-in", {"user": user})
         assert status == 200
@@ -87,7 +92,7 @@ def test_worked_example_buy_spend_refund(stack: Stack) -> None:
     starter = next(p for p in body["packages"] if p["id"] == "starter")
     assert (starter["credits"], starter["price"], starter["currency"]) == (100, 500, "usd")
 
-    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 0, "available": 0, "held": 0})
+    assert stack.money(token) == (200, {"balance": 0, "available": 0, "held": 0})
     status, checkout = stack.call("POST", "/credits/checkout", {"packageId": "starter"}, token=token)
     assert status == 201
     assert checkout["checkoutUrl"].startswith(stack.stripe.base_url)
@@ -95,13 +100,13 @@ def test_worked_example_buy_spend_refund(stack: Stack) -> None:
 
     stack.stripe.pay(checkout["sessionId"])
     assert stack.stripe.deliveries[-1][1] == 200
-    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 100, "available": 100, "held": 0})
+    assert stack.money(token) == (200, {"balance": 100, "available": 100, "held": 0})
 
     status, spent = stack.call("POST", "/credits/use", {"action": "analyze"}, token=token)
     assert (status, spent["charged"], spent["balance"]) == (200, 5, 95)
 
     stack.stripe.refund(checkout["sessionId"], 250)
-    assert stack.call("GET", "/credits/balance", token=token) == (200, {"balance": 45, "available": 45, "held": 0})
+    assert stack.money(token) == (200, {"balance": 45, "available": 45, "held": 0})
 
     status, page = stack.call("GET", "/credits/transactions", token=token)
     assert [(t["type"], t["amount"], t["balanceAfter"]) for t in page["transactions"]] == [
@@ -325,4 +330,47 @@ def test_two_disputes_and_a_refund_racing_in_any_order_take_everything(local_tab
     assert ledger.balance(user) == 0  # 40 refunded, the other 60 held by the lost dispute
     assert sum(t.amount for t in history if t.type == "refund") == -40
     assert sum(t.amount for t in history if t.type == "dispute") == -60
+    assert ledger.audit(user).ok and local_tables.payments().audit(user, history) == []
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_an_expiring_purchases_refund_and_dispute_racing_settle_against_its_lot(
+    local_tables: LocalTables, seed: int
+) -> None:
+    """A purchase of a package whose credits expire in 30 days (the term fixed in its session), then a
+    partial refund, a dispute opened and won and a full refund, delivered at once in any order."""
+    import random
+    import time
+
+    from credits.checkout import session_metadata
+    from credits.packages import Catalog, Package
+
+    monthly = Package(id="monthly", name="Monthly", credits=100, price=500, currency="usd", expires_in_days=30)
+    Catalog(local_tables.client, local_tables.credits).put(monthly)  # type: ignore[arg-type]
+    user, pi = f"expiring-{seed}", f"pi_lot_{seed}"
+    session = se.session(user=user, package="monthly", payment_intent=pi)
+    session["metadata"] = session_metadata(user, monthly)
+    ledger = local_tables.ledger()
+    ledger.grant(user, 40, type="gift", description="welcome")  # what a refund takes after the purchase's lot
+    before = int(time.time() * 1000)
+    deliver_at_once([se.event("checkout.session.completed", session)], redeliver=False)
+    after = int(time.time() * 1000)
+    [lot] = [lot for lot in ledger.account(user).lots if lot.label == "Monthly"]
+    assert lot.remaining == 100 and before + 30 * 86_400_000 <= (lot.expires_at_ms or 0) <= after + 30 * 86_400_000
+    ledger.charge(user, 70, description="usage")  # from the purchase's lot (it expires; the gift does not)
+
+    events = [
+        se.event("charge.refunded", se.charge(pi, refunded=200)),
+        se.event("charge.dispute.created", se.dispute(pi)),
+        se.event("charge.dispute.closed", se.dispute(pi, status="won")),
+        se.event("charge.refunded", se.charge(pi, refunded=500)),
+    ]
+    random.Random(seed).shuffle(events)
+    first = [status for status, _ in deliver_at_once(events)]
+    assert set(first) <= {200, 503}, first
+
+    history = ledger.history(user)
+    assert ledger.balance(user) == 40 + 100 - 70 - 100  # refunded in full; the gift pays what was spent
+    assert sum(t.amount for t in history if t.type == "refund") == -100
+    assert sum(t.amount for t in history if t.type == "dispute") == 0
     assert ledger.audit(user).ok and local_tables.payments().audit(user, history) == []

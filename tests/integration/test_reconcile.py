@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from credits.checkout import CheckoutUrls, Customers, start_checkout
+from credits.checkout import CheckoutUrls, Customers, session_metadata, start_checkout
 from credits.cli import main as credits_cli
 from credits.errors import CreditsError
 from credits.ledger import Ledger
@@ -242,3 +242,37 @@ def test_one_item_that_cannot_be_applied_does_not_hold_back_the_others(stack: St
     applied = results[second]
     assert isinstance(applied, Outcome) and applied.kind == "granted"
     assert stack.ledger.balance("frank") == 100
+
+
+def test_a_missed_purchase_of_an_expiring_package_is_credited_on_the_terms_of_its_session(stack: Stack, capsys) -> None:
+    """`team` expires 365 days after purchase (local/packages.example.json); its session fixed that at
+    checkout. Applied by reconcile days later, the purchase still gets the session's terms, counted
+    from when it is credited; then a missed refund is applied, and the audits stay clean."""
+    client: Any = stack.tables.client
+    team = Catalog(client, stack.tables.credits).active("team")
+    metadata = session_metadata("grace", team)
+    session = StripeGateway.connect(API_KEY, stack.stripe.base_url).client.v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "client_reference_id": "grace",
+            "line_items": [{"price": str(team.stripe_price_id), "quantity": 1}],
+            "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata},
+            "success_url": "http://localhost/ok",
+            "cancel_url": "http://localhost/no",
+        }
+    )
+    Catalog(client, stack.tables.credits).put(team.model_copy(update={"expires_in_days": 7}))  # changed since
+    stack.stripe.drop_deliveries = True
+    stack.stripe.pay(session.id)
+    stack.stripe.refund(session.id, 9000)  # half the money: 2,500 credits
+
+    before = int(time.time() * 1000)
+    code, out = reconcile(capsys, "--since", "1h", "--apply")
+    assert code == 0 and f"applied purchase {session.id}: granted (5,000 credits)" in out
+    [lot] = stack.ledger.account("grace").lots
+    assert (lot.remaining, lot.label) == (2500, "Team")
+    assert before + 365 * 86_400_000 <= (lot.expires_at_ms or 0) <= int(time.time() * 1000) + 365 * 86_400_000
+    assert [(t.type, t.amount) for t in stack.ledger.history("grace")] == [("purchase", 5000), ("refund", -2500)]
+    assert reconcile(capsys, "--since", "1h")[0] == 0
+    assert credits_cli(["audit", "grace"]) == 0

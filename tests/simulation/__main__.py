@@ -32,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strict", action="store_true", help=f"fail on the known bugs too ({', '.join(KNOWN_BUGS) or 'none now'})"
     )
+    parser.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        choices=sorted(KNOWN_BUGS),
+        metavar="BUG",
+        help="fail on this known bug (repeatable): its shortest history",
+    )
     parser.add_argument("--no-shrink", action="store_true", help="on a failure, do not look for a shorter history")
     parser.add_argument("--shrink-seconds", type=float, default=120.0, help="time for shrinking (default 120)")
     args = parser.parse_args(argv)
@@ -49,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     log = open(args.log, "w") if args.log else None  # noqa: SIM115 - closed below
     try:
         result = simulate(
-            args.seed, ops=ops, plant=args.plant, actors=args.actors, log=log, strict=args.strict, progress=progress
+            args.seed,
+            ops=ops,
+            plant=args.plant,
+            actors=args.actors,
+            log=log,
+            strict=args.strict,
+            fail_on=args.fail_on,
+            progress=progress,
         )
     finally:
         if log is not None:
@@ -70,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             result,
             plant=args.plant,
             strict=args.strict,
+            fail_on=args.fail_on,
             seconds=args.shrink_seconds,
             say=lambda line: print(line, flush=True),
         )
@@ -84,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for op in shown:
         print("  " + op.describe())
     plant = f" --plant {args.plant}" if args.plant else ""
-    strict = " --strict" if args.strict else ""
+    strict = (" --strict" if args.strict else "") + "".join(f" --fail-on {bug}" for bug in args.fail_on)
     keep = ranges([op.n for op in history])
     replay = f"python -m tests.simulation --seed {args.seed} --ops {count} --keep {keep}{plant}{strict} --no-shrink"
     print(f"\nreplay: {replay}")
@@ -111,6 +127,7 @@ def summary(result: Result, plant: str | None) -> None:
         f"(at most {stats['largest_pass']} in a pass; the largest transaction {stats['largest_transaction']} items); "
         f"{stats['intents_withdrawn']} intents withdrawn; {stats['negative_balances']} balances clawed below zero"
     )
+    print("  lots: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats["lots"].items()))
     print("  faults injected: " + ", ".join(f"{k} {v}" for k, v in stats["faults"].items()))
     by_kind: dict[str, list[str]] = defaultdict(list)
     for outcome, n in stats["outcomes"].items():

@@ -1,6 +1,6 @@
 """The model's checks of every commit: each transaction, single write and TTL deletion of the
-table, as the `MemoryStore` reports it, against the model's own balance, ledger, holds, spend and
-settings (docs/design.md section 4; the list is in `model.py`)."""
+table, as the `MemoryStore` reports it, against the model's own balance, ledger, holds, lots, spend
+and settings (docs/design.md section 4; the list is in `model.py`, the lots' in `lotchecks.py`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from credits import keys
+from tests.simulation import lotmodel as lm
+from tests.simulation.lotchecks import LotChecks, LotPass
+from tests.simulation.lotmodel import DAY_MS, DEFAULT_PRIORITY, Draws, Terms
 from tests.simulation.records import (
     KEY_MEMORY,
     MARGIN,
@@ -24,13 +27,13 @@ from tests.simulation.records import (
     Violation,
     iso_ms,
 )
-from tests.simulation.workload import PACKAGE_BY_ID, REASON
+from tests.simulation.workload import LOT_PACKAGE_BY_ID, PACKAGE_BY_ID, REASON, Op
 
 if TYPE_CHECKING:
     from tests.simulation.store import Change
 
 
-class Commits:
+class Commits(LotChecks):
     """The commit checks; the state is the `Model`'s (declared here)."""
 
     now: Callable[[], float]
@@ -109,7 +112,8 @@ class Commits:
         if not clock_ms - 40_000 <= t_ms <= clock_ms + 2:
             self.fail("clock", f"{u.name}: a decision at {stamp} committed by a container whose clock reads {clock_ms}")
         month = max(stamp[:7], u.month)
-        available_before = u.balance - u.held(t_ms)
+        # what a read at the decision time says is available: expired credits count for nothing (invariant 9)
+        available_before = u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms) - u.held(t_ms)
         clawback = any(
             ch.key[1].startswith(keys.TX)
             and ch.after is not None
@@ -119,17 +123,23 @@ class Commits:
         )
         intents = 0
         freed: list[str] = []
+        # the lots: what the write owed first (expired holds and lots), then each change in order
+        lp = self._lots_begin(u, changes, before, t_ms, month)
+        expirations = 0
         for ch in changes:
             sk = ch.key[1]
             if sk.startswith(keys.TX):
                 assert ch.after is not None
-                self._entry(u, ch.after, t_ms, month)
+                if ch.after.get("type") == "expiration":
+                    expirations += 1  # replayed where it was owed (`_settle`)
+                else:
+                    self._entry(u, ch.after, t_ms, month)
             elif sk.startswith(keys.HOLD):
                 if ch.before is None:
                     assert ch.after is not None
-                    self._hold_opened(u, ch.after, t_ms, month)
+                    self._hold_opened(u, ch.after, t_ms, month, after)
                 else:
-                    self._hold_ended(u, ch, t_ms)
+                    self._hold_ended(u, ch, t_ms, lp)
             elif sk.startswith(keys.INTENT):
                 intents += 1
                 if ch.after is None or "outcome" not in ch.after:
@@ -142,14 +152,16 @@ class Commits:
             self.group_passes += 1
             self.intents_decided += intents
             self.largest_pass = max(self.largest_pass, intents)
+        self._lots_end(u, lp, account[0].key[0], before, after)
+        self._swept(u, actor, changes, intents, expirations)
         if after.get("balance", 0) != u.balance or after.get("seq", 0) != u.seq:
             self.fail("gapless", f"{u.name}'s account holds {after.get('balance')}/{after.get('seq')} after a commit; "
                       f"its entries add up to {u.balance}/{u.seq}")  # fmt: skip
         self._check_map(u, after, t_ms)
         # invariant 6 after the commit, at its decision time: open holds fit in the balance; only a
         # clawback takes `available` below zero (or lower, when one already did)
-        available = u.balance - u.held(t_ms)
-        if available < 0 and available < available_before and not clawback:
+        available = u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms) - u.held(t_ms)
+        if available < 0 and available < available_before and not clawback and not lp.overdrawn:
             self.fail(
                 "holds-available",
                 f"{u.name}: available {available} (balance {u.balance}) after a commit at {t_ms}, "
@@ -162,12 +174,33 @@ class Commits:
                 f"its usage adds up to {u.spent} in {u.month}",
             )
 
+    @staticmethod
+    def _hold_draws(u: User) -> list[tuple[int, Draws]]:
+        return [(h.until_ms, h.draws) for h in u.open.values()]
+
+    def _readable(self, u: User, t_ms: int) -> tuple[int, int]:
+        """The balance and what is available of it at `t_ms` as a read says: expired credits count
+        for nothing (invariant 9), open holds are taken out (invariant 6)."""
+        balance = u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms)
+        return balance, balance - u.held(t_ms)
+
+    def _overdrawn(self, u: User, invariant: str, detail: str) -> None:
+        """A debit or a hold that the credits that count did not cover: a known bug while credits of
+        lots that expired wait beyond what one write records (see `unrecorded-expiry-counts`)."""
+        self._lot_pass.overdrawn = True
+        self._uncovered(u, detail, invariant)
+
     def _single_write(self, u: User, ch: Change) -> None:
         sk = ch.key[1]
-        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF)):
+        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.EXPIRING)):
             self.fail("all-or-nothing", f"{u.name}: a single write to {sk}")
         if sk.startswith(keys.INTENT) and ch.after is None and ch.before is not None and "outcome" not in ch.before:
             self.withdrawn += 1
+        if sk.startswith(keys.INTENT) and ch.before is None:
+            actor = self.current()
+            att = getattr(actor.task, "att", None) if actor is not None else None
+            if isinstance(att, Attempt):
+                att.queued = True
         if sk.startswith(keys.IDEM):
             if ch.after is not None and "refused" not in ch.after:
                 self.fail("all-or-nothing", f"{u.name}: a single write of a success under key {sk}")
@@ -175,7 +208,7 @@ class Commits:
         if sk != keys.ACCOUNT:
             return
         before, after = ch.before or {}, ch.after or {}
-        for money in ("balance", "seq", "holds", "holds_rev", "spent", "spend_month"):
+        for money in ("balance", "seq", "holds", "holds_rev", "spent", "spend_month", "lots", "lots_due", "lots_shard"):
             if before.get(money) != after.get(money):
                 self.fail("all-or-nothing", f"{u.name}: a single write changed the account's {money}")
         settings = ("low_balance_threshold", "monthly_spend_limit", "settings_window", "settings_changes")
@@ -223,17 +256,23 @@ class Commits:
                 f"{u.name}: reference {scope}:{ref} applied twice (seq {u.refs[(scope, ref)][0]}, {seq})",
             )
         owner: Req | None = None
+        spec: tuple[Any, ...] = ("expiration",)  # what it does to the lots (an expiration: `_settle`)
+        default = Terms(label=str(item.get("description", "")))  # credits given no terms
         if scope == "system" and ref is not None:
             if ref.startswith("hold:"):
-                self._capture_entry(u, item, t_ms, month)
+                spec = ("capture", self._capture_entry(u, item, t_ms, month))
             elif ref.startswith("purchase:"):
-                self._purchase_entry(u, item, ref[len("purchase:") :])
+                spec = ("credit", self._purchase_entry(u, item, ref[len("purchase:") :]))
             elif ref.startswith("settle:"):
-                self._settle_entry(u, item, ref)
-            else:
+                spec = self._settle_entry(u, item, ref)
+            elif not ref.startswith("expire:") or item["type"] != "expiration":
                 self.fail("exactly-once", f"{u.name}: entry {seq} with unknown system reference {ref}")
         else:
             owner = self._request_entry(u, item, t_ms, month)
+            spec = self._lot_spec(owner.op, default)
+        self._lot_entry(u, item, t_ms, spec)
+        if spec[0] == "credit" and item["type"] == "purchase":
+            self._new_buy(u, item, spec[1])
         if ref is not None:
             u.refs[(scope, ref)] = (seq, owner)
         u.balance += amount
@@ -242,6 +281,26 @@ class Commits:
             self.negative_balances += 1
         u.entries.append((item["id"], amount, item["balance_after"]))
         u.tids[item["id"]] = seq
+        u.lows.append((self.now(), u.balance))
+        if len(u.lows) > 256:
+            del u.lows[:128]
+        if spec[0] in ("credit", "restore"):
+            self._settle(u, self._lot_pass)  # a lot granted inside its warning window is announced at once
+
+    @staticmethod
+    def _lot_spec(op: Op, default: Terms) -> tuple[Any, ...]:
+        """What a request's entry does to the lots: the terms of its credits, or how its debit draws."""
+        if op.kind in ("grant", "buy") or (op.kind == "adjust" and (op.amount or 0) > 0):
+            if op.category is None:
+                return ("credit", default)
+            priority = DEFAULT_PRIORITY[op.category] if op.priority is None else op.priority
+            return ("credit", Terms(op.category, priority, op.expires_ms, op.label, op.source))
+        if op.kind == "claw":
+            return ("claw", op.source, op.amount)
+        if op.kind == "restore":
+            terms = Terms("paid", DEFAULT_PRIORITY["paid"], op.expires_ms, op.label, op.source)
+            return ("restore", op.source, op.amount, terms if op.category else default)
+        return ("burn", not (op.kind == "adjust" and op.force))
 
     def _request_entry(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> Req:
         desc = str(item.get("description", ""))
@@ -254,16 +313,31 @@ class Commits:
         what = f"{u.name}: entry {seq} ({typ} {amount}) for {op.describe()}"
         if item.get("reference_id") != op.ref:
             self.fail("exactly-once", f"{what} carries reference {item.get('reference_id')}")
-        avail = u.balance - u.held(t_ms)
+        balance, avail = self._readable(u, t_ms)  # as a read at the decision time says
         if op.kind == "charge":
             if typ != "usage" or amount != -(op.amount or 0):
                 self.fail("exactly-once", f"{what}: not the usage asked")
-            if u.balance < 0 or avail < -amount:
-                self.fail("no-overdraft", f"{what}: balance {u.balance}, available {avail} at {t_ms}")
+            if balance < 0 or avail < -amount:
+                self._overdrawn(u, "no-overdraft", f"{what}: balance {balance}, available {avail} at {t_ms}")
             self._spend(u, -amount, t_ms, month, what, check=True)
         elif op.kind == "grant":
             if typ != op.type or amount != op.amount:
                 self.fail("exactly-once", f"{what}: not the grant asked")
+        elif op.kind == "buy":
+            package = PACKAGE_BY_ID.get(op.package or "") or LOT_PACKAGE_BY_ID[op.package or ""]
+            if (typ, amount, item.get("monetary_amount"), item.get("currency")) != (
+                "purchase",
+                op.amount,
+                package.price,
+                package.currency,
+            ):
+                self.fail("exactly-once", f"{what}: not the purchase asked")
+        elif op.kind == "claw":  # rule 5 may post less than asked (`_claw`)
+            if typ != op.type or not -(op.amount or 0) <= amount <= 0:
+                self.fail("exactly-once", f"{what}: not the clawback asked")
+        elif op.kind == "restore":  # a won dispute gives back at most what was asked (`_restore`)
+            if typ != "dispute" or not 0 <= amount <= (op.amount or 0):
+                self.fail("exactly-once", f"{what}: not the won dispute asked")
         else:
             if typ != "adjustment" or amount != op.amount:
                 self.fail("exactly-once", f"{what}: not the adjustment asked")
@@ -271,8 +345,8 @@ class Commits:
                 if op.force:
                     if item.get("reason") != REASON:
                         self.fail("no-overdraft", f"{what}: forced without its reason")
-                elif min(u.balance, avail) + amount < 0:
-                    self.fail("no-overdraft", f"{what}: balance {u.balance}, available {avail} at {t_ms}")
+                elif min(balance, avail) + amount < 0:
+                    self._overdrawn(u, "no-overdraft", f"{what}: balance {balance}, available {avail} at {t_ms}")
                 elif item.get("reason") is not None:
                     self.fail("no-overdraft", f"{what}: a reason on an adjustment that was not forced")
         self._applies(u, req, what, item["id"])
@@ -303,7 +377,10 @@ class Commits:
         if k.owner is not None and k.owner is not req and now - k.applied_at < KEY_MEMORY - MARGIN:
             self.fail("exactly-once", f"{what}: key {key} was applied for r{k.owner.rid} at {k.applied_at:.3f}")
         if k.refused_at is not None and k.refused_at <= now < k.refused_at + REFUSAL_MEMORY - MARGIN:
-            self.fail("exactly-once", f"{what}: key {key} was answered a refusal at {k.refused_at:.3f}")
+            detail = f"{what}: key {key} was answered a refusal at {k.refused_at:.3f}"
+            if k.lot_refused_at != k.refused_at:
+                self.fail("exactly-once", detail)
+            self.known_bug("lot-refusal-not-remembered", f"{detail} (400: its lot's expiry, on a clock ahead)")
         k.owner = req
         k.applied_at = now
         # what every answer under the key replays while its marker lives
@@ -322,7 +399,7 @@ class Commits:
 
     # ---- holds ------------------------------------------------------------------------------------
 
-    def _hold_opened(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> None:
+    def _hold_opened(self, u: User, item: Mapping[str, Any], t_ms: int, month: str, account: Mapping[str, Any]) -> None:
         desc = str(item.get("description", ""))
         req = self.reqs.get(int(desc[1:])) if desc[:1] == "r" and desc[1:].isdigit() else None
         hold_id = item["hold_id"]
@@ -336,9 +413,9 @@ class Commits:
         until = t_ms + (op.ttl or 0) * 1000
         if not until - 2 <= item["until_ms"] <= until + 1:
             self.fail("holds", f"{what}: until {item['until_ms']}, decided at {t_ms} for {op.ttl}s")
-        avail = u.balance - u.held(t_ms)
-        if u.balance < 0 or op.amount is None or op.amount > avail:
-            self.fail("holds-available", f"{what}: balance {u.balance}, available {avail} at {t_ms}")
+        balance, avail = self._readable(u, t_ms)
+        if balance < 0 or op.amount is None or op.amount > avail:
+            self._overdrawn(u, "holds-available", f"{what}: balance {balance}, available {avail} at {t_ms}")
         assert op.amount is not None
         if u.limit is not None:
             spent = u.spent if u.month == month else 0
@@ -352,8 +429,9 @@ class Commits:
             self.fail("holds", f"{what}: hold id {hold_id} used twice")
         self.holds[hold_id] = u.holds[hold_id] = u.open[hold_id] = hold
         req.holds.append(hold_id)
+        self._lot_hold_opened(u, hold, account, t_ms)
 
-    def _capture_entry(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> None:
+    def _capture_entry(self, u: User, item: Mapping[str, Any], t_ms: int, month: str) -> Hold:
         hold_id = str(item["reference_id"])[len("hold:") :]
         hold = u.holds.get(hold_id)
         amount = -item["amount"]
@@ -377,8 +455,9 @@ class Commits:
         self._spend(u, amount, t_ms, month, what, check=False)
         hold.pending_capture = amount
         hold.tx = item["id"]
+        return hold
 
-    def _hold_ended(self, u: User, ch: Change, t_ms: int) -> None:
+    def _hold_ended(self, u: User, ch: Change, t_ms: int, lp: LotPass) -> None:
         hold_id = ch.key[1][len(keys.HOLD) :]
         hold = u.holds.get(hold_id)
         after = ch.after or {}
@@ -417,6 +496,7 @@ class Commits:
             freed = keys.idem_sk(hold.key)
             if not any(c.key[1] == freed and c.after is None for c in self._commit_changes):
                 self.fail("holds", f"{what}: its key {hold.key} was not freed with it")
+        self._lot_hold_ended(u, hold, lp)
 
     def _key_freed(self, u: User, key: str) -> None:
         holds = [h for h in u.holds.values() if h.key == key and h.state == "released"]
@@ -443,12 +523,30 @@ class Commits:
             if hold is None:
                 self.fail("holds", f"{u.name}: hold {hold_id} is on the account but not open")
                 raise AssertionError  # unreachable
-            if value != {"a": hold.amount, "u": hold.until_ms}:
-                self.fail("holds", f"{u.name}: hold {hold_id} on the account as {value}")
+            draws = {"d": hold.draws} if hold.draws else {}
+            if value != {"a": hold.amount, "u": hold.until_ms, **draws}:
+                self.fail("holds", f"{u.name}: hold {hold_id} on the account as {value}, the model's {hold.draws}")
+
+    def _swept(self, u: User, actor: Any, changes: list[Change], intents: int, expirations: int) -> None:
+        """A sweep's own (direct) write: what the account owed, nothing else."""
+        att = getattr(actor.task, "att", None) if actor is not None else None
+        if intents or not isinstance(att, Attempt) or att.op.kind != "sweep" or att.op.user != u.name:
+            return
+        other = [
+            ch.key[1]
+            for ch in changes
+            if ch.key[1].startswith((keys.TX, keys.HOLD, keys.REF, keys.IDEM))
+            and (ch.after or {}).get("type") != "expiration"
+        ]
+        if other:
+            self.fail("sweep", f"{u.name}: a sweep wrote {other}")
+        att.swept = expirations
 
     # ---- payments ---------------------------------------------------------------------------------
 
-    def _purchase_entry(self, u: User, item: Mapping[str, Any], pi: str) -> None:
+    def _purchase_entry(self, u: User, item: Mapping[str, Any], pi: str) -> Terms:
+        """A Stripe purchase, credited once to a paid lot of its own (its package's name, expiring
+        `expiresInDays` after the webhook credited it, if the package says so); its terms."""
         p = self.payments.get(pi)
         what = f"{u.name}: purchase entry {item['seq']} for {pi}"
         if p is None or not p.paid or p.user != u.name or p.inflight == 0:
@@ -468,8 +566,19 @@ class Commits:
         p.purchase_seq = item["seq"]
         p.entries.append(item["seq"])
         u.payments.add(pi)
+        return self._sale_terms(pi, package)
 
-    def _settle_entry(self, u: User, item: Mapping[str, Any], ref: str) -> None:
+    def _sale_terms(self, pi: str, package: Any) -> Terms:
+        """The lot terms of a payment's credits (its purchase, or what a won dispute gives back),
+        counted from when the webhook wrote them: the committing container's payments clock."""
+        days = package.expires_in_days
+        actor = self.current()
+        expires = None if days is None or actor is None else actor.payments_ms + days * DAY_MS
+        return Terms("paid", DEFAULT_PRIORITY["paid"], expires, package.name, f"purchase:{pi}")
+
+    def _settle_entry(self, u: User, item: Mapping[str, Any], ref: str) -> tuple[Any, ...]:
+        """A settlement step of a Stripe payment, counted as the record counts it (credits the ledger
+        found expired already included: the entry's `expired_part`); how it moves the lots."""
         _, pi, _step = ref.split(":", 2)
         p = self.payments.get(pi)
         what = f"{u.name}: {item['type']} entry {item['seq']} of {item['amount']} ({ref})"
@@ -478,27 +587,35 @@ class Commits:
             raise AssertionError  # unreachable
         if p.inflight == 0:
             self.fail("payments", f"{what}: no delivery of the payment outstanding")
-        amount = item["amount"]
+        amount, expired = item["amount"], item.get("expired_part", 0)
+        source = f"purchase:{pi}"
+        gives = amount > 0 or (amount == 0 and str(item.get("description", "")).startswith("Dispute closed"))
+        counted = -(amount + expired) if gives else -amount + expired  # credits it takes back (< 0: gives)
+        spec: tuple[Any, ...] = ("claw", source, counted)
         if item["type"] == "refund":
             target = p.refund_target()
-            if amount >= 0 or p.refunds - amount > target:
+            if counted <= 0 or p.refunds + counted > target:
                 self.fail(
                     "payments-clawback",
-                    f"{what}: refunds would take {p.refunds - amount} credits of {p.credits}; the refunds "
+                    f"{what}: refunds would take {p.refunds + counted} credits of {p.credits}; the refunds "
                     f"Stripe sent ({p.refunded} of {p.price}) allow {target}",
                 )
-            p.refunds -= amount
+            p.refunds += counted
         elif item["type"] == "dispute":
-            held = p.held - amount
-            if not 0 <= held <= p.credits - p.refunds or (amount < 0 and not p.disputes):
+            held = p.held + counted
+            if not 0 <= held <= p.credits - p.refunds or (counted > 0 and not p.disputes):
                 self.fail(
                     "payments-clawback",
                     f"{what}: disputes would hold {held} of {p.credits} credits ({p.refunds} refunded)",
                 )
             p.held = held
+            if gives:
+                package = next(pk for pk in PACKAGE_BY_ID.values() if pk.credits == p.credits and pk.price == p.price)
+                spec = ("restore", source, -counted, self._sale_terms(pi, package))
         else:
             self.fail("payments", f"{what}: a settlement step of type {item['type']}")
         # (between a refund step and the dispute step that gives back what the refund now takes, the
         # payment's clawbacks exceed its credits for one transaction: refunds are settled first)
         p.steps += 1
         p.entries.append(item["seq"])
+        return spec

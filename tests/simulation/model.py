@@ -26,7 +26,13 @@ spend and settings, and checks each commit against the invariants as the commit 
 7. a hold ends once, by a capture of at most its amount or a release, never after it expired (an
    expired hold never charges), and a repeat replays the first answer;
 8. the spend limit: usage this UTC month (charges, captures) plus open holds never passes the limit
-   in force when a charge or reserve is decided.
+   in force when a charge or reserve is decided;
+9. to 11. credit lots (`lotchecks.py`): expired credits count for nothing and are recorded once by
+   the next write; every debit draws in burn order as the lots stood; refunds never claw back what
+   expired; lots and holds hold the balance plus the debt.
+
+Every read of the account answers the balance less the credits of lots that expired (and are not
+recorded yet), never counting an expired lot, with the lots that count in burn order (`lotmodel.view`).
 
 The decision time of a commit is the time it wrote (`updated_at` on the account, `created_at` on an
 entry: the deciding container's clock), checked against that container's clock.
@@ -34,10 +40,12 @@ entry: the deciding container's clock), checked against that container's clock.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from credits.ledger import Captured, Posted, Released, Reserved, Settings
+from tests.simulation import lotmodel
 from tests.simulation.commits import Commits
 from tests.simulation.records import (
     CLOSED_DISPUTES,
@@ -48,6 +56,7 @@ from tests.simulation.records import (
     POSTS,
     REFUSAL_MEMORY,
     Attempt,
+    Buy,
     Hold,
     KeyState,
     Payment,
@@ -94,6 +103,16 @@ class Model(Commits):
         self._by_hold: dict[str, list[Req]] = {}  # hold id -> the captures and releases that named it
         self._commit_changes: Sequence[Change] = ()  # the commit being read
         self.audit_payment: Callable[[Payment], list[str]] = lambda p: []
+        self.buys: dict[str, Buy] = {}  # purchases whose lot expires, by source (`purchase:<pl>`)
+        self.disputed: set[str] = set()
+        self.lot_stats: Counter[str] = Counter()
+
+    def expected_view(self, name: str, t_ms: int) -> lotmodel.View:
+        """What a read of the account at `t_ms` must answer, from the model's own state (which is
+        the table's between commits)."""
+        u = self.user(name)
+        holds = {h.hold_id: (h.amount, h.until_ms, h.draws) for h in u.open.values()}
+        return lotmodel.view(u.balance, u.lots, holds, t_ms)
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -188,6 +207,8 @@ class Model(Commits):
             self._settings_answer(att, u, status, value, code)
         elif op.kind == "read":
             self._read_answer(att, u, status, value)
+        elif op.kind == "sweep":
+            self._sweep_answer(att, u, status, value)
 
     def _key_answer(self, att: Attempt, u: User, what: str, decided_refusal: bool) -> None:
         """A key's first definite answer is what every replay returns, while its marker lives."""
@@ -241,6 +262,8 @@ class Model(Commits):
                 self._reused(att, u, "key")
             elif code == "reference_id_reused":
                 self._reused(att, u, "ref")
+            if code == "validation_error" and att.op.key and att.op.expires_ms is not None:
+                u.keys.setdefault(att.op.key, KeyState()).lot_refused_at = self.now()
             self._key_answer(att, u, f"refused {code}", code in DECIDED_REFUSALS)
             return
         assert isinstance(value, Posted)
@@ -318,7 +341,7 @@ class Model(Commits):
                 and (not capture or op.amount not in (None, hold.captured)),
                 "hold_released": hold is not None and hold.state == "released" and capture,
                 "capture_exceeds_hold": hold is not None and capture and (op.amount or 0) > hold.amount,
-                "insufficient_credits": hold is not None and capture,
+                "insufficient_credits": hold is not None and capture and self._was_short(att, u, hold),
             }.get(code, False)
             if not ok:
                 state = "absent" if hold is None else f"{hold.state}, {hold.amount} until {hold.until_ms}"
@@ -347,6 +370,33 @@ class Model(Commits):
             # (a hold a container whose clock ran ahead pruned from the account counts as expired)
             self.fail("holds", f"release of {hold.hold_id} answered {value}, but it is open and unexpired")
 
+    def _was_short(self, att: Attempt, u: User, hold: Hold) -> bool:
+        """A capture may be refused for credits only when a clawback took the balance below what it
+        charges meanwhile, never because a lot its hold drew from expired: some balance in force
+        while the attempt ran is below the amount."""
+        amount = hold.amount if att.op.amount is None else att.op.amount
+        lows = u.lows
+        if not lows or lows[0][0] > att.started:
+            return True  # no record of the balance back then
+        start = max((i for i, (at, _) in enumerate(lows) if at <= att.started), default=0)
+        return any(balance < amount for at, balance in lows[start:] if at <= att.ended)
+
+    def _sweep_answer(self, att: Attempt, u: User, status: str, value: Any) -> None:
+        """A sweep answers how many expiration entries it wrote: its own write's, none when it wrote
+        nothing (a second sweep), or any when a combiner decided it with other changes."""
+        if status != "ok":
+            return
+        if type(value) is not int or value < 0:
+            self.fail("sweep", f"r{att.req.rid}: a sweep of {u.name} answered {value!r}")
+        if att.swept is not None and value != att.swept:
+            self.fail(
+                "sweep", f"r{att.req.rid}: a sweep of {u.name} wrote {att.swept} expiration entries, answered {value}"
+            )
+        if att.swept is None and not att.queued and value:
+            self.fail("sweep", f"r{att.req.rid}: a sweep of {u.name} wrote nothing, answered {value}")
+        if value:
+            self.lot_stats["sweeps_that_wrote"] += 1
+
     def _settings_answer(self, att: Attempt, u: User, status: str, value: Any, code: str) -> None:
         if status == "ok":
             assert isinstance(value, Settings)
@@ -365,6 +415,7 @@ class Model(Commits):
         view, page = value
         if view.available != view.balance - view.held or view.held < 0:
             self.fail("holds", f"{u.name} read {view}: available is not balance - held")
+        self._view_answer(att, u, view)
         last = None
         for tx in page:
             if tx.seq < 1 or tx.seq > len(u.entries):
@@ -375,6 +426,27 @@ class Model(Commits):
             if last is not None and tx.seq != last - 1:
                 self.fail("gapless", f"{u.name}'s page goes from seq {last} to {tx.seq}")
             last = tx.seq
+
+    def _view_answer(self, att: Attempt, u: User, view: Any) -> None:
+        """The balance as read is the stored balance less the credits of lots that expired and are not
+        recorded yet (and what expired holds drew from them): an expired lot never counts, nor shows."""
+        expected: lotmodel.View | None = att.view
+        if expected is None:
+            return
+        got = (view.balance, view.available, view.held, dict(view.open_holds))
+        if got != (expected.balance, expected.available, expected.held, expected.open_holds):
+            self.fail(
+                "expired-counted",
+                f"{u.name} read balance {view.balance}, available {view.available}, held {view.held} "
+                f"(holds {dict(view.open_holds)}); the account's {u.balance} less what expired gives balance "
+                f"{expected.balance}, available {expected.available}, held {expected.held} ({expected.open_holds})",
+            )
+        lots = tuple(
+            (v.lot_id, v.category, v.priority, v.expires_at_ms, v.granted, v.remaining, v.held, v.created_ms, v.label)
+            for v in view.lots
+        )
+        if lots != expected.lots:
+            self.fail("expired-counted", f"{u.name} read lots {lots}; the lots that count are {expected.lots}")
 
     def _payment_answer(self, att: Attempt, p: Payment, status: str, value: Any, code: str) -> None:
         op = att.op
@@ -406,3 +478,6 @@ class Model(Commits):
         problems = self.audit_payment(p)
         if problems:
             self.fail("payments-audit", f"{p.pi}: {problems}")
+        buy = self.buys.get(f"purchase:{p.pi}")
+        if buy is not None:
+            self._taken_once(self.user(buy.user), buy, int(self.now() * 1000))

@@ -3,13 +3,20 @@
 - `capture-ignores-expiry`: a capture does not check its hold's expiry (`credits.ledger.rules`): a
   hold past its end, or one an earlier change pruned from the account, is captured anyway.
 - `apply-withdrawn-intent`: a combiner applies an intent after its waiter withdrew it: the decision
-  update no longer requires the intent to exist (`codec.decision_update` without `exists(pk)`: it
+  update no longer requires the intent to exist (`intents.decision_update` without `exists(pk)`: it
   re-creates a deleted intent), and a withdrawal that clashes with a pass in flight counts as
   withdrawn instead of waiting for the pass (`GroupCommit.withdraw`).
 - `double-refund-clawback`: a settlement step (a refund's clawback) is posted, then its record
   updated in a second write, and its reference is fresh per attempt instead of unique per step: a
   delivery whose answer was lost after the entry landed leaves the record behind, and the
   redelivery (or a concurrent duplicate) posts the clawback again under a new reference.
+
+- `expired-lot-counts-on-read`: a read counts the credits of lots that expired (and are not
+  recorded yet) in the balance (`AccountState.balance_at` returns the stored balance).
+- `refund-claws-back-expired`: a refund's or dispute's clawback no longer counts its purchase's
+  expired credits as gone (`rules._debit` sees the purchase's lot as if none of it had expired).
+- `draws-wrong-order`: debits and holds draw from the oldest lot first, whatever its priority and
+  expiry (`lots.ordered`).
 
 `planted(name)` patches for the duration of a `with` block and restores the originals.
 """
@@ -24,13 +31,21 @@ from typing import Any
 
 from credits import keys, payments
 from credits.errors import CreditsError
-from credits.ledger import codec, group, rules
-from credits.ledger.codec import Intent
+from credits.ledger import Entry, Posted, group, intents, lots, rules
+from credits.ledger.account import AccountState
+from credits.ledger.intents import Intent
 from credits.ledger.rules import Change, Decision, Found, Kind, Outcome, Work
 from credits.settlement import PaymentRecord, Step
 from credits.store import ConditionFailed, Update, absent
 
-PLANTS = ("capture-ignores-expiry", "apply-withdrawn-intent", "double-refund-clawback")
+PLANTS = (
+    "capture-ignores-expiry",
+    "apply-withdrawn-intent",
+    "double-refund-clawback",
+    "expired-lot-counts-on-read",
+    "refund-claws-back-expired",
+    "draws-wrong-order",
+)
 
 
 def _capture_ignores_expiry() -> list[tuple[Any, str, Any]]:
@@ -56,41 +71,77 @@ def _apply_withdrawn_intent() -> list[tuple[Any, str, Any]]:
 
     def withdraw(self: group.GroupCommit, pk: str, intent: Intent) -> Outcome | None:
         try:
-            self.ctx.store.write(codec.withdrawal(pk, intent))  # BUG: does not wait out a pass in flight
+            self.ctx.store.write(intents.withdrawal(pk, intent))  # BUG: does not wait out a pass in flight
         except ConditionFailed:
             # BUG: a clash with a pass in flight (no decision on the intent yet) counts as withdrawn
             return self.outcome(pk, intent)
         return None
 
-    return [(codec, "decision_update", decision_update), (group.GroupCommit, "withdraw", withdraw)]
+    return [(intents, "decision_update", decision_update), (group.GroupCommit, "withdraw", withdraw)]
 
 
 def _double_refund_clawback() -> list[tuple[Any, str, Any]]:
     fresh = itertools.count(1)
 
-    def _take(self: payments.Payments, user_id: str, record: PaymentRecord, step: Step) -> bool:
+    def _take(self: payments.Payments, user_id: str, record: PaymentRecord, step: Step) -> Posted | None:
         # BUG: a reference fresh per attempt, not unique per step ...
         entry = dataclasses.replace(
-            step.entry(), reference_id=f"settle:{record.payment_id}:{step.state.settle_steps}.{next(fresh)}"
+            step.entry(int(self.clock() * 1000)),
+            reference_id=f"settle:{record.payment_id}:{step.state.settle_steps}.{next(fresh)}",
         )
         try:
-            self.ledger.post(user_id, entry, step.policy)
+            posted = self.ledger.post(user_id, entry, step.policy)
         except CreditsError:
             raise
         # ... and the record's state in a second write, after the entry
         try:
             self.store.write(payments.state_update(record, step))
         except ConditionFailed:
-            return False
-        return True
+            return None
+        return posted
 
     return [(payments.Payments, "_take", _take)]
+
+
+def _expired_lot_counts_on_read() -> list[tuple[Any, str, Any]]:
+    def balance_at(self: AccountState, now_ms: int) -> int:
+        return self.balance  # BUG: what expired lots hold still counts until a write records it
+
+    return [(AccountState, "balance_at", balance_at)]
+
+
+def _refund_claws_back_expired() -> list[tuple[Any, str, Any]]:
+    original = rules._debit
+
+    def _debit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision) -> Any:
+        source = lots.source_lot(work.lots, entry.source)
+        if source is None:
+            return original(change, entry, work, found, ctx)
+        expired = source.expired
+        source.expired = source.forgiven + source.dispute_forgiven  # BUG: its expired credits are forgotten
+        try:
+            return original(change, entry, work, found, ctx)
+        finally:
+            source.expired = expired
+
+    return [(rules, "_debit", _debit)]
+
+
+def _draws_wrong_order() -> list[tuple[Any, str, Any]]:
+    def ordered(lots_: Mapping[str, lots.Lot], now_ms: int) -> list[lots.Lot]:
+        live = (lot for lot in lots_.values() if lot.remaining > 0 and not lot.expired_at(now_ms))
+        return sorted(live, key=lambda lot: lot.created_ms)  # BUG: the oldest first, priority and expiry aside
+
+    return [(lots, "ordered", ordered)]
 
 
 _PATCHES: Mapping[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "capture-ignores-expiry": _capture_ignores_expiry,
     "apply-withdrawn-intent": _apply_withdrawn_intent,
     "double-refund-clawback": _double_refund_clawback,
+    "expired-lot-counts-on-read": _expired_lot_counts_on_read,
+    "refund-claws-back-expired": _refund_claws_back_expired,
+    "draws-wrong-order": _draws_wrong_order,
 }
 
 

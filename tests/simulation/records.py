@@ -6,7 +6,9 @@ from __future__ import annotations
 import calendar
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
+from tests.simulation.lotmodel import Draws, MLot
 from tests.simulation.workload import Op
 
 KEY_MEMORY = 48 * 3600.0  # an Idempotency-Key's marker lives this long after a success
@@ -30,10 +32,19 @@ DECIDED_REFUSALS = frozenset(
         "too_many_holds",
     }
 )
-POSTS = frozenset({"charge", "grant", "adjust"})
+POSTS = frozenset({"charge", "grant", "adjust", "buy", "claw", "restore"})  # requests that post one entry
 # Real bugs the simulator found in shared/credits, reported and not fixed yet: observed and counted
-# (`strict` runs fail on them). None now: see "Bugs found" in tests/simulation/README.md.
-KNOWN_BUGS: frozenset[str] = frozenset()
+# (`strict` runs fail on them). See "Bugs found" in tests/simulation/README.md.
+KNOWN_BUGS: frozenset[str] = frozenset(
+    {
+        "refund-during-dispute-takes-twice",
+        "held-credits-expire-after-clawback",
+        "second-lot-expiry-taken-back",
+        "unrecorded-expiry-counts",
+        "lot-refusal-not-remembered",
+        "lots-due-stale",
+    }
+)
 
 
 class Violation(Exception):
@@ -68,6 +79,9 @@ class Attempt:
     hold_id: str | None = None  # capture/release: the hold it names
     budget: float | None = None  # a short time budget (a waiter that gives up)
     settings_writes: int = 0
+    view: Any = None  # a read: what the model says the account read must answer (lotmodel.View)
+    swept: int | None = None  # a sweep: expiration entries its own direct write made
+    queued: bool = False  # it queued an intent (group commit)
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # its own: faults, backoff, choices
 
 
@@ -121,6 +135,9 @@ class Hold:
     opened_at: float = 0.0  # virtual time
     gone: bool = False  # deleted by TTL (a week after its end)
     pending_capture: int | None = None  # the capture entry of the commit being read
+    draws: Draws = field(default_factory=dict)  # what it drew from the lots when it opened
+    spent: Draws = field(default_factory=dict)  # what its capture entry took of them
+    short: bool = False  # it drew less than its amount (see `unrecorded-expiry-counts`)
 
 
 @dataclass
@@ -129,6 +146,9 @@ class KeyState:
     applied_at: float = 0.0
     first: tuple[float, str, float, Req] | None = None  # (answered at, what, remembered until, request)
     refused_at: float | None = None
+    # a grant refused because its lot's expiry had passed on the deciding container's clock, before
+    # anything was decided: not remembered under the key (see `lot-refusal-not-remembered`)
+    lot_refused_at: float | None = None
 
 
 @dataclass(eq=False)
@@ -148,9 +168,38 @@ class User:
     keys: dict[str, KeyState] = field(default_factory=dict)
     payments: set[str] = field(default_factory=set)
     last_hold: str | None = None  # the hold a reserve of the user was last answered
+    lots: dict[str, MLot] = field(default_factory=dict)  # the account's lots, as the model has them
+    lows: list[tuple[float, int]] = field(default_factory=list)  # (when, balance) after each commit, recent
+    uncovered: set[int] = field(default_factory=set)  # entries a known bug paid with expired credits
 
     def held(self, t_ms: int) -> int:
         return sum(h.amount for h in self.open.values() if h.until_ms > t_ms)
+
+
+@dataclass(eq=False)
+class Buy:
+    """A purchase whose lot expires (a `buy`), as rule 5 sees it: what expired of its credits, what
+    its refunds and disputes counted as gone already, and its open dispute."""
+
+    source: str
+    user: str
+    credits: int
+    lot: str | None = None  # its lot, as its purchase entry named it
+    expires: int | None = None
+    expired: int = 0  # its credits that expired (expiration entries of its lot)
+    forgiven: int = 0  # of those, what its refunds did not take back again
+    dforgiven: int = 0  # what its open disputes did not take back (a won dispute gives back the rest)
+    dispute: tuple[int, int] | None = None  # an open dispute: (asked, taken)
+    asked: int = 0  # what its refunds and disputes asked
+    taken: int = 0  # what they took
+    forgotten: bool = False  # a lot of it was forgotten at the bound (MAX_LOTS): rule 5 no longer holds
+    merged: bool = False  # its credits and others' share a dated lot (at the bound): counted together
+    taken_twice: bool = False  # reported: some of its credits were taken back and expired too
+    refund_while_disputed: bool = False  # a refund came while a dispute of it was open
+    held_when_taken: bool = False  # a clawback of it came while a hold had drawn from its lot
+    expired_lots: set[str] = field(default_factory=set)  # its lots that expired credits
+    second_lot_missed: bool = False  # a clawback missed credits of it that expired in another lot
+    unrecorded: bool = False  # a clawback came before its expiry was recorded (more were due than a write records)
 
 
 @dataclass(eq=False)

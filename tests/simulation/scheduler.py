@@ -9,7 +9,7 @@ run. The scheduler's own code runs in whichever thread holds control.
 Time is virtual: `now` (Unix seconds) advances by a small random latency at every yield point and
 jumps to the next wake-up when every actor sleeps. Each actor's wall clock is `now + skew` (a
 clock-jump fault moves its skew forward), its monotonic clock `now + mono` (a jump past a waiter's
-deadline moves it).
+deadline moves it). Wall clocks tick in whole milliseconds.
 
 A killed actor (a container that dies: a combiner after reading intents, or a crash anywhere) gets
 `Killed`, a BaseException no `except Exception` in the code under test catches, at its next yield
@@ -20,6 +20,7 @@ invariant failed), every actor gets `Stopped` the same way. Every thread is join
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -113,11 +114,15 @@ class Actor:
         self.shutdown = False
         self.context: Any = None  # what the simulation builds for it (its ledger, payments)
         self.frng = rng  # the generator of the attempt it runs (its faults, its backoff)
+        self.payments_ms = 0  # when its payments last read the clock (a purchase's expiry counts from it)
 
     # ---- what the code under test is given ------------------------------------------------------
 
     def clock(self) -> float:
-        return self.sched.now + self.skew
+        """The wall clock, ticking in whole milliseconds (read at the middle of each): the time a
+        decision uses (`int(clock * 1000)`) and the time it writes (ISO, milliseconds) agree, so the
+        model knows to the millisecond which lots and holds had expired for it."""
+        return (math.floor((self.sched.now + self.skew) * 1000) + 0.5) / 1000
 
     def monotonic(self) -> float:
         return self.sched.now + self.mono

@@ -30,6 +30,7 @@ def shrink(
     *,
     plant: str | None = None,
     strict: bool = False,
+    fail_on: Sequence[str] = (),
     seconds: float = 120.0,
     say: Callable[[str], None] = lambda line: None,
 ) -> Shrunk:
@@ -41,7 +42,7 @@ def shrink(
     def fails(ops: Sequence[Op]) -> Result | None:
         nonlocal runs
         runs += 1
-        result = simulate(seed, ops=ops, plant=plant, strict=strict)
+        result = simulate(seed, ops=ops, plant=plant, strict=strict, fail_on=fail_on)
         return result if result.violation is not None and result.violation.invariant == invariant else None
 
     def left() -> bool:

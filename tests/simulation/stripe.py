@@ -45,8 +45,8 @@ def _session(op: Op) -> dict[str, Any]:
     package = PACKAGE_BY_ID[op.package]
     paid = op.paid and op.event != "async_failed"
     metadata = {"userId": op.user, "packageId": package.id}
-    if op.terms:  # the terms fixed at checkout
-        metadata.update(credits=str(package.credits), price=str(package.price), currency=package.currency)
+    if op.terms:  # the terms fixed at checkout (credits, price, currency, expiresInDays)
+        metadata.update(package.sale_terms())
     return {
         "id": "cs_" + op.pi[3:],
         "object": "checkout.session",

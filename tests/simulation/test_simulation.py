@@ -1,7 +1,10 @@
 """The deterministic simulator, run by the test command (docs/design.md section 15).
 
 - a fixed-seed run of 20,000 operations must pass every invariant, and exercise what it claims to
-  (contention and group commit, every fault kind, refusals, payments);
+  (contention and group commit, every fault kind, refusals, payments, credit lots: expiries recorded
+  and announced, clawbacks of purchases that expired, won disputes, the bound of 50 lots, sweeps,
+  decisions made by clocks on the other side of an expiry);
+- the worked example of a hold across an expiry (docs/adr/0010-credit-lots.md) passes the checks;
 - the same seed gives the same run (the event log's digest), and no container thread is left;
 - the store keeps DynamoDB's rules the checks rely on;
 - (slow) each planted bug is caught by the default run: seed 1, 20,000 operations;
@@ -18,7 +21,7 @@ import pytest
 from credits.ledger import Ledger
 from credits.store import NEW, ConditionFailed, Put, StoreError, TransactionCancelled, Update, Write, absent, eq
 from tests.simulation.plants import PLANTS
-from tests.simulation.sim import DEFAULT_SEED, simulate
+from tests.simulation.sim import DEFAULT_SEED, START, simulate
 from tests.simulation.store import MemoryStore
 from tests.simulation.workload import Op
 
@@ -52,6 +55,43 @@ def test_a_fixed_seed_run_passes_every_invariant() -> None:
     ):
         assert outcomes.get(outcome, 0) > 0, outcome
     assert stats["negative_balances"] > 0 and stats["ttl_deleted"] > 0 and stats["payments_credited"] > 100
+    for outcome in ("buy ok", "claw ok", "restore ok", "sweep ok", "read ok", "leap"):
+        assert outcomes.get(outcome, 0) > 0, outcome
+    lots = stats["lots"]
+    assert lots["expiration_entries"] > 200 and lots["expiry_notes"] > 200, lots
+    assert lots["clawbacks_finding_credits_expired"] > 20 and lots["won_disputes_finding_credits_expired"] > 0, lots
+    assert lots["lots_forgotten_at_the_bound"] > 0 and lots["credits_joining_a_lot_at_the_bound"] > 0, lots
+    assert lots["decided_across_an_expiry"] > 20 and lots["sweeps_that_wrote"] > 0, lots
+    assert lots["commits_in_debt"] > 0, lots
+
+
+def test_a_hold_across_an_expiry_keeps_its_credits() -> None:
+    """ADR 0010's worked example, with no faults: promotional 50 expiring 2 s after the grant; a hold of
+    30; 3 s later a capture of 12. The hold keeps its credits across the expiry: `-20 expiration`,
+    `-12 usage`, `-18 expiration` (what the hold gave back to its expired lot)."""
+    expires = int((START + 0.1 + 2.0) * 1000)
+    ops = [
+        Op(
+            n=0,
+            at=0.1,
+            kind="grant",
+            user="u01",
+            req=0,
+            amount=50,
+            type="gift",
+            category="promotional",
+            expires_ms=expires,
+            label="Welcome bonus",
+        ),
+        Op(n=1, at=0.2, kind="reserve", user="u01", req=1, amount=30, ttl=60),
+        Op(n=2, at=3.2, kind="capture", user="u01", req=2, amount=12, target=1),
+        Op(n=3, at=3.3, kind="read", user="u01", req=3, page=5),
+    ]
+    result = simulate(DEFAULT_SEED, ops=ops, rates={})
+    assert result.ok, result.violation
+    outcomes = result.stats["outcomes"]
+    assert outcomes.get("capture ok") == 1 and outcomes.get("read ok") == 1, outcomes
+    assert result.stats["lots"]["expiration_entries"] == 2 and result.stats["lots"]["credits_expired"] == 38
 
 
 def test_the_same_seed_gives_the_same_run() -> None:

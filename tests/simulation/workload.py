@@ -2,29 +2,54 @@
 
 `generate(seed, n)` is prefix-stable (`generate(s, n)[:m] == generate(s, m)`), so a failing run can
 be shortened by op count, and every op carries all it needs (a repeat carries its original's
-parameters, a capture the request whose hold it ends), so any subset of a history still runs.
-Arrival times are absolute (seconds after the start), so dropping an op moves no other.
+parameters, a capture the request whose hold it ends, a lot its absolute expiry), so any subset of
+a history still runs. Arrival times are absolute (seconds after the start), so dropping an op moves
+no other.
+
+Credit lots: grants and adjustments with lot terms (paid or promotional, a priority, an expiry from
+under a second to twenty days away, or none), purchases whose lot expires (`buy`, posted the way a
+purchase with an expiring package is: its lot names the purchase), their refunds and disputes
+(`claw`, after part of them was spent and often after they expired) and won disputes (`restore`),
+sweeps (often two of one user at once), and time leaps that carry lots, holds and purchases across
+their expiry.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from credits.packages import Package
 
+START = 1_769_896_800.0  # 2026-01-31T22:00:00Z (Unix seconds): virtual time starts here
 USERS = 30
 HOT_USERS = 3  # most traffic hits these: contended balances, group commit
-# The catalog every run starts with: (id, credits, price in minor units, currency).
+# The catalog every run starts with: (id, credits, price in minor units, currency, expiry).
+# One expires (`expiresInDays`): a day after the purchase is credited, crossed by leaps.
 PACKAGES = (
     Package(id="small", name="Small", credits=20, price=199, currency="usd"),
-    Package(id="medium", name="Medium", credits=60, price=499, currency="usd"),
+    Package(id="medium", name="Medium", credits=60, price=499, currency="usd", expires_in_days=1),
     Package(id="yen", name="Yen pack", credits=100, price=800, currency="jpy"),
 )
 PACKAGE_BY_ID = {p.id: p for p in PACKAGES}
+# What a `buy` sells: packages whose credits expire (posted as their purchase would be).
+LOT_PACKAGES = (
+    Package(id="starter", name="Starter", credits=50, price=499, currency="usd"),
+    Package(
+        id="pro",
+        name="Pro pack with a rather long name that the label keeps only the start of",
+        credits=200,
+        price=1499,
+        currency="eur",
+    ),
+)
+LOT_PACKAGE_BY_ID = {p.id: p for p in LOT_PACKAGES}
 REASON = "chargeback under review"
+PRIORITIES = (0, 10, 30, 50, 100)
 
 # kind -> weight (per 1000 ops)
 WEIGHTS: dict[str, float] = {
@@ -36,13 +61,17 @@ WEIGHTS: dict[str, float] = {
     "release": 40,
     "settings": 22,
     "repeat": 85,
-    "read": 25,
+    "read": 35,
+    "sweep": 12,
+    "buy": 14,
+    "claw": 14,
     "purchase": 85,
     "refund": 40,
     "dispute": 45,
     "redeliver": 40,
-    "leap": 0.3,
+    "leap": 0.8,
     "storm": 0.25,  # 30 to 60 requests at once on one user: passes up to their item limit
+    "flood": 0.12,  # 55 to 70 differently dated lots on one user: the bound (50 lots), then refunds
 }
 
 
@@ -81,6 +110,12 @@ class Op:
     event_id: str | None = None
     leap: float = 0.0
     repeat: bool = False  # a repeat of an earlier request (same key/reference/parameters)
+    # credit lots: a grant's or an adjustment's terms (category None: none given), a buy's lot
+    category: str | None = None
+    priority: int | None = None
+    expires_ms: int | None = None  # absolute (Unix ms), so a repeat names the same expiry
+    label: str = ""
+    source: str | None = None  # buy, claw, restore: the purchase (`purchase:<pl>`) its lot answers for
 
     def describe(self) -> str:
         t = f"#{self.n} t={self.at:9.3f}s"
@@ -94,10 +129,18 @@ class Op:
         if k == "charge":
             return f"{t} charge {who}{self.amount}{idem}{ref}{req}"
         if k == "grant":
-            return f"{t} grant {who}{self.amount} ({self.type}){idem}{ref}{req}"
+            return f"{t} grant {who}{self.amount} ({self.type}){self.describe_terms()}{idem}{ref}{req}"
         if k == "adjust":
             forced = f" forced ({REASON})" if self.force else ""
-            return f"{t} adjust {who}{self.amount:+d}{forced}{ref}{req}"
+            return f"{t} adjust {who}{self.amount:+d}{forced}{self.describe_terms()}{ref}{req}"
+        if k == "buy":
+            return f"{t} buy {who}{self.amount} credits ({self.package}){self.describe_terms()}{ref}{req}"
+        if k == "claw":
+            return f"{t} claw back {who}{self.amount} ({self.type} of {self.source}){ref}{req}"
+        if k == "restore":
+            return f"{t} restore {who}{self.amount} (dispute of {self.source} won){ref}{req}"
+        if k == "sweep":
+            return f"{t} sweep {who.strip()}{req}"
         if k == "reserve":
             return f"{t} reserve {who}{self.amount} for {self.ttl}s{idem}{req}"
         if k == "capture":
@@ -111,6 +154,13 @@ class Op:
         if k == "read":
             return f"{t} read {who}balance and a page of {self.page}"
         return f"{t} deliver {self.event_id} {self.describe_event()}"
+
+    def describe_terms(self) -> str:
+        if self.category is None:
+            return ""
+        expires = "never" if self.expires_ms is None else f"t={self.expires_ms / 1000 - START:.3f}s"
+        priority = "" if self.priority is None else f" priority {self.priority}"
+        return f" [{self.category}{priority}, expires {expires}]"
 
     def describe_event(self) -> str:
         e = self.event
@@ -134,6 +184,20 @@ class _Payment:
     purchase_due: list[Op] = field(default_factory=list)  # the purchase, delivered after its facts
 
 
+@dataclass(eq=False)
+class _Buy:
+    """A purchase whose lot expires, as the generator remembers it: what its claws asked so far."""
+
+    pi: str
+    user: str
+    credits: int
+    label: str
+    asked: int = 0  # refunds (and lost disputes) so far
+    dispute: int | None = None  # an open dispute's amount
+    disputed_at: int = 0  # the op that opened it (its end comes well after)
+    claws: int = 0
+
+
 class Generator:
     """Makes ops one at a time from the seed (prefix-stable)."""
 
@@ -152,6 +216,8 @@ class Generator:
         self.cum_weights = list(itertools.accumulate(WEIGHTS.values()))
         self.storm_left = 0
         self.storm_user = ""
+        self.buys: deque[_Buy] = deque(maxlen=40)
+        self.echo: deque[Callable[[int], Op | None]] = deque()  # ops that follow one another at once
 
     def __iter__(self) -> Generator:
         return self
@@ -160,6 +226,11 @@ class Generator:
         rng = self.rng
         n = self.n
         self.n += 1
+        while self.echo:
+            self.at += rng.uniform(0, 0.002)
+            op = self.echo.popleft()(n)
+            if op is not None:
+                return op
         if self.storm_left:
             self.storm_left -= 1
             self.at += rng.uniform(0, 0.001)
@@ -210,13 +281,39 @@ class Generator:
                 return self._keyed(self._base(n, "charge", user, amount=(old.amount or 0) + 2, ref=old.ref))
         return self._keyed(self._base(n, "charge", user, amount=amount, key=key, ref=ref))
 
-    def _grant(self, n: int, user: str) -> Op:
+    def _grant(self, n: int, user: str, expires_in: float | None = None) -> Op:
         rng = self.rng
         amount = rng.randint(5, 60) if rng.random() < 0.9 else rng.randint(200, 1500)
         key = f"k{n}" if rng.random() < 0.5 else None
         ref = f"ref{n}" if rng.random() < 0.2 else None
         kind = "gift" if rng.random() < 0.7 else "adjustment"
-        return self._keyed(self._base(n, "grant", user, amount=amount, key=key, ref=ref, type=kind))
+        terms = self._terms(expires_in) if expires_in is not None or rng.random() < 0.6 else {}
+        return self._keyed(self._base(n, "grant", user, amount=amount, key=key, ref=ref, type=kind, **terms))
+
+    def _terms(self, expires_in: float | None = None) -> dict[str, object]:
+        """A lot's terms: a category, maybe a priority, maybe an expiry (seconds away, minutes,
+        hours or days: time passing, clocks that disagree and leaps carry the lot across it)."""
+        rng = self.rng
+        category = "promotional" if rng.random() < 0.5 else "paid"
+        priority = rng.choice(PRIORITIES) if rng.random() < 0.3 else None
+        if expires_in is None:
+            expires_in = self._expires_in()
+        expires = None if expires_in is None else int((START + self.at + expires_in) * 1000)
+        label = rng.choice(("Welcome bonus", "Spring promotion", "Support credit", ""))
+        return {"category": category, "priority": priority, "expires_ms": expires, "label": label}
+
+    def _expires_in(self) -> float | None:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.2:
+            return None
+        if r < 0.65:
+            return rng.uniform(0.3, 20.0)  # seconds: busy users' writes and skewed clocks cross it
+        if r < 0.9:
+            return rng.uniform(20.0, 300.0)
+        if r < 0.96:
+            return rng.uniform(3600.0, 48 * 3600.0)  # hours: a leap crosses it
+        return rng.uniform(6 * 86400.0, 20 * 86400.0)  # days: in the warning window, or a leap away
 
     def _adjust(self, n: int, user: str) -> Op:
         rng = self.rng
@@ -226,7 +323,8 @@ class Generator:
             amount = -amount
             force = rng.random() < 0.3
         ref = f"ref{n}" if rng.random() < 0.3 else None
-        return self._keyed(self._base(n, "adjust", user, amount=amount, ref=ref, force=force))
+        terms = self._terms() if amount > 0 and rng.random() < 0.4 else {}
+        return self._keyed(self._base(n, "adjust", user, amount=amount, ref=ref, force=force, **terms))
 
     def _reserve(self, n: int, user: str) -> Op:
         rng = self.rng
@@ -279,14 +377,144 @@ class Generator:
     def _read(self, n: int, user: str) -> Op:
         return self._base(n, "read", user, page=self.rng.randint(1, 30))
 
+    def _sweep(self, n: int, user: str) -> Op:
+        if self.rng.random() < 0.4:  # two sweeps of one user at once: they write what is owed once
+            self.echo.append(lambda m: self._base(m, "sweep", user))
+        return self._base(n, "sweep", user)
+
+    def _buy(self, n: int, user: str, expires_in: float | None = None) -> Op:
+        """A purchase whose credits expire: its lot names it, so its refunds draw it first."""
+        rng = self.rng
+        if user in self.users[:HOT_USERS] and rng.random() < 0.7:
+            # an expired purchase's lot stays on the account (empty, for its refunds): mostly others'
+            user = self.users[HOT_USERS + rng.randrange(USERS - HOT_USERS)]
+        package = rng.choice(LOT_PACKAGES)
+        pi = f"pl_{n:07d}"
+        if expires_in is None:
+            r = rng.random()
+            if r < 0.1:
+                expires_in = None
+            elif r < 0.6:
+                expires_in = rng.uniform(0.5, 30.0)  # expires while it is being spent and refunded
+            else:
+                expires_in = self._expires_in() or rng.uniform(30.0, 600.0)
+        expires = None if expires_in is None else int((START + self.at + expires_in) * 1000)
+        priority = rng.choice((None, None, None, 20, 60))
+        self.buys.append(_Buy(pi, user, package.credits, package.name))
+        source = f"purchase:{pi}"
+        op = self._base(
+            n,
+            "buy",
+            user,
+            amount=package.credits,
+            ref=source,
+            source=source,
+            type="purchase",
+            package=package.id,
+            category="paid",
+            priority=priority,
+            expires_ms=expires,
+            label=package.name,
+        )
+        return self._keyed(op)
+
+    def _claw(self, n: int, user: str, buy: _Buy | None = None) -> Op | None:
+        """A refund or a dispute of a `buy` (partial, or all that is left), or the end of its dispute."""
+        rng = self.rng
+        if buy is None:
+            disputed = [b for b in self.buys if b.dispute is not None and n - b.disputed_at >= 30]
+            open_ = [b for b in self.buys if b.asked < b.credits and b.dispute is None]
+            if disputed and (rng.random() < 0.4 or not open_):
+                buy = rng.choice(disputed)
+            elif open_:
+                buy = rng.choice(open_)
+            else:
+                return None
+        elif buy.dispute is not None and n - buy.disputed_at < 30:
+            return None  # its dispute just opened: it ends later
+        k = buy.claws
+        buy.claws += 1
+        source = f"purchase:{buy.pi}"
+        if buy.dispute is not None:
+            asked, buy.dispute = buy.dispute, None
+            if rng.random() < 0.35:  # lost: the credits it took stay taken
+                buy.asked += asked
+                return None
+            # given back to a paid lot with the purchase's terms (a new expiry, or none)
+            expires = self._expires_in() if rng.random() < 0.7 else None
+            op = self._base(
+                n,
+                "restore",
+                buy.user,
+                amount=asked,
+                type="dispute",
+                ref=f"won:{buy.pi}:{k}",
+                source=source,
+                category="paid",
+                expires_ms=None if expires is None else int((START + self.at + expires) * 1000),
+                label=buy.label,
+            )
+            return self._keyed(op)
+        rest = buy.credits - buy.asked
+        if rest <= 0:
+            return None
+        if rng.random() < 0.35:
+            buy.dispute, buy.disputed_at = rest, n
+            op = self._base(
+                n, "claw", buy.user, amount=rest, type="dispute", ref=f"dispute:{buy.pi}:{k}", source=source
+            )
+            return self._keyed(op)
+        amount = rest if rng.random() < 0.4 else rng.randint(1, rest)
+        buy.asked += amount
+        op = self._base(n, "claw", buy.user, amount=amount, type="refund", ref=f"refund:{buy.pi}:{k}", source=source)
+        return self._keyed(op)
+
+    def _flood(self, n: int, user: str) -> Op:
+        """More differently dated lots than an account keeps (a purchase among them, spent in part):
+        past the bound, new credits join the lot that expires last, and expired purchase lots kept
+        for their refunds make room; then a leap expires many of them, and refunds follow."""
+        rng = self.rng
+        user = self.users[HOT_USERS + rng.randrange(USERS - HOT_USERS)]
+        first = self._buy(n, user, rng.uniform(1.0, 5.0))
+        later: list[Callable[[int], Op | None]] = []
+        for i in range(rng.randint(55, 70)):
+            expires_in = rng.uniform(2.0, 20.0) if i % 5 == 0 else rng.uniform(3600.0, 30 * 3600.0)
+            make = self._buy if i % 7 == 3 else self._grant
+            later.append(functools.partial(make, user=user, expires_in=expires_in))
+            if i % 5 == 0:
+                later.append(lambda m: self._charge(m, user))
+        later += [lambda m: self._base(m, "reserve", user, amount=rng.randint(1, 30), ttl=300)]
+        later += [lambda m: self._claw(m, user, next((b for b in self.buys if b.user == user), None))]
+        self.echo.extend(later)
+        return first
+
     def _storm(self, n: int, user: str) -> Op:
         self.storm_left = self.rng.randint(30, 60)
         self.storm_user = self.users[self.rng.randrange(HOT_USERS)]
         return self._grant(n, self.storm_user)
 
     def _leap(self, n: int, user: str) -> Op:
-        hours = self.rng.choice((0.1, 1.0, 6.0, 30.0, 50.0, 24.0 * 8))
-        seconds = hours * 3600 * self.rng.uniform(0.9, 1.1)
+        """Time passes; first a lot, a purchase and a hold that expire on the way, then (after the
+        leap) a read, two sweeps and a refund of that purchase, which it finds expired."""
+        rng = self.rng
+        hours = rng.choice((0.1, 1.0, 6.0, 30.0, 50.0, 24.0 * 8))
+        seconds = hours * 3600 * rng.uniform(0.9, 1.1)
+        quiet = rng.choice(self.users)  # a user nobody else is likely to write to meanwhile
+        buy = self._buy(n, quiet, rng.uniform(0.05, 0.95) * seconds)
+        self.echo.extend(
+            (
+                lambda m: self._grant(m, quiet, rng.uniform(0.05, 0.95) * seconds),
+                lambda m: self._base(m, "reserve", quiet, amount=rng.randint(1, 30), ttl=300),
+                lambda m: self._leap_op(m, seconds),
+                lambda m: self._base(m, "read", quiet, page=5),
+                lambda m: self._base(m, "sweep", quiet),
+                lambda m: self._base(m, "sweep", quiet),
+                lambda m: self._claw(m, quiet, next((b for b in self.buys if b.pi == f"pl_{n:07d}"), None)),
+            )
+        )
+        return buy
+
+    def _leap_op(self, n: int, seconds: float) -> Op:
         op = Op(n=n, at=self.at, kind="leap", leap=seconds)
         self.at += seconds  # the ops after it arrive after it
         return op
@@ -301,6 +529,8 @@ class Generator:
     def _purchase(self, n: int, user: str) -> Op:
         rng = self.rng
         package = rng.choice(PACKAGES)
+        if package.expires_in_days and user in self.users[:HOT_USERS] and rng.random() < 0.8:
+            package = PACKAGES[0]  # an expired purchase's lot stays on the account: mostly on others'
         pi = f"pi_{n:07d}"
         payment = _Payment(pi, user, package)
         r = rng.random()

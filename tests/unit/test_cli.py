@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -42,7 +43,11 @@ def test_grant_shows_in_user_and_a_reference_grants_once(moto_dynamodb, capsys) 
     assert "held         0 credits in 0 open holds" in out
     assert "monthly limit none" in out
     assert "last 1 entry, newest first:" in out and "adjustment" in out and "goodwill" in out
-    assert "welcome" not in out  # only the last entry
+    entries = out.split("last 1 entry, newest first:")[1]
+    assert "welcome" not in entries  # only the last entry
+    # both grants went to one lot: paid, never expiring, named after the grant that opened it
+    assert "  lots         1, in the order they are spent:" in out
+    assert out.split("label\n")[1].split("\n")[0].split() == ["1", "paid", "50", "1,201", "0", "never", "welcome"]
 
 
 @pytest.mark.parametrize(
@@ -309,3 +314,64 @@ def test_export_csv_never_hands_a_spreadsheet_a_formula(moto_dynamodb, capsys) -
     assert "'@SUM(A1)" in usage
     assert "-1" in usage  # numbers stay numbers
     assert all(not cell.startswith(("=", "@", "+")) for row in rows for cell in row)
+
+
+# ---- credit lots: a grant's terms, and the lots `credits user` shows --------------------------------
+
+
+def test_grant_with_terms_and_user_shows_the_lots_in_the_order_they_are_spent(moto_dynamodb, capsys) -> None:
+    soon = (datetime.now(UTC) + timedelta(days=10)).replace(second=0, microsecond=0)
+    iso = soon.strftime("%Y-%m-%dT%H:%M:%SZ")
+    shown = soon.strftime("%Y-%m-%d %H:%M UTC")
+    code, out, err = run(capsys, "grant", "alice", "100", "--type", "gift", "--description", "Welcome")
+    assert code == 0, err
+    promo = ("--category", "promotional", "--expires-at", iso)
+    code, out, err = run(capsys, "grant", "alice", "40", "--type", "gift", "--description", "Spring promotion", *promo)
+    assert code == 0, err
+    assert out.strip() == (
+        f"granted 40 credits to alice (gift, promotional, expires {shown}): balance 140 credits (table credits)"
+    )
+    late = ("--priority", "60", "--expires-in-days", "30")
+    code, out, err = run(capsys, "grant", "alice", "25", "--type", "adjustment", "--description", "Goodwill", *late)
+    assert code == 0, err
+    assert "(adjustment, priority 60, expires in 30 days): balance 165 credits" in out
+    ledger = Ledger(moto_dynamodb, "credits")
+    ledger.reserve("alice", 45, description="report")  # 40 promotional, then 5 paid
+
+    code, out, _ = run(capsys, "user", "alice")
+    assert code == 0
+    lines = out.splitlines()
+    start = lines.index("  lots         3, in the order they are spent:")
+    header, *rows = lines[start + 1 : start + 5]
+    assert header.split() == ["lot", "category", "priority", "remaining", "held", "expires", "label"]
+    assert [row.split()[1:6] for row in rows] == [
+        ["promotional", "10", "0", "40", *shown.split()[:1]],
+        ["paid", "50", "95", "5", "never"],
+        ["paid", "60", "25", "0", *rows[2].split()[5:6]],
+    ]
+    assert rows[0].endswith(f"{shown}  Spring promotion")
+    assert rows[1].endswith("never                 Welcome")
+    assert rows[2].endswith("  Goodwill") and "UTC" in rows[2]
+
+
+def test_a_user_without_credits_has_no_lots(moto_dynamodb, capsys) -> None:
+    assert "  lots         none" in run(capsys, "user", "nobody")[1]
+
+
+@pytest.mark.parametrize(
+    ("terms", "complaint"),
+    [
+        (("--category", "bonus"), "'bonus' is not one of 'paid', 'promotional'"),
+        (("--priority", "101"), "101 is not in the range 0<=x<=100"),
+        (("--expires-at", "2020-01-01T00:00:00Z"), "error: expiresAt must be in the future."),
+        (("--expires-at", "tomorrow"), "error: expiresAt: Value error, must be an ISO 8601 date and time"),
+        (("--expires-at", "2099-01-01T00:00:00"), "must say its time zone"),
+        (("--expires-in-days", "0"), "0 is not in the range 1<=x<=3650"),
+        (("--expires-at", "2099-01-01T00:00:00Z", "--expires-in-days", "3"), "not both"),
+    ],
+)
+def test_grant_refuses_bad_terms_exit_2_and_writes_nothing(moto_dynamodb, capsys, terms, complaint) -> None:
+    code, _, err = run(capsys, "grant", "alice", "5", "--type", "gift", "--description", "x", *terms)
+    assert code == 2
+    assert complaint in err and "Traceback" not in err
+    assert moto_dynamodb.scan(TableName="credits")["Items"] == []

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -201,3 +202,54 @@ def test_use_refuses_more_than_the_hold(canned: Canned) -> None:
     with pytest.raises(ValueError, match="from 0 to 10"), client(canned).hold("a", amount=10, description="d") as held:
         held.use(11)
     assert held.released is not None and held.released.released == 10  # the error released the hold
+
+
+def test_a_grant_sends_its_lot_terms_and_a_datetime_expiry_in_utc(canned: Canned) -> None:
+    canned.answer(200, {"transactionId": "t-2", "balance": 140})
+    canned.answer(200, {"transactionId": "t-3", "balance": 165})
+    canned.answer(200, {"transactionId": "t-4", "balance": 175})
+    paris = timezone(timedelta(hours=1))
+    promo = client(canned).grant(
+        "alice",
+        40,
+        description="Spring promotion",
+        category="promotional",
+        priority=5,
+        expires_at=datetime(2027, 1, 3, 1, 0, tzinfo=paris),
+        idempotency_key="promo-1",
+    )
+    assert (promo.transaction_id, promo.balance) == ("t-2", 140)
+    client(canned).grant("alice", 25, description="d", expires_in_days=30)
+    client(canned).grant("alice", 10, description="d", expires_at="2027-01-03T00:00:00Z")
+    assert [r["json"] for r in canned.requests] == [
+        {
+            "userId": "alice",
+            "amount": 40,
+            "type": "gift",
+            "description": "Spring promotion",
+            "category": "promotional",
+            "priority": 5,
+            "expiresAt": "2027-01-03T00:00:00.000Z",
+        },
+        {"userId": "alice", "amount": 25, "type": "gift", "description": "d", "expiresInDays": 30},
+        {"userId": "alice", "amount": 10, "type": "gift", "description": "d", "expiresAt": "2027-01-03T00:00:00Z"},
+    ]
+    assert canned.requests[0]["headers"]["idempotency-key"] == "promo-1"
+
+
+def test_a_grant_refuses_an_ambiguous_expiry_before_sending_anything(canned: Canned) -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        client(canned).grant("alice", 1, description="d", expires_at=datetime(2027, 1, 3))
+    with pytest.raises(ValueError, match="at most one"):
+        client(canned).grant("alice", 1, description="d", expires_at="2027-01-03T00:00:00Z", expires_in_days=3)
+    assert canned.requests == []
+
+
+def test_terms_the_server_refuses_come_back_as_a_validation_error(canned: Canned) -> None:
+    errors = [{"field": "expiresAt"}]
+    canned.answer(
+        400, {"error": {"code": "validation_error", "message": "expiresAt must be in the future.", "errors": errors}}
+    )
+    with pytest.raises(ValidationError, match="in the future") as refused:
+        client(canned).grant("alice", 1, description="d", expires_at="2020-01-01T00:00:00Z")
+    assert refused.value.errors == errors

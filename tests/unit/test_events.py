@@ -24,9 +24,9 @@ from credits.events import (
     events_of,
     record_events,
 )
-from credits.ledger import ENTRY_TYPES, Entry, Ledger, Policy, to_item
+from credits.ledger import ENTRY_TYPES, Ledger, LotTerms, to_item
 from tests import stripe_events as se
-from tests.support import FakeContext, environment, load_function
+from tests.support import FakeContext, ManualClock, environment, load_function
 from tests.unit.test_webhook import send
 
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/credits/stream/2026-11-26T00:00:00.000"
@@ -272,8 +272,19 @@ def stream(field: str | None = None, key: str | None = None, value: Any = None) 
 
 def limit_note(change: Any) -> Any:
     """A change applied to the user's LIMIT# note's record instead of their ledger entry's."""
-    change.limit_note = True
+    change.record = "note"
     return change
+
+
+def expiry_note(change: Any) -> Any:
+    """A change applied to a user's EXPIRING# note's record (a lot about to expire)."""
+    change.record = "expiring"
+    return change
+
+
+def expiration(draws: Any) -> Any:
+    """A change making the ledger entry's record an expiration entry with these `draws`."""
+    return lambda r: image("draws", draws)(image("type", {"S": "expiration"})(r))
 
 
 DEAD_LETTERED: dict[str, tuple[Any, str]] = {
@@ -310,6 +321,34 @@ DEAD_LETTERED: dict[str, tuple[Any, str]] = {
     "a mistyped currency": (image("currency", {"N": "840"}), "NewImage.currency must be of type S, not N"),
     "a limit note without its limit": (limit_note(image("limit", None)), "NewImage.limit is missing"),
     "a limit note's spent as a string": (limit_note(image("spent", {"S": "3"})), "NewImage.spent must be of type N"),
+    "an expiry note without its lot": (expiry_note(image("lot_id", None)), "NewImage.lot_id is missing"),
+    "an expiry note of another lot than its key's": (
+        expiry_note(image("lot_id", {"S": "99"})),
+        "NewImage.lot_id is not the lot its key names",
+    ),
+    "an expiry note's credits as a string": (
+        expiry_note(image("credits", {"S": "5"})),
+        "NewImage.credits must be of type N, not S",
+    ),
+    "an expiry note without its expiry": (expiry_note(image("expires_at_ms", None)), "expires_at_ms is missing"),
+    "an expiry note's expiry past the year 9999": (
+        expiry_note(image("expires_at_ms", {"N": "1" + "0" * 20})),
+        "NewImage.expires_at_ms is not a time",
+    ),
+    "an expiry note's label as a number": (expiry_note(image("label", {"N": "1"})), "NewImage.label must be of type S"),
+    "an expiry note outside a user's partition": (
+        expiry_note(stream(key="pk", value={"S": "PACKAGE#starter"})),
+        "a EXPIRING# item outside a user's partition",
+    ),
+    "an expiration's draws of two lots": (
+        expiration({"M": {"1": {"N": "2"}, "2": {"N": "1"}}}),
+        "NewImage.draws of an expiration does not name one lot",
+    ),
+    "an expiration's draws as a list": (expiration({"L": []}), "NewImage.draws must be of type M, not L"),
+    "an expiration's drawn credits as a string": (
+        expiration({"M": {"1": {"S": "3"}}}),
+        "NewImage.draws.1 must be of type N, not S",
+    ),
 }
 
 IGNORED: dict[str, Any] = {
@@ -326,6 +365,10 @@ IGNORED: dict[str, Any] = {
     "an INSERT of a reference": stream(key="sk", value={"S": "REF#doc-1"}),
     "an INSERT of an idempotency key": stream(key="sk", value={"S": "IDEM#key-1"}),
     "an INSERT of a hold": stream(key="sk", value={"S": "HOLD#h1"}),
+    "a REMOVE of an expiry note (its TTL)": lambda r: stream(key="sk", value={"S": "EXPIRING#1"})(
+        {**r, "eventName": "REMOVE"}
+    ),
+    "a MODIFY of an expiry note": lambda r: stream(key="sk", value={"S": "EXPIRING#1"})({**r, "eventName": "MODIFY"}),
     "an INSERT of a package": lambda r: stream(key="pk", value={"S": "PACKAGE#starter"})(
         stream(key="sk", value={"S": "PACKAGE"})(r)
     ),
@@ -404,10 +447,14 @@ def batch(ledger: Ledger, moto_dynamodb) -> dict[str, Any]:
     ledger.charge("bo", 3, description="up to the limit")
     with pytest.raises(Exception, match="limit"):
         ledger.charge("bo", 1, description="refused: the month's LIMIT# note")
+    tomorrow = int(ledger.clock() * 1000) + 86_400_000
+    ledger.grant("di", 10, type="gift", description="trial", lot=LotTerms(expires_at_ms=tomorrow, label="Trial"))
+    ledger.sweep("di")  # within the warning window: the lot's EXPIRING# note
     return {
         "before": wrap(entry_item(moto_dynamodb, "ann"), 1),
         "entry": wrap(entry_item(moto_dynamodb, "bo"), 2),
         "note": wrap(entry_item(moto_dynamodb, "bo", "LIMIT#"), 2),
+        "expiring": wrap(entry_item(moto_dynamodb, "di", "EXPIRING#"), 2),
         "after": wrap(entry_item(moto_dynamodb, "cy"), 3),
     }
 
@@ -417,7 +464,7 @@ def test_a_malformed_record_is_dead_lettered_with_its_reason_and_the_rest_of_the
     shape: str, function: Function, batch: dict[str, Any]
 ) -> None:
     change, reason = DEAD_LETTERED[shape]
-    good = copy.deepcopy(batch["note" if getattr(change, "limit_note", False) else "entry"])
+    good = copy.deepcopy(batch[getattr(change, "record", "entry")])
     bad = change(copy.deepcopy(good))
 
     assert function([batch["before"], bad, batch["after"]]) == {"batchItemFailures": []}
@@ -616,11 +663,60 @@ def test_a_dispute_closed_in_the_users_favour_restores_the_credits_and_says_so(
     assert detail["description"].endswith("won): credits restored") and detail["monetaryAmount"] == 500
 
 
-def test_an_expiration_entry_announces_credits_expired(ledger: Ledger, moto_dynamodb) -> None:
+def test_a_lot_is_announced_once_before_it_expires_then_its_expiry_names_it(moto_dynamodb) -> None:
+    clock = ManualClock(1_790_000_000.0)  # 2026-09-21T14:13:20Z
+    ledger = Ledger(moto_dynamodb, "credits", clock=clock, sleep=lambda _s: None)
     ledger.update_settings("hal", low_balance_threshold=0)
-    ledger.grant("hal", 30, type="gift", description="seed")
-    ledger.post("hal", Entry(-12, "expiration", "credits expired"), Policy.USAGE)  # nothing posts one today
-    assert kinds(moto_dynamodb, "hal")[-1] == ("Credits Expired", {"credits": 12, "balance": 18})
+    expires = int(clock.now * 1000) + 10 * 86_400_000  # 2026-10-01T14:13:20Z
+    ledger.grant("hal", 30, type="gift", description="trial", lot=LotTerms(expires_at_ms=expires, label="Trial"))
+    ledger.grant("hal", 5, type="gift", description="kept")
+    clock.now += 4 * 86_400  # 6 days before its expiry: within the 7 days' warning
+    assert ledger.sweep("hal") == 0
+    clock.now += 86_400
+    ledger.charge("hal", 1, description="a")  # the lot is spent first; it was announced already
+    clock.now += 6 * 86_400  # expired
+    assert ledger.sweep("hal") == 1 and ledger.sweep("hal") == 0
+    assert kinds(moto_dynamodb, "hal") == [
+        (
+            "Credits Expiring Soon",
+            {"lotId": "1", "credits": 30, "expiresAt": "2026-10-01T14:13:20.000Z", "label": "Trial"},
+        ),
+        (
+            "Credits Granted",
+            {"credits": 30, "type": "gift", "balance": 30, "description": "trial", "referenceId": None},
+        ),
+        ("Credits Granted", {"credits": 5, "type": "gift", "balance": 35, "description": "kept", "referenceId": None}),
+        ("Credits Used", {"credits": 1, "balance": 34, "description": "a", "referenceId": None}),
+        (
+            "Credits Expired",
+            {
+                "credits": 29,
+                "balance": 5,
+                "lotId": "1",
+                "description": "Expired: 29 credits of Trial (granted 21 Sep 2026)",
+            },
+        ),
+    ]
+    # an expiration entry without draws (none is written so since lots) still announces itself
+    entry_keys, entry_image = _entry("expiration", -2)
+    (expired,) = events_of(entry_keys, entry_image, 0)
+    assert (expired.detail["credits"], expired.detail["lotId"]) == (2, None)
+
+
+def test_a_lots_note_is_published_once_per_delivery_with_the_same_event_id(
+    function: Function, batch: dict[str, Any]
+) -> None:
+    note = batch["expiring"]
+    assert function([batch["before"], note]) == {"batchItemFailures": []}
+    assert function([note]) == {"batchItemFailures": []}  # redelivered
+    first, again = [json.loads(e["Detail"]) for e in function.bus.put if e["DetailType"] == "Credits Expiring Soon"]
+    assert first == again and (first["userId"], first["lotId"], first["credits"], first["label"]) == (
+        "di",
+        "1",
+        10,
+        "Trial",
+    )
+    assert first["expiresAt"].endswith("Z") and function.dead_letters() == []
 
 
 def _entry(kind: str, amount: int) -> tuple[dict[str, Any], dict[str, Any]]:

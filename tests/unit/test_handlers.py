@@ -42,7 +42,10 @@ def test_grant_then_spend_analyze_costs_five(use: ModuleType, bal: ModuleType) -
     assert status == 200
     assert body["charged"] == 5 and body["balance"] == 15 and body["transactionId"]
     status, body, headers = invoke(bal, http_event("GET", "/credits/balance"))
-    assert (status, body) == (200, {"balance": 15, "available": 15, "held": 0})
+    assert (status, body) == (
+        200,
+        {"balance": 15, "available": 15, "held": 0, "expiring": [], "byCategory": {"paid": 15, "promotional": 0}},
+    )
     assert headers["Content-Type"] == "application/json"
 
 

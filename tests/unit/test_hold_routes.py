@@ -35,7 +35,10 @@ def test_reserve_capture_and_the_balance_the_user_sees(use: ModuleType, bal: Mod
     assert hold["expiresAt"].endswith("Z")
 
     status, body, _ = invoke(bal, http_event("GET", "/credits/balance"))
-    assert (status, body) == (200, {"balance": 20, "available": 15, "held": 5})
+    assert (status, body) == (
+        200,
+        {"balance": 20, "available": 15, "held": 5, "expiring": [], "byCategory": {"paid": 20, "promotional": 0}},
+    )
     status, body, _ = invoke(bal, http_event("GET", "/credits/holds"))
     assert body == {
         "holds": [{"holdId": hold["holdId"], "amount": 5, "description": "render", "expiresAt": hold["expiresAt"]}]

@@ -302,7 +302,7 @@ def test_an_adjustment_credit_is_a_grant(ledger: Ledger) -> None:
 def test_a_queued_adjustment_keeps_its_policy_and_reason() -> None:
     """Under contention a change waits as an intent item (group commit): it must come back the same."""
     from credits.ledger import Entry, Policy
-    from credits.ledger.codec import change_fields, change_from_fields
+    from credits.ledger.intents import change_fields, change_from_fields
     from credits.ledger.rules import Change, Kind
 
     entry = Entry(-8, "adjustment", "promo reversed", "t-1", reason="ticket 42")
@@ -318,8 +318,8 @@ def test_queued_adjustments_in_one_combiner_pass_never_go_below_zero_unless_forc
     import uuid
 
     from credits import keys
-    from credits.ledger import Entry, Policy, Posted, codec
-    from credits.ledger.codec import Intent
+    from credits.ledger import Entry, Policy, Posted
+    from credits.ledger.intents import Intent, intent_put
     from credits.ledger.rules import Change, Kind
 
     ledger.grant("kim", 5, type="gift", description="seed")
@@ -329,7 +329,7 @@ def test_queued_adjustments_in_one_combiner_pass_never_go_below_zero_unless_forc
         now = time.time()
         entry = Entry(-amount, "adjustment", "queued", reason=reason)
         intent = Intent(str(uuid.uuid4()), int(now * 1000), int((now + 30) * 1000), Change(Kind.POST, entry, policy))
-        ledger.store.write(codec.intent_put(pk, intent, int(now)))
+        ledger.store.write(intent_put(pk, intent, int(now)))
         return intent
 
     first, second, forced = (

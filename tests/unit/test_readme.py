@@ -424,7 +424,13 @@ def test_curl_snippets_run_against_the_local_gateway(snippet: Snippet, gateway: 
         env={**os.environ, "PATH": os.environ.get("PATH", "")},
     )
     assert result.returncode == 0, f"{snippet} failed:\n{result.stdout}{result.stderr}"
-    assert json.loads(result.stdout) == {"balance": 0, "available": 0, "held": 0}
+    assert json.loads(result.stdout) == {
+        "balance": 0,
+        "available": 0,
+        "held": 0,
+        "expiring": [],
+        "byCategory": {"paid": 0, "promotional": 0},
+    }
 
 
 @pytest.mark.slow  # DynamoDB Local (Java) and a gateway with its containers
@@ -441,4 +447,10 @@ def test_the_make_dev_banner_s_curl_lines_run_as_printed(gateway: Gateway) -> No
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads(result.stdout) == {"balance": 0, "available": 0, "held": 0}
+    assert json.loads(result.stdout) == {
+        "balance": 0,
+        "available": 0,
+        "held": 0,
+        "expiring": [],
+        "byCategory": {"paid": 0, "promotional": 0},
+    }

@@ -12,6 +12,7 @@ a step says `at(seconds, ...)`: that many seconds later.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ import pytest
 
 from credits import keys
 from credits.errors import InsufficientCredits
+from credits.ledger.account import AccountState
+from credits.ledger.lots import legacy
 from credits.ledger.rules import (
-    AccountState,
     Change,
     Decision,
     Effect,
@@ -131,11 +133,16 @@ class Book:
     def __init__(self, given: Given) -> None:
         self.counter = itertools.count(1)
         holds = {h: (v, HOLD_TTL) if isinstance(v, int) else v for h, v in given.holds.items()}
+        ends = {h: (amount, NOW_MS + int(ttl * 1000)) for h, (amount, ttl) in holds.items()}
+        lots, draws = legacy(given.balance, ends)  # an account written before lots
         self.state = AccountState(
             exists=True,
             balance=given.balance,
             seq=given.seq,
-            holds={h: (amount, NOW_MS + int(ttl * 1000)) for h, (amount, ttl) in holds.items()},
+            holds=ends,
+            lots=lots,
+            draws=draws,
+            lots_written=False,
             threshold=given.threshold,
             spend_limit=given.spend_limit,
             spend_month=given.spend_month or (month_of(NOW) if given.spent else None),
@@ -162,12 +169,15 @@ class Book:
         work = self.work if one_pass else Work.of(self.state, now)
         outcome, effects = decide(step.change, work, self.found, Decision(now, self.new_id, DEFAULT_THRESHOLD))
         self.work = work
-        if outcome.error is None:  # written: the account as the next read returns it
+        if outcome.error is None and (effects or work.settled or one_pass):
+            # written: the account as the next read returns it
             self.state = AccountState(
                 exists=True,
                 balance=work.balance,
                 seq=work.seq,
                 holds=dict(work.holds),
+                lots={lot_id: dataclasses.replace(lot) for lot_id, lot in work.lots.items()},
+                draws={h: dict(d) for h, d in work.draws.items()},
                 threshold=self.state.threshold,
                 spend_limit=self.state.spend_limit,
                 spend_month=work.month if work.spent_changed else self.state.spend_month,

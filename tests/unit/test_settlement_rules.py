@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from credits.ledger import Entry, Policy, Transaction
+from credits.ledger import Entry, LotTerms, Policy, Transaction
 from credits.settlement import (
     DisputeFact,
     LedgerState,
@@ -23,6 +23,7 @@ from credits.settlement import (
 )
 
 PAYMENT = "pi_1"
+NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 def bought(credits: int = 100, price: int = 1000, currency: str | None = "usd", **facts: Any) -> PaymentRecord:
@@ -208,7 +209,9 @@ def test_a_refund_step_is_a_clawback_of_the_money_refunded_since_the_last() -> N
     step = next_step(record)
     assert step is not None
     assert step.policy is Policy.CLAWBACK
-    assert step.entry() == Entry(-50, "refund", "Refund of $5.00 (pi_1)", "settle:pi_1:2", 500, "usd", True)
+    assert step.entry(NOW_MS) == Entry(
+        -50, "refund", "Refund of $5.00 (pi_1)", "settle:pi_1:2", 500, "usd", True, source="purchase:pi_1"
+    )
     assert step.record_changes() == {"credits_refunded": 80, "refund_money_applied": 800, "settle_steps": 2}
 
 
@@ -230,7 +233,7 @@ def test_a_dispute_release_is_a_credit_naming_how_each_dispute_closed() -> None:
     assert step is not None
     assert (step.type, step.amount, step.policy) == ("dispute", 100, Policy.CREDIT)
     assert (step.description, step.money) == ("Dispute closed (dp_1 won): credits restored", None)
-    assert step.entry().system_reference
+    assert step.entry(NOW_MS).system_reference
 
 
 # ---- the record as stored, and the audit -------------------------------------------------------
@@ -274,3 +277,92 @@ def test_the_audit_of_a_settled_payment_finds_nothing_and_of_a_missing_step_says
     assert payment_problems(PAYMENT, "someone-else", record, history) == [
         "payment pi_1: credited on the ledger but not on record for this user"
     ]
+
+
+# ---- credit lots: steps name their purchase, the audit counts what had expired -----------------
+
+DAY_MS = 86_400_000
+
+
+def test_every_step_names_its_purchase_and_credits_given_back_get_its_terms_from_now() -> None:
+    record = bought(disputes=disputed("needs_response"), package_name="Starter", expires_in_days=30)
+    [held], record = settle(record)
+    record.disputes = disputed("won")
+    [given] = settle(record)[0]
+    took, gave = held.entry(NOW_MS), given.entry(NOW_MS)
+    assert (took.amount, took.source, took.lot) == (-100, "purchase:pi_1", None)
+    assert (gave.amount, gave.source) == (100, "purchase:pi_1")
+    assert gave.lot == LotTerms("paid", None, NOW_MS + 30 * DAY_MS, "Starter", "purchase:pi_1")
+
+
+def test_credits_given_back_for_a_purchase_without_expiry_never_expire() -> None:
+    record = bought(disputes=disputed("won"), credits_disputed=100, settle_steps=1, package_name="Pro")
+    step = next_step(record)
+    assert step is not None
+    assert step.entry(NOW_MS).lot == LotTerms("paid", None, None, "Pro", "purchase:pi_1")
+
+
+def test_the_terms_of_the_purchase_are_read_from_its_record() -> None:
+    item = {"granted": True, "credits": 100, "package_name": "Team", "expires_in_days": 365}
+    record = PaymentRecord.from_item(PAYMENT, item)
+    assert (record.package_name, record.expires_in_days) == ("Team", 365)
+    assert PaymentRecord.from_item(PAYMENT, {"granted": True}).expires_in_days is None  # before lots: never
+
+
+def settled(type_: str, amount: int, step: int, expired: int = 0, description: str = "") -> Transaction:
+    tx = entry(type_, amount, f"settle:pi_1:{step}")
+    return dataclasses.replace(tx, expired_part=expired, description=description)
+
+
+AUDITED = {
+    "a full refund after 70 of 100 expired: the entry takes 30": (
+        bought(refunded_amount=1000, credits_refunded=100, refund_money_applied=1000, settle_steps=1),
+        [settled("refund", -30, 1, expired=70)],
+    ),
+    "a refund of credits that had all expired: an entry of 0": (
+        bought(refunded_amount=1000, credits_refunded=100, refund_money_applied=1000, settle_steps=1),
+        [settled("refund", 0, 1, expired=100)],
+    ),
+    "a dispute after expiry, then won: gives back exactly what it took": (
+        bought(disputes=disputed("won"), settle_steps=2),
+        [
+            settled("dispute", -30, 1, expired=70, description="Payment disputed (dp_1)"),
+            settled("dispute", 30, 2, expired=70, description="Dispute closed (dp_1 won): credits restored"),
+        ],
+    ),
+    "a dispute of credits that had all expired, then won: two entries of 0": (
+        bought(disputes=disputed("won"), settle_steps=2),
+        [
+            settled("dispute", 0, 1, expired=100, description="Payment disputed (dp_1)"),
+            settled("dispute", 0, 2, expired=100, description="Dispute closed (dp_1 won): credits restored"),
+        ],
+    ),
+    "a dispute of expired credits still open: the hold counts them": (
+        bought(disputes=disputed("needs_response"), credits_disputed=100, settle_steps=1),
+        [settled("dispute", 0, 1, expired=100, description="Payment disputed (dp_1)")],
+    ),
+}
+
+
+@pytest.mark.parametrize(("record", "steps"), AUDITED.values(), ids=list(AUDITED))
+def test_the_audit_counts_the_credits_that_had_expired_with_each_entry(
+    record: PaymentRecord, steps: list[Transaction]
+) -> None:
+    history = [entry("purchase", 100, "purchase:pi_1"), *steps]
+    assert payment_problems(PAYMENT, "user-1", record, history) == []
+
+
+def test_the_audit_still_finds_a_refund_that_took_too_little() -> None:
+    record = bought(refunded_amount=1000, credits_refunded=100, refund_money_applied=1000, settle_steps=1)
+    history = [entry("purchase", 100, "purchase:pi_1"), settled("refund", -30, 1, expired=60)]
+    [problem] = payment_problems(PAYMENT, "user-1", record, history)
+    assert "refunds took 90 credits on the ledger, 100 on record; its facts require 100" in problem
+
+
+def test_the_audit_tells_a_release_of_0_from_a_hold_of_0() -> None:
+    """An open dispute whose release was posted as a hold would leave 200 held on the ledger."""
+    record = bought(disputes=disputed("won"), settle_steps=2)
+    held = settled("dispute", 0, 1, expired=100, description="Payment disputed (dp_1)")
+    history = [entry("purchase", 100, "purchase:pi_1"), held, settled("dispute", 0, 2, expired=100)]
+    [problem] = payment_problems(PAYMENT, "user-1", record, history)
+    assert "disputes took 200 credits on the ledger, 0 on record" in problem

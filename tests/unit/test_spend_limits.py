@@ -92,7 +92,13 @@ def test_settings_routes(use: ModuleType, bal: ModuleType, moto_dynamodb) -> Non
     put = http_event("PUT", "/credits/settings", sub="new-user", body={"monthlySpendLimit": None})
     assert invoke(use, put)[1]["monthlySpendLimit"] is None
     status, body, _ = invoke(bal, http_event("GET", "/credits/balance", sub="new-user"))
-    assert body == {"balance": 0, "available": 0, "held": 0}
+    assert body == {
+        "balance": 0,
+        "available": 0,
+        "held": 0,
+        "expiring": [],
+        "byCategory": {"paid": 0, "promotional": 0},
+    }
 
 
 @pytest.mark.parametrize(

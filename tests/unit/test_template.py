@@ -6,9 +6,12 @@ import json
 import re
 from pathlib import Path
 
-from credits.ledger import ENTRY_TYPES
+from credits import keys as keys_
+from credits.config import MAX_EXPIRY_WARNING_DAYS
+from credits.ledger import ENTRY_TYPES, EXPIRY_WARNING_DAYS
 from local.streams import keep
-from local.template import ROOT, load, stream_source
+from local.template import ROOT, load, stream_source, table_definitions
+from tests.support import load_function
 
 CREDITS = ROOT / "shared" / "credits"
 # What each call of the store (credits.store, the one DynamoDB adapter) asks of DynamoDB.
@@ -44,7 +47,7 @@ def test_the_ledger_policy_allows_exactly_the_calls_the_ledger_and_the_payments_
 
 def test_every_function_that_writes_the_ledger_attaches_the_ledger_policy() -> None:
     resources = load()["Resources"]
-    for name in ("UseCreditsFunction", "WebhookFunction", "PremiumExampleFunction"):
+    for name in ("UseCreditsFunction", "WebhookFunction", "PremiumExampleFunction", "ExpireFunction"):
         assert {"Ref": "CreditsLedgerPolicy"} in resources[name]["Properties"]["Policies"], name
     exported = {output.get("Export", {}).get("Name", {}).get("Sub", "") for output in load()["Outputs"].values()}
     assert "${AWS::StackName}-CreditsLedgerPolicyArn" in exported
@@ -94,7 +97,58 @@ def test_the_stream_filter_delivers_every_ledger_entry_type_and_the_limit_notes_
     for kind in ENTRY_TYPES:  # usage included: it is what crosses the low-balance threshold
         assert keep(patterns, record("TX#000000000001", type={"S": kind})), kind
     assert keep(patterns, record("LIMIT#2026-12"))
+    assert keep(patterns, record(keys_.expiring_sk("12")))  # a lot about to expire: its note, once
     for sk in ("ACCOUNT", "HOLD#h1", "REF#doc-1", "IDEM#k", "SYSREF#purchase:pi_1"):
         assert not keep(patterns, record(sk)), sk
     assert not keep(patterns, record("TX#000000000001", "MODIFY"))
     assert not keep(patterns, record("TX#000000000001", "REMOVE"))
+    assert not keep(patterns, record(keys_.expiring_sk("12"), "REMOVE"))  # its TTL
+
+
+def test_the_lots_due_index_is_the_sparse_keys_only_index_the_ledger_writes() -> None:
+    table = load()["Resources"]["CreditsTable"]["Properties"]
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    (index,) = [i for i in table["GlobalSecondaryIndexes"] if i["IndexName"] == keys_.LOTS_DUE_INDEX]
+    schema = [(k["AttributeName"], k["KeyType"], types[k["AttributeName"]]) for k in index["KeySchema"]]
+    assert schema == [("lots_shard", "HASH", "S"), ("lots_due", "RANGE", "N")]
+    assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}  # the sweep reads the account's key only
+    # the tests' tables and make dev's are made from these definitions (local.template.create_tables)
+    (definition,) = [d for logical_id, d in table_definitions().items() if logical_id == "CreditsTable"]
+    assert index in definition["GlobalSecondaryIndexes"]
+
+
+def test_the_expire_function_runs_daily_and_may_make_exactly_the_calls_of_its_sweep(moto_dynamodb) -> None:
+    props = load()["Resources"]["ExpireFunction"]["Properties"]
+    assert props["CodeUri"] == "functions/expire/"
+    (schedule,) = props["Events"].values()
+    assert schedule["Type"] == "ScheduleV2" and schedule["Properties"]["ScheduleExpression"] == "rate(1 day)"
+    assert schedule["Properties"]["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    # it stops starting accounts this long before its timeout, so it ends with its counts and error
+    assert props["Timeout"] > 2 * load_function("expire").STOP_BEFORE_SECONDS
+    # the ledger's calls and the sweep's reads of the table through the ledger policy; the Query
+    # of the index on the index alone
+    assert {"Ref": "CreditsLedgerPolicy"} in props["Policies"]
+    ledger_policy = load()["Resources"]["CreditsLedgerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    on_table = {action for statement in ledger_policy for action in statement["Action"]}
+    statements = [s for p in props["Policies"] if isinstance(p, dict) for s in p.get("Statement", [])]
+    index_arn = {"Sub": f"${{CreditsTable.Arn}}/index/{keys_.LOTS_DUE_INDEX}"}
+    on_index = {action for s in statements if s["Resource"] == index_arn for action in s["Action"]}
+    assert on_index == {"dynamodb:Query"}
+    assert dynamodb_actions([CREDITS / "expiry.py"]) == {"dynamodb:Query", "dynamodb:GetItem"} <= on_table | on_index
+    alarms = [r for r in load()["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert any(
+        a["Properties"].get("Dimensions") == [{"Name": "FunctionName", "Value": {"Ref": "ExpireFunction"}}]
+        for a in alarms
+    )  # a failed sweep (its invocation fails) is alarmed
+
+
+def test_the_expiry_warning_reaches_every_function_as_the_config_reads_it() -> None:
+    template = load()
+    parameter = template["Parameters"]["ExpiryWarningDays"]
+    assert (parameter["Default"], parameter["MinValue"], parameter["MaxValue"]) == (
+        EXPIRY_WARNING_DAYS,
+        0,
+        MAX_EXPIRY_WARNING_DAYS,
+    )
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["EXPIRY_WARNING_DAYS"] == {"Ref": "ExpiryWarningDays"}  # every function that writes

@@ -1,6 +1,9 @@
-"""One user's account: `credits user` (what it holds), `credits grant` and `credits adjust`."""
+"""One user's account: `credits user` (what it holds, its credit lots), `credits grant` (with a lot's
+terms: category, priority, expiry) and `credits adjust`."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 import click
 import pydantic
@@ -9,7 +12,7 @@ from credits import api
 from credits.cli.common import credits, invalid, one_line_errors, when
 from credits.cli.target import target_of
 from credits.errors import InsufficientCredits
-from credits.ledger import MAX_AMOUNT
+from credits.ledger import CATEGORIES, MAX_AMOUNT, MAX_PRIORITY, AccountView
 
 
 @click.command()
@@ -18,7 +21,8 @@ from credits.ledger import MAX_AMOUNT
 @click.pass_context
 @one_line_errors
 def user(ctx: click.Context, user: str, entries: int) -> int:
-    """A user's balance, holds, settings and last ledger entries. A user with no account has 0."""
+    """A user's balance, holds, credit lots (in the order they are spent), settings and last ledger
+    entries. A user with no account has 0."""
     target = target_of(ctx)
     ledger = target.ledger()
     view = ledger.account(user)
@@ -32,6 +36,7 @@ def user(ctx: click.Context, user: str, entries: int) -> int:
     click.echo(f"  held         {credits(view.held)} in {len(holds)} open hold{'' if len(holds) == 1 else 's'}")
     for hold in holds:
         click.echo(f"    {hold.hold_id}  {credits(hold.amount)}  until {when(hold.expires_at_ms)}  {hold.description}")
+    show_lots(view)
     limit = "none" if settings.monthly_spend_limit is None else credits(settings.monthly_spend_limit)
     click.echo(
         f"  settings     low-balance alert under {credits(settings.low_balance_threshold)}; monthly limit {limit}; "
@@ -49,28 +54,87 @@ def user(ctx: click.Context, user: str, entries: int) -> int:
     return 0
 
 
+def show_lots(view: AccountView) -> None:
+    """The lots that count now, in the order they are spent (priority, soonest expiry, oldest)."""
+    if not view.lots:
+        click.echo("  lots         none")
+        return
+    click.echo(f"  lots         {len(view.lots)}, in the order they are spent:")
+    click.echo(
+        f"    {'lot':<8} {'category':<12} {'priority':>8} {'remaining':>14} {'held':>14}  {'expires':<20}  label"
+    )
+    for lot in view.lots:
+        expires = "never" if lot.expires_at_ms is None else when(lot.expires_at_ms)
+        click.echo(
+            f"    {lot.lot_id:<8} {lot.category:<12} {lot.priority:>8} {lot.remaining:>14,} {lot.held:>14,}  "
+            f"{expires:<20}  {lot.label}"
+        )
+
+
 @click.command()
 @click.argument("user")
 @click.argument("amount", type=click.IntRange(1, MAX_AMOUNT))
 @click.option("--type", "kind", type=click.Choice(["gift", "adjustment"]), required=True, help="the entry's type")
-@click.option("--description", required=True, help="what the user sees in their history")
+@click.option("--description", required=True, help="what the user sees in their history (and the lot's name)")
 @click.option("--reference", help="your id of this grant: repeating it grants once (answers the first grant)")
+@click.option("--category", type=click.Choice(CATEGORIES), help="the credits' category  [default: paid]")
+@click.option(
+    "--priority",
+    type=click.IntRange(0, MAX_PRIORITY),
+    help="lower is spent first  [default: paid 50, promotional 10]",
+)
+@click.option("--expires-at", metavar="ISO", help="when the credits expire, e.g. 2027-01-03T00:00:00Z")
+@click.option(
+    "--expires-in-days", type=click.IntRange(1, api.MAX_EXPIRES_IN_DAYS), help="the credits expire N days from now"
+)
 @click.pass_context
 @one_line_errors
-def grant(ctx: click.Context, user: str, amount: int, kind: str, description: str, reference: str | None) -> int:
-    """Add credits to a user, as POST /internal/credits/grant does (same checks, same ledger entry)."""
+def grant(
+    ctx: click.Context,
+    user: str,
+    amount: int,
+    kind: str,
+    description: str,
+    reference: str | None,
+    category: str | None,
+    priority: int | None,
+    expires_at: str | None,
+    expires_in_days: int | None,
+) -> int:
+    """Add credits to a user, as POST /internal/credits/grant does (same checks, same ledger entry).
+    Without --category, --priority or an expiry: paid credits that never expire."""
+    if expires_at is not None and expires_in_days is not None:
+        raise click.UsageError("give --expires-at or --expires-in-days, not both")
+    fields = {"userId": user, "amount": amount, "type": kind, "description": description, "referenceId": reference}
+    terms = {"category": category, "priority": priority, "expiresAt": expires_at, "expiresInDays": expires_in_days}
     try:
-        fields = {"userId": user, "amount": amount, "type": kind, "description": description, "referenceId": reference}
-        request = api.GrantRequest.model_validate(fields)
+        request = api.GrantRequest.model_validate({**fields, **terms})
     except pydantic.ValidationError as exc:
         raise invalid(exc) from None
     target = target_of(ctx)
     posted = api.internal_grant(target.ledger(), request, None)
     if posted.replayed:
         click.echo(f"already granted with reference {reference}, nothing granted now ({target.where})")
-    else:
-        click.echo(f"granted {credits(amount)} to {user} ({kind}): balance {credits(posted.balance)} ({target.where})")
+        return 0
+    click.echo(
+        f"granted {credits(amount)} to {user} ({_terms(request)}): balance {credits(posted.balance)} ({target.where})"
+    )
     return 0
+
+
+def _terms(request: api.GrantRequest) -> str:
+    """ "gift", or with terms "gift, promotional, priority 5, expires 2027-01-03 00:00 UTC"."""
+    parts: list[str] = [request.type]
+    if request.category is not None:
+        parts.append(request.category)
+    if request.priority is not None:
+        parts.append(f"priority {request.priority}")
+    if request.expiresAt is not None:
+        at = datetime.fromisoformat(request.expiresAt)
+        parts.append(f"expires {when((at - api.EPOCH) // timedelta(milliseconds=1))}")
+    if request.expiresInDays is not None:
+        parts.append(f"expires in {request.expiresInDays} day{'' if request.expiresInDays == 1 else 's'}")
+    return ", ".join(parts)
 
 
 class _Adjustment(pydantic.BaseModel):

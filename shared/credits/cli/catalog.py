@@ -1,4 +1,8 @@
-"""The credit package catalog: `credits packages list` and `credits packages import FILE`."""
+"""The credit package catalog: `credits packages list` and `credits packages import FILE`.
+
+A package of the file: `id`, `name`, `description`, `credits`, `price` (minor units), `currency`,
+`active`, and `expiresInDays` (1 to 3650: each purchase's credits expire that many days after it is
+credited; left out, they never expire)."""
 
 from __future__ import annotations
 
@@ -28,8 +32,16 @@ def list_packages(ctx: click.Context) -> int:
     price, then id (the page re-sorts them for buyers)."""
     for p in target_of(ctx).catalog().all():
         state = "active" if p.active else "inactive"
-        click.echo(f"{p.id}: {credits(p.credits)} for {format_money(p.price, p.currency)} [{state}]")
+        click.echo(f"{p.id}: {credits(p.credits)} for {format_money(p.price, p.currency)} [{state}]{_expiry(p)}")
     return 0
+
+
+def _expiry(package: Package) -> str:
+    """How long a package's credits last, when they expire: ", credits expire 365 days after purchase"."""
+    days = package.expires_in_days
+    if days is None:
+        return ""
+    return f", credits expire {days} day{'' if days == 1 else 's'} after purchase"
 
 
 @packages.command("import")
@@ -38,11 +50,13 @@ def list_packages(ctx: click.Context) -> int:
 @click.pass_context
 @one_line_errors
 def import_packages_command(ctx: click.Context, file: Path, sync_stripe: bool) -> int:
-    """Load packages from a JSON file ({"packages": [...]} or a list), validated, ids unique."""
+    """Load packages from a JSON file ({"packages": [...]} or a list), validated, ids unique. A
+    package's `expiresInDays` (1 to 3650) makes each purchase's credits expire that many days after
+    it is credited; without it they never expire."""
     target = target_of(ctx)
     for p in import_packages(target, load_catalog_file(file), sync_stripe):
         price = format_money(p.price, p.currency)
-        click.echo(f"{p.id}: {credits(p.credits)} for {price} (stripe price {p.stripe_price_id})")
+        click.echo(f"{p.id}: {credits(p.credits)} for {price}{_expiry(p)} (stripe price {p.stripe_price_id})")
     return 0
 
 

@@ -15,7 +15,7 @@ import click
 
 from credits import config, keys
 from credits.cli.common import Failed
-from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, Ledger
+from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, EXPIRY_WARNING_DAYS, Ledger
 from credits.packages import Catalog
 from credits.payments import Payments
 from credits.store import DynamoStore
@@ -37,6 +37,7 @@ class Target:
     stripe_key_parameter: str | None = None  # --stack: the SSM SecureString the stack reads its key from
     session: Any = None
     low_balance_threshold: int = DEFAULT_LOW_BALANCE_THRESHOLD
+    expiry_warning_days: int = EXPIRY_WARNING_DAYS
 
     def stripe(self) -> Any:
         """The Stripe adapter: make dev's emulator; with --stack, the secret key the stack itself uses
@@ -57,7 +58,12 @@ class Target:
 
     def ledger(self) -> Ledger:
         # the stack's LOW_BALANCE_THRESHOLD, so entries the CLI posts carry the threshold in force
-        return Ledger(self.client, self.table, default_threshold=self.low_balance_threshold)
+        return Ledger(
+            self.client,
+            self.table,
+            default_threshold=self.low_balance_threshold,
+            expiry_warning_days=self.expiry_warning_days,
+        )
 
     def catalog(self) -> Catalog:
         return Catalog(self.client, self.table)
@@ -99,6 +105,9 @@ def _deployed(stack: str, region: str | None) -> Target:
     found.low_balance_threshold = config.low_balance_threshold(
         {"LOW_BALANCE_THRESHOLD": parameters.get("LowBalanceThreshold") or ""}
     )
+    found.expiry_warning_days = config.expiry_warning_days(
+        {"EXPIRY_WARNING_DAYS": parameters.get("ExpiryWarningDays") or ""}
+    )
     return found
 
 
@@ -109,6 +118,7 @@ def _configured() -> Target:
     table = config.require("CREDITS_TABLE_NAME")
     found = Target(dynamodb_client(), table, f"table {table}", config.optional("STRIPE_API_BASE"))
     found.low_balance_threshold = config.low_balance_threshold()
+    found.expiry_warning_days = config.expiry_warning_days()
     return found
 
 
@@ -139,6 +149,9 @@ def _make_dev() -> Target:
     )
     found.low_balance_threshold = config.low_balance_threshold(
         {"LOW_BALANCE_THRESHOLD": str(state.get("lowBalanceThreshold", ""))}
+    )
+    found.expiry_warning_days = config.expiry_warning_days(
+        {"EXPIRY_WARNING_DAYS": str(state.get("expiryWarningDays", ""))}
     )
     return found
 

@@ -4,6 +4,8 @@ The invariants (all eight, numbered once) and the map of this package are in doc
 sections 2 and 4. A reader names the module from the task at hand:
 
 - `values`: what callers pass and get back (Entry, Posted, Hold, Settings, ...), limits, validation;
+- `lots`: credit lots, the burn order and expiry (docs/adr/0010-credit-lots.md); no I/O;
+- `account`: the account as read and as a pass of decisions changes it (lots settled first); no I/O;
 - `rules`: given the account as read and one change, the outcome and its effects; no I/O;
 - `codec`: each stored item's write and read, side by side (the key layout is `credits.keys`);
 - `commit`: the direct path, one guarded transaction per change;
@@ -17,15 +19,20 @@ Everything other modules import is re-exported here.
 from credits.ledger.codec import account_view
 from credits.ledger.operations import Ledger
 from credits.ledger.values import (
+    CATEGORIES,
     DEFAULT_HOLD_TTL_SECONDS,
     DEFAULT_LOW_BALANCE_THRESHOLD,
+    DEFAULT_PRIORITY,
     ENTRY_TYPES,
+    EXPIRY_WARNING_DAYS,
     IDEMPOTENCY_TTL_SECONDS,
     MAX_AMOUNT,
     MAX_HOLD_TTL_SECONDS,
     MAX_KEY_BYTES,
+    MAX_LOTS,
     MAX_NOTE_BYTES,
     MAX_OPEN_HOLDS,
+    MAX_PRIORITY,
     MAX_TIME_BUDGET_SECONDS,
     REFUSAL_MEMORY_SECONDS,
     SETTINGS_CHANGES_PER_MINUTE,
@@ -37,6 +44,8 @@ from credits.ledger.values import (
     ExtraConditionFailed,
     Hold,
     Idempotency,
+    LotTerms,
+    LotView,
     Policy,
     Posted,
     Released,
@@ -54,15 +63,20 @@ from credits.ledger.values import (
 from credits.store import RETRIABLE_CODES, from_item, to_item
 
 __all__ = [
+    "CATEGORIES",
     "DEFAULT_HOLD_TTL_SECONDS",
     "DEFAULT_LOW_BALANCE_THRESHOLD",
+    "DEFAULT_PRIORITY",
     "ENTRY_TYPES",
+    "EXPIRY_WARNING_DAYS",
     "IDEMPOTENCY_TTL_SECONDS",
     "MAX_AMOUNT",
     "MAX_HOLD_TTL_SECONDS",
     "MAX_KEY_BYTES",
+    "MAX_LOTS",
     "MAX_NOTE_BYTES",
     "MAX_OPEN_HOLDS",
+    "MAX_PRIORITY",
     "MAX_TIME_BUDGET_SECONDS",
     "REFUSAL_MEMORY_SECONDS",
     "RETRIABLE_CODES",
@@ -76,6 +90,8 @@ __all__ = [
     "Hold",
     "Idempotency",
     "Ledger",
+    "LotTerms",
+    "LotView",
     "Policy",
     "Posted",
     "Released",

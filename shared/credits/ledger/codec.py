@@ -11,28 +11,38 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from credits import keys
 from credits.errors import SpendLimitReached, ValidationError
-from credits.ledger.outcomes import Effect, EntryPosted, HoldClosed, HoldOpened, KeyFreed, KeyRemembered, Outcome
-from credits.ledger.rules import AccountState, Change, Kind, Work, ref_sk
+from credits.ledger import lots as lots_
+from credits.ledger.account import AccountState, Work
+from credits.ledger.lots import Draws, Lot
+from credits.ledger.outcomes import (
+    Effect,
+    EntryPosted,
+    HoldClosed,
+    HoldOpened,
+    KeyFreed,
+    KeyRemembered,
+    LotWarned,
+)
+from credits.ledger.rules import ref_sk
 from credits.ledger.values import (
+    EXPIRY_WARNING_DAYS,
     HOLD_RETENTION_SECONDS,
     IDEMPOTENCY_TTL_SECONDS,
-    INTENT_TTL_SECONDS,
     LIMIT_NOTE_TTL_SECONDS,
     AccountView,
-    Entry,
     Hold,
     Idempotency,
-    Policy,
+    LotView,
     Transaction,
     iso_utc,
 )
-from credits.store import NEW, Cond, Delete, Put, Update, Write, absent, eq, exists, lt, plain
+from credits.store import NEW, Cond, Delete, Put, Update, Write, absent, eq, lt, plain
 
 # ---- the account --------------------------------------------------------------------------------
 
@@ -43,32 +53,112 @@ def read_account(item: Mapping[str, Any] | None) -> AccountState:
         return AccountState(exists=False, balance=0, seq=0)
     has_ledger = "seq" in item
     holds = plain(item.get("holds") or {})
+    balance = item["balance"] if has_ledger else 0
+    hold_ends = {hold_id: (h["a"], h["u"]) for hold_id, h in holds.items()}
+    if "lots" in item:
+        lots = {lot_id: read_lot(lot_id, fields) for lot_id, fields in plain(item["lots"]).items()}
+        draws: dict[str, Draws] = {hold_id: dict(h.get("d") or {}) for hold_id, h in holds.items()}
+    else:
+        lots, draws = lots_.legacy(balance, hold_ends)
     return AccountState(
         exists=has_ledger,
-        balance=item["balance"] if has_ledger else 0,
+        balance=balance,
         seq=item["seq"] if has_ledger else 0,
         combiner=item.get("combiner"),
         combiner_until=item.get("combiner_until", 0),
         combiner_pass_ms=item.get("combiner_pass_ms", 0),
-        holds={hold_id: (h["a"], h["u"]) for hold_id, h in holds.items()},
+        holds=hold_ends,
         holds_rev=item.get("holds_rev", 0),
         threshold=item.get("low_balance_threshold"),
         spend_limit=item.get("monthly_spend_limit"),
         spend_month=item.get("spend_month"),
         spent=item.get("spent", 0),
+        lots=lots,
+        draws=draws,
+        lots_written="lots" in item,
     )
+
+
+_LOT_FIELDS = {  # attribute on the account item's `lots` map -> Lot field (omitted when empty)
+    "c": "category",
+    "p": "priority",
+    "x": "expires_ms",
+    "g": "granted",
+    "r": "remaining",
+    "t": "created_ms",
+    "n": "label",
+    "s": "source",
+    "e": "expired",
+    "f": "forgiven",
+    "fd": "dispute_forgiven",
+    "w": "warned",
+    "k": "expiries",
+}
+
+
+def read_lot(lot_id: str, fields: Mapping[str, Any]) -> Lot:
+    values = {name: fields[short] for short, name in _LOT_FIELDS.items() if short in fields}
+    values["warned"] = bool(values.get("warned"))
+    values.setdefault("expires_ms", None)
+    return Lot(id=lot_id, **values)
+
+
+def lot_fields(lot: Lot) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for short, name in _LOT_FIELDS.items():
+        value = getattr(lot, name)
+        if name in ("category", "priority", "granted", "remaining", "created_ms"):
+            out[short] = value
+        elif value:
+            out[short] = 1 if value is True else value
+    return out
+
+
+def due_shard(pk: str) -> str:
+    """The partition of the lots-due index an account is in (spread so no index partition is hot)."""
+    return f"{keys.LOTS_DUE_PARTITION}{zlib.crc32(pk.encode()) % keys.LOTS_DUE_SHARDS}"
 
 
 def account_view(item: Mapping[str, Any] | None, now_ms: int) -> AccountView:
     """The balance, what is available of it and what open holds take (invariant 6), from the item."""
     state = read_account(item)
     held = state.held(now_ms)
+    balance = state.balance_at(now_ms)
     open_ = {hold_id: until for hold_id, (_, until) in state.holds.items() if until > now_ms}
-    return AccountView(state.balance, state.balance - held, held, open_)
+    # the lots as the next write will see them: expired holds gave their credits back (a debt first)
+    work = Work.of(state, now_ms / 1000)
+    work.prune(now_ms)
+    live = sorted((lot for lot in work.lots.values() if not lot.expired_at(now_ms)), key=Lot.order)
+    # what each lot holds now: its remaining and what open holds drew from it
+    shown = []
+    for lot in live:
+        drawn = sum(d.get(lot.id, 0) for d in work.draws.values())
+        if lot.remaining or drawn:
+            shown.append(
+                LotView(
+                    lot.id,
+                    lot.category,
+                    lot.priority,
+                    lot.expires_ms,
+                    lot.granted,
+                    lot.remaining,
+                    drawn,
+                    lot.created_ms,
+                    lot.label,
+                )
+            )
+    return AccountView(balance, balance - held, held, open_, tuple(shown))
 
 
 def account_update(
-    pk: str, work: Work, now: float, *, combiner: str | None = None, lease_until: int = 0, pass_ms: int = 0
+    pk: str,
+    work: Work,
+    now: float,
+    *,
+    combiner: str | None = None,
+    lease_until: int = 0,
+    pass_ms: int = 0,
+    warn_ms: int = EXPIRY_WARNING_DAYS * 86_400_000,
 ) -> Update:
     """The account's new balance, seq and holds, guarded by what was read (invariant 2: a write only
     lands if nobody changed the ledger or the holds since); for a combiner, also by its lease, which
@@ -88,9 +178,18 @@ def account_update(
     sets: dict[str, Any] = {"balance": work.balance, "seq": work.seq, "updated_at": iso_utc(now)}
     if work.spent_changed:
         sets.update(spent=work.spent, spend_month=work.month)
-    if work.holds_changed:
-        sets["holds"] = {hold_id: {"a": a, "u": u} for hold_id, (a, u) in work.holds.items()}
+    remove: tuple[str, ...] = ()
+    if work.holds_changed or work.lots_changed:
+        sets["holds"] = {hold_id: _hold_fields(work, hold_id) for hold_id in work.holds}
         sets["holds_rev"] = base.holds_rev + 1
+    if work.lots_changed:
+        sets["lots"] = {lot_id: lot_fields(lot) for lot_id, lot in work.lots.items()}
+        until = {hold_id: u for hold_id, (_, u) in work.holds.items()}
+        due = lots_.due_ms(work.lots, work.draws, until, warn_ms)
+        if due is None:
+            remove = ("lots_due", "lots_shard")
+        else:
+            sets.update(lots_due=due, lots_shard=due_shard(pk))
     if combiner is not None:
         guard &= eq("combiner", combiner)  # our lease, extended for as long as passes take
         sets.update(combiner_until=lease_until, combiner_pass_ms=pass_ms)
@@ -98,8 +197,15 @@ def account_update(
         (pk, keys.ACCOUNT),
         set=sets,
         set_if_absent={"created_at": iso_utc(now)},
+        remove=remove,
         condition=guard,
     )
+
+
+def _hold_fields(work: Work, hold_id: str) -> dict[str, Any]:
+    amount, until = work.holds[hold_id]
+    draws = {lot_id: n for lot_id, n in work.draws.get(hold_id, {}).items() if n}
+    return {"a": amount, "u": until, **({"d": draws} if draws else {})}
 
 
 # ---- what a decision writes ---------------------------------------------------------------------
@@ -120,7 +226,24 @@ def writes(pk: str, effects: Sequence[Effect], now: float) -> list[Write]:
             out.append(Update((pk, keys.hold_sk(effect.hold_id)), set=effect.ended, condition=eq("state", "open")))
         elif isinstance(effect, KeyFreed):
             out.append(Delete((pk, keys.idem_sk(effect.key))))
+        elif isinstance(effect, LotWarned):
+            out.append(expiring_note(pk, effect, now))
     return out
+
+
+def expiring_note(pk: str, warned: LotWarned, now: float) -> Put:
+    """A lot's credits expire soon: written once (its `Credits Expiring Soon` event)."""
+    item = {
+        "pk": pk,
+        "sk": keys.expiring_sk(warned.lot_id),
+        "lot_id": warned.lot_id,
+        "credits": warned.remaining,
+        "expires_at_ms": warned.expires_ms,
+        "label": warned.label,
+        "created_at": iso_utc(now),
+        "expires_at": warned.expires_ms // 1000 + HOLD_RETENTION_SECONDS,
+    }
+    return Put(item, NEW)
 
 
 def key_marker(
@@ -156,6 +279,11 @@ def entry_writes(pk: str, posted: EntryPosted, now: float) -> list[Write]:
         "reason": entry.reason,
         "created_at": created,
         "low_balance_threshold": posted.threshold,
+        # what it did to the lots (docs/adr/0010-credit-lots.md)
+        "draws": dict(posted.draws) or None,
+        "lot": posted.lot,
+        "repaid": dict(posted.repaid) or None,
+        "expired_part": posted.expired_part or None,
     }
     out: list[Write] = [Put(item, NEW)]  # invariant 2: a ledger slot is written once
     reference = ref_sk(entry)
@@ -182,6 +310,9 @@ def transaction(item: Mapping[str, Any]) -> Transaction:
         created_at=item["created_at"],
         system_reference=item.get("reference_scope") == "system",
         reason=item.get("reason"),
+        draws=plain(item.get("draws") or {}),
+        lot=item.get("lot"),
+        expired_part=item.get("expired_part", 0),
     )
 
 
@@ -242,112 +373,6 @@ def limit_note(pk: str, refused: SpendLimitReached, now: float) -> Put:
         "expires_at": int(now) + LIMIT_NOTE_TTL_SECONDS,
     }
     return Put(item, NEW)
-
-
-# ---- queued changes (group commit) --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Intent:
-    """A queued change: everything a combiner needs to decide and post it."""
-
-    id: str
-    created_ms: int
-    apply_before_ms: int
-    change: Change
-
-    @property
-    def sk(self) -> str:
-        return keys.intent_sk(self.created_ms, self.id)
-
-
-def intent_put(pk: str, intent: Intent, now: int) -> Put:
-    """Conditioned on absence: a resend after a lost answer must not wipe a decision already written
-    onto the intent (which would let it be decided, and applied, again)."""
-    item = {
-        "pk": pk,
-        "sk": intent.sk,
-        "intent_id": intent.id,
-        "apply_before_ms": intent.apply_before_ms,
-        **change_fields(intent.change),
-        "expires_at": now + INTENT_TTL_SECONDS,  # never left behind, whatever happens
-    }
-    return Put(item, NEW)
-
-
-def intent(item: Mapping[str, Any]) -> Intent:
-    return Intent(
-        id=item["intent_id"],
-        created_ms=int(item["sk"].split("#")[2]),
-        apply_before_ms=item["apply_before_ms"],
-        change=change_from_fields(item),
-    )
-
-
-def change_fields(change: Change) -> dict[str, Any]:
-    """A change as stored on its intent (None values are not written)."""
-    e, idem = change.entry, change.idempotency
-    return {
-        "kind": change.kind.value,
-        "amount": e.amount if e is not None else change.amount,
-        "type": e.type if e is not None else None,
-        "description": e.description if e is not None else change.description,
-        "reference_id": e.reference_id if e is not None else None,
-        "system_reference": (e.system_reference or None) if e is not None else None,
-        "reason": e.reason if e is not None else None,
-        "monetary_amount": e.monetary_amount if e is not None else None,
-        "currency": e.currency if e is not None else None,
-        "policy": change.policy.value if change.policy is not None else None,
-        "idempotency_key": idem.key if idem else None,
-        "idempotency_fingerprint": idem.fingerprint if idem else None,
-        "ref_fingerprint": change.ref_fingerprint,
-        "hold_id": change.hold_id,
-        "ttl_seconds": change.ttl_seconds or None,
-        "note": change.note,
-    }
-
-
-def change_from_fields(item: Mapping[str, Any]) -> Change:
-    kind = Kind(item.get("kind", Kind.POST.value))
-    key = item.get("idempotency_key")
-    idempotency = None if key is None else Idempotency(key, item["idempotency_fingerprint"])
-    if kind is not Kind.POST:
-        return Change(
-            kind,
-            idempotency=idempotency,
-            hold_id=item.get("hold_id"),
-            amount=item.get("amount"),
-            ttl_seconds=item.get("ttl_seconds", 0),
-            description=item.get("description", ""),
-            note=item.get("note"),
-        )
-    entry = Entry(
-        item["amount"],
-        item["type"],
-        item.get("description", ""),
-        item.get("reference_id"),
-        item.get("monetary_amount"),
-        item.get("currency"),
-        system_reference=bool(item.get("system_reference")),
-        reason=item.get("reason"),
-    )
-    return Change(kind, entry, Policy(item["policy"]), idempotency, item.get("ref_fingerprint", ""))
-
-
-def decision_update(pk: str, intent: Intent, outcome: Outcome) -> Update:
-    """Write the decision onto the intent, only if it is still queued and undecided (a waiter that
-    cancelled has deleted it: the pass fails, and is decided again without it)."""
-    return Update((pk, intent.sk), set={"outcome": outcome.attributes()}, condition=exists("pk") & absent("outcome"))
-
-
-def decision(item: Mapping[str, Any]) -> Outcome | None:
-    """The decision written on an intent; None while it is queued."""
-    return Outcome.from_attributes(plain(dict(item["outcome"]))) if "outcome" in item else None
-
-
-def withdrawal(pk: str, intent: Intent) -> Delete:
-    """A waiter gives up: its intent goes only while undecided (a decision and a withdrawal exclude each other)."""
-    return Delete((pk, intent.sk), absent("outcome"))
 
 
 # ---- the combiner lease (on the account item) --------------------------------------------------

@@ -18,7 +18,7 @@ from credits.errors import CreditsError, SpendLimitReached, TemporarilyUnavailab
 from credits.ledger import codec
 from credits.ledger.context import Context
 from credits.ledger.group import GroupCommit
-from credits.ledger.rules import Change, Decision, Kind, Work, decide
+from credits.ledger.rules import Change, Kind, Work, decide
 from credits.ledger.values import MAX_AMOUNT, UNCHANGED, Unchanged, iso_utc, validate_amount
 from credits.store import ConditionFailed, Update, Write, absent, eq, lt, ne
 
@@ -31,6 +31,14 @@ class Committer:
     def run(self, user_id: str, change: Change, extra: Sequence[Write] = ()) -> Mapping[str, Any]:
         """Decide and write a change; the first refusal of a month by the user's spend limit is noted
         (`LIMIT#<month>`), once, for the Spend Limit Reached event."""
+        lot = change.entry.lot if change.entry is not None else None
+        if lot is not None and lot.expires_at_ms is not None and lot.expires_at_ms <= self.ctx.now_ms():
+            # credits that would expire before they arrive: bad input, nothing written; unless this
+            # is a retry of a grant that landed (its key or reference replays the first answer)
+            answered = self.answered(user_id, change)
+            if answered is None:
+                raise ValidationError("expiresAt must be in the future.", [{"field": "expiresAt"}])
+            return answered
         try:
             return self.decide_and_write(user_id, change, extra)
         except SpendLimitReached as refused:
@@ -53,7 +61,7 @@ class Committer:
             state = codec.read_account(found.pop(keys.ACCOUNT, None))
             now = ctx.clock()
             work = Work.of(state, now)
-            outcome, effects = decide(change, work, found, Decision(now, ctx.new_id, ctx.default_threshold))
+            outcome, effects = decide(change, work, found, ctx.decision(now))
             writes = codec.writes(pk, effects, now)
             if outcome.error is not None:
                 # A refusal writes at most its key's marker, so that nothing queued earlier under the
@@ -62,12 +70,16 @@ class Committer:
                 if writes and not self._remember(writes[0]):
                     continue
                 return outcome.result()
-            if not writes:
+            if not writes and change.kind is not Kind.SWEEP:
                 return outcome.result()  # a replay, or nothing to write
+            # what the account owed first (lots that expired): written with the change, never alone
+            writes = codec.writes(pk, work.settled, now) + writes
+            if not writes:
+                return outcome.result()  # a sweep of an account with nothing due
             queue = not extra
             if queue and state.combining(int(now * 1000)):
                 return self.group.queue(pk, change, deadline, state)  # a direct write would only lose
-            transact = [codec.account_update(pk, work, now), *writes, *extra]
+            transact = [codec.account_update(pk, work, now, warn_ms=ctx.warn_ms), *writes, *extra]
             # The token makes a resend of this very request (lost answer, timeout) a no-op for 10 min;
             # it is the id of what the request creates (fresh for every decision), so it is traceable.
             value = outcome.result()
@@ -80,6 +92,16 @@ class Committer:
                 return self.group.queue(pk, change, deadline, None)
             ctx.backoff(attempt)
         raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
+
+    def answered(self, user_id: str, change: Change) -> Mapping[str, Any] | None:
+        """The first answer to this change when its key or reference is used already (one read), else
+        None; nothing is written."""
+        ctx = self.ctx
+        found = codec.live(ctx.store.get_many(keys.user_pk(user_id), change.sks()), ctx.clock())
+        if not found:
+            return None
+        outcome, _ = decide(change, Work.of(codec.read_account(None), ctx.clock()), found, ctx.decision(ctx.clock()))
+        return outcome.result()
 
     def _remember(self, marker: Write) -> bool:
         """Write a refusal's marker under its Idempotency-Key; False when a marker of the key appeared

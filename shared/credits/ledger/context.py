@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from credits.ledger.values import ExtraConditionFailed
+from credits.ledger.account import Decision
+from credits.ledger.values import EXPIRY_WARNING_DAYS, ExtraConditionFailed
 from credits.store import Store, TransactionCancelled, Write
 
 
@@ -33,6 +34,10 @@ class Context:
     base_delay: float = 0.004
     max_delay: float = 0.2
     default_threshold: int = 10
+    warn_ms: int = EXPIRY_WARNING_DAYS * 86_400_000  # "Credits Expiring Soon" this long before a lot expires
+
+    def decision(self, now: float) -> Decision:
+        return Decision(now, self.new_id, self.default_threshold, self.warn_ms)
 
     def backoff(self, attempt: int) -> None:
         """Full jitter: a random wait up to base * 2^attempt, capped."""

@@ -17,10 +17,12 @@ from typing import Any
 from credits import keys
 from credits.errors import CreditsError, TemporarilyUnavailable
 from credits.ledger import codec
-from credits.ledger.codec import Intent
+from credits.ledger import intents as intent_items
+from credits.ledger.account import AccountState
 from credits.ledger.context import Context
+from credits.ledger.intents import Intent
 from credits.ledger.outcomes import Outcome
-from credits.ledger.rules import AccountState, Change, Decision, Work, decide
+from credits.ledger.rules import Change, Work, decide
 from credits.ledger.values import (
     INTENT_GRACE_SECONDS,
     LEASE_MS,
@@ -79,7 +81,7 @@ class GroupCommit:
 
     def put_intent(self, pk: str, intent: Intent, now: int) -> None:
         with contextlib.suppress(ConditionFailed):  # a resend of ours after a lost answer
-            self.ctx.store.write(codec.intent_put(pk, intent, now))
+            self.ctx.store.write(intent_items.intent_put(pk, intent, now))
 
     def wait(self, pk: str, intent: Intent, deadline: float, seen: AccountState | None) -> Outcome | None:
         """Our intent's decision, serving as the combiner when the lease is free; None when we
@@ -196,13 +198,15 @@ class GroupCommit:
         ):
             return None  # our reads took most of the lease, and a waiter took it over meanwhile
         work = Work.of(state, now)
-        decision = Decision(now, ctx.new_id, ctx.default_threshold)
+        decision = ctx.decision(now)
+        work.settle(decision)  # what the account owed first (lots that expired), written with the pass
         writes: list[Write] = []
         touched: set[str] = set()
         decided: dict[str, Outcome] = {}
         for intent in intents:
             change = intent.change
-            if 1 + len(writes) + 1 + change.size() > MAX_TRANSACTION_ITEMS:
+            owed = len(codec.writes(pk, work.settled, now))
+            if 1 + owed + len(writes) + 1 + change.size() > MAX_TRANSACTION_ITEMS:
                 break
             # One transaction may not touch an item twice: a change that shares a marker or a hold
             # with one already in this pass waits for the next pass (where it may replay it).
@@ -216,10 +220,12 @@ class GroupCommit:
                 outcome, effects = decide(change, work, found, decision)
                 writes += codec.writes(pk, effects, now)
             decided[intent.id] = outcome
-            writes.append(codec.decision_update(pk, intent, outcome))
+            writes.append(intent_items.decision_update(pk, intent, outcome))
         lease_until = ctx.now_ms() + lease_ms(pass_ms)
-        guard = codec.account_update(pk, work, now, combiner=owner, lease_until=lease_until, pass_ms=pass_ms)
-        all_writes = [guard, *writes]
+        guard = codec.account_update(
+            pk, work, now, combiner=owner, lease_until=lease_until, pass_ms=pass_ms, warn_ms=ctx.warn_ms
+        )
+        all_writes = [guard, *codec.writes(pk, work.settled, now), *writes]
         return decided if ctx.commit(all_writes, token=ctx.new_id(), first_extra=len(all_writes)) else None
 
     def queued(self, pk: str) -> tuple[AccountState, list[Intent]]:
@@ -233,7 +239,7 @@ class GroupCommit:
             if item["sk"] == keys.ACCOUNT:
                 account = item
             elif len(intents) < MAX_INTENTS_PER_PASS:
-                intents.append(codec.intent(item))
+                intents.append(intent_items.intent(item))
         return codec.read_account(account), intents
 
     def markers(self, pk: str, intents: list[Intent]) -> dict[str, dict[str, Any]]:
@@ -250,7 +256,7 @@ class GroupCommit:
         written), else return its decision. A decision and a withdrawal exclude each other."""
         try:
             # a combiner's transaction on it in flight: ask again once it is done
-            self.ctx.store.write(codec.withdrawal(pk, intent), conflicts=True)
+            self.ctx.store.write(intent_items.withdrawal(pk, intent), conflicts=True)
         except ConditionFailed:
             outcome = self.outcome(pk, intent)
             assert outcome is not None  # the condition failed: it has a decision
@@ -261,4 +267,4 @@ class GroupCommit:
     def _decision_of(item: Mapping[str, Any] | None) -> Outcome | None:
         if item is None:  # pragma: no cover - only its own waiter removes an intent
             raise TemporarilyUnavailable("The outcome of this change is unknown; retry with the same key.")
-        return codec.decision(item)
+        return intent_items.decision(item)

@@ -17,12 +17,15 @@ from credits.ledger.group import GroupCommit
 from credits.ledger.reads import Reader
 from credits.ledger.rules import Change, Kind
 from credits.ledger.values import (
+    CATEGORIES,
     DEFAULT_HOLD_TTL_SECONDS,
     DEFAULT_LOW_BALANCE_THRESHOLD,
     ENTRY_TYPES,
+    EXPIRY_WARNING_DAYS,
     MAX_AMOUNT,
     MAX_HOLD_TTL_SECONDS,
     MAX_NOTE_BYTES,
+    MAX_PRIORITY,
     MAX_TIME_BUDGET_SECONDS,
     SETTINGS_CHANGES_PER_MINUTE,
     UNCHANGED,
@@ -32,6 +35,7 @@ from credits.ledger.values import (
     Entry,
     Hold,
     Idempotency,
+    LotTerms,
     Policy,
     Posted,
     Released,
@@ -72,6 +76,7 @@ class Ledger:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         new_id: Callable[[], str] | None = None,
+        expiry_warning_days: int = EXPIRY_WARNING_DAYS,
     ) -> None:
         if not 0 < time_budget <= MAX_TIME_BUDGET_SECONDS:
             # a longer wait would let a queued change outlive the memory of a refusal under its key
@@ -107,6 +112,7 @@ class Ledger:
         )
         if new_id is not None:
             self.ctx.new_id = new_id
+        self.ctx.warn_ms = expiry_warning_days * 86_400_000
         self.group = GroupCommit(self.ctx)
         self.committer = Committer(self.ctx, self.group)
         self.reader = Reader(self.ctx)
@@ -161,10 +167,14 @@ class Ledger:
         currency: str | None = None,
         idempotency: Idempotency | None = None,
         extra: Sequence[Write] = (),
+        lot: LotTerms | None = None,
+        source: str | None = None,
     ) -> Posted:
-        """Add credits (purchase, gift, adjustment, dispute won)."""
+        """Add credits (purchase, gift, adjustment, dispute won) to a lot with `lot`'s terms (None:
+        paid, no expiry). A won dispute names its purchase (`source`): it gives back only what its
+        hold took (docs/adr/0010-credit-lots.md)."""
         validate_amount(amount)
-        entry = Entry(amount, type, description, reference_id, monetary_amount, currency)
+        entry = Entry(amount, type, description, reference_id, monetary_amount, currency, lot=lot, source=source)
         return self.post(user_id, entry, Policy.CREDIT, idempotency=idempotency, extra=extra)
 
     def claw_back(
@@ -178,10 +188,14 @@ class Ledger:
         monetary_amount: int | None = None,
         currency: str | None = None,
         extra: Sequence[Write] = (),
+        source: str | None = None,
     ) -> Posted:
-        """Take back credits whose payment was refunded or disputed; may go below zero."""
+        """Take back credits whose payment was refunded or disputed; may go below zero. With `source`
+        (the purchase's reference, `purchase:<payment>`), its own lot is drawn first and its credits
+        that expired already are not taken back again (rule 5 of docs/adr/0010-credit-lots.md): the
+        entry may then be smaller than `amount`."""
         validate_amount(amount)
-        entry = Entry(-amount, type, description, reference_id, monetary_amount, currency)
+        entry = Entry(-amount, type, description, reference_id, monetary_amount, currency, source=source)
         return self.post(user_id, entry, Policy.CLAWBACK, extra=extra)
 
     def adjust(
@@ -193,6 +207,7 @@ class Ledger:
         reference_id: str | None = None,
         force_negative: bool = False,
         reason: str | None = None,
+        lot: LotTerms | None = None,
     ) -> Posted:
         """An operator's `adjustment` entry of a signed amount. A credit (amount > 0) is a grant; a
         debit never takes the balance, nor `available` (open holds count), below zero
@@ -204,7 +219,9 @@ class Ledger:
         if force_negative and (amount > 0 or not (reason or "").strip()):
             raise ValidationError("Only a debit may be forced below zero, and only with a reason.")
         if amount > 0:
-            return self.grant(user_id, amount, type="adjustment", description=description, reference_id=reference_id)
+            return self.grant(
+                user_id, amount, type="adjustment", description=description, reference_id=reference_id, lot=lot
+            )
         entry = Entry(amount, "adjustment", description, reference_id, reason=reason if force_negative else None)
         return self.post(user_id, entry, Policy.CLAWBACK if force_negative else Policy.ADJUSTMENT)
 
@@ -229,6 +246,8 @@ class Ledger:
             validate_token(entry.reference_id, "referenceId")
         if idempotency is not None:
             validate_token(idempotency.key, "Idempotency-Key")
+        if entry.lot is not None:
+            validate_terms(entry.lot)
         change = Change(Kind.POST, entry, policy, idempotency, entry_fingerprint(entry))
         return Posted.of(self.committer.run(user_id, change, extra))
 
@@ -283,6 +302,14 @@ class Ledger:
         v = self.committer.run(user_id, Change(Kind.RELEASE, hold_id=hold_id))
         return Released(hold_id, v["released"], v["balance"], v["available"], bool(v.get("replayed")))
 
+    def sweep(self, user_id: str) -> int:
+        """Write what the account owes without anything else happening to it: the expiration entries
+        of lots that expired, and the announcements of lots about to (the daily sweep of idle
+        accounts), at most 8 of each per write. The number of expiration entries written; a sweep of
+        an account that owes nothing writes nothing."""
+        validate_token(user_id, "userId")
+        return int(self.committer.run(user_id, Change(Kind.SWEEP)).get("expired", 0))
+
     def update_settings(
         self,
         user_id: str,
@@ -325,3 +352,15 @@ class Ledger:
 
     def audit(self, user_id: str) -> Audit:
         return self.reader.audit(user_id)
+
+
+def validate_terms(terms: LotTerms) -> None:
+    """A lot's terms: a known category, a priority from 0 to MAX_PRIORITY, an expiry (whether it is
+    still ahead is the rules' to say, after a replay: a retry of a grant answers what it answered)."""
+    if terms.category not in CATEGORIES:
+        raise ValidationError("category must be paid or promotional.", [{"field": "category"}])
+    if terms.priority is not None and (type(terms.priority) is not int or not 0 <= terms.priority <= MAX_PRIORITY):
+        raise ValidationError(f"priority must be an integer from 0 to {MAX_PRIORITY}.", [{"field": "priority"}])
+    expires = terms.expires_at_ms
+    if expires is not None and type(expires) is not int:
+        raise ValidationError("expiresAt must be a time.", [{"field": "expiresAt"}])

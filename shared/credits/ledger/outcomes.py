@@ -11,7 +11,7 @@ from typing import Any
 from credits.errors import CreditsError, from_code
 from credits.ledger.values import Entry, Idempotency
 
-_REFUSAL_DETAILS = ("required", "balance", "available", "limit", "spent", "month", "message")
+_REFUSAL_DETAILS = ("required", "balance", "available", "limit", "spent", "month", "message", "errors")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,13 @@ class EntryPosted:
     threshold: int  # the low-balance threshold in force: the entry's events are derived from it alone
     idempotency: Idempotency | None
     ref_fingerprint: str
+    # what the entry did to the lots (docs/adr/0010-credit-lots.md): the lots a debit drew from, the
+    # lot a credit went to and the debt it repaid first, and the credits of a refund or a dispute
+    # that had expired already (not taken back again), or that a won dispute found expired
+    draws: Mapping[str, int] = field(default_factory=dict)
+    lot: str | None = None
+    repaid: Mapping[str, int] = field(default_factory=dict)
+    expired_part: int = 0
 
     def result(self) -> dict[str, Any]:
         return {
@@ -103,4 +110,14 @@ class KeyFreed:
     key: str
 
 
-Effect = EntryPosted | KeyRemembered | HoldOpened | HoldClosed | KeyFreed
+@dataclass(frozen=True)
+class LotWarned:
+    """A lot's credits expire soon: announced once (the `Credits Expiring Soon` event)."""
+
+    lot_id: str
+    remaining: int
+    expires_ms: int
+    label: str
+
+
+Effect = EntryPosted | KeyRemembered | HoldOpened | HoldClosed | KeyFreed | LotWarned

@@ -92,4 +92,31 @@ class Reader:
             report.problems.append(f"account balance {report.balance} != last balance_after {running}")
         if report.seq != len(entries):
             report.problems.append(f"account seq {report.seq} != {len(entries)} entries")
+        report.problems += lot_problems(account, entries)
         return report
+
+
+def lot_problems(account: dict[str, Any], entries: list[Transaction]) -> list[str]:
+    """Invariants 9 and 10 as the stored account and entries show them (docs/adr/0010-credit-lots.md):
+    what the lots hold, with what open holds drew, is the balance plus any debt (never less), and no
+    lot keeps credits while the account owes; a usage or expiration entry drew exactly its amount,
+    a clawback at most its amount (the rest is a debt); an expiration entry has its system reference."""
+    problems: list[str] = []
+    if "lots" in account:
+        state = codec.read_account(account)
+        inside = sum(lot.remaining for lot in state.lots.values()) + sum(sum(d.values()) for d in state.draws.values())
+        debt = inside - state.balance
+        if debt < 0:
+            problems.append(f"lots hold {inside} credits, less than the balance {state.balance}")
+        elif debt > 0 and any(lot.remaining for lot in state.lots.values()):
+            problems.append(f"lots keep credits while the account owes {debt}")
+    for tx in entries:
+        drawn = sum(tx.draws.values())
+        if tx.type == "expiration" and not (tx.system_reference and (tx.reference_id or "").startswith("expire:")):
+            problems.append(f"seq {tx.seq}: an expiration entry without its system reference")
+        if not tx.draws:
+            continue  # written before lots, or a debit that found no credits (a debt)
+        exact = tx.type in ("usage", "expiration")
+        if (exact and drawn != -tx.amount) or (tx.amount < 0 and drawn > -tx.amount):
+            problems.append(f"seq {tx.seq}: drew {drawn} credits for {tx.amount}")
+    return problems

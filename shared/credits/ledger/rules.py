@@ -12,8 +12,9 @@ The invariants they keep (docs/design.md section 4) are named where they are kep
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -33,6 +34,8 @@ from credits.errors import (
     TooManyHolds,
     ValidationError,
 )
+from credits.ledger import lots
+from credits.ledger.account import MAX_EXPIRIES_PER_WRITE, Decision, Found, Work
 from credits.ledger.outcomes import (
     Effect,
     EntryPosted,
@@ -48,13 +51,11 @@ from credits.ledger.values import (
     REFUSAL_MEMORY_SECONDS,
     Entry,
     Idempotency,
+    LotTerms,
     Policy,
     entry_fingerprint,
     iso_utc,
-    month_of,
 )
-
-Found = dict[str, dict[str, Any]]  # the markers and holds a change names, as read (by sort key)
 
 # The refusals a rule may answer with; any other error is not a decision, it propagates.
 REFUSALS = (
@@ -68,88 +69,12 @@ REFUSALS = (
 )
 
 
-@dataclass
-class AccountState:
-    """What one read of the account tells: the ledger's head, the open holds, the combiner lease."""
-
-    exists: bool
-    balance: int
-    seq: int
-    combiner: str | None = None  # who holds the combiner lease (group commit), until when (Unix ms)
-    combiner_until: int = 0
-    combiner_pass_ms: int = 0  # how long the last combiner pass took (it sizes the next lease)
-    # open holds as last written, hold id -> (amount, expires at in Unix ms); expired ones count for
-    # nothing from that millisecond on, whether or not a write has pruned them yet (invariant 7)
-    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
-    holds_rev: int = 0  # moves with every change of `holds`: a write guards it like `seq`
-    # the user's settings (docs/design.md section 10) and the usage posted in `spend_month` (YYYY-MM)
-    threshold: int | None = None
-    spend_limit: int | None = None
-    spend_month: str | None = None
-    spent: int = 0
-
-    def combining(self, now_ms: int) -> bool:
-        return self.combiner is not None and self.combiner_until > now_ms
-
-    def held(self, now_ms: int) -> int:
-        return sum(amount for amount, until in self.holds.values() if until > now_ms)
-
-    def available(self, now_ms: int) -> int:
-        return self.balance - self.held(now_ms)
-
-
-@dataclass
-class Work:
-    """The account as a pass of decisions changes it (one change directly, many in a combiner pass)."""
-
-    base: AccountState
-    balance: int
-    seq: int
-    holds: dict[str, tuple[int, int]]
-    month: str
-    spent: int  # usage posted this month (captures and charges; open holds count on top)
-    holds_changed: bool = False
-    spent_changed: bool = False
-    limit_used: bool = False  # a decision of this pass was made against the user's spend limit
-
-    @classmethod
-    def of(cls, state: AccountState, now: float) -> Work:
-        month = month_of(now)
-        if state.spend_month is not None and state.spend_month > month:
-            month = state.spend_month  # a writer whose clock is behind never goes back a month
-        spent = state.spent if state.spend_month == month else 0  # a new month starts from 0
-        return cls(state, state.balance, state.seq, dict(state.holds), month, spent)
-
-    def spend(self, amount: int) -> None:
-        self.spent += amount
-        self.spent_changed = True
-
-    def check_limit(self, amount: int, now_ms: int) -> None:
-        """Invariant 8: usage this month (posted, plus open holds) never passes the user's limit."""
-        limit = self.base.spend_limit
-        self.limit_used = True  # the write is guarded by the limit as read (None included)
-        if limit is not None and self.spent + self.held(now_ms) + amount > limit:
-            raise SpendLimitReached(limit=limit, spent=self.spent + self.held(now_ms), month=self.month)
-
-    def held(self, now_ms: int) -> int:
-        return sum(amount for amount, until in self.holds.values() if until > now_ms)
-
-    def available(self, now_ms: int) -> int:
-        return self.balance - self.held(now_ms)
-
-    def prune(self, now_ms: int) -> None:
-        """Forget expired holds, so the account item never grows with the number of holds ever made."""
-        expired = [hold_id for hold_id, (_, until) in self.holds.items() if until <= now_ms]
-        for hold_id in expired:
-            del self.holds[hold_id]
-        self.holds_changed |= bool(expired)
-
-
 class Kind(Enum):
     POST = "post"  # a ledger entry (usage, credit, clawback)
     RESERVE = "reserve"  # open a hold
     CAPTURE = "capture"  # end a hold with one usage entry (or none, for 0)
     RELEASE = "release"  # end a hold with no entry
+    SWEEP = "sweep"  # nothing of its own: write what the account owes (lots that expired; the daily sweep)
 
 
 @dataclass(frozen=True)
@@ -191,7 +116,12 @@ class Change:
         """The most transaction items it may write, besides the account and the decision."""
         if self.kind in (Kind.POST, Kind.RESERVE):
             return 1 + len(self.sks())  # TX (or HOLD) and its markers
-        return 3  # CAPTURE: HOLD, TX, its reference marker; RELEASE: HOLD and the freed key
+        if self.kind is Kind.SWEEP:
+            return 0
+        # and what its credits coming back to lots that expired meanwhile may expire (two items each)
+        return (
+            3 + 2 * MAX_EXPIRIES_PER_WRITE
+        )  # CAPTURE: HOLD, TX, its reference marker; RELEASE: HOLD and the freed key
 
 
 def ref_sk(entry: Entry) -> str | None:
@@ -203,29 +133,21 @@ def idem_sk(idempotency: Idempotency | None) -> str | None:
     return None if idempotency is None else keys.idem_sk(idempotency.key)
 
 
-@dataclass
-class Decision:
-    """The context of deciding: the time, fresh ids, the threshold for users who set none."""
-
-    now: float
-    new_id: Callable[[], str]
-    default_threshold: int
-
-    @property
-    def now_ms(self) -> int:
-        return int(self.now * 1000)
-
-
 def decide(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
     """Decide one change against the account as `work` holds it and the items in `found`: its outcome,
     and the effects that write it (none for a replay; for a refusal under an Idempotency-Key, only the
     marker that remembers it). `work` and `found` are updated, so the next change of a combiner pass
-    sees this one."""
+    sees this one. The account's own due entries (lots that expired) are settled first, once per
+    `work`: they are in `work.settled`, written with whatever writes the account."""
+    if not work.is_settled:
+        work.settle(ctx)
     try:
         if change.kind is Kind.POST:
             return _post(change, work, found, ctx)
         if change.kind is Kind.RESERVE:
             return _reserve(change, work, found, ctx)
+        if change.kind is Kind.SWEEP:
+            return Outcome.applied({"expired": sum(1 for e in work.settled if isinstance(e, EntryPosted))}), []
         return _end(change, work, found, ctx)
     except REFUSALS as no:
         refused = Outcome.refused(no)
@@ -270,8 +192,66 @@ def _post(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outc
     check_policy(work, entry, change.policy, ctx.now_ms)
     if change.policy is Policy.USAGE:
         work.spend(-entry.amount)
-    posted = _append(work, entry, idem, change.ref_fingerprint, found, ctx)
+    decided = _credit if entry.amount > 0 else _debit
+    posted = decided(change, entry, work, found, ctx)
     return Outcome.applied({**posted.result(), "replayed": False}), [posted]
+
+
+def _credit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision) -> EntryPosted:
+    """Credits go to a lot (after repaying a debt). A won dispute gives back only what its hold took:
+    credits its hold found expired already come back expired (rule 5, docs/adr/0010-credit-lots.md)."""
+    if entry.lot is not None and entry.lot.expires_at_ms is not None and entry.lot.expires_at_ms <= ctx.now_ms:
+        raise ValidationError("expiresAt must be in the future.", [{"field": "expiresAt"}])
+    unforgiven = 0
+    source = lots.source_lot(work.lots, entry.source)
+    if entry.type == "dispute" and source is not None:
+        unforgiven = min(entry.amount, source.dispute_forgiven)
+        source.dispute_forgiven -= unforgiven
+    amount = entry.amount - unforgiven
+    facts: dict[str, Any] = {"expired_part": unforgiven}
+    if amount > 0:
+        debt = work.debt()
+        terms = entry.lot or LotTerms(label=entry.description)
+        held = lots.held_lots(work.draws.values())
+        facts["lot"] = lots.place(work.lots, terms, amount, str(work.seq + 1), ctx.now_ms, held)
+        facts["repaid"] = lots.repay(work.lots, debt, ctx.now_ms)
+    work.lots_changed = True
+    posted_entry = entry if amount == entry.amount else dataclasses.replace(entry, amount=amount)
+    posted = work.append(posted_entry, change.idempotency, change.ref_fingerprint, found, ctx, **facts)
+    work.settle(ctx)  # a lot granted inside its warning window is announced with its grant
+    return posted
+
+
+def _debit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision) -> EntryPosted:
+    """A debit draws from the lots in burn order (invariant 10). A refund's or a dispute's clawback
+    draws its purchase's own lot first, never takes back what of it expired already, and takes the
+    rest from the other lots, then as a debt (rule 5, invariant 11)."""
+    need, now_ms = -entry.amount, ctx.now_ms
+    source = lots.source_lot(work.lots, entry.source)
+    forgiven = 0
+    draws: lots.Draws = {}
+    if source is not None:
+        if not source.expired_at(now_ms) and source.remaining:
+            draws[source.id] = taken = min(need, source.remaining)
+            source.remaining -= taken
+            need -= taken
+        # what of the purchase expired and no refund counted yet; a dispute's hold also leaves out what
+        # open disputes counted (a won dispute gives only that back; a refund may still count it)
+        if entry.type == "dispute":
+            forgiven = min(need, source.expired - source.forgiven - source.dispute_forgiven)
+            source.dispute_forgiven += max(forgiven, 0)
+        else:
+            forgiven = min(need, source.expired - source.forgiven)
+            source.forgiven += max(forgiven, 0)
+        forgiven = max(forgiven, 0)
+        need -= forgiven
+    for lot_id, n in lots.draw(work.lots, need, now_ms).items():
+        draws[lot_id] = draws.get(lot_id, 0) + n
+    work.lots_changed = True
+    posted_entry = entry if not forgiven else dataclasses.replace(entry, amount=entry.amount + forgiven)
+    return work.append(
+        posted_entry, change.idempotency, change.ref_fingerprint, found, ctx, draws=draws, expired_part=forgiven
+    )
 
 
 def check_policy(work: Work, entry: Entry, policy: Policy, now_ms: int) -> None:
@@ -299,22 +279,6 @@ def check_policy(work: Work, entry: Entry, policy: Policy, now_ms: int) -> None:
             raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
 
 
-def _append(
-    work: Work, entry: Entry, idem: Idempotency | None, ref_fingerprint: str, found: Found, ctx: Decision
-) -> EntryPosted:
-    """The next ledger entry; a later change of the same pass with the same key or reference finds
-    its markers in `found` and replays this one."""
-    work.seq, work.balance = work.seq + 1, work.balance + entry.amount
-    threshold = work.base.threshold if work.base.threshold is not None else ctx.default_threshold
-    posted = EntryPosted(entry, work.seq, work.balance, ctx.new_id(), threshold, idem, ref_fingerprint)
-    if idem is not None:
-        found[keys.idem_sk(idem.key)] = {**posted.result(), "fingerprint": idem.fingerprint}
-    ref_key = ref_sk(entry)
-    if ref_key is not None:
-        found[ref_key] = {**posted.result(), "fingerprint": ref_fingerprint}
-    return posted
-
-
 def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
     """Open a hold (invariant 6): it counts against `available` until it ends or expires."""
     idem, idem_key = change.idempotency, idem_sk(change.idempotency)
@@ -333,7 +297,8 @@ def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[O
         ctx.new_id(), change.amount, now_ms + change.ttl_seconds * 1000, change.description, idem.key if idem else None
     )
     work.holds[opened.hold_id] = (opened.amount, opened.until_ms)
-    work.holds_changed = True
+    work.draws[opened.hold_id] = lots.draw(work.lots, opened.amount, now_ms)  # it keeps them (ADR 0010)
+    work.holds_changed = work.lots_changed = True
     value = {
         "hold_id": opened.hold_id,
         "amount": opened.amount,
@@ -397,11 +362,15 @@ def _ended_already(change: Change, hold: Mapping[str, Any]) -> Outcome:
     raise HoldReleased("This hold was released; it can no longer be captured.")
 
 
-def _close(change: Change, work: Work, ctx: Decision) -> None:
+def _close(change: Change, work: Work, ctx: Decision, keep: lots.Draws) -> None:
+    """The hold leaves the account; `keep` of its credits go back to their lots (those of lots that
+    expired meanwhile expire now: `work.settled`)."""
     assert change.hold_id is not None
     work.holds.pop(change.hold_id, None)
+    work.draws.pop(change.hold_id, None)
     work.holds_changed = True
-    work.prune(ctx.now_ms)
+    work.give_back(keep, ctx.now_ms)
+    work.settle(ctx)
 
 
 def _capture(
@@ -414,15 +383,16 @@ def _capture(
     if amount > 0 and work.balance - amount < 0:
         # invariant 3: only a clawback takes a balance below zero (one came since the hold)
         raise InsufficientCredits(required=amount, balance=work.balance, available=work.available(ctx.now_ms))
-    _close(change, work, ctx)
+    spent, rest = lots.consume(work.lots, work.draws.get(str(change.hold_id), {}), amount)
     effects: list[Effect] = []
     transaction_id = None
     if amount > 0:
         entry = Entry(-amount, "usage", hold.get("description", ""), f"hold:{change.hold_id}", system_reference=True)
         work.spend(amount)
-        posted = _append(work, entry, None, entry_fingerprint(entry), found, ctx)
+        posted = work.append(entry, None, entry_fingerprint(entry), found, ctx, draws=spent)
         effects.append(posted)
         transaction_id = posted.transaction_id
+    _close(change, work, ctx, rest)
     ended: dict[str, Any] = {"state": "captured", "captured": amount}
     if change.note is not None:
         ended["response"] = change.note
@@ -432,7 +402,7 @@ def _capture(
 def _release(
     change: Change, hold: Mapping[str, Any], work: Work, found: Found, ctx: Decision
 ) -> tuple[dict[str, Any], dict[str, Any], list[Effect]]:
-    _close(change, work, ctx)
+    _close(change, work, ctx, work.draws.get(str(change.hold_id), {}))
     effects: list[Effect] = []
     if hold.get("idempotency_key"):
         # a released hold charged nothing: its key is free for a retry that should charge

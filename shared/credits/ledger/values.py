@@ -47,6 +47,18 @@ SETTINGS_CHANGES_PER_MINUTE = 10  # per user, per UTC minute (PUT /credits/setti
 # per account: the account item carries them (about 60 bytes each) and every change rewrites it, so
 # the cap keeps that write small (docs/adr/0005-holds.md: about 7 KB at the cap)
 MAX_OPEN_HOLDS = 100
+# Credit lots (docs/design.md section 16, docs/adr/0010-credit-lots.md): an account keeps at most this
+# many lots on its item (open ones and expired purchase lots a refund may still need); past it a new
+# grant joins an existing lot and never expires sooner than its own terms say.
+MAX_LOTS = 50
+CATEGORIES = ("paid", "promotional")
+DEFAULT_PRIORITY = {"paid": 50, "promotional": 10}
+MAX_PRIORITY = 100
+EXPIRY_WARNING_DAYS = 7  # "Credits Expiring Soon", once per lot, this long before it expires
+# An expired purchase lot stays on the account (a few numbers) this long, so a refund of it never
+# claws back its credits that had already expired; past it, a refund claws back as for any credits.
+EXPIRED_LOT_MEMORY_SECONDS = 180 * 86_400
+MAX_LOT_LABEL = 60  # characters of a lot's name kept for its expiry entry ("of Starter")
 ENTRY_TYPES = frozenset({"purchase", "usage", "refund", "dispute", "expiration", "adjustment", "gift"})
 
 
@@ -57,6 +69,22 @@ class Policy(Enum):
     CREDIT = "credit"  # a positive amount
     CLAWBACK = "clawback"  # a debit that may take the balance below zero (refund, dispute, forced adjustment)
     ADJUSTMENT = "adjustment"  # an operator's debit: never below zero, balance nor available
+
+
+@dataclass(frozen=True)
+class LotTerms:
+    """The terms of the credits an entry adds: their category, priority (lower spends first) and
+    expiry, the name their expiry entry gives them, and the purchase they answer for (refunds)."""
+
+    category: str = "paid"
+    priority: int | None = None  # None: DEFAULT_PRIORITY of the category
+    expires_at_ms: int | None = None
+    label: str = ""
+    source: str | None = None  # the purchase's system reference (`purchase:<payment>`), for refunds
+
+    @property
+    def rank(self) -> int:
+        return DEFAULT_PRIORITY[self.category] if self.priority is None else self.priority
 
 
 @dataclass(frozen=True)
@@ -73,6 +101,10 @@ class Entry:
     # live in their own key space (keys.SYSREF), which no client-chosen referenceId can reach.
     system_reference: bool = False
     reason: str | None = None  # why an operator forced an adjustment below zero (kept, never shown to the user)
+    lot: LotTerms | None = None  # a credit: the terms of the lot it adds to (None: paid, no expiry)
+    # a refund's or a dispute's clawback: the purchase (`purchase:<payment>`) whose lot it draws first
+    # and whose already expired credits it never takes back
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +153,9 @@ class Transaction:
     created_at: str
     system_reference: bool = False
     reason: str | None = None  # an operator's reason for a forced adjustment (not in the HTTP API)
+    draws: Mapping[str, int] = field(default_factory=dict)  # lot id -> credits a debit took from it
+    lot: str | None = None  # the lot a credit went to
+    expired_part: int = 0  # a refund's or dispute's credits that had expired already (not taken again)
 
 
 @dataclass
@@ -215,13 +250,39 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class LotView:
+    """A lot as it stands: what is left of it and what open holds drew from it."""
+
+    lot_id: str
+    category: str
+    priority: int
+    expires_at_ms: int | None
+    granted: int
+    remaining: int
+    held: int
+    created_ms: int
+    label: str
+
+    @property
+    def expires_at(self) -> str | None:
+        return None if self.expires_at_ms is None else iso_utc(self.expires_at_ms / 1000)
+
+
+@dataclass(frozen=True)
 class AccountView:
-    """The balance, and how much of it open holds take: available = balance - held (invariant 6)."""
+    """The balance, and how much of it open holds take: available = balance - held (invariant 6).
+    Lots that expired count for nothing from their expiry on (invariant 9)."""
 
     balance: int
     available: int
     held: int
     open_holds: Mapping[str, int]  # hold id -> expires at (Unix ms)
+    lots: tuple[LotView, ...] = ()  # the lots that count, in burn order
+
+    def expiring(self, count: int = 3) -> list[tuple[int, int]]:
+        """The next expiries: (credits, expires at in Unix ms), soonest first."""
+        dated = sorted((lot.expires_at_ms, lot.remaining) for lot in self.lots if lot.expires_at_ms and lot.remaining)
+        return [(credits, at) for at, credits in dated[:count]]
 
 
 class ExtraConditionFailed(Exception):
@@ -285,12 +346,17 @@ def month_of(now: float) -> str:
 
 
 def entry_fingerprint(entry: Entry) -> str:
-    """What a reference marker remembers of its change, to tell a replay from a different change."""
-    return fingerprint(
-        {
-            "amount": entry.amount,
-            "type": entry.type,
-            "monetaryAmount": entry.monetary_amount,
-            "currency": entry.currency,
-        }
-    )
+    """What a reference marker remembers of its change, to tell a replay from a different change.
+    A lot's category and priority count when they are not the default (paid, its default priority),
+    so a marker written before lots still matches; its expiry does not (a purchase retried later
+    computes it again from its terms)."""
+    facts: dict[str, Any] = {
+        "amount": entry.amount,
+        "type": entry.type,
+        "monetaryAmount": entry.monetary_amount,
+        "currency": entry.currency,
+    }
+    terms = entry.lot
+    if terms is not None and (terms.category != "paid" or terms.priority is not None):
+        facts["lot"] = [terms.category, terms.rank]
+    return fingerprint(facts)

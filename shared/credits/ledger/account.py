@@ -1,0 +1,229 @@
+"""The account as the rules see it: what one read tells (`AccountState`) and what a pass of decisions
+makes of it (`Work`): the ledger's head, open holds and what they drew, the credit lots, the month's
+spend, and the entries the account owes before anything else is decided (lots that expired).
+No I/O: `codec.py` reads and writes the item; `rules.py` decides changes against a `Work`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from credits import keys
+from credits.errors import SpendLimitReached
+from credits.ledger import lots as lots_
+from credits.ledger.lots import Draws, Lot
+from credits.ledger.outcomes import Effect, EntryPosted, LotWarned
+from credits.ledger.values import EXPIRY_WARNING_DAYS, Entry, Idempotency, entry_fingerprint, month_of
+
+Found = dict[str, dict[str, Any]]  # the markers and holds a change names, as read (by sort key)
+# expiration entries (2 items each) and announcements (1 item) one settling adds, each; the rest go
+# with the next write (reads leave expired lots out meanwhile)
+MAX_EXPIRIES_PER_WRITE = 8
+
+
+@dataclass
+class Decision:
+    """The context of deciding: the time, fresh ids, the threshold for users who set none, and how
+    long before a lot expires its credits are announced."""
+
+    now: float
+    new_id: Callable[[], str]
+    default_threshold: int
+    warn_ms: int = EXPIRY_WARNING_DAYS * 86_400_000
+
+    @property
+    def now_ms(self) -> int:
+        return int(self.now * 1000)
+
+
+@dataclass
+class AccountState:
+    """What one read of the account tells: the ledger's head, the open holds, the lots, the lease."""
+
+    exists: bool
+    balance: int
+    seq: int
+    combiner: str | None = None  # who holds the combiner lease (group commit), until when (Unix ms)
+    combiner_until: int = 0
+    combiner_pass_ms: int = 0  # how long the last combiner pass took (it sizes the next lease)
+    # open holds as last written, hold id -> (amount, expires at in Unix ms); expired ones count for
+    # nothing from that millisecond on, whether or not a write has pruned them yet (invariant 7)
+    holds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    holds_rev: int = 0  # moves with every change of `holds` or the lots: a write guards it like `seq`
+    # the user's settings (docs/design.md section 10) and the usage posted in `spend_month` (YYYY-MM)
+    threshold: int | None = None
+    spend_limit: int | None = None
+    spend_month: str | None = None
+    spent: int = 0
+    lots: dict[str, Lot] = field(default_factory=dict)  # credit lots, by id (docs/adr/0010-credit-lots.md)
+    draws: dict[str, Draws] = field(default_factory=dict)  # hold id -> the credits it drew, by lot
+    lots_written: bool = True  # False: an account from before lots (its lots are derived on read)
+
+    def combining(self, now_ms: int) -> bool:
+        return self.combiner is not None and self.combiner_until > now_ms
+
+    def held(self, now_ms: int) -> int:
+        return sum(amount for amount, until in self.holds.values() if until > now_ms)
+
+    def expired(self, now_ms: int) -> int:
+        """Credits that stopped counting and wait for their expiration entry (invariant 9): what is
+        left in expired lots, and what expired holds drew from them."""
+        gone = sum(lot.remaining for lot in self.lots.values() if lot.expired_at(now_ms))
+        for hold_id, (_, until) in self.holds.items():
+            if until <= now_ms:
+                for lot_id, n in self.draws.get(hold_id, {}).items():
+                    lot = self.lots.get(lot_id)
+                    gone += n if lot is not None and lot.expired_at(now_ms) else 0
+        return gone
+
+    def balance_at(self, now_ms: int) -> int:
+        return self.balance - self.expired(now_ms)
+
+    def available(self, now_ms: int) -> int:
+        return self.balance_at(now_ms) - self.held(now_ms)
+
+
+@dataclass
+class Work:
+    """The account as a pass of decisions changes it (one change directly, many in a combiner pass)."""
+
+    base: AccountState
+    balance: int
+    seq: int
+    holds: dict[str, tuple[int, int]]
+    month: str
+    spent: int  # usage posted this month (captures and charges; open holds count on top)
+    lots: dict[str, Lot] = field(default_factory=dict)
+    draws: dict[str, Draws] = field(default_factory=dict)
+    holds_changed: bool = False
+    lots_changed: bool = False
+    spent_changed: bool = False
+    limit_used: bool = False  # a decision of this pass was made against the user's spend limit
+    # what the account owed before any change (expirations, warnings), written with the first write
+    settled: list[Effect] = field(default_factory=list)
+    is_settled: bool = False
+
+    @classmethod
+    def of(cls, state: AccountState, now: float) -> Work:
+        month = month_of(now)
+        if state.spend_month is not None and state.spend_month > month:
+            month = state.spend_month  # a writer whose clock is behind never goes back a month
+        spent = state.spent if state.spend_month == month else 0  # a new month starts from 0
+        lots = {lot_id: dataclasses.replace(lot) for lot_id, lot in state.lots.items()}
+        draws = {hold_id: dict(d) for hold_id, d in state.draws.items()}
+        work = cls(state, state.balance, state.seq, dict(state.holds), month, spent, lots, draws)
+        work.lots_changed = not state.lots_written and bool(lots)
+        return work
+
+    def spend(self, amount: int) -> None:
+        self.spent += amount
+        self.spent_changed = True
+
+    def check_limit(self, amount: int, now_ms: int) -> None:
+        """Invariant 8: usage this month (posted, plus open holds) never passes the user's limit."""
+        limit = self.base.spend_limit
+        self.limit_used = True  # the write is guarded by the limit as read (None included)
+        if limit is not None and self.spent + self.held(now_ms) + amount > limit:
+            raise SpendLimitReached(limit=limit, spent=self.spent + self.held(now_ms), month=self.month)
+
+    def held(self, now_ms: int) -> int:
+        return sum(amount for amount, until in self.holds.values() if until > now_ms)
+
+    def available(self, now_ms: int) -> int:
+        return self.balance - self.held(now_ms)
+
+    def debt(self) -> int:
+        """What a clawback took beyond the credits it found (repaid first by credits that arrive)."""
+        inside = sum(lot.remaining for lot in self.lots.values()) + sum(sum(d.values()) for d in self.draws.values())
+        return max(0, inside - self.balance)
+
+    def prune(self, now_ms: int) -> None:
+        """Forget expired holds, so the account item never grows with the number of holds ever made;
+        what they drew goes back to its lots."""
+        expired = [hold_id for hold_id, (_, until) in self.holds.items() if until <= now_ms]
+        for hold_id in expired:
+            del self.holds[hold_id]
+            self.give_back(self.draws.pop(hold_id, {}), now_ms)
+        self.holds_changed |= bool(expired)
+
+    def give_back(self, draws: Draws, now_ms: int) -> None:
+        if draws:
+            lots_.give_back(self.lots, draws, now_ms)
+            lots_.repay(self.lots, self.debt(), now_ms)
+            self.lots_changed = True
+
+    # ---- entries ---------------------------------------------------------------------------
+
+    def append(
+        self,
+        entry: Entry,
+        idem: Idempotency | None,
+        ref_fingerprint: str,
+        found: Found,
+        ctx: Decision,
+        **lots_facts: Any,
+    ) -> EntryPosted:
+        """The next ledger entry; a later change of the same pass with the same key or reference finds
+        its markers in `found` and replays this one."""
+        self.seq, self.balance = self.seq + 1, self.balance + entry.amount
+        threshold = self.base.threshold if self.base.threshold is not None else ctx.default_threshold
+        posted = EntryPosted(
+            entry, self.seq, self.balance, ctx.new_id(), threshold, idem, ref_fingerprint, **lots_facts
+        )
+        if idem is not None:
+            found[keys.idem_sk(idem.key)] = {**posted.result(), "fingerprint": idem.fingerprint}
+        if entry.reference_id is not None:
+            found[keys.ref_sk(entry.reference_id, system=entry.system_reference)] = {
+                **posted.result(),
+                "fingerprint": ref_fingerprint,
+            }
+        return posted
+
+    def settle(self, ctx: Decision) -> list[Effect]:
+        """Before a change is decided (and after a hold's credits come back): expired holds give back
+        what they drew, lots that expired get their expiration entry (invariant 9), lots about to
+        expire are announced once, and lots with nothing left close. Returns the new effects; they
+        are also kept in `settled` (a write of the account writes them)."""
+        now_ms = ctx.now_ms
+        self.prune(now_ms)
+        new: list[Effect] = []
+        due = sorted((lot for lot in self.lots.values() if lot.expired_at(now_ms) and lot.remaining > 0), key=Lot.order)
+        for lot in due[:MAX_EXPIRIES_PER_WRITE]:
+            n, lot.remaining = lot.remaining, 0
+            lot.expired += n
+            lot.expiries += 1
+            reference = f"expire:{lot.id}" if lot.expiries == 1 else f"expire:{lot.id}:{lot.expiries}"
+            entry = Entry(-n, "expiration", expiry_description(lot, n), reference, system_reference=True)
+            new.append(self.append(entry, None, entry_fingerprint(entry), {}, ctx, draws={lot.id: n}))
+        soon = [
+            lot
+            for lot in self.lots.values()
+            if lot.expires_ms is not None
+            and not lot.warned
+            and lot.remaining > 0
+            and lot.expires_ms - ctx.warn_ms <= now_ms < lot.expires_ms
+        ]
+        for lot in sorted(soon, key=Lot.order)[:MAX_EXPIRIES_PER_WRITE]:  # the rest with the next write
+            lot.warned = True
+            new.append(LotWarned(lot.id, lot.remaining, int(lot.expires_ms or 0), lot.label))
+        held = lots_.held_lots(self.draws.values())
+        for lot in list(self.lots.values()):
+            if lot.remaining == 0 and lot.id not in held and not lot.remembered(now_ms):
+                del self.lots[lot.id]
+                self.lots_changed = True
+        self.lots_changed |= bool(new)
+        self.settled += new
+        self.is_settled = True
+        return new
+
+
+def expiry_description(lot: Lot, n: int) -> str:
+    """ "Expired: 70 credits of Starter (bought 3 Jan 2026)"."""
+    when = datetime.fromtimestamp(lot.created_ms / 1000, UTC)
+    how = "bought" if lot.source else "granted"
+    label = lot.label or ("Purchased credits" if lot.source else "Credits")
+    return f"Expired: {n} credits of {label} ({how} {when.day} {when:%b %Y})"

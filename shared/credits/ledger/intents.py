@@ -1,0 +1,139 @@
+"""Queued changes (group commit) as stored: each intent's write and read side by side, with the
+decision a combiner writes onto it and a waiter's withdrawal (docs/adr/0004-group-commit.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from credits import keys
+from credits.ledger.outcomes import Outcome
+from credits.ledger.rules import Change, Kind
+from credits.ledger.values import INTENT_TTL_SECONDS, Entry, Idempotency, LotTerms, Policy
+from credits.store import NEW, Delete, Put, Update, absent, exists, plain
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A queued change: everything a combiner needs to decide and post it."""
+
+    id: str
+    created_ms: int
+    apply_before_ms: int
+    change: Change
+
+    @property
+    def sk(self) -> str:
+        return keys.intent_sk(self.created_ms, self.id)
+
+
+def intent_put(pk: str, intent: Intent, now: int) -> Put:
+    """Conditioned on absence: a resend after a lost answer must not wipe a decision already written
+    onto the intent (which would let it be decided, and applied, again)."""
+    item = {
+        "pk": pk,
+        "sk": intent.sk,
+        "intent_id": intent.id,
+        "apply_before_ms": intent.apply_before_ms,
+        **change_fields(intent.change),
+        "expires_at": now + INTENT_TTL_SECONDS,  # never left behind, whatever happens
+    }
+    return Put(item, NEW)
+
+
+def intent(item: Mapping[str, Any]) -> Intent:
+    return Intent(
+        id=item["intent_id"],
+        created_ms=int(item["sk"].split("#")[2]),
+        apply_before_ms=item["apply_before_ms"],
+        change=change_from_fields(item),
+    )
+
+
+def change_fields(change: Change) -> dict[str, Any]:
+    """A change as stored on its intent (None values are not written)."""
+    e, idem = change.entry, change.idempotency
+    return {
+        "kind": change.kind.value,
+        "amount": e.amount if e is not None else change.amount,
+        "type": e.type if e is not None else None,
+        "description": e.description if e is not None else change.description,
+        "reference_id": e.reference_id if e is not None else None,
+        "system_reference": (e.system_reference or None) if e is not None else None,
+        "reason": e.reason if e is not None else None,
+        "monetary_amount": e.monetary_amount if e is not None else None,
+        "currency": e.currency if e is not None else None,
+        "policy": change.policy.value if change.policy is not None else None,
+        "idempotency_key": idem.key if idem else None,
+        "idempotency_fingerprint": idem.fingerprint if idem else None,
+        "ref_fingerprint": change.ref_fingerprint,
+        "hold_id": change.hold_id,
+        "ttl_seconds": change.ttl_seconds or None,
+        "note": change.note,
+        "source": e.source if e is not None else None,
+        **(_terms_fields(e.lot) if e is not None and e.lot is not None else {}),
+    }
+
+
+def _terms_fields(terms: LotTerms) -> dict[str, Any]:
+    return {
+        "lot_category": terms.category,
+        "lot_priority": terms.priority,
+        "lot_expires_ms": terms.expires_at_ms,
+        "lot_label": terms.label,
+        "lot_source": terms.source,
+    }
+
+
+def change_from_fields(item: Mapping[str, Any]) -> Change:
+    kind = Kind(item.get("kind", Kind.POST.value))
+    key = item.get("idempotency_key")
+    idempotency = None if key is None else Idempotency(key, item["idempotency_fingerprint"])
+    if kind is not Kind.POST:
+        return Change(
+            kind,
+            idempotency=idempotency,
+            hold_id=item.get("hold_id"),
+            amount=item.get("amount"),
+            ttl_seconds=item.get("ttl_seconds", 0),
+            description=item.get("description", ""),
+            note=item.get("note"),
+        )
+    entry = Entry(
+        item["amount"],
+        item["type"],
+        item.get("description", ""),
+        item.get("reference_id"),
+        item.get("monetary_amount"),
+        item.get("currency"),
+        system_reference=bool(item.get("system_reference")),
+        reason=item.get("reason"),
+        lot=None
+        if "lot_category" not in item
+        else LotTerms(
+            item["lot_category"],
+            item.get("lot_priority"),
+            item.get("lot_expires_ms"),
+            item.get("lot_label", ""),
+            item.get("lot_source"),
+        ),
+        source=item.get("source"),
+    )
+    return Change(kind, entry, Policy(item["policy"]), idempotency, item.get("ref_fingerprint", ""))
+
+
+def decision_update(pk: str, intent: Intent, outcome: Outcome) -> Update:
+    """Write the decision onto the intent, only if it is still queued and undecided (a waiter that
+    cancelled has deleted it: the pass fails, and is decided again without it)."""
+    return Update((pk, intent.sk), set={"outcome": outcome.attributes()}, condition=exists("pk") & absent("outcome"))
+
+
+def decision(item: Mapping[str, Any]) -> Outcome | None:
+    """The decision written on an intent; None while it is queued."""
+    return Outcome.from_attributes(plain(dict(item["outcome"]))) if "outcome" in item else None
+
+
+def withdrawal(pk: str, intent: Intent) -> Delete:
+    """A waiter gives up: its intent goes only while undecided (a decision and a withdrawal exclude each other)."""
+    return Delete((pk, intent.sk), absent("outcome"))
