@@ -34,7 +34,7 @@ from credits.ledger import (
     Transaction,
     Unchanged,
     fingerprint,
-    iso_utc,
+    iso_ms,
     key_problem,
     validate_token,
 )
@@ -352,7 +352,7 @@ def balance_body(view: AccountView) -> dict[str, Any]:
         "balance": view.balance,
         "available": view.available,
         "held": view.held,
-        "expiring": [{"amount": n, "expiresAt": iso_utc(at / 1000)} for n, at in view.expiring()],
+        "expiring": [{"amount": n, "expiresAt": iso_ms(at)} for n, at in view.expiring()],
         "byCategory": by_category,
     }
 

@@ -38,7 +38,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from credits import keys
-from credits.ledger import ENTRY_TYPES, iso_utc
+from credits.ledger import ENTRY_TYPES, iso_ms
 
 
 class EventBridgeClient(Protocol):
@@ -326,7 +326,7 @@ def _expiring(sk: str, new_image: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "lotId": lot,
         "credits": credits,
-        "expiresAt": iso_utc(expires_ms / 1000),
+        "expiresAt": iso_ms(expires_ms),
         "label": _text(new_image, "label", where),
     }
 

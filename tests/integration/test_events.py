@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from credits.ledger import Ledger, LotTerms, iso_utc
+from credits.ledger import Ledger, LotTerms, iso_ms
 from local.containers import Container
 from local.eventbridge import LocalEventBridge
 from local.streams import StreamPoller
@@ -181,7 +181,7 @@ def test_a_lot_is_announced_once_before_it_expires_and_its_expiry_names_it(
 
     (soon,) = events.of("lots", "Credits Expiring Soon")
     assert (soon["lotId"], soon["credits"], soon["label"]) == ("1", 40, "Trial")
-    assert soon["expiresAt"] == iso_utc(expires / 1000)
+    assert soon["expiresAt"] == iso_ms(expires)
     (expired,) = events.of("lots", "Credits Expired")
     assert (expired["lotId"], expired["credits"], expired["balance"]) == ("1", 40, 10)
     assert expired["description"].startswith("Expired: 40 credits of Trial")

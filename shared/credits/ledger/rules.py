@@ -54,6 +54,7 @@ from credits.ledger.values import (
     LotTerms,
     Policy,
     entry_fingerprint,
+    iso_ms,
     iso_utc,
 )
 
@@ -335,7 +336,7 @@ def _end(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outco
     # pruned it already): one that no longer counts can no longer charge.
     if hold["until_ms"] <= ctx.now_ms or change.hold_id not in work.holds:
         if change.kind is Kind.CAPTURE:
-            raise HoldExpired(f"This hold expired at {iso_utc(hold['until_ms'] / 1000)}; it charges nothing.")
+            raise HoldExpired(f"This hold expired at {iso_ms(hold['until_ms'])}; it charges nothing.")
         # already counts for nothing: say so, write nothing
         nothing = {"hold_id": change.hold_id, "released": hold["amount"], "balance": work.balance}
         return Outcome.applied({**nothing, "available": work.available(ctx.now_ms), "replayed": False}), []

@@ -186,7 +186,7 @@ class Reserved:
 
     @property
     def expires_at(self) -> str:
-        return iso_utc(self.expires_at_ms / 1000)
+        return iso_ms(self.expires_at_ms)
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class Hold:
 
     @property
     def expires_at(self) -> str:
-        return iso_utc(self.expires_at_ms / 1000)
+        return iso_ms(self.expires_at_ms)
 
 
 class Unchanged(Enum):
@@ -265,7 +265,7 @@ class LotView:
 
     @property
     def expires_at(self) -> str | None:
-        return None if self.expires_at_ms is None else iso_utc(self.expires_at_ms / 1000)
+        return None if self.expires_at_ms is None else iso_ms(self.expires_at_ms)
 
 
 @dataclass(frozen=True)
@@ -336,8 +336,15 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
 
 
 def iso_utc(now: float) -> str:
-    """A Unix time as ISO 8601 UTC with milliseconds, as every stored timestamp is written."""
-    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A Unix time as ISO 8601 UTC with milliseconds, as every stored timestamp is written: its
+    millisecond is the one the rules decide with (`int(now * 1000)`), never the next."""
+    return iso_ms(int(now * 1000))
+
+
+def iso_ms(ms: int) -> str:
+    """A Unix time in milliseconds as ISO 8601 UTC, exactly (no float in between)."""
+    at = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def month_of(now: float) -> str:
