@@ -465,7 +465,8 @@ class LotChecks:
         self.disputed.discard(source)
         own = lm.source_lot(u.lots, source)
         unforgiven = min(asked, own.dforgiven) if own is not None else 0
-        if buy is not None and unforgiven != min(asked, buy.dforgiven):
+        # (a lot forgotten at the bound gives back as any credits: ADR 0010)
+        if buy is not None and unforgiven != min(asked, buy.dforgiven) and not buy.forgotten:
             owed = asked - min(asked, buy.dforgiven)
             self.fail(
                 "rule-5",
@@ -479,7 +480,12 @@ class LotChecks:
         if buy is not None:
             buy.dforgiven -= unforgiven
             buy.taken -= item["amount"]
-            if buy.dispute is not None and buy.dispute[0] == asked and item["amount"] != buy.dispute[1]:
+            if (
+                buy.dispute is not None
+                and buy.dispute[0] == asked
+                and item["amount"] != buy.dispute[1]
+                and not buy.forgotten
+            ):
                 self.fail(
                     "rule-5", f"{what}: its dispute took {buy.dispute[1]}; the won dispute gives back {item['amount']}"
                 )

@@ -205,10 +205,16 @@ def due(lots: Mapping[str, MLot], holds: Iterable[tuple[int, Draws]]) -> int | N
 def gone(lots: Mapping[str, MLot], holds: Iterable[tuple[int, Draws]], t: int) -> int:
     """The credits that count for nothing at `t` and wait for their expiration entry: what is left in
     lots that expired, and what holds that expired drew from them (it comes back to expire)."""
-    out = sum(lot.remaining for lot in lots.values() if lot.gone(t))
-    for until, d in holds:
-        if until <= t:
-            out += sum(n for lot_id, n in d.items() if lot_id in lots and lots[lot_id].gone(t))
+    out = 0
+    expired: set[str] = set()
+    for lot in lots.values():
+        if lot.expires is not None and lot.expires <= t:
+            out += lot.remaining
+            expired.add(lot.id)
+    if expired:
+        for until, d in holds:
+            if until <= t:
+                out += sum(n for lot_id, n in d.items() if lot_id in expired)
     return out
 
 

@@ -40,6 +40,7 @@ entry: the deciding container's clock), checked against that container's clock.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -378,7 +379,7 @@ class Model(Commits):
         lows = u.lows
         if not lows or lows[0][0] > att.started:
             return True  # no record of the balance back then
-        start = max((i for i, (at, _) in enumerate(lows) if at <= att.started), default=0)
+        start = bisect.bisect_right(lows, att.started, key=lambda low: low[0]) - 1
         return any(balance < amount for at, balance in lows[start:] if at <= att.ended)
 
     def _sweep_answer(self, att: Attempt, u: User, status: str, value: Any) -> None:

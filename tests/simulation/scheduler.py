@@ -509,7 +509,11 @@ class ActorStore:
         if prepared is None:
             return  # a resend of a committed token
         try:
-            actor.step("in flight", killable=False)  # a container that dies now: it commits anyway
+            # a container that dies now: it commits anyway; another container runs meanwhile (a
+            # transaction in flight is where races are made: a write to one of its items conflicts)
+            actor.step("transaction in flight", killable=False)
+            if actor.frng.random() < 0.5:  # DynamoDB holds the items for milliseconds
+                actor.step("transaction in flight", killable=False)
         except Stopped:
             self.table.abandon(prepared)
             raise

@@ -331,6 +331,9 @@ class Simulation:
                 currency=package.currency,
                 lot=self._terms(op),
             )
+        if op.kind == "claw" and op.type == "dispute" and not att.req.entries and op.source in self.model.disputed:
+            # the payments side holds a purchase's credits for one dispute at a time
+            raise TemporarilyUnavailable("Another dispute of this purchase is open; nothing was written.")
         if op.kind == "claw":
             return ledger.claw_back(
                 user, amount, type=op.type or "refund", description=desc, reference_id=op.ref or "", source=op.source

@@ -440,8 +440,8 @@ class Generator:
             if rng.random() < 0.35:  # lost: the credits it took stay taken
                 buy.asked += asked
                 return None
-            # given back to a paid lot with the purchase's terms (a new expiry, or none)
-            expires = self._expires_in() if rng.random() < 0.7 else None
+            # given back to a paid lot with the purchase's terms (a new expiry, hours or days away, or none)
+            expires = rng.uniform(3600.0, 30 * 86400.0) if rng.random() < 0.7 else None
             op = self._base(
                 n,
                 "restore",

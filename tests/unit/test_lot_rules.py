@@ -435,3 +435,21 @@ def test_a_refund_after_a_lost_dispute_takes_only_what_was_spent_and_the_release
         "7: +30 dispute settle:pi_1:3 to lot 7 (70 expired already)",
     ]
     assert a.view.balance == 20
+
+
+def test_more_expired_lots_than_one_write_records_still_count_for_nothing() -> None:
+    """12 lots of 10 expire at once; a write records 8 of them: the other 4 still pay nothing."""
+    a = Account()
+    for n in range(12):
+        a.apply(grant(10, expires_in=DAY + n))
+    a.apply(grant(5))
+    a.at(2 * DAY)
+    assert (a.view.balance, a.view.available) == (5, 5)
+    assert a.apply(charge(6)).error == "insufficient_credits"
+    assert a.apply(charge(5)).error is None
+    expired = [line for line in a.lines() if "expiration" in line]
+    assert len(expired) == 8  # the rest with the next write
+    assert a.lines()[-1].endswith("usage from {'13': 5}")
+    a.apply(Change(Kind.SWEEP))
+    assert len([line for line in a.lines() if "expiration" in line]) == 12
+    assert a.view.balance == 0

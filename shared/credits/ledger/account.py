@@ -133,8 +133,13 @@ class Work:
     def held(self, now_ms: int) -> int:
         return sum(amount for amount, until in self.holds.values() if until > now_ms)
 
+    def spendable(self, now_ms: int) -> int:
+        """The balance less what is left in lots that expired and whose entries are still to be
+        written (one write records at most MAX_EXPIRIES_PER_WRITE of them): nothing decides on those."""
+        return self.balance - sum(lot.remaining for lot in self.lots.values() if lot.expired_at(now_ms))
+
     def available(self, now_ms: int) -> int:
-        return self.balance - self.held(now_ms)
+        return self.spendable(now_ms) - self.held(now_ms)
 
     def debt(self) -> int:
         """What a clawback took beyond the credits it found (repaid first by credits that arrive)."""

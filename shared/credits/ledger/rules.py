@@ -263,8 +263,9 @@ def check_policy(work: Work, entry: Entry, policy: Policy, now_ms: int) -> None:
         if entry.amount >= 0:
             raise ValidationError("A usage charge must be a debit.")
         available = work.available(now_ms)
-        if work.balance < 0 or available + entry.amount < 0:
-            raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
+        balance = work.spendable(now_ms)
+        if balance < 0 or available + entry.amount < 0:
+            raise InsufficientCredits(required=-entry.amount, balance=balance, available=available)
         work.check_limit(-entry.amount, now_ms)
     elif policy is Policy.CREDIT and entry.amount <= 0:
         raise ValidationError("A credit must be positive.")
@@ -276,8 +277,9 @@ def check_policy(work: Work, entry: Entry, policy: Policy, now_ms: int) -> None:
         if entry.amount >= 0:
             raise ValidationError("An adjustment debit must be negative.")
         available = work.available(now_ms)
-        if min(work.balance, available) + entry.amount < 0:
-            raise InsufficientCredits(required=-entry.amount, balance=work.balance, available=available)
+        balance = work.spendable(now_ms)
+        if min(balance, available) + entry.amount < 0:
+            raise InsufficientCredits(required=-entry.amount, balance=balance, available=available)
 
 
 def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
@@ -289,8 +291,9 @@ def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[O
     now_ms = ctx.now_ms
     work.prune(now_ms)
     available = work.available(now_ms)
-    if work.balance < 0 or change.amount > available:
-        raise InsufficientCredits(required=change.amount, balance=work.balance, available=available)
+    balance = work.spendable(now_ms)
+    if balance < 0 or change.amount > available:
+        raise InsufficientCredits(required=change.amount, balance=balance, available=available)
     work.check_limit(change.amount, now_ms)
     if len(work.holds) >= MAX_OPEN_HOLDS:
         raise TooManyHolds(f"An account keeps at most {MAX_OPEN_HOLDS} open holds; end some first.")
@@ -304,7 +307,7 @@ def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[O
         "hold_id": opened.hold_id,
         "amount": opened.amount,
         "expires_at_ms": opened.until_ms,
-        "balance": work.balance,
+        "balance": balance,
         "available": available - opened.amount,
         "replayed": False,
     }
@@ -338,13 +341,14 @@ def _end(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outco
         if change.kind is Kind.CAPTURE:
             raise HoldExpired(f"This hold expired at {iso_ms(hold['until_ms'])}; it charges nothing.")
         # already counts for nothing: say so, write nothing
-        nothing = {"hold_id": change.hold_id, "released": hold["amount"], "balance": work.balance}
+        nothing = {"hold_id": change.hold_id, "released": hold["amount"], "balance": work.spendable(ctx.now_ms)}
         return Outcome.applied({**nothing, "available": work.available(ctx.now_ms), "replayed": False}), []
     if change.kind is Kind.CAPTURE:
         value, ended, effects = _capture(change, hold, work, found, ctx)
     else:
         value, ended, effects = _release(change, hold, work, found, ctx)
-    value.update({"balance": work.balance, "available": work.available(ctx.now_ms), "replayed": False})
+    balance, available = work.spendable(ctx.now_ms), work.available(ctx.now_ms)
+    value.update({"balance": balance, "available": available, "replayed": False})
     ended.update({"result": value, "ended_at": iso_utc(ctx.now)})
     effects.append(HoldClosed(change.hold_id, ended))
     found[keys.hold_sk(change.hold_id)] = {**hold, **ended}
@@ -381,9 +385,10 @@ def _capture(
     amount = hold["amount"] if change.amount is None else change.amount
     if amount > hold["amount"]:
         raise CaptureExceedsHold(f"The hold is for {hold['amount']} credits; {amount} cannot be captured.")
-    if amount > 0 and work.balance - amount < 0:
+    if amount > 0 and work.spendable(ctx.now_ms) - amount < 0:
         # invariant 3: only a clawback takes a balance below zero (one came since the hold)
-        raise InsufficientCredits(required=amount, balance=work.balance, available=work.available(ctx.now_ms))
+        balance = work.spendable(ctx.now_ms)
+        raise InsufficientCredits(required=amount, balance=balance, available=work.available(ctx.now_ms))
     spent, rest = lots.consume(work.lots, work.draws.get(str(change.hold_id), {}), amount)
     effects: list[Effect] = []
     transaction_id = None
