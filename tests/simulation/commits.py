@@ -281,7 +281,7 @@ class Commits(LotChecks):
             self.negative_balances += 1
         u.entries.append((item["id"], amount, item["balance_after"]))
         u.tids[item["id"]] = seq
-        u.lows.append((self.now(), u.balance))
+        u.lows.append((self.now(), u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms)))  # as a read says
         if len(u.lows) > 256:
             del u.lows[:128]
         if spec[0] in ("credit", "restore"):

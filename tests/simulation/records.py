@@ -169,7 +169,7 @@ class User:
     payments: set[str] = field(default_factory=set)
     last_hold: str | None = None  # the hold a reserve of the user was last answered
     lots: dict[str, MLot] = field(default_factory=dict)  # the account's lots, as the model has them
-    lows: list[tuple[float, int]] = field(default_factory=list)  # (when, balance) after each commit, recent
+    lows: list[tuple[float, int]] = field(default_factory=list)  # (when, balance as read) after each entry, recent
     uncovered: set[int] = field(default_factory=set)  # entries a known bug paid with expired credits
 
     def held(self, t_ms: int) -> int:
