@@ -10,7 +10,10 @@ state it was computed from) and asks again until nothing is left (docs/design.md
 - refunds first: `credits * refunded // amount` credits in total, rounded down, never more than
   bought;
 - then disputes: while any dispute is open or lost, whatever refunds did not take is held; given
-  back when every dispute is won, `warning_closed` or `prevented`.
+  back when every dispute is won, `warning_closed` or `prevented`. A refund that arrives while a
+  dispute holds the credits is settled after the dispute gives back what the refund takes: the
+  refund then takes back those credits (its purchase's first), never other credits the user holds
+  (docs/adr/0010-credit-lots.md, rule 5).
 
 Every step names its purchase (`source`, `purchase:<payment>`): the ledger takes from that purchase's
 lot first and never takes back its credits that had expired already, so it may post less than the
@@ -36,6 +39,7 @@ CLOSED = RELEASED | {"lost"}
 DISPUTE_ATTRIBUTE = "dispute#"  # one record attribute per dispute on the payment: {status, rank, amount}
 DISPUTE_HELD = "Payment disputed"  # how a dispute step that takes credits is described
 DISPUTE_RELEASED = "Dispute closed"  # ... and one that gives them back
+DISPUTE_REFUNDED = "Disputed credits passed to a refund"  # ... gives back what a refund now takes
 DAY_MS = 86_400_000
 
 
@@ -195,7 +199,10 @@ def next_step(record: PaymentRecord) -> Step | None:
         return None
     # Unique per step, never reused for another step: the marker lands with the record's step count.
     reference = f"settle:{record.payment_id}:{record.settle_steps + 1}"
-    return _refund_step(record, reference) or _dispute_step(record, reference)
+    dispute = _dispute_step(record, reference)
+    if dispute is not None and dispute.amount > 0:
+        return dispute  # a dispute gives back first (a refund then takes those credits back)
+    return _refund_step(record, reference) or dispute
 
 
 def _refund_step(record: PaymentRecord, reference: str) -> Step | None:
@@ -223,6 +230,9 @@ def _dispute_step(record: PaymentRecord, reference: str) -> Step | None:
     named = sorted(d for d, fact in record.disputes.items() if fact.holds == holding)
     if holding:
         description = f"{DISPUTE_HELD} ({', '.join(named)})"
+    elif record.holding_disputes():  # still held: a refund takes what the disputes give back
+        named = record.holding_disputes()
+        description = f"{DISPUTE_REFUNDED} ({', '.join(named)})"
     else:
         description = f"{DISPUTE_RELEASED} (" + ", ".join(f"{d} {record.disputes[d].status}" for d in named) + ")"
         description += ": credits restored"
@@ -255,7 +265,7 @@ def credits_taken(tx: Transaction) -> int:
     counted them: what the entry moved, and what of them had expired already (`expired_part`: the
     ledger never takes those again, nor gives them back). An entry of 0 credits says its direction
     only by its description (a dispute's release)."""
-    released = tx.type == "dispute" and tx.description.startswith(DISPUTE_RELEASED)
+    released = tx.type == "dispute" and tx.description.startswith((DISPUTE_RELEASED, DISPUTE_REFUNDED))
     gives = tx.amount > 0 or (tx.amount == 0 and released)
     return -(tx.amount + tx.expired_part) if gives else -tx.amount + tx.expired_part
 

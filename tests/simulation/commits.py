@@ -29,6 +29,10 @@ from tests.simulation.records import (
 )
 from tests.simulation.workload import LOT_PACKAGE_BY_ID, PACKAGE_BY_ID, REASON, Op
 
+# how the payments side describes a dispute step that gives credits back (it closed; or a refund
+# that came while it held them takes them instead)
+GIVING_BACK = ("Dispute closed", "Disputed credits passed to a refund")
+
 if TYPE_CHECKING:
     from tests.simulation.store import Change
 
@@ -113,7 +117,7 @@ class Commits(LotChecks):
             self.fail("clock", f"{u.name}: a decision at {stamp} committed by a container whose clock reads {clock_ms}")
         month = max(stamp[:7], u.month)
         # what a read at the decision time says is available: expired credits count for nothing (invariant 9)
-        available_before = u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms) - u.held(t_ms)
+        available_before = u.balance - lm.gone(u.lots, self._hold_draws(u), u.balance, t_ms) - u.held(t_ms)
         clawback = any(
             ch.key[1].startswith(keys.TX)
             and ch.after is not None
@@ -160,7 +164,7 @@ class Commits(LotChecks):
         self._check_map(u, after, t_ms)
         # invariant 6 after the commit, at its decision time: open holds fit in the balance; only a
         # clawback takes `available` below zero (or lower, when one already did)
-        available = u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms) - u.held(t_ms)
+        available = u.balance - lm.gone(u.lots, self._hold_draws(u), u.balance, t_ms) - u.held(t_ms)
         if available < 0 and available < available_before and not clawback and not lp.overdrawn:
             self.fail(
                 "holds-available",
@@ -181,7 +185,7 @@ class Commits(LotChecks):
     def _readable(self, u: User, t_ms: int) -> tuple[int, int]:
         """The balance and what is available of it at `t_ms` as a read says: expired credits count
         for nothing (invariant 9), open holds are taken out (invariant 6)."""
-        balance = u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms)
+        balance = u.balance - lm.gone(u.lots, self._hold_draws(u), u.balance, t_ms)
         return balance, balance - u.held(t_ms)
 
     def _overdrawn(self, u: User, invariant: str, detail: str) -> None:
@@ -281,7 +285,7 @@ class Commits(LotChecks):
             self.negative_balances += 1
         u.entries.append((item["id"], amount, item["balance_after"]))
         u.tids[item["id"]] = seq
-        u.lows.append((self.now(), u.balance - lm.gone(u.lots, self._hold_draws(u), t_ms)))  # as a read says
+        u.lows.append((self.now(), u.balance - lm.gone(u.lots, self._hold_draws(u), u.balance, t_ms)))  # as a read says
         if len(u.lows) > 256:
             del u.lows[:128]
         if spec[0] in ("credit", "restore"):
@@ -377,10 +381,7 @@ class Commits(LotChecks):
         if k.owner is not None and k.owner is not req and now - k.applied_at < KEY_MEMORY - MARGIN:
             self.fail("exactly-once", f"{what}: key {key} was applied for r{k.owner.rid} at {k.applied_at:.3f}")
         if k.refused_at is not None and k.refused_at <= now < k.refused_at + REFUSAL_MEMORY - MARGIN:
-            detail = f"{what}: key {key} was answered a refusal at {k.refused_at:.3f}"
-            if k.lot_refused_at != k.refused_at:
-                self.fail("exactly-once", detail)
-            self.known_bug("lot-refusal-not-remembered", f"{detail} (400: its lot's expiry, on a clock ahead)")
+            self.fail("exactly-once", f"{what}: key {key} was answered a refusal at {k.refused_at:.3f}")
         k.owner = req
         k.applied_at = now
         # what every answer under the key replays while its marker lives
@@ -589,7 +590,8 @@ class Commits(LotChecks):
             self.fail("payments", f"{what}: no delivery of the payment outstanding")
         amount, expired = item["amount"], item.get("expired_part", 0)
         source = f"purchase:{pi}"
-        gives = amount > 0 or (amount == 0 and str(item.get("description", "")).startswith("Dispute closed"))
+        # an entry of 0 tells its direction by its description (a dispute giving back what had expired)
+        gives = amount > 0 or (amount == 0 and str(item.get("description", "")).startswith(GIVING_BACK))
         counted = -(amount + expired) if gives else -amount + expired  # credits it takes back (< 0: gives)
         spec: tuple[Any, ...] = ("claw", source, counted)
         if item["type"] == "refund":
@@ -614,8 +616,8 @@ class Commits(LotChecks):
                 spec = ("restore", source, -counted, self._sale_terms(pi, package))
         else:
             self.fail("payments", f"{what}: a settlement step of type {item['type']}")
-        # (between a refund step and the dispute step that gives back what the refund now takes, the
-        # payment's clawbacks exceed its credits for one transaction: refunds are settled first)
+        # (a refund that comes while a dispute holds the credits is settled after the dispute step that
+        # gives back what the refund takes: the refund takes those back, never the user's other credits)
         p.steps += 1
         p.entries.append(item["seq"])
         return spec

@@ -168,7 +168,7 @@ class LotChecks:
             lot.remaining += n
         owed = lm.debt(u.lots, (h.draws for h in u.open.values()), u.balance)
         if owed > 0:
-            lm.draw(u.lots, owed, t)
+            lm.repay_first(u.lots, draws, owed, t)
 
     def _lots_end(self, u: User, lp: LotPass, pk: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
         t = lp.t
@@ -185,6 +185,15 @@ class LotChecks:
                 i: (stored.get(i), mine.get(i)) for i in sorted(set(stored) | set(mine)) if stored.get(i) != mine.get(i)
             }
             self.fail("lots", f"{u.name}: after the commit at {t} the account's lots differ (stored, model): {diff}")
+        for hold in u.open.values():  # what each open hold draws (a later clawback of the pass moves it)
+            drew = ((after.get("holds") or {}).get(hold.hold_id) or {}).get("d") or {}
+            if drew != hold.draws:
+                self.fail(
+                    "burn-order",
+                    f"{u.name}: hold {hold.hold_id} of {hold.amount} draws {drew} after the commit at {t}, not "
+                    f"{hold.draws} (the lots, in burn order, when it opened: {hold.standing})",
+                )
+            hold.standing = []
         holds = [h.draws for h in u.open.values()]
         owed = lm.debt(u.lots, holds, u.balance)
         if owed < 0:
@@ -207,21 +216,11 @@ class LotChecks:
         if buy.expired + buy.taken <= buy.credits or buy.merged or buy.forgotten or buy.taken_twice:
             return
         buy.taken_twice = True  # reported once per purchase
-        detail = (
+        self.fail(
+            "rule-5",
             f"{u.name}: of the {buy.credits} credits of {buy.source}, {buy.expired} expired and its refunds and "
-            f"disputes took back {buy.taken} (at {t}): {buy.expired + buy.taken - buy.credits} were taken twice"
+            f"disputes took back {buy.taken} (at {t}): {buy.expired + buy.taken - buy.credits} were taken twice",
         )
-        # the two ways the simulator found (docs: tests/simulation/README.md, "Bugs found")
-        if buy.unrecorded:
-            self.known_bug("unrecorded-expiry-counts", f"{detail} (a clawback before its expiry was recorded)")
-        elif buy.second_lot_missed:
-            self.known_bug("second-lot-expiry-taken-back", f"{detail} (credits of it expired in a second lot)")
-        elif buy.refund_while_disputed:
-            self.known_bug("refund-during-dispute-takes-twice", f"{detail} (a refund while a dispute held it)")
-        elif buy.held_when_taken:
-            self.known_bug("held-credits-expire-after-clawback", f"{detail} (a hold had drawn from it)")
-        else:
-            self.fail("rule-5", detail)
 
     def _notes(self, u: User, lp: LotPass) -> None:
         if set(lp.notes) != set(lp.announced):
@@ -254,17 +253,7 @@ class LotChecks:
             self.fail("lots-due", f"{u.name}: lots_due {stored} with lots_shard {shard}")
         if stored == expected:
             return
-        rewritten = after.get("lots") is not before.get("lots") or stored != before.get("lots_due")
-        if rewritten or (expected is not None and (stored is None or stored > expected)):
-            self.fail(
-                "lots-due", f"{u.name}: lots_due is {stored} after the commit at {lp.t}; the next due is {expected}"
-            )
-        # an earlier due left from before (lots unchanged by this commit): a sweep that finds nothing
-        self.known_bug(
-            "lots-due-stale",
-            f"{u.name}: lots_due {stored} stays after the commit at {lp.t} (lots unchanged); nothing is due "
-            f"{'at all' if expected is None else f'before {expected}'}",
-        )
+        self.fail("lots-due", f"{u.name}: lots_due is {stored} after the commit at {lp.t}; the next due is {expected}")
 
     # ---- entries ----------------------------------------------------------------------------------
 
@@ -352,83 +341,86 @@ class LotChecks:
         )
 
     def _capture(self, u: User, item: Mapping[str, Any], hold: Hold, what: str) -> None:
-        """A capture takes from what its hold drew, in burn order, expired lots included."""
+        """A capture takes from what its hold drew, in burn order, expired lots included; what a
+        clawback took from its hold comes from the lots that count, in burn order."""
         missing = [lot_id for lot_id in hold.draws if lot_id not in u.lots]
         if missing:
             self.fail("lots", f"{what}: hold {hold.hold_id} drew from lots {missing}, which are gone")
-        spent, _ = lm.consume(u.lots, hold.draws, -item["amount"])
-        if dict(item.get("draws") or {}) != spent:
+        amount = -item["amount"]
+        spent, _ = lm.consume(u.lots, hold.draws, amount)
+        total = dict(spent)
+        short = amount - sum(spent.values())
+        if short > 0:
+            for lot_id, n in lm.draw(u.lots, short, self._lot_pass.t).items():
+                total[lot_id] = total.get(lot_id, 0) + n
+        if dict(item.get("draws") or {}) != total:
             self.fail(
-                "burn-order", f"{what}: took {item.get('draws')} of hold {hold.hold_id}'s {hold.draws}, not {spent}"
+                "burn-order",
+                f"{what}: took {item.get('draws')} of hold {hold.hold_id}'s {hold.draws} (and the lots), not {total}",
             )
-        if sum(spent.values()) != -item["amount"]:
-            if not hold.short:
-                self.fail("lots-draws", f"{what}: draws {spent} do not add up to the amount")
-            u.uncovered.add(item["seq"])  # its hold drew less (`unrecorded-expiry-counts`)
+        if sum(total.values()) != amount:
+            self.fail("lots-draws", f"{what}: draws {total} do not add up to the amount")
         hold.spent = spent
 
     def _uncovered(self, u: User, detail: str, invariant: str = "lots-draws") -> None:
-        """Usage, an operator's debit or a hold not covered by the lots that count: paid with credits
-        that expired, which a write left unrecorded (it records at most MAX_EXPIRIES)."""
-        t = self._lot_pass.t
-        pending = [lot.id for lot in u.lots.values() if lot.gone(t) and lot.remaining > 0]
-        if not pending:
-            self.fail(invariant, detail)
-        self.known_bug("unrecorded-expiry-counts", f"{detail}: lots {pending} had expired, their credits unrecorded")
+        """Usage, an operator's debit or a hold not covered by the lots that count (paid with credits
+        that expired, or that nobody has)."""
+        self.fail(invariant, detail)
 
     def _claw(self, u: User, item: Mapping[str, Any], t: int, source: str, asked: int, what: str) -> None:
-        """Rule 5: the purchase's own lot first, its expired credits never taken back (counted once),
-        then the other lots in burn order, then a debt."""
+        """Rule 5: the purchase's credits first (what is left in its lots, then what open holds drew
+        from them: those holds draw from the other lots instead), its expired credits never taken
+        back (counted once, recorded or not), then the other lots in burn order, then a debt."""
         buy = self.buys.get(source)
         dispute = item["type"] == "dispute"
-        own = lm.source_lot(u.lots, source)
-        if buy is not None:
-            buy.refund_while_disputed |= not dispute and (buy.dforgiven > 0 or buy.dispute is not None)
-            mine = {lot.id for lot in u.lots.values() if lot.source == source}
-            buy.held_when_taken |= any(mine & h.draws.keys() for h in u.open.values())
+        mine = lm.source_lots(u.lots, source)
         standing = [(lot.id, lot.remaining) for lot in lm.spendable(u.lots, t)]
         need = asked
         draws: Draws = {}
-        forgiven = 0
-        if own is not None:
-            if not own.gone(t) and own.remaining:
-                draws[own.id] = take = min(need, own.remaining)
-                own.remaining -= take
+        for lot in mine:
+            if need and not lot.gone(t) and lot.remaining:
+                draws[lot.id] = take = min(need, lot.remaining)
+                lot.remaining -= take
                 need -= take
-            # what expired and no refund counted yet (a dispute also leaves out what open disputes counted)
-            forgiven = max(0, min(need, own.expired - own.forgiven - (own.dforgiven if dispute else 0)))
+        if need and mine:
+            held = lm.take_held(u.lots, {h.hold_id: h.draws for h in u.open.values()}, mine, need, t)
+            for h in u.open.values():
+                h.clawed |= sum(h.draws.values()) < h.amount  # its capture draws the rest (or is refused)
+            for lot_id, n in held.items():
+                draws[lot_id] = draws.get(lot_id, 0) + n
+                need -= n
+            if held:
+                self.lot_stats["clawbacks_of_held_credits"] += 1
+        forgiven = 0
+        for lot in mine:
+            # what of it expired (an expired lot's remainder too) and no refund counted yet (a
+            # dispute also leaves out what open disputes counted)
+            gone = lot.expired + (lot.remaining if lot.gone(t) else 0) - lot.forgiven
+            n = max(0, min(need - forgiven, gone - (lot.dforgiven if dispute else 0)))
+            if dispute:
+                lot.dforgiven += n
+            else:
+                lot.forgiven += n
+            forgiven += n
         if buy is not None:
             # from the purchase's own record: what of it expired and was not counted as gone yet
             # (a lot forgotten at the bound, or past the memory, claws back as any credits: ADR 0010)
-            memory = own is not None or buy.expires is None or t < buy.expires + lm.MEMORY_MS
+            memory = bool(mine) or buy.expires is None or t < buy.expires + lm.MEMORY_MS
             counted = buy.forgiven + (buy.dforgiven if dispute else 0)
             # its credits that expired: recorded, and left in its lots that had expired by now
-            pending = sum(lot.remaining for lot in u.lots.values() if lot.source == source and lot.gone(t))
+            pending = sum(lot.remaining for lot in mine if lot.gone(t))
             owed = max(0, min(need, buy.expired + pending - counted)) if memory else 0
             if forgiven != owed and not buy.forgotten:
-                detail = (
+                self.fail(
+                    "rule-5",
                     f"{what}: of {source}, {buy.expired + pending} credits expired and {counted} were counted as "
-                    f"gone; this {item['type']} must count {owed} more as gone, the lots allow {forgiven}"
+                    f"gone; this {item['type']} must count {owed} more as gone, the lots allow {forgiven}",
                 )
-                others = buy.expired_lots - {own.id} if own is not None else set()
-                if pending and forgiven == max(0, min(need, buy.expired - counted)):
-                    buy.unrecorded = True  # its expiry waits beyond what a write records
-                    self.known_bug("unrecorded-expiry-counts", f"{detail} ({pending} expired, not recorded yet)")
-                elif others:  # its credits also expired in another lot (a won dispute's give-back)
-                    buy.second_lot_missed = True
-                    self.known_bug("second-lot-expiry-taken-back", f"{detail} (its lots {sorted(others)} expired too)")
-                else:
-                    self.fail("rule-5", detail)
             if dispute:
                 buy.dforgiven += forgiven
             else:
                 buy.forgiven += forgiven
             buy.asked += asked
-        if own is not None:
-            if dispute:
-                own.dforgiven += forgiven
-            else:
-                own.forgiven += forgiven
         need -= forgiven
         for lot_id, n in lm.draw(u.lots, need, t).items():
             draws[lot_id] = draws.get(lot_id, 0) + n
@@ -439,11 +431,13 @@ class LotChecks:
                 f"(posted {item['amount']}, expired_part {item.get('expired_part', 0)})",
             )
         got = dict(item.get("draws") or {})
-        if own is not None and draws.get(own.id, 0) != got.get(own.id, 0):
-            self.fail(
-                "rule-5",
-                f"{what}: took {got.get(own.id, 0)} from its purchase's lot {own.id}, not {draws.get(own.id, 0)} first",
-            )
+        for lot in mine:
+            if draws.get(lot.id, 0) != got.get(lot.id, 0):
+                self.fail(
+                    "rule-5",
+                    f"{what}: took {got.get(lot.id, 0)} from its purchase's lot {lot.id}, not "
+                    f"{draws.get(lot.id, 0)} first",
+                )
         self._compare_draws(u, item, draws, standing, what, exact=False)
         if dispute:
             self.disputed.add(source)
@@ -463,8 +457,11 @@ class LotChecks:
         stay expired."""
         buy = self.buys.get(source)
         self.disputed.discard(source)
-        own = lm.source_lot(u.lots, source)
-        unforgiven = min(asked, own.dforgiven) if own is not None else 0
+        unforgiven = 0
+        for lot in lm.source_lots(u.lots, source):
+            n = min(asked - unforgiven, lot.dforgiven)
+            lot.dforgiven -= n
+            unforgiven += n
         # (a lot forgotten at the bound gives back as any credits: ADR 0010)
         if buy is not None and unforgiven != min(asked, buy.dforgiven) and not buy.forgotten:
             owed = asked - min(asked, buy.dforgiven)
@@ -473,8 +470,6 @@ class LotChecks:
                 f"{what}: the disputes of {source} counted {buy.dforgiven} of its expired credits as gone; a "
                 f"won dispute of {asked} gives back {owed}, the lots give {asked - unforgiven}",
             )
-        if own is not None:
-            own.dforgiven -= unforgiven
         if item["amount"] != asked - unforgiven:
             self.fail("rule-5", f"{what}: a won dispute of {asked} of {source} must give back {asked - unforgiven}")
         if buy is not None:
@@ -503,13 +498,7 @@ class LotChecks:
         if sum(hold.draws.values()) != hold.amount:
             hold.short = True
             self._uncovered(u, f"{u.name}: hold {hold.hold_id} of {hold.amount} at {t} drew {hold.draws}")
-        stored = ((after.get("holds") or {}).get(hold.hold_id) or {}).get("d") or {}
-        if stored != hold.draws:
-            self.fail(
-                "burn-order",
-                f"{u.name}: hold {hold.hold_id} of {hold.amount} at {t} drew {stored}; the lots as they stood "
-                f"(lot, credits) {standing} give {hold.draws}",
-            )
+        hold.standing = standing  # what its draws are checked against at the end of the commit
 
     def _lot_hold_ended(self, u: User, hold: Hold, lp: LotPass) -> None:
         """What the hold did not charge goes back to its lots; what comes back to a lot that expired

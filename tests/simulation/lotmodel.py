@@ -176,12 +176,42 @@ def place(lots: dict[str, MLot], terms: Terms, amount: int, lot_id: str, t: int,
     return lot_id
 
 
-def source_lot(lots: Mapping[str, MLot], source: str | None) -> MLot | None:
-    """A purchase's own lot: the oldest naming it (a won dispute's credits open another)."""
+def source_lots(lots: Mapping[str, MLot], source: str | None) -> list[MLot]:
+    """A purchase's lots, oldest first: its own, and those a won dispute gave its credits back to."""
     if source is None:
-        return None
-    found = [lot for lot in lots.values() if lot.source == source]
-    return min(found, key=lambda lot: int(lot.id) if lot.id.isdigit() else 0) if found else None
+        return []
+    return sorted((lot for lot in lots.values() if lot.source == source), key=lambda lot: int(lot.id))
+
+
+def take_held(lots: Mapping[str, MLot], holds: Mapping[str, Draws], mine: list[MLot], need: int, t: int) -> Draws:
+    """A clawback takes its purchase's credits that open holds drew (holds by id, the purchase's lots
+    oldest first); the hold draws as much from the other lots instead, in burn order, as far as they
+    cover (the rest its capture draws then). What it took, by the purchase's lot."""
+    taken: Draws = {}
+    for hold_id in sorted(holds):
+        held = holds[hold_id]
+        for lot in mine:
+            want = min(held.get(lot.id, 0), need - sum(taken.values()))
+            if want <= 0:
+                continue
+            held[lot.id] -= want
+            if not held[lot.id]:
+                del held[lot.id]
+            for lot_id, n in draw(lots, want, t).items():
+                held[lot_id] = held.get(lot_id, 0) + n
+            taken[lot.id] = taken.get(lot.id, 0) + want
+    return taken
+
+
+def repay_first(lots: Mapping[str, MLot], back: Draws, owed: int, t: int) -> None:
+    """A debt is repaid by what a hold gives back first (its lots in burn order, expired ones too),
+    then by the lots that count, in burn order."""
+    for lot_id in sorted(back, key=lambda i: lots[i].order()):
+        n = min(owed, back[lot_id], lots[lot_id].remaining)
+        lots[lot_id].remaining -= n
+        owed -= n
+    if owed > 0:
+        draw(lots, owed, t)
 
 
 def held_lots(hold_draws: Iterable[Draws]) -> set[str]:
@@ -202,20 +232,32 @@ def due(lots: Mapping[str, MLot], holds: Iterable[tuple[int, Draws]]) -> int | N
     return min(times) if times else None
 
 
-def gone(lots: Mapping[str, MLot], holds: Iterable[tuple[int, Draws]], t: int) -> int:
+def pruned(lots: Mapping[str, MLot], holds: list[tuple[int, Draws]], balance: int, t: int) -> dict[str, MLot]:
+    """The lots as the next write will see them at `t` (copies): the holds that expired (`holds`: the
+    account's, in its map's order) gave their credits back, each repaying a debt first."""
+    after = {lot_id: dataclasses.replace(lot) for lot_id, lot in lots.items()}
+    kept = list(holds)
+    for hold in holds:
+        until, d = hold
+        if until > t:
+            continue
+        kept.remove(hold)
+        for lot_id, n in d.items():
+            if lot_id in after:
+                after[lot_id].remaining += n
+        owed = debt(after, (k[1] for k in kept), balance)
+        if d and owed > 0:
+            repay_first(after, {i: n for i, n in d.items() if i in after}, owed, t)
+    return after
+
+
+def gone(lots: Mapping[str, MLot], holds: list[tuple[int, Draws]], balance: int, t: int) -> int:
     """The credits that count for nothing at `t` and wait for their expiration entry: what is left in
-    lots that expired, and what holds that expired drew from them (it comes back to expire)."""
-    out = 0
-    expired: set[str] = set()
-    for lot in lots.values():
-        if lot.expires is not None and lot.expires <= t:
-            out += lot.remaining
-            expired.add(lot.id)
-    if expired:
-        for until, d in holds:
-            if until <= t:
-                out += sum(n for lot_id, n in d.items() if lot_id in expired)
-    return out
+    lots that expired once the expired holds gave back (what they drew from an expired lot comes back
+    to expire, unless it repays a debt)."""
+    if all(until > t for until, _ in holds):  # nothing to give back: the lots as they are
+        return sum(lot.remaining for lot in lots.values() if lot.gone(t))
+    return sum(lot.remaining for lot in pruned(lots, holds, balance, t).values() if lot.gone(t))
 
 
 def expiry_text(lot: MLot, n: int) -> str:
@@ -241,26 +283,15 @@ class View:
 
 def view(balance: int, lots: Mapping[str, MLot], holds: Mapping[str, tuple[int, int, Draws]], t: int) -> View:
     """`holds`: the account's map (hold id -> amount, until, draws) in its order, expired ones included."""
-    expired_holds = [(until, d) for _, until, d in holds.values() if until <= t]
-    gone_ = gone(lots, expired_holds, t)
+    after = pruned(lots, [(until, d) for _, until, d in holds.values()], balance, t)
+    gone_ = sum(lot.remaining for lot in after.values() if lot.gone(t))
     open_ = {hold_id: until for hold_id, (_, until, _) in holds.items() if until > t}
     held = sum(amount for amount, until, _ in holds.values() if until > t)
-    # what remains in each lot once the expired holds gave back, in the map's order, each repaying a debt
-    after = {lot_id: dataclasses.replace(lot) for lot_id, lot in lots.items()}
-    kept = dict(holds)
-    for hold_id, (_, until, d) in holds.items():
-        if until <= t:
-            del kept[hold_id]
-            for lot_id, n in d.items():
-                if lot_id in after:
-                    after[lot_id].remaining += n
-            owed = debt(after, (k[2] for k in kept.values()), balance)
-            if d and owed > 0:
-                draw(after, owed, t)
     drawn: Draws = {}
-    for _, _, d in kept.values():
-        for lot_id, n in d.items():
-            drawn[lot_id] = drawn.get(lot_id, 0) + n
+    for _, until, d in holds.values():
+        if until > t:
+            for lot_id, n in d.items():
+                drawn[lot_id] = drawn.get(lot_id, 0) + n
     shown = []
     for lot in sorted((lot for lot in after.values() if not lot.gone(t)), key=MLot.order):
         if lot.remaining or drawn.get(lot.id):

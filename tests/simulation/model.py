@@ -263,8 +263,6 @@ class Model(Commits):
                 self._reused(att, u, "key")
             elif code == "reference_id_reused":
                 self._reused(att, u, "ref")
-            if code == "validation_error" and att.op.key and att.op.expires_ms is not None:
-                u.keys.setdefault(att.op.key, KeyState()).lot_refused_at = self.now()
             self._key_answer(att, u, f"refused {code}", code in DECIDED_REFUSALS)
             return
         assert isinstance(value, Posted)
@@ -373,9 +371,11 @@ class Model(Commits):
 
     def _was_short(self, att: Attempt, u: User, hold: Hold) -> bool:
         """A capture may be refused for credits only when a clawback took the balance below what it
-        charges meanwhile, never because a lot its hold drew from expired: some balance in force
-        while the attempt ran is below the amount."""
+        charges meanwhile (or took credits its hold drew), never because a lot its hold drew from
+        expired: some balance in force while the attempt ran is below the amount."""
         amount = hold.amount if att.op.amount is None else att.op.amount
+        if hold.clawed:
+            return True  # what the clawback took from it, the lots that count may not cover
         lows = u.lows
         if not lows or lows[0][0] > att.started:
             return True  # no record of the balance back then

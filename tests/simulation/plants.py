@@ -12,7 +12,7 @@
   redelivery (or a concurrent duplicate) posts the clawback again under a new reference.
 
 - `expired-lot-counts-on-read`: a read counts the credits of lots that expired (and are not
-  recorded yet) in the balance (`AccountState.balance_at` returns the stored balance).
+  recorded yet) in the balance (`codec.counted` returns the stored balance).
 - `refund-claws-back-expired`: a refund's or dispute's clawback no longer counts its purchase's
   expired credits as gone (`rules._debit` sees the purchase's lot as if none of it had expired).
 - `draws-wrong-order`: debits and holds draw from the oldest lot first, whatever its priority and
@@ -31,8 +31,7 @@ from typing import Any
 
 from credits import keys, payments
 from credits.errors import CreditsError
-from credits.ledger import Entry, Posted, group, intents, lots, rules
-from credits.ledger.account import AccountState
+from credits.ledger import Entry, Posted, codec, group, intents, lots, rules
 from credits.ledger.intents import Intent
 from credits.ledger.rules import Change, Decision, Found, Kind, Outcome, Work
 from credits.settlement import PaymentRecord, Step
@@ -104,25 +103,25 @@ def _double_refund_clawback() -> list[tuple[Any, str, Any]]:
 
 
 def _expired_lot_counts_on_read() -> list[tuple[Any, str, Any]]:
-    def balance_at(self: AccountState, now_ms: int) -> int:
-        return self.balance  # BUG: what expired lots hold still counts until a write records it
+    def counted(work: Work, now_ms: int) -> int:
+        return work.balance  # BUG: what expired lots hold still counts until a write records it
 
-    return [(AccountState, "balance_at", balance_at)]
+    return [(codec, "counted", counted)]
 
 
 def _refund_claws_back_expired() -> list[tuple[Any, str, Any]]:
     original = rules._debit
 
     def _debit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision) -> Any:
-        source = lots.source_lot(work.lots, entry.source)
-        if source is None:
-            return original(change, entry, work, found, ctx)
-        expired = source.expired
-        source.expired = source.forgiven + source.dispute_forgiven  # BUG: its expired credits are forgotten
+        mine = lots.source_lots(work.lots, entry.source)
+        expired = [lot.expired for lot in mine]
+        for lot in mine:
+            lot.expired = lot.forgiven + lot.dispute_forgiven  # BUG: its expired credits are forgotten
         try:
             return original(change, entry, work, found, ctx)
         finally:
-            source.expired = expired
+            for lot, n in zip(mine, expired, strict=True):
+                lot.expired = n
 
     return [(rules, "_debit", _debit)]
 

@@ -35,16 +35,7 @@ DECIDED_REFUSALS = frozenset(
 POSTS = frozenset({"charge", "grant", "adjust", "buy", "claw", "restore"})  # requests that post one entry
 # Real bugs the simulator found in shared/credits, reported and not fixed yet: observed and counted
 # (`strict` runs fail on them). See "Bugs found" in tests/simulation/README.md.
-KNOWN_BUGS: frozenset[str] = frozenset(
-    {
-        "refund-during-dispute-takes-twice",
-        "held-credits-expire-after-clawback",
-        "second-lot-expiry-taken-back",
-        "unrecorded-expiry-counts",
-        "lot-refusal-not-remembered",
-        "lots-due-stale",
-    }
-)
+KNOWN_BUGS: frozenset[str] = frozenset()  # none open
 
 
 class Violation(Exception):
@@ -137,7 +128,9 @@ class Hold:
     pending_capture: int | None = None  # the capture entry of the commit being read
     draws: Draws = field(default_factory=dict)  # what it drew from the lots when it opened
     spent: Draws = field(default_factory=dict)  # what its capture entry took of them
-    short: bool = False  # it drew less than its amount (see `unrecorded-expiry-counts`)
+    short: bool = False  # it drew less than its amount when it opened (a bug)
+    clawed: bool = False  # a clawback took credits it drew that no other lot covered
+    standing: list[tuple[str, int]] = field(default_factory=list)  # the lots in burn order when it opened
 
 
 @dataclass
@@ -146,9 +139,6 @@ class KeyState:
     applied_at: float = 0.0
     first: tuple[float, str, float, Req] | None = None  # (answered at, what, remembered until, request)
     refused_at: float | None = None
-    # a grant refused because its lot's expiry had passed on the deciding container's clock, before
-    # anything was decided: not remembered under the key (see `lot-refusal-not-remembered`)
-    lot_refused_at: float | None = None
 
 
 @dataclass(eq=False)

@@ -62,7 +62,7 @@ def test_a_fixed_seed_run_passes_every_invariant() -> None:
     assert lots["clawbacks_finding_credits_expired"] > 20 and lots["won_disputes_finding_credits_expired"] > 0, lots
     assert lots["lots_forgotten_at_the_bound"] > 0 and lots["credits_joining_a_lot_at_the_bound"] > 0, lots
     assert lots["decided_across_an_expiry"] > 20 and lots["sweeps_that_wrote"] > 0, lots
-    assert lots["commits_in_debt"] > 0, lots
+    assert lots["commits_in_debt"] > 0 and lots["clawbacks_of_held_credits"] > 0, lots
 
 
 def test_a_hold_across_an_expiry_keeps_its_credits() -> None:

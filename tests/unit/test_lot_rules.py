@@ -453,3 +453,90 @@ def test_more_expired_lots_than_one_write_records_still_count_for_nothing() -> N
     a.apply(Change(Kind.SWEEP))
     assert len([line for line in a.lines() if "expiration" in line]) == 12
     assert a.view.balance == 0
+
+
+# ---- rule 5 with holds, disputes, a purchase's second lot and expiries not yet recorded -----------
+
+
+def test_a_refund_takes_what_a_hold_drew_from_its_purchase_and_the_hold_draws_other_credits_instead() -> None:
+    """own 100 (no expiry), bought 200 expiring, a hold of 39 (from the purchase: it expires sooner);
+    the dispute takes 161 left in the purchase and the 39 the hold drew, which now draws from the own
+    credits; the purchase expires, the hold is released: the own 100 are all there."""
+    a = Account()
+    a.apply(grant(100))
+    a.apply(purchase(200, "pi_1", expires_in=DAY))
+    hold = a.apply(reserve(39, ttl=3 * 86_400)).result()["hold_id"]
+    assert a.state.draws[hold] == {"2": 39}
+    a.apply(claw(200, "pi_1", kind="dispute"))
+    assert a.lines()[-1] == "3: -200 dispute settle:pi_1:1 from {'2': 200}"
+    assert a.state.draws[hold] == {"1": 39}
+    assert (a.view.balance, a.view.available) == (100, 61)
+    a.at(2 * DAY).apply(release(hold))
+    assert (a.view.balance, a.view.available) == (100, 100)
+    assert not [line for line in a.lines() if "expiration" in line]  # nothing of the purchase was left
+
+
+def test_a_hold_whose_purchase_credits_a_refund_took_captures_from_other_credits_or_is_refused() -> None:
+    a = Account()
+    a.apply(purchase(100, "pi_1", expires_in=DAY))
+    hold = a.apply(reserve(30)).result()["hold_id"]
+    a.apply(claw(100, "pi_1"))  # no other credits: the hold keeps its 30, drawing from nothing
+    assert a.lines()[-1] == "2: -100 refund settle:pi_1:1 from {'1': 100}"
+    assert (a.view.balance, a.state.draws[hold]) == (0, {})
+    assert a.apply(capture(hold, 10)).error == "insufficient_credits"
+    a.apply(grant(25))
+    assert a.apply(capture(hold, 10)).error is None
+    assert a.lines()[-1] == f"4: -10 usage hold:{hold} from {{'3': 10}}"
+    assert a.view.balance == 15
+
+
+def test_credits_a_hold_gives_back_repay_a_debt_first_even_from_a_lot_that_expired() -> None:
+    """A refund beyond every free credit leaves a debt while a hold keeps credits of a lot that then
+    expires; released, they repay the debt instead of expiring."""
+    a = Account()
+    a.apply(grant(50, expires_in=DAY))
+    a.apply(purchase(100, "pi_1"))
+    hold = a.apply(reserve(50, ttl=3 * 86_400)).result()["hold_id"]  # the dated lot first
+    a.apply(charge(100))  # the purchase, spent
+    a.apply(claw(100, "pi_1"))  # nothing free: a debt of 100
+    assert (a.view.balance, a.view.available) == (-50, -100)
+    a.at(2 * DAY).apply(release(hold))
+    assert a.view.balance == -50  # the 50 paid half the debt; nothing expired
+    assert not [line for line in a.lines() if "expiration" in line]
+
+
+def test_a_refund_counts_its_purchases_expired_credits_even_when_their_entry_waits_for_a_later_write() -> None:
+    """Nine lots expire together; a write records eight. The purchase's lot is the ninth: its refund
+    still counts its 50 expired credits as gone, and the next write records their expiry once."""
+    a = Account()
+    for n in range(8):
+        a.apply(grant(10, expires_in=DAY - 100 + n))  # these expire first: recorded first
+    a.apply(purchase(50, "pi_1", expires_in=DAY))
+    a.apply(grant(100))
+    a.at(2 * DAY).apply(claw(50, "pi_1"))
+    assert a.lines()[-1] == "19: +0 refund settle:pi_1:1 (50 expired already)"
+    a.apply(Change(Kind.SWEEP))
+    assert a.lines()[-1] == "20: -50 expiration expire:9 from {'9': 50}"
+    assert a.view.balance == 100  # the other credits untouched
+
+
+def test_a_refund_after_a_won_dispute_counts_what_expired_in_the_credits_the_dispute_gave_back() -> None:
+    """The won dispute's credits go to a second lot of the purchase; when they expire too, a refund
+    counts them as gone like those of the first."""
+    a = Account()
+    a.apply(grant(100))
+    a.apply(purchase(100, "pi_1", expires_in=DAY))
+    a.apply(claw(100, "pi_1", kind="dispute", step=1))
+    won = restore(100, "pi_1", step=2).entry
+    assert won is not None
+    dated = dataclasses.replace(
+        won, lot=LotTerms("paid", None, int((NOW + 2 * DAY) * 1000), "Starter", "purchase:pi_1")
+    )
+    a.apply(Change(Kind.POST, dated, Policy.CREDIT, None, entry_fingerprint(dated)))
+    a.apply(charge(30))  # the dispute's lot expires first: spent first
+    a.at(3 * DAY).apply(claw(100, "pi_1", step=3))
+    assert a.lines()[-2:] == [
+        "6: -70 expiration expire:4 from {'4': 70}",
+        "7: -30 refund settle:pi_1:3 from {'1': 30} (70 expired already)",
+    ]
+    assert a.view.balance == 70  # 100 own - 30 spent; the purchase: 70 expired, 30 taken back

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from credits import api
-from credits.ledger import Ledger, fingerprint
+from credits.errors import ValidationError
+from credits.ledger import Idempotency, Ledger, LotTerms, fingerprint
 from tests.support import Answer, ManualClock, http_event, invoke
 
 DAY_MS = 86_400_000
@@ -216,3 +217,34 @@ def test_an_adjustment_takes_terms_too(use: ModuleType, ledger: Ledger) -> None:
     [lot] = ledger.account("user-1").lots
     assert (lot.category, lot.priority, lot.expires_at_ms) == ("promotional", 0, NOW_MS + DAY_MS)
     assert [t.type for t in ledger.history("user-1")] == ["adjustment"]
+
+
+def test_a_grant_the_ledger_finds_expired_is_refused_and_the_refusal_kept_under_its_key(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """Its expiry passed between the API's check and the decision (or on a container whose clock runs
+    ahead): refused 400, and the refusal is what the key answers while it is remembered, even on a
+    clock that is behind the expiry again."""
+    key = Idempotency("k-late", "fp-1")
+    terms = LotTerms("promotional", None, NOW_MS + 500, "Flash")
+    clock.now += 1
+    for _ in range(2):
+        with pytest.raises(ValidationError, match="expiresAt must be in the future"):
+            ledger.grant("user-1", 50, type="gift", description="Flash", idempotency=key, lot=terms)
+        clock.now -= 1  # a retry on a container whose clock is behind
+    assert ledger.balance("user-1") == 0
+
+
+def test_capturing_all_of_a_hold_moves_when_the_account_is_next_due(moto_dynamodb, ledger: Ledger) -> None:
+    """The hold drew all of a dated lot: the account is due when the lot expires (the hold's credits
+    could come back to it); once the hold is captured in full nothing is due at all."""
+    ledger.grant("user-1", 30, type="gift", description="Flash", lot=LotTerms("paid", None, NOW_MS + 10 * DAY_MS))
+    hold = ledger.reserve("user-1", 30, description="job", ttl_seconds=86_400)
+
+    def due() -> Any:
+        item = moto_dynamodb.get_item(TableName="credits", Key={"pk": {"S": "USER#user-1"}, "sk": {"S": "ACCOUNT"}})
+        return item["Item"].get("lots_due", {}).get("N")
+
+    assert due() == str(NOW_MS + 10 * DAY_MS)  # nothing left in the lot to warn of: the hold keeps it
+    ledger.capture("user-1", hold.hold_id)
+    assert due() is None

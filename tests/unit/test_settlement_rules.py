@@ -161,13 +161,15 @@ def test_an_inquiry_closed_without_a_chargeback_gives_the_credits_back() -> None
 
 
 def test_a_refund_after_a_full_dispute_was_lost_takes_nothing_more() -> None:
-    """The credits move from the dispute's hold to the refund: the balance does not change again."""
+    """The credits move from the dispute's hold to the refund: the balance does not change again.
+    The dispute gives back first, so the refund takes those credits back and never the user's others."""
     record = bought(disputes=disputed("lost"))
     held, record = settle(record)
     record.refunded_amount = 1000
     after, record = settle(record)
     assert taken(held) == [("dispute", -100, "settle:pi_1:1")]
-    assert taken(after) == [("refund", -100, "settle:pi_1:2"), ("dispute", 100, "settle:pi_1:3")]
+    assert taken(after) == [("dispute", 100, "settle:pi_1:2"), ("refund", -100, "settle:pi_1:3")]
+    assert after[0].description == "Disputed credits passed to a refund (dp_1)"
     assert sum(s.amount for s in after) == 0
     assert record.state == LedgerState(credits_refunded=100, refund_money_applied=1000, settle_steps=3)
 
@@ -179,7 +181,7 @@ def test_a_refund_during_a_won_dispute_is_not_given_back() -> None:
     refunded, record = settle(record)
     record.disputes = disputed("won", amount=500)
     won, record = settle(record)
-    assert [s.amount for s in opened + refunded + won] == [-100, -50, 50, 50]
+    assert [s.amount for s in opened + refunded + won] == [-100, 50, -50, 50]
     assert sum(s.amount for s in opened + refunded + won) == -50  # half the money refunded: half the credits
 
 
@@ -335,6 +337,20 @@ AUDITED = {
         [
             settled("dispute", 0, 1, expired=100, description="Payment disputed (dp_1)"),
             settled("dispute", 0, 2, expired=100, description="Dispute closed (dp_1 won): credits restored"),
+        ],
+    ),
+    "a lost dispute of expired credits, then a full refund: the hold passes to the refund, all 0": (
+        bought(
+            refunded_amount=1000,
+            credits_refunded=100,
+            refund_money_applied=1000,
+            disputes=disputed("lost"),
+            settle_steps=3,
+        ),
+        [
+            settled("dispute", 0, 1, expired=100, description="Payment disputed (dp_1)"),
+            settled("dispute", 0, 2, expired=100, description="Disputed credits passed to a refund (dp_1)"),
+            settled("refund", 0, 3, expired=100),
         ],
     ),
     "a dispute of expired credits still open: the hold counts them": (

@@ -69,23 +69,6 @@ class AccountState:
     def held(self, now_ms: int) -> int:
         return sum(amount for amount, until in self.holds.values() if until > now_ms)
 
-    def expired(self, now_ms: int) -> int:
-        """Credits that stopped counting and wait for their expiration entry (invariant 9): what is
-        left in expired lots, and what expired holds drew from them."""
-        gone = sum(lot.remaining for lot in self.lots.values() if lot.expired_at(now_ms))
-        for hold_id, (_, until) in self.holds.items():
-            if until <= now_ms:
-                for lot_id, n in self.draws.get(hold_id, {}).items():
-                    lot = self.lots.get(lot_id)
-                    gone += n if lot is not None and lot.expired_at(now_ms) else 0
-        return gone
-
-    def balance_at(self, now_ms: int) -> int:
-        return self.balance - self.expired(now_ms)
-
-    def available(self, now_ms: int) -> int:
-        return self.balance_at(now_ms) - self.held(now_ms)
-
 
 @dataclass
 class Work:
@@ -156,10 +139,34 @@ class Work:
         self.holds_changed |= bool(expired)
 
     def give_back(self, draws: Draws, now_ms: int) -> None:
+        """A hold's credits come back (it ended, or expired): to their lots, or to the debt first."""
         if draws:
             lots_.give_back(self.lots, draws, now_ms)
-            lots_.repay(self.lots, self.debt(), now_ms)
+            lots_.repay(self.lots, self.debt(), now_ms, first=draws)
             self.lots_changed = True
+
+    def take_held(self, lots: list[Lot], need: int, now_ms: int, draws: Draws) -> int:
+        """A clawback takes its purchase's credits that open holds drew (`lots`: the purchase's). Each
+        such hold keeps what it reserved: it draws as much from the other lots instead, in burn order,
+        as far as they cover; what they do not, its capture draws when it comes (or is refused for
+        credits), and its release gives nothing back. Added to the clawback's `draws` as taken from
+        the purchase's lots; returns how many."""
+        taken = 0
+        for hold_id in sorted(self.draws):
+            held = self.draws[hold_id]
+            for lot in lots:
+                want = min(held.get(lot.id, 0), need - taken)
+                if want <= 0:
+                    continue
+                held[lot.id] -= want
+                if not held[lot.id]:
+                    del held[lot.id]
+                for lot_id, n in lots_.draw(self.lots, want, now_ms).items():
+                    held[lot_id] = held.get(lot_id, 0) + n
+                draws[lot.id] = draws.get(lot.id, 0) + want
+                taken += want
+                self.holds_changed = True
+        return taken
 
     # ---- entries ---------------------------------------------------------------------------
 

@@ -119,15 +119,20 @@ def due_shard(pk: str) -> str:
     return f"{keys.LOTS_DUE_PARTITION}{zlib.crc32(pk.encode()) % keys.LOTS_DUE_SHARDS}"
 
 
+def counted(work: Work, now_ms: int) -> int:
+    """The balance a read answers: what lots that expired still hold counts for nothing (invariant 9)."""
+    return work.spendable(now_ms)
+
+
 def account_view(item: Mapping[str, Any] | None, now_ms: int) -> AccountView:
     """The balance, what is available of it and what open holds take (invariant 6), from the item."""
     state = read_account(item)
-    held = state.held(now_ms)
-    balance = state.balance_at(now_ms)
-    open_ = {hold_id: until for hold_id, (_, until) in state.holds.items() if until > now_ms}
-    # the lots as the next write will see them: expired holds gave their credits back (a debt first)
+    # the account as the next write will see it: expired holds gave their credits back (a debt first)
     work = Work.of(state, now_ms / 1000)
     work.prune(now_ms)
+    held = work.held(now_ms)
+    balance = counted(work, now_ms)
+    open_ = {hold_id: until for hold_id, (_, until) in work.holds.items()}
     live = sorted((lot for lot in work.lots.values() if not lot.expired_at(now_ms)), key=Lot.order)
     # what each lot holds now: its remaining and what open holds drew from it
     shown = []
@@ -182,14 +187,16 @@ def account_update(
     if work.holds_changed or work.lots_changed:
         sets["holds"] = {hold_id: _hold_fields(work, hold_id) for hold_id in work.holds}
         sets["holds_rev"] = base.holds_rev + 1
-    if work.lots_changed:
-        sets["lots"] = {lot_id: lot_fields(lot) for lot_id, lot in work.lots.items()}
+        # when the account next owes a write: its lots move it, and so does a hold's end (a capture
+        # of all of a hold changes no lot)
         until = {hold_id: u for hold_id, (_, u) in work.holds.items()}
         due = lots_.due_ms(work.lots, work.draws, until, warn_ms)
         if due is None:
             remove = ("lots_due", "lots_shard")
         else:
             sets.update(lots_due=due, lots_shard=due_shard(pk))
+    if work.lots_changed:
+        sets["lots"] = {lot_id: lot_fields(lot) for lot_id, lot in work.lots.items()}
     if combiner is not None:
         guard &= eq("combiner", combiner)  # our lease, extended for as long as passes take
         sets.update(combiner_until=lease_until, combiner_pass_ms=pass_ms)

@@ -31,14 +31,6 @@ class Committer:
     def run(self, user_id: str, change: Change, extra: Sequence[Write] = ()) -> Mapping[str, Any]:
         """Decide and write a change; the first refusal of a month by the user's spend limit is noted
         (`LIMIT#<month>`), once, for the Spend Limit Reached event."""
-        lot = change.entry.lot if change.entry is not None else None
-        if lot is not None and lot.expires_at_ms is not None and lot.expires_at_ms <= self.ctx.now_ms():
-            # credits that would expire before they arrive: bad input, nothing written; unless this
-            # is a retry of a grant that landed (its key or reference replays the first answer)
-            answered = self.answered(user_id, change)
-            if answered is None:
-                raise ValidationError("expiresAt must be in the future.", [{"field": "expiresAt"}])
-            return answered
         try:
             return self.decide_and_write(user_id, change, extra)
         except SpendLimitReached as refused:
@@ -92,16 +84,6 @@ class Committer:
                 return self.group.queue(pk, change, deadline, None)
             ctx.backoff(attempt)
         raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
-
-    def answered(self, user_id: str, change: Change) -> Mapping[str, Any] | None:
-        """The first answer to this change when its key or reference is used already (one read), else
-        None; nothing is written."""
-        ctx = self.ctx
-        found = codec.live(ctx.store.get_many(keys.user_pk(user_id), change.sks()), ctx.clock())
-        if not found:
-            return None
-        outcome, _ = decide(change, Work.of(codec.read_account(None), ctx.clock()), found, ctx.decision(ctx.clock()))
-        return outcome.result()
 
     def _remember(self, marker: Write) -> bool:
         """Write a refusal's marker under its Idempotency-Key; False when a marker of the key appeared

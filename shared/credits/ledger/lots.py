@@ -113,9 +113,20 @@ def give_back(lots: dict[str, Lot], draws: Draws, now_ms: int) -> None:
         lot.remaining += n
 
 
-def repay(lots: Mapping[str, Lot], debt: int, now_ms: int) -> Draws:
-    """Credits that arrive while the account owes (a clawback took more than it held) pay that first."""
-    return draw(lots, debt, now_ms) if debt > 0 else {}
+def repay(lots: Mapping[str, Lot], debt: int, now_ms: int, first: Draws | None = None) -> Draws:
+    """Credits that arrive while the account owes (a clawback took more than it held) pay that first,
+    in burn order. Credits a hold gives back (`first`) pay before any other, whatever their lot (even
+    one that expired): the clawback made the debt while the hold kept them, and would have taken them."""
+    repaid: Draws = {}
+    for lot_id in sorted(first or {}, key=lambda i: lots[i].order()):
+        take = min(debt, (first or {})[lot_id], lots[lot_id].remaining)
+        if take > 0:
+            lots[lot_id].remaining -= take
+            repaid[lot_id] = take
+            debt -= take
+    for lot_id, n in (draw(lots, debt, now_ms) if debt > 0 else {}).items():
+        repaid[lot_id] = repaid.get(lot_id, 0) + n
+    return repaid
 
 
 def place(lots: dict[str, Lot], terms: LotTerms, amount: int, lot_id: str, now_ms: int, held: set[str]) -> str:
@@ -167,12 +178,11 @@ def _latest(lots: dict[str, Lot], terms: LotTerms) -> Lot:
     return target
 
 
-def source_lot(lots: Mapping[str, Lot], source: str | None) -> Lot | None:
+def source_lots(lots: Mapping[str, Lot], source: str | None) -> list[Lot]:
+    """A purchase's lots, oldest first: its own, and those a won dispute gave its credits back to."""
     if source is None:
-        return None
-    # the purchase's own lot (the oldest: a won dispute's give-back opens another with its source)
-    found = [lot for lot in lots.values() if lot.source == source]
-    return min(found, key=lambda lot: _number(lot.id)) if found else None
+        return []
+    return sorted((lot for lot in lots.values() if lot.source == source), key=lambda lot: _number(lot.id))
 
 
 def held_lots(draws: Iterable[Draws]) -> set[str]:

@@ -204,10 +204,11 @@ def _credit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decisio
     if entry.lot is not None and entry.lot.expires_at_ms is not None and entry.lot.expires_at_ms <= ctx.now_ms:
         raise ValidationError("expiresAt must be in the future.", [{"field": "expiresAt"}])
     unforgiven = 0
-    source = lots.source_lot(work.lots, entry.source)
-    if entry.type == "dispute" and source is not None:
-        unforgiven = min(entry.amount, source.dispute_forgiven)
-        source.dispute_forgiven -= unforgiven
+    if entry.type == "dispute":
+        for lot in lots.source_lots(work.lots, entry.source):
+            n = min(entry.amount - unforgiven, lot.dispute_forgiven)
+            lot.dispute_forgiven -= n
+            unforgiven += n
     amount = entry.amount - unforgiven
     facts: dict[str, Any] = {"expired_part": unforgiven}
     if amount > 0:
@@ -225,27 +226,33 @@ def _credit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decisio
 
 def _debit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision) -> EntryPosted:
     """A debit draws from the lots in burn order (invariant 10). A refund's or a dispute's clawback
-    draws its purchase's own lot first, never takes back what of it expired already, and takes the
-    rest from the other lots, then as a debt (rule 5, invariant 11)."""
+    takes its purchase's credits first: what is left in its lots, then what open holds drew from them
+    (the holds draw from other lots instead); it never takes back what of it expired already, recorded
+    or not; the rest comes from the other lots, then as a debt (rule 5, invariant 11)."""
     need, now_ms = -entry.amount, ctx.now_ms
-    source = lots.source_lot(work.lots, entry.source)
-    forgiven = 0
+    purchase = lots.source_lots(work.lots, entry.source)
     draws: lots.Draws = {}
-    if source is not None:
-        if not source.expired_at(now_ms) and source.remaining:
-            draws[source.id] = taken = min(need, source.remaining)
-            source.remaining -= taken
+    for lot in purchase:
+        if need and not lot.expired_at(now_ms) and lot.remaining:
+            draws[lot.id] = taken = min(need, lot.remaining)
+            lot.remaining -= taken
             need -= taken
-        # what of the purchase expired and no refund counted yet; a dispute's hold also leaves out what
-        # open disputes counted (a won dispute gives only that back; a refund may still count it)
+    if need and purchase:
+        need -= work.take_held(purchase, need, now_ms, draws)
+    forgiven = 0
+    for lot in purchase:
+        # what of the purchase expired (an expired lot's remainder too: its entry may wait for a later
+        # write) and no refund counted yet; a dispute's hold also leaves out what open disputes
+        # counted (a won dispute gives only that back; a refund may still count it)
+        gone = lot.expired + (lot.remaining if lot.expired_at(now_ms) else 0) - lot.forgiven
         if entry.type == "dispute":
-            forgiven = min(need, source.expired - source.forgiven - source.dispute_forgiven)
-            source.dispute_forgiven += max(forgiven, 0)
+            n = max(0, min(need, gone - lot.dispute_forgiven))
+            lot.dispute_forgiven += n
         else:
-            forgiven = min(need, source.expired - source.forgiven)
-            source.forgiven += max(forgiven, 0)
-        forgiven = max(forgiven, 0)
-        need -= forgiven
+            n = max(0, min(need, gone))
+            lot.forgiven += n
+        forgiven += n
+        need -= n
     for lot_id, n in lots.draw(work.lots, need, now_ms).items():
         draws[lot_id] = draws.get(lot_id, 0) + n
     work.lots_changed = True
@@ -389,7 +396,17 @@ def _capture(
         # invariant 3: only a clawback takes a balance below zero (one came since the hold)
         balance = work.spendable(ctx.now_ms)
         raise InsufficientCredits(required=amount, balance=balance, available=work.available(ctx.now_ms))
-    spent, rest = lots.consume(work.lots, work.draws.get(str(change.hold_id), {}), amount)
+    held = work.draws.get(str(change.hold_id), {})
+    # what of the amount its hold no longer draws (a clawback took its purchase's credits from it)
+    # comes from the lots that count, in burn order
+    short = max(0, amount - sum(held.values()))
+    if short > lots.spendable(work.lots, ctx.now_ms):
+        balance = work.spendable(ctx.now_ms)
+        raise InsufficientCredits(required=amount, balance=balance, available=work.available(ctx.now_ms))
+    spent, rest = lots.consume(work.lots, held, amount)
+    for lot_id, n in lots.draw(work.lots, short, ctx.now_ms).items():
+        spent[lot_id] = spent.get(lot_id, 0) + n
+        work.lots_changed = True
     effects: list[Effect] = []
     transaction_id = None
     if amount > 0:
