@@ -50,6 +50,8 @@ EXPIRE_FUNCTION = "expire"  # the daily sweep of credit lots (template.yaml), ru
 SWEEP_EVERY = 60.0  # seconds between local sweeps (DEV_SWEEP_EVERY; 0: never)
 EVENTS_FILE = "eventbridge-events.json"  # the local bus's events, under --data-dir
 STREAM_CHECKPOINTS_FILE = "stream-checkpoints.json"  # how far the events function has read the stream
+INSIGHTS_FUNCTION = "insights"  # the stream's second reader: each user's daily usage totals (template.yaml)
+INSIGHTS_CHECKPOINTS_FILE = "insights-checkpoints.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what a supervisor sends
 STATE_FILE = "stack.json"  # where the `credits` CLI finds this stack while it runs (credits.cli)
 # DynamoDB Local's pid (and what it is) while it runs, under --data-dir: the next start stops it if a
@@ -190,6 +192,8 @@ class Stack:
     gateway: Gateway | None = None
     events: ContainerPool | None = None
     poller: StreamPoller | None = None
+    insights: ContainerPool | None = None
+    insights_poller: StreamPoller | None = None
     expire: ContainerPool | None = None
     sweeps: Schedule | None = None
 
@@ -239,8 +243,9 @@ class Stack:
         # invokes it on Lambda; cold-started with the gateway's, so a missing setting fails now.
         self.events = ContainerPool(EVENTS_FUNCTION, limit=1)
         self.expire = ContainerPool(EXPIRE_FUNCTION, limit=1)  # as on Lambda: its own container
-        with ThreadPoolExecutor(2) as warming:
-            warm = [warming.submit(self.events.warm, 1), warming.submit(self.expire.warm, 1)]
+        self.insights = ContainerPool(INSIGHTS_FUNCTION, limit=1)
+        with ThreadPoolExecutor(3) as warming:
+            warm = [warming.submit(pool.warm, 1) for pool in (self.events, self.expire, self.insights)]
             self.gateway.start()
             for started in warm:
                 started.result()
@@ -251,6 +256,14 @@ class Stack:
             deliver=self.events.invoke,
             starting_position="TRIM_HORIZON",  # what was written while make dev was down is not missed
             checkpoint_path=args.data_dir / STREAM_CHECKPOINTS_FILE,
+        ).start()
+        self.insights_poller = StreamPoller.for_function(
+            INSIGHTS_FUNCTION,
+            endpoint=self.database.endpoint,
+            table_name=TABLES["CreditsTable"],
+            deliver=self.insights.invoke,
+            starting_position="TRIM_HORIZON",
+            checkpoint_path=args.data_dir / INSIGHTS_CHECKPOINTS_FILE,
         ).start()
         if args.sweep_every > 0:
             self.sweeps = self.start_sweeps(self.expire, args.sweep_every)
@@ -331,6 +344,7 @@ class Stack:
             f"  DynamoDB:  {self.database.endpoint}  (data in {args.data_dir / 'dynamodb'})\n"
             f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {self.bridge.endpoint} "
             f"(bus {EVENT_BUS}; GET /_local/events; the page shows yours)\n"
+            f"  insights:  table stream -> functions/{INSIGHTS_FUNCTION} -> daily usage totals (GET /credits/usage)\n"
             f"{sweep_line(args.sweep_every)}"
             f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE, region=gateway.region)}"
             f"  log:       one line per request{'' if args.show_metrics else '; metrics hidden (--show-metrics)'}\n"
@@ -344,6 +358,10 @@ class Stack:
             self.sweeps.stop()
         if self.expire is not None:
             self.expire.close()
+        if self.insights_poller is not None:
+            self.insights_poller.stop()
+        if self.insights is not None:
+            self.insights.close()
         if self.poller is not None:
             self.poller.stop()
         if self.events is not None:

@@ -1,5 +1,5 @@
-"""balance: GET /credits/balance, /credits/holds, /credits/settings and /credits/transactions (JWT user), GET
-/credit-packages and /credit-prices (public).
+"""balance: GET /credits/balance, /credits/holds, /credits/settings, /credits/transactions and /credits/usage
+(JWT user), GET /credit-packages and /credit-prices (public).
 
 Read-only; never imports stripe.
 
@@ -8,6 +8,7 @@ importing the X-Ray SDK costs about 260 ms of every cold start, on the hottest p
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -15,9 +16,9 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from credits import api, config
+from credits import api, config, export, insights
 from credits.aws import dynamodb_client
-from credits.http import install_error_handlers, json_response, user_id
+from credits.http import header, install_error_handlers, json_response, user_id
 from credits.ledger import Ledger
 from credits.packages import Catalog
 
@@ -57,8 +58,23 @@ def holds() -> Response:
 def transactions() -> Response:
     who = user_id(app)
     params = app.current_event.query_string_parameters or {}
+    if export.wants_csv(header(app, "Accept")):  # the whole history from `cursor` on; `limit` is ignored
+        pages = export.pages(
+            lambda at: api.transactions_page(ledger, who, str(export.PAGE_SIZE), at), params.get("cursor")
+        )
+        return Response(200, export.CONTENT_TYPE, export.history_csv(pages), export.csv_headers(who))
     page = api.transactions_page(ledger, who, params.get("limit"), params.get("cursor"))
     return json_response(200, page, {"Cache-Control": "no-store"})
+
+
+@app.get("/credits/usage")
+def usage() -> Response:
+    params = app.current_event.query_string_parameters or {}
+    today = datetime.fromtimestamp(ledger.clock(), UTC).date()
+    body = insights.usage(
+        ledger.store, user_id(app), params.get("from"), params.get("to"), params.get("granularity"), today
+    )
+    return json_response(200, body, {"Cache-Control": "no-store"})
 
 
 @app.get("/credit-packages")

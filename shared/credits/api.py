@@ -251,6 +251,7 @@ def use_credits(
         description=request.description or request.action,
         reference_id=request.referenceId,
         idempotency=idempotency(key, "POST /credits/use", user_id, request),
+        action=request.action,
     )
     return posted
 
@@ -263,6 +264,7 @@ def internal_use(ledger: Ledger, prices: Mapping[str, int], request: InternalUse
         description=request.description,
         reference_id=request.referenceId,
         idempotency=idempotency(key, "POST /internal/credits/use", request.userId, request),
+        action=request.action,
     )
     return posted
 
@@ -289,6 +291,7 @@ def reserve(ledger: Ledger, prices: Mapping[str, int], request: HoldRequest, key
         description=request.description,
         ttl_seconds=request.ttlSeconds,
         idempotency=idempotency(key, "POST /internal/credits/holds", request.userId, request),
+        action=request.action,
     )
 
 

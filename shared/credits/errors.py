@@ -207,6 +207,29 @@ class ReferenceReused(CreditsError):
     status = 409
 
 
+class ExportTooLarge(CreditsError):
+    """The history is too large for one CSV answer (a Lambda response is at most 6 MB); nothing is
+    wrong with it: the JSON history reads it page by page."""
+
+    code = "export_too_large"
+    status = 413
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            f"The history is too large to export as one CSV file (over {limit_bytes} bytes). Read it as "
+            "JSON instead, page by page: GET /credits/transactions?limit=100, then again with "
+            "cursor=<nextCursor> of each page until nextCursor is null."
+        )
+        self.limit_bytes = limit_bytes
+
+    def details(self) -> dict[str, Any]:
+        return {"limitBytes": self.limit_bytes}
+
+    @classmethod
+    def from_details(cls, message: str, details: Mapping[str, Any]) -> CreditsError:
+        return cls(int(details["limitBytes"]))
+
+
 class TooManyRequests(CreditsError):
     """A user changed their settings more often than SETTINGS_CHANGES_PER_MINUTE; retry later."""
 

@@ -11,6 +11,8 @@ IDEM = "IDEM#"
 HOLD = "HOLD#"
 LIMIT = "LIMIT#"  # the first refusal of a month by the user's spend limit (an event, once)
 EXPIRING = "EXPIRING#"  # a lot's credits expire soon (an event, once per lot)
+USAGE = "USAGE#"  # a user's daily usage totals (insights, from the stream): USAGE#2026-12-06
+COUNTED = "COUNTED#"  # a ledger entry already added to its day's totals (exactly once)
 INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
 CUSTOMER = "CUSTOMER#"
 PACKAGE = "PACKAGE#"
@@ -76,3 +78,12 @@ def package_pk(package_id: str) -> str:
 
 def payment_pk(payment_id: str) -> str:
     return f"{PAYMENT}{payment_id}"
+
+
+def usage_sk(day: str) -> str:
+    """A user's totals of one UTC day (YYYY-MM-DD)."""
+    return f"{USAGE}{day}"
+
+
+def counted_sk(seq: int) -> str:
+    return f"{COUNTED}{seq:0{SEQ_DIGITS}d}"

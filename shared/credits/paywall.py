@@ -102,6 +102,7 @@ class Paywall:
                 description=label,
                 ttl_seconds=self._ttl(app),
                 idempotency=self._idempotency(app, user, price, body),
+                action=label,
             )
             if reserved.replayed:
                 return self._replay(user, reserved.hold_id)  # the route never runs twice for one key

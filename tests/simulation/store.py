@@ -7,8 +7,8 @@ injects the faults; the invariant checks read it directly.
 What it keeps of DynamoDB:
 - items keyed (pk, sk) holding plain Python values (numbers are `int`; a `float` anywhere is refused
   as boto3's serializer refuses it); a `Put` leaves out None values; an `Update` creates an absent
-  item (`set`, `set_if_absent` = if_not_exists, `increment` = attr + n on an attribute that must
-  exist, `remove`); conditions by `Cond.holds`;
+  item (`set`, `set_if_absent` = if_not_exists, `add` = attr + n from 0, `increment` = attr + n on
+  an attribute that must exist, `remove`); conditions by `Cond.holds`;
 - `transact`: all or nothing; more than 100 items, two items on one key, an empty transaction or an
   item over 400 KB is a `StoreError` (DynamoDB's ValidationException); conditions are checked when
   the transaction is prepared and its items are applied when it commits, and while it is in flight
@@ -465,14 +465,14 @@ def _apply(op: Write, key: Key, before: Item | None, before_size: int = 0) -> tu
     if isinstance(op, Put):
         item = {k: _value(v, key, k) for k, v in op.item.items() if v is not None}
         return item, _checked_size(key, item_size(item))
-    sets, once, increments, removes = op.set, op.set_if_absent, op.increment, op.remove
-    if not (sets or once or increments or removes):
+    sets, once, increments, removes, adds = op.set, op.set_if_absent, op.increment, op.remove, op.add
+    if not (sets or once or increments or removes or adds):
         raise StoreError("an Update needs at least one action")
-    if once or increments or removes:
-        named = [*sets, *once, *increments, *removes]
+    if once or increments or removes or adds:
+        named = [*sets, *once, *increments, *removes, *adds]
         if len(set(named)) != len(named):
             raise StoreError(f"Update {key}: two actions on one attribute")
-    for part in (sets, once, increments, removes):
+    for part in (sets, once, increments, removes, adds):
         if "pk" in part or "sk" in part:
             raise StoreError(f"Update {key}: the key cannot be updated")
     # a shallow copy: a stored value is never changed in place (only replaced), so versions may
@@ -503,6 +503,13 @@ def _apply(op: Write, key: Key, before: Item | None, before_size: int = 0) -> tu
             raise StoreError(f"Update {key}: {k} + {n} on an attribute that is not a number")
         item[k] = old + n
         size += size_of(old + n) - size_of(old)
+    for k, n in adds.items():
+        had = k in item
+        old = item.get(k, 0)
+        if type(n) is not int or type(old) is not int:
+            raise StoreError(f"Update {key}: {k} + {n} on an attribute that is not a number")
+        item[k] = old + n
+        size += size_of(old + n) - (size_of(old) if had else -len(k))
     for k in removes:
         if k in item:
             size -= len(k) + size_of(item.pop(k))

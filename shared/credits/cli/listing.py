@@ -16,6 +16,7 @@ from typing import IO, Any
 import click
 
 from credits import api, keys
+from credits import export as export_
 from credits.cli.common import Failed, credits, one_line_errors
 from credits.cli.target import Target, target_of
 from credits.ledger import Ledger, Transaction, account_view
@@ -91,16 +92,6 @@ def users(ctx: click.Context, limit: int, cursor: str | None) -> int:
 # ---- credits export ---------------------------------------------------------------------------
 
 
-def _csv_cell(value: object) -> object:
-    """A CSV cell: null as empty; text a spreadsheet would run as a formula (a user's own description
-    or reference starting with =, +, -, @, or a tab or carriage return) is quoted with a leading '."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def _bodies(ledger: Ledger, user: str) -> Iterator[dict[str, Any]]:
     """Every entry as GET /credits/transactions answers it, newest first, a page at a time."""
     cursor = None
@@ -115,7 +106,7 @@ def _write_csv(out: IO[str], bodies: Iterable[dict[str, Any]]) -> None:
     rows = csv.writer(out)
     rows.writerow(EXPORT_COLUMNS)
     for body in bodies:
-        rows.writerow([_csv_cell(body[c]) for c in EXPORT_COLUMNS])
+        rows.writerow(export_.row(body))  # the HTTP CSV's cells: null empty, no formula runs
 
 
 def _write_json(out: IO[str], bodies: Iterable[dict[str, Any]]) -> None:

@@ -284,6 +284,7 @@ def entry_writes(pk: str, posted: EntryPosted, now: float) -> list[Write]:
         "monetary_amount": entry.monetary_amount,
         "currency": entry.currency,
         "reason": entry.reason,
+        "action": entry.action,
         "created_at": created,
         "low_balance_threshold": posted.threshold,
         # what it did to the lots (docs/adr/0010-credit-lots.md)
@@ -320,6 +321,7 @@ def transaction(item: Mapping[str, Any]) -> Transaction:
         draws=plain(item.get("draws") or {}),
         lot=item.get("lot"),
         expired_part=item.get("expired_part", 0),
+        action=item.get("action"),
     )
 
 
@@ -332,6 +334,7 @@ def hold_put(pk: str, opened: HoldOpened, now: float) -> Put:
         "state": "open",
         "until_ms": opened.until_ms,
         "description": opened.description,
+        "action": opened.action,
         "idempotency_key": opened.idempotency_key,
         "created_at": iso_utc(now),
         # kept a week past its end, so a late capture is told "expired", never "not found"

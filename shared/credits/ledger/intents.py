@@ -72,6 +72,7 @@ def change_fields(change: Change) -> dict[str, Any]:
         "ttl_seconds": change.ttl_seconds or None,
         "note": change.note,
         "source": e.source if e is not None else None,
+        "action": e.action if e is not None else change.action,
         **(_terms_fields(e.lot) if e is not None and e.lot is not None else {}),
     }
 
@@ -99,6 +100,7 @@ def change_from_fields(item: Mapping[str, Any]) -> Change:
             ttl_seconds=item.get("ttl_seconds", 0),
             description=item.get("description", ""),
             note=item.get("note"),
+            action=item.get("action"),
         )
     entry = Entry(
         item["amount"],
@@ -119,6 +121,7 @@ def change_from_fields(item: Mapping[str, Any]) -> Change:
             item.get("lot_source"),
         ),
         source=item.get("source"),
+        action=item.get("action"),
     )
     return Change(kind, entry, Policy(item["policy"]), idempotency, item.get("ref_fingerprint", ""))
 

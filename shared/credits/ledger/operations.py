@@ -149,10 +149,14 @@ class Ledger:
         description: str,
         reference_id: str | None = None,
         idempotency: Idempotency | None = None,
+        action: str | None = None,
     ) -> Posted:
-        """Spend credits for usage; InsufficientCredits when `available` does not cover it."""
+        """Spend credits for usage; InsufficientCredits when `available` does not cover it. `action`
+        (the priced action or route) is kept on the entry for the usage by action."""
         validate_amount(amount)
-        entry = Entry(-amount, "usage", description, reference_id)
+        if action is not None:
+            validate_token(action, "action")
+        entry = Entry(-amount, "usage", description, reference_id, action=action)
         return self.post(user_id, entry, Policy.USAGE, idempotency=idempotency)
 
     def grant(
@@ -259,21 +263,13 @@ class Ledger:
         description: str,
         ttl_seconds: int = DEFAULT_HOLD_TTL_SECONDS,
         idempotency: Idempotency | None = None,
+        action: str | None = None,
     ) -> Reserved:
         """Open a hold of `amount` credits for `ttl_seconds` (invariant 6): it counts against
         `available` until it is captured, released or expires. InsufficientCredits when it does
         not fit. A repeat with the same Idempotency-Key returns the same hold."""
         validate_token(user_id, "userId")
-        validate_amount(amount)
-        if type(ttl_seconds) is not int or not 1 <= ttl_seconds <= MAX_HOLD_TTL_SECONDS:
-            raise ValidationError(
-                f"ttlSeconds must be an integer from 1 to {MAX_HOLD_TTL_SECONDS}.", [{"field": "ttlSeconds"}]
-            )
-        if idempotency is not None:
-            validate_token(idempotency.key, "Idempotency-Key")
-        change = Change(
-            Kind.RESERVE, idempotency=idempotency, amount=amount, ttl_seconds=ttl_seconds, description=description
-        )
+        change = reserve_change(amount, description, ttl_seconds, idempotency, action)
         v = self.committer.run(user_id, change)
         return Reserved(
             v["hold_id"], v["amount"], v["expires_at_ms"], v["balance"], v["available"], bool(v.get("replayed"))
@@ -352,6 +348,29 @@ class Ledger:
 
     def audit(self, user_id: str) -> Audit:
         return self.reader.audit(user_id)
+
+
+def reserve_change(
+    amount: int, description: str, ttl_seconds: int, idempotency: Idempotency | None, action: str | None
+) -> Change:
+    """A hold's change, its values checked (ValidationError names the field)."""
+    validate_amount(amount)
+    if type(ttl_seconds) is not int or not 1 <= ttl_seconds <= MAX_HOLD_TTL_SECONDS:
+        raise ValidationError(
+            f"ttlSeconds must be an integer from 1 to {MAX_HOLD_TTL_SECONDS}.", [{"field": "ttlSeconds"}]
+        )
+    if idempotency is not None:
+        validate_token(idempotency.key, "Idempotency-Key")
+    if action is not None:
+        validate_token(action, "action")
+    return Change(
+        Kind.RESERVE,
+        idempotency=idempotency,
+        amount=amount,
+        ttl_seconds=ttl_seconds,
+        description=description,
+        action=action,
+    )
 
 
 def validate_terms(terms: LotTerms) -> None:

@@ -93,6 +93,7 @@ class HoldOpened:
     until_ms: int
     description: str
     idempotency_key: str | None
+    action: str | None = None  # the priced action it reserves for: its capture's usage entry names it
 
 
 @dataclass(frozen=True)

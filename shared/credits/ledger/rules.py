@@ -91,6 +91,7 @@ class Change:
     amount: int | None = None  # RESERVE: the amount held; CAPTURE: the amount asked (None: all of it)
     ttl_seconds: int = 0  # RESERVE
     description: str = ""  # RESERVE
+    action: str | None = None  # RESERVE: the priced action (its capture's usage entry names it)
     note: str | None = None  # CAPTURE: kept on the hold with its end (the paywall's response, to replay)
 
     def sks(self) -> list[str]:
@@ -305,7 +306,12 @@ def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[O
     if len(work.holds) >= MAX_OPEN_HOLDS:
         raise TooManyHolds(f"An account keeps at most {MAX_OPEN_HOLDS} open holds; end some first.")
     opened = HoldOpened(
-        ctx.new_id(), change.amount, now_ms + change.ttl_seconds * 1000, change.description, idem.key if idem else None
+        ctx.new_id(),
+        change.amount,
+        now_ms + change.ttl_seconds * 1000,
+        change.description,
+        idem.key if idem else None,
+        change.action,
     )
     work.holds[opened.hold_id] = (opened.amount, opened.until_ms)
     work.draws[opened.hold_id] = lots.draw(work.lots, opened.amount, now_ms)  # it keeps them (ADR 0010)
@@ -324,6 +330,7 @@ def _reserve(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[O
         "state": "open",
         "until_ms": opened.until_ms,
         "description": opened.description,
+        "action": opened.action,
         "idempotency_key": opened.idempotency_key,
     }
     effects: list[Effect] = [opened]
@@ -410,7 +417,14 @@ def _capture(
     effects: list[Effect] = []
     transaction_id = None
     if amount > 0:
-        entry = Entry(-amount, "usage", hold.get("description", ""), f"hold:{change.hold_id}", system_reference=True)
+        entry = Entry(
+            -amount,
+            "usage",
+            hold.get("description", ""),
+            f"hold:{change.hold_id}",
+            system_reference=True,
+            action=hold.get("action"),
+        )
         work.spend(amount)
         posted = work.append(entry, None, entry_fingerprint(entry), found, ctx, draws=spent)
         effects.append(posted)

@@ -105,6 +105,7 @@ class Entry:
     # a refund's or a dispute's clawback: the purchase (`purchase:<payment>`) whose lot it draws first
     # and whose already expired credits it never takes back
     source: str | None = None
+    action: str | None = None  # usage: the priced action (or route) that charged it, for insights
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class Transaction:
     draws: Mapping[str, int] = field(default_factory=dict)  # lot id -> credits a debit took from it
     lot: str | None = None  # the lot a credit went to
     expired_part: int = 0  # a refund's or dispute's credits that had expired already (not taken again)
+    action: str | None = None  # usage: the priced action (or route) that charged it
 
 
 @dataclass

@@ -85,6 +85,8 @@ class _Expression:
         sets = [f"{self.name(k)} = {self.value(v)}" for k, v in op.set.items()]
         sets += [f"{(n := self.name(k))} = if_not_exists({n}, {self.value(v)})" for k, v in op.set_if_absent.items()]
         sets += [f"{(n := self.name(k))} = {n} + {self.value(v)}" for k, v in op.increment.items()]
+        zero = self.value(0) if op.add else ""
+        sets += [f"{(n := self.name(k))} = if_not_exists({n}, {zero}) + {self.value(v)}" for k, v in op.add.items()]
         text = "SET " + ", ".join(sets) if sets else ""
         if op.remove:
             text += " REMOVE " + ", ".join(self.name(k) for k in op.remove)

@@ -137,6 +137,7 @@ class Update:
     increment: Mapping[str, int] = field(default_factory=dict)  # attr = attr + n (the attribute must exist)
     remove: tuple[str, ...] = ()
     condition: Cond | None = None
+    add: Mapping[str, int] = field(default_factory=dict)  # attr = attr + n, from 0 when absent (a counter)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+"""insights: the credits table's stream to each user's daily usage totals (credits.insights).
+
+Invoked by the stream's event source mapping with only new ledger entries (template.yaml filters the
+rest out). Each record adds its entry to its user's day once (a marker per entry in the same
+transaction: a redelivered or retried record adds nothing). Powertools' batch processor reports the
+records that failed (a throttle, the network) as batch item failures, so only they are retried; a
+record that keeps failing goes to the insights dead-letter queue (alarmed) and the shard goes on. The
+ledger stays the source of truth: totals can be recounted from it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from credits import config, insights, keys
+from credits.aws import dynamodb_client
+from credits.ledger import codec
+from credits.store import DynamoStore
+from credits.store.interface import plain
+
+store = DynamoStore(dynamodb_client(), config.require("CREDITS_TABLE_NAME"))
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+logger = Logger()
+metrics = Metrics()
+
+
+def count_record(record: DynamoDBRecord) -> None:
+    """One stream record: its entry added to its user's day (nothing for a redelivery)."""
+    image = record.dynamodb.new_image if record.dynamodb is not None else None
+    if not image or not str(image.get("sk", "")).startswith(keys.TX):
+        return  # not a ledger entry (the mapping's filter lets none through)
+    item = plain(dict(image))
+    user_id = str(item["pk"])[len(keys.USER) :]
+    if insights.count(store, user_id, codec.transaction(item), time.time()):
+        metrics.add_metric(name="InsightsCounted", unit=MetricUnit.Count, value=1)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return dict(
+        process_partial_response(event=event, record_handler=count_record, processor=processor, context=context)
+    )

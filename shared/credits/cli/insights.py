@@ -1,0 +1,40 @@
+"""`credits usage USER --since 30d`: where a user's credits went, by action (the page's table)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import click
+
+from credits import insights
+from credits.cli.common import Failed, credits, one_line_errors
+from credits.cli.target import target_of
+
+
+@click.command()
+@click.argument("user")
+@click.option("--since", default="30d", show_default=True, help="how far back: Nd (days, at most 366)")
+@click.pass_context
+@one_line_errors
+def usage(ctx: click.Context, user: str, since: str) -> int:
+    """A user's credits spent by action, bought, granted, expired and clawed back since a number of
+    days ago (UTC days, today included), from the daily totals the insights function keeps."""
+    found = re.fullmatch(r"(\d{1,3})d", since)
+    if found is None or not 1 <= int(found.group(1)) <= insights.MAX_DAYS:
+        raise Failed(f"--since must be a number of days, 1d to {insights.MAX_DAYS}d")
+    today = datetime.now(UTC).date()
+    start = today - timedelta(days=int(found.group(1)) - 1)
+    target = target_of(ctx)
+    body = insights.usage(target.store, user, start.isoformat(), today.isoformat(), "day", today)
+    totals = body["totals"]
+    click.echo(f"{user}  {body['from']} to {body['to']}  ({target.where})")
+    click.echo(f"  spent        {credits(totals['spent'])}")
+    for action, n in totals["byAction"].items():
+        share = n * 100 / totals["spent"] if totals["spent"] else 0
+        click.echo(f"    {action:<24} {credits(n):>16}  {share:5.1f} %")
+    for label, name in (("bought", "bought"), ("granted", "granted"), ("expired", "expired")):
+        click.echo(f"  {label:<12} {credits(totals[name])}")
+    click.echo(f"  clawed back  {credits(totals['clawedBack'])}")
+    click.echo(f"  debited      {credits(totals['debited'])}")
+    return 0

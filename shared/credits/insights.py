@@ -1,0 +1,192 @@
+"""Usage insights: per-user daily totals kept from the credits table's stream, never on the charge path.
+
+Each ledger entry (a `TX#` insert on the stream) adds to its user's day (UTC, from the entry's
+`created_at`) in the item `USAGE#<day>`: credits spent by action (`spent:<action>`; a usage entry
+without an action, from before actions were recorded, counts as `other`), bought, granted, expired,
+clawed back (refunds and disputes, less what won disputes gave back), debited by an operator.
+
+Counted exactly once: the day's update and a marker `COUNTED#<seq>` are one transaction whose marker
+must not exist, so a record delivered twice, or retried after a partial batch, adds nothing the second
+time; records arriving out of order add the same sums (addition commutes). The marker lives a week
+(the stream keeps records 24 hours).
+
+`GET /credits/usage` reads the days back (one Query); a month is the sum of its days. No I/O here but
+through the `Store`; the stream function (`functions/insights`) is thin.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from credits import keys
+from credits.errors import ValidationError
+from credits.ledger import Transaction
+from credits.store import Put, Store, TransactionCancelled, Update, absent
+
+COUNTED_RETENTION_SECONDS = 7 * 86_400
+SPENT = "spent:"  # attribute prefix: credits spent on one action that day
+OTHER = "other"  # usage recorded without an action
+MAX_DAYS = 366  # the longest range GET /credits/usage answers
+DEFAULT_DAYS = 30
+FIGURES = ("bought", "granted", "expired", "clawed_back", "debited")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def movements(tx: Transaction) -> dict[str, int]:
+    """What one entry adds to its day's totals (attribute -> credits, all positive but a won
+    dispute's give-back, which lowers `clawed_back`)."""
+    amount = tx.amount
+    if tx.type == "usage":
+        return {f"{SPENT}{tx.action or OTHER}": -amount} if amount else {}
+    if tx.type == "purchase":
+        return {"bought": amount}
+    if tx.type == "expiration":
+        return {"expired": -amount}
+    if tx.type in ("refund", "dispute"):
+        return {"clawed_back": -amount} if amount else {}
+    if tx.type in ("gift", "adjustment"):
+        return {"granted": amount} if amount > 0 else {"debited": -amount}
+    return {}
+
+
+def count(store: Store, user_id: str, tx: Transaction, now: float) -> bool:
+    """Add one entry to its user's day, once; False when it was counted before (a redelivery)."""
+    adds = movements(tx)
+    if not adds:
+        return False
+    pk = keys.user_pk(user_id)
+    marker = Put(
+        {"pk": pk, "sk": keys.counted_sk(tx.seq), "expires_at": int(now) + COUNTED_RETENTION_SECONDS},
+        absent("pk"),
+    )
+    day = Update((pk, keys.usage_sk(tx.created_at[:10])), set={"day": tx.created_at[:10]}, add=adds)
+    try:
+        # a token of this call's own: a resend by the store's retries is this call's; another
+        # delivery of the entry is told apart by the marker, never by the token
+        store.transact([marker, day], token=uuid.uuid4().hex)
+    except TransactionCancelled as cancelled:
+        if cancelled.condition_failed(0, 1):
+            return False  # counted already
+        raise
+    return True
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Period:
+    """One day's or month's totals."""
+
+    period: str  # YYYY-MM-DD or YYYY-MM
+    spent: dict[str, int] = field(default_factory=dict)  # by action
+    figures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FIGURES, 0))
+
+    def add(self, item: Mapping[str, Any]) -> None:
+        for name, value in item.items():
+            if name.startswith(SPENT):
+                action = name[len(SPENT) :]
+                self.spent[action] = self.spent.get(action, 0) + int(value)
+            elif name in self.figures:
+                self.figures[name] += int(value)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "period": self.period,
+            "spent": sum(self.spent.values()),
+            "byAction": dict(sorted(self.spent.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "bought": self.figures["bought"],
+            "granted": self.figures["granted"],
+            "expired": self.figures["expired"],
+            "clawedBack": self.figures["clawed_back"],
+            "debited": self.figures["debited"],
+        }
+
+
+def days_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
+    """`from` and `to` (inclusive, YYYY-MM-DD; default the last 30 days to today) as dates; at most
+    MAX_DAYS days, `from` not after `to`: else ValidationError (400)."""
+    last = _day(end, "to") if end else today
+    first = _day(start, "from") if start else last - timedelta(days=DEFAULT_DAYS - 1)
+    if first > last:
+        raise ValidationError("from must not be after to.", [{"field": "from"}])
+    if (last - first).days + 1 > MAX_DAYS:
+        raise ValidationError(f"A range covers at most {MAX_DAYS} days.", [{"field": "from"}])
+    return first, last
+
+
+def _day(text: str, name: str) -> date:
+    if not _DAY.fullmatch(text):
+        raise ValidationError(f"{name} must be a date, YYYY-MM-DD.", [{"field": name}])
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(f"{name} must be a date, YYYY-MM-DD.", [{"field": name}]) from None
+
+
+def read_days(store: Store, user_id: str, first: date, last: date) -> list[dict[str, Any]]:
+    """The user's daily items from `first` to `last` (one Query, page after page)."""
+    pk, after = keys.user_pk(user_id), keys.usage_sk((first - timedelta(days=1)).isoformat()) + "~"
+    end = keys.usage_sk(last.isoformat())
+    items: list[dict[str, Any]] = []
+    while True:
+        page = store.query(pk, keys.USAGE, after=after)
+        for item in page.items:
+            if item["sk"] > end:
+                return items
+            items.append(item)
+        if page.last_sk is None:
+            return items
+        after = page.last_sk
+
+
+def series(items: Iterable[Mapping[str, Any]], first: date, last: date, granularity: str) -> list[Period]:
+    """Every day (or month) from `first` to `last`, zeros included, in order."""
+    if granularity not in ("day", "month"):
+        raise ValidationError("granularity must be day or month.", [{"field": "granularity"}])
+    width = 10 if granularity == "day" else 7
+    periods: dict[str, Period] = {}
+    day = first
+    while day <= last:
+        name = day.isoformat()[:width]
+        periods.setdefault(name, Period(name))
+        day += timedelta(days=1)
+    for item in items:
+        name = str(item["sk"])[len(keys.USAGE) :][:width]
+        if name in periods:
+            periods[name].add(item)
+    return list(periods.values())
+
+
+def usage_body(periods: list[Period], first: date, last: date, granularity: str) -> dict[str, Any]:
+    """GET /credits/usage: the series and the totals of the range (spent by action)."""
+    total = Period(f"{first.isoformat()}/{last.isoformat()}")
+    for p in periods:
+        for action, n in p.spent.items():
+            total.spent[action] = total.spent.get(action, 0) + n
+        for name in FIGURES:
+            total.figures[name] += p.figures[name]
+    totals = total.body()
+    del totals["period"]
+    return {
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "granularity": granularity,
+        "series": [p.body() for p in periods],
+        "totals": totals,
+    }
+
+
+def usage(
+    store: Store, user_id: str, start: str | None, end: str | None, granularity: str | None, today: date
+) -> dict[str, Any]:
+    """GET /credits/usage?from=&to=&granularity=: the user's series and totals (400 for a bad range)."""
+    first, last = days_range(start, end, today)
+    grain = granularity or "day"
+    periods = series(read_days(store, user_id, first, last), first, last, grain)
+    return usage_body(periods, first, last, grain)

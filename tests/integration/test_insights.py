@@ -1,0 +1,125 @@
+"""Usage insights on DynamoDB Local (AWS's own engine): the insights function, two container
+processes at once, is handed every ledger entry's stream record twice, shuffled and in batches (as
+a retried or redelivered shard would): every daily total is exact, by hand and against a recount
+from the ledger."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from credits import insights, keys
+from credits.ledger import Ledger, LotTerms
+from tests.integration.conftest import LocalTables
+from tests.support import fleet
+
+DAY = 86_400.0
+
+
+def stream_records(tables: LocalTables, user: str) -> list[dict[str, Any]]:
+    """The user's ledger entries as the stream's INSERT records (NEW_IMAGE), in seq order."""
+    client: Any = tables.client
+    items = client.query(
+        TableName=tables.credits,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :tx)",
+        ExpressionAttributeValues={":pk": {"S": keys.user_pk(user)}, ":tx": {"S": keys.TX}},
+        ConsistentRead=True,
+    )["Items"]
+    return [
+        {
+            "eventID": f"{user}-{n}",
+            "eventName": "INSERT",
+            "eventSource": "aws:dynamodb",
+            "eventSourceARN": "arn:aws:dynamodb:us-east-1:000000000000:table/credits/stream/2026",
+            "dynamodb": {
+                "Keys": {"pk": item["pk"], "sk": item["sk"]},
+                "NewImage": item,
+                "SequenceNumber": f"{user}{n:08d}",
+                "StreamViewType": "NEW_IMAGE",
+            },
+        }
+        for n, item in enumerate(items)
+    ]
+
+
+def deliver_twice_shuffled(records: list[dict[str, Any]], seed: int) -> int:
+    """Every record twice, shuffled, in batches of 7, to two containers at once; a batch's failed
+    records are sent again until none fail. The number of deliveries."""
+    deliveries = [*records, *records]
+    random.Random(seed).shuffle(deliveries)
+    batches = [deliveries[i : i + 7] for i in range(0, len(deliveries), 7)]
+    with fleet("insights", 2) as containers:
+        lock = threading.Lock()
+        sent = 0
+
+        def run(worker: int) -> None:
+            nonlocal sent
+            for batch in batches[worker::2]:
+                while batch:
+                    answer = containers.containers[worker].invoke({"Records": batch})
+                    failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
+                    with lock:
+                        sent += len(batch)
+                    batch = [r for r in batch if r["dynamodb"]["SequenceNumber"] in failed]
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(run, range(2)))
+    return sent
+
+
+def days_of(tables: LocalTables, user: str) -> dict[str, dict[str, int]]:
+    client: Any = tables.client
+    items = client.query(
+        TableName=tables.credits,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :u)",
+        ExpressionAttributeValues={":pk": {"S": keys.user_pk(user)}, ":u": {"S": keys.USAGE}},
+        ConsistentRead=True,
+    )["Items"]
+    return {item["sk"]["S"][len(keys.USAGE) :]: {k: int(v["N"]) for k, v in item.items() if "N" in v} for item in items}
+
+
+def recount(ledger: Ledger, user: str) -> dict[str, dict[str, int]]:
+    """The daily totals recomputed from the ledger itself."""
+    days: dict[str, Counter[str]] = {}
+    for tx in ledger.history(user):
+        days.setdefault(tx.created_at[:10], Counter()).update(insights.movements(tx))
+    return {day: dict(totals) for day, totals in days.items()}
+
+
+def test_records_delivered_twice_and_out_of_order_count_every_entry_once(local_tables: LocalTables) -> None:
+    now = time.time()
+    earlier = Ledger(local_tables.client, local_tables.credits, clock=lambda: now - 2 * DAY)  # type: ignore[arg-type]
+    ledger = local_tables.ledger()
+    # two days ago: a purchase-sized grant and usage on two actions
+    earlier.grant("ann", 500, type="gift", description="welcome")
+    for _ in range(3):
+        earlier.charge("ann", 5, description="a picture", action="generate")
+    earlier.charge("ann", 7, description="a report", action="analyze")
+    # today: more usage, one charge without an action, an operator's debit, a dated grant that expires
+    ledger.charge("ann", 5, description="a picture", action="generate")
+    ledger.charge("ann", 2, description="by hand")
+    ledger.adjust("ann", -10, description="correction")
+    flash = LotTerms(expires_at_ms=int(time.time() * 1000) + 1500)
+    ledger.grant("ann", 40, type="gift", description="flash", lot=flash)
+    ledger.grant("bob", 9, type="adjustment", description="goodwill")
+    time.sleep(1.6)
+    assert ledger.sweep("ann") == 1  # the flash credits expired: 40
+
+    records = stream_records(local_tables, "ann") + stream_records(local_tables, "bob")
+    assert deliver_twice_shuffled(records, seed=7) >= 2 * len(records)
+
+    day_before = time.strftime("%Y-%m-%d", time.gmtime(now - 2 * DAY))
+    today = time.strftime("%Y-%m-%d", time.gmtime(time.time()))
+    ann = days_of(local_tables, "ann")
+    assert ann[day_before] == {"granted": 500, "spent:generate": 15, "spent:analyze": 7}
+    assert ann[today] == {"spent:generate": 5, "spent:other": 2, "debited": 10, "granted": 40, "expired": 40}
+    assert days_of(local_tables, "bob") == {today: {"granted": 9}}
+    assert ann == recount(ledger, "ann")  # the ledger itself agrees, figure for figure
+
+    # the same records once more (a shard replayed from its start): nothing moves
+    deliver_twice_shuffled(records, seed=8)
+    assert days_of(local_tables, "ann") == ann
