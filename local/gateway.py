@@ -78,13 +78,15 @@ if TYPE_CHECKING:
 
 WEBHOOK_PATH = "/webhook"
 # The API's contract and a readable reference of it (Swagger UI from npm's swagger-ui-dist, pinned in
-# package.json, served from node_modules: no CDN), as `make dev` serves them.
+# package.json, served from node_modules: no CDN), as `make dev` serves them; and the page's one
+# third-party script, Chart.js's UMD build (npm's chart.js, pinned the same way) for its usage chart.
 OPENAPI_SPEC = ROOT / "docs" / "openapi.yaml"
 API_DOCS = {
     "/docs/": ROOT / "local" / "docs" / "index.html",
     "/docs/api-docs.js": ROOT / "local" / "docs" / "api-docs.js",
     "/docs/swagger-ui.css": ROOT / "node_modules" / "swagger-ui-dist" / "swagger-ui.css",
     "/docs/swagger-ui-bundle.js": ROOT / "node_modules" / "swagger-ui-dist" / "swagger-ui-bundle.js",
+    "/vendor/chart.umd.js": ROOT / "node_modules" / "chart.js" / "dist" / "chart.umd.js",
 }
 ISSUER = "credits-local"
 AUDIENCE = "credits-local-web"

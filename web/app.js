@@ -1,8 +1,9 @@
 "use strict";
 // The credits page: sign-in (local stand-in or host-supplied token), balance, packages, checkout
-// return, paid actions, settings and history. Talks to the API only through its public routes; on the
-// local stack it also shows the user's events from the local event bus (/local/notifications) and, with
-// the Stripe emulator, test tools that act on the user's payments (/local/stripe/payments).
+// return, paid actions, settings, usage (a chart, drawn by Chart.js) and history (also as a CSV file).
+// Talks to the API only through its public routes; on the local stack it also shows the user's events
+// from the local event bus (/local/notifications) and, with the Stripe emulator, test tools that act on
+// the user's payments (/local/stripe/payments).
 (() => {
   const cfg = Object.assign({ apiBase: "", auth: "local", actionLabels: {}, actionPath: null, lowBalance: 10 },
     window.CREDITS_CONFIG);
@@ -21,6 +22,7 @@
     packages: [], settings: null, settingsDirty: false, notes: new Set(), notesLoaded: false, notesTimer: null,
     notesBusy: false, rows: new Map(), purchases: new Map(), payments: [], tools: false, toolsMissing: false,
     toolsBusy: false, checkoutSession: null, limitRefused: false, expiryTimer: null,
+    chart: null, usageShown: "", usageSeq: 0, usageDrawn: 0, usageTotals: null, usageWatch: null,
   };
   let packagesReady = Promise.resolve();
   let localConfig = Promise.resolve(null);
@@ -104,6 +106,14 @@
   }
 
   async function request(method, path, body, extraHeaders = {}) {
+    const res = await send(method, path, body, extraHeaders);
+    const data = await res.json().catch(() => null);
+    if (!res.ok) throw new ApiError(res.status, data);
+    return { data, headers: res.headers };
+  }
+
+  // The fetch itself, with the user's token: the answer as it came (a 401 signs out), for JSON or a file.
+  async function send(method, path, body, extraHeaders = {}) {
     // The local sign-in needs no token; every other route, /local/notifications and /local/stripe/ included, does.
     const anonymous = path === "/local/sign-in";
     const token = anonymous ? null : await getToken();
@@ -116,10 +126,8 @@
     } catch {
       throw new ApiError(0, { error: { code: "network", message: "Network problem: check your connection and try again." } });
     }
-    const data = await res.json().catch(() => null);
     if (res.status === 401 && !anonymous) signedOut("Your session has expired. Please sign in again.");
-    if (!res.ok) throw new ApiError(res.status, data);
-    return { data, headers: res.headers };
+    return res;
   }
 
   function userFromToken(token) {
@@ -127,7 +135,7 @@
   }
 
   function showSignedIn(yes) {
-    ["#account", "#wallet", "#settings-card", "#history-card"].forEach((id) => ($(id).hidden = !yes));
+    ["#account", "#wallet", "#settings-card", "#usage-card", "#history-card"].forEach((id) => ($(id).hidden = !yes));
     $("#notifications-card").hidden = !yes || cfg.auth !== "local"; // the local event bus only
     showTools(); // the local Stripe emulator only
   }
@@ -146,6 +154,7 @@
     Object.assign(state, { balance: null, available: null, cursor: null, settings: null, settingsDirty: false,
       payments: [], checkoutSession: null, limitRefused: false });
     showLots(null);
+    clearUsage();
     state.ids.clear();
     state.rows.clear();
     state.purchases.clear();
@@ -372,7 +381,197 @@
     $("#history-more").hidden = !page.nextCursor;
   }
 
-  const refresh = () => Promise.all([loadBalance(), loadHistory(), loadSettings(), loadPayments()]).catch(report);
+  const refresh = () => Promise.all([loadBalance(), loadHistory(), loadSettings(), loadPayments(), loadUsage()])
+    .catch(report);
+
+  // ---- usage chart and the history as CSV ---------------------------------------------------
+  // The last 30 days' credits spent per day, stacked by action (GET /credits/usage, drawn by Chart.js),
+  // and under it this UTC month's spending by action (the same route, granularity=month, from the 1st).
+  // The route is kept from the ledger's stream, a moment after a charge: after one, the page asks again
+  // every USAGE_POLL_MS until the figures include it, and redraws; after USAGE_FAST_MS (a slow stream,
+  // a loaded machine) every USAGE_SLOW_POLL_MS, and it gives up USAGE_WATCH_MS after the last charge.
+  const [USAGE_POLL_MS, USAGE_FAST_MS, USAGE_SLOW_POLL_MS, USAGE_WATCH_MS] = [500, 10_000, 2000, 30_000];
+  const USAGE_COLORS = ["#4f46e5", "#0d9488", "#e8a23a", "#db2777", "#0284c7", "#65a30d", "#7c3aed", "#dc2626"];
+  const OTHER_COLOR = "#9aa1ae";
+  const USAGE_TICK_PX = 72; // the room a day's name ("28 Nov") takes under the chart
+  const DAY_LABEL = { day: "numeric", month: "short", timeZone: "UTC" };
+  const dayLabel = (period) => new Date(`${period}T00:00:00Z`).toLocaleDateString(undefined, DAY_LABEL);
+  const usageLabel = (id) => actionLabel(id) || labelOf(id);
+
+  // The actions a usage answer spent on: the price list's order (cheapest first), then any other (`other`).
+  function usageActions(series) {
+    const spent = new Set(series.flatMap((day) => Object.keys(day.byAction || {}).filter((id) => day.byAction[id])));
+    const known = cfg.actions.map((a) => a.id).filter((id) => spent.has(id));
+    return [...known, ...[...spent].filter((id) => !known.includes(id)).sort()];
+  }
+
+  function usageColor(id) {
+    const i = cfg.actions.findIndex((a) => a.id === id);
+    return i < 0 ? OTHER_COLOR : USAGE_COLORS[i % USAGE_COLORS.length];
+  }
+
+  function chartOptions() {
+    const still = window.matchMedia && matchMedia("(prefers-reduced-motion: reduce)").matches;
+    return {
+      responsive: true, maintainAspectRatio: false, animation: still ? false : { duration: 300 },
+      interaction: { mode: "index", intersect: false },
+      scales: {
+        // A day's name every few days, counted back from today's (the last bar), as many as the width fits.
+        x: { stacked: true, grid: { display: false }, ticks: { maxRotation: 0, autoSkip: false,
+          callback(value, index, ticks) {
+            const step = Math.ceil(ticks.length / Math.max(2, Math.floor(this.chart.width / USAGE_TICK_PX)));
+            return (ticks.length - 1 - index) % step === 0 ? dayLabel(this.getLabelForValue(value)) : "";
+          } } },
+        y: { stacked: true, beginAtZero: true, ticks: { precision: 0, callback: (value) => num(value) },
+          grid: { color: "#eef0f4" } },
+      },
+      plugins: {
+        legend: { position: "bottom",
+          labels: { boxWidth: 12, boxHeight: 12, usePointStyle: true, pointStyle: "rectRounded" } },
+        tooltip: { callbacks: {
+          title: (items) => (items.length ? dayLabel(items[0].label) : ""),
+          label: (item) => `${item.dataset.label}: ${credits(item.parsed.y)}`,
+          footer: (items) => `Total: ${credits(items.reduce((sum, item) => sum + item.parsed.y, 0))}`,
+        } },
+      },
+    };
+  }
+
+  // The chart: its labels are the days as the API names them (YYYY-MM-DD), shown as "6 Dec".
+  function drawUsage(usage) {
+    const series = usage.series || [];
+    const actions = usageActions(series);
+    const { spent, byAction } = usage.totals;
+    const parts = actions.map((id) => `${usageLabel(id)} ${num(byAction[id] || 0)}`);
+    const drawable = typeof window.Chart === "function"; // else vendor/chart.umd.js is not where the page is
+    $("#usage-unavailable").hidden = drawable;
+    $("#usage-empty").hidden = !drawable || spent > 0;
+    $("#usage-chart").setAttribute("aria-label", "Credits spent per day over the last 30 days, by action: "
+      + `${credits(spent)} in all${parts.length ? ` (${parts.join(", ")})` : ""}.`);
+    if (!drawable) return;
+    const data = {
+      labels: series.map((day) => day.period),
+      datasets: actions.map((id) => ({
+        label: usageLabel(id), action: id, data: series.map((day) => (day.byAction || {})[id] || 0),
+        backgroundColor: usageColor(id), borderRadius: 3, maxBarThickness: 28,
+      })),
+    };
+    if (!state.chart) {
+      Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
+      Chart.defaults.color = "#626a7a";
+      state.chart = new Chart($("#usage-chart"), { type: "bar", data, options: chartOptions() });
+    } else {
+      state.chart.data = data;
+      state.chart.update();
+    }
+  }
+
+  // "This month: 1,240 credits: Generate 800, Analyze 390, Search 50", most spent first.
+  function showMonth(month) {
+    const { spent, byAction } = month.totals;
+    const parts = Object.entries(byAction || {}).filter(([, n]) => n > 0)
+      .sort(([a, x], [b, y]) => y - x || usageLabel(a).localeCompare(usageLabel(b)))
+      .map(([id, n]) => `${usageLabel(id)} ${num(n)}`);
+    $("#usage-month").textContent = spent > 0 ? `This month: ${credits(spent)}: ${parts.join(", ")}`
+      : "Nothing spent this month yet: your paid actions show up here.";
+    $("#usage-month").classList.toggle("muted", !(spent > 0));
+  }
+
+  const isoDay = (date) => date.toISOString().slice(0, 10);
+
+  // Both answers (the 30 days by day, this month); drawn unless a later request was drawn already, or
+  // the user changed meanwhile. Resolves to what is shown: { days, month } totals.
+  async function loadUsage() {
+    const seq = ++state.usageSeq;
+    const token = await getToken();
+    const today = new Date();
+    const first = new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), 1));
+    const month = new URLSearchParams({ from: isoDay(first), to: isoDay(today), granularity: "month" });
+    const [days, thisMonth] = await Promise.all([api("GET", "/credits/usage"), api("GET", `/credits/usage?${month}`)]);
+    if (seq < state.usageDrawn || token !== (await getToken()) || !isSignedIn()) return state.usageTotals;
+    state.usageDrawn = seq;
+    state.usageTotals = { days: days.totals.spent, month: thisMonth.totals.spent };
+    const shown = JSON.stringify([days, thisMonth]);
+    if (shown !== state.usageShown) { // unchanged: nothing to redraw
+      state.usageShown = shown;
+      drawUsage(days);
+      showMonth(thisMonth);
+    }
+    return state.usageTotals;
+  }
+
+  // After a charge: ask again until both figures include it (more charges meanwhile add theirs), never
+  // holding up the page; a charge the stream is slow to deliver shows at the next refresh.
+  function watchUsage(charged) {
+    if (!(charged > 0)) return;
+    const base = state.usageTotals || { days: 0, month: 0 };
+    const watch = state.usageWatch;
+    state.usageWatch = {
+      days: (watch ? watch.days : base.days) + charged,
+      month: (watch ? watch.month : base.month) + charged,
+      since: Date.now(),
+    };
+    if (!watch) pollUsage();
+  }
+
+  async function pollUsage() {
+    const waited = () => Date.now() - state.usageWatch.since;
+    while (state.usageWatch && waited() < USAGE_WATCH_MS && isSignedIn()) {
+      await sleep(waited() < USAGE_FAST_MS ? USAGE_POLL_MS : USAGE_SLOW_POLL_MS);
+      if (!state.usageWatch) break; // signed out meanwhile
+      const shown = await loadUsage().catch(() => null); // a missed poll is made up by the next one
+      const want = state.usageWatch;
+      if (shown && want && shown.days >= want.days && shown.month >= want.month) break;
+    }
+    state.usageWatch = null;
+  }
+
+  function clearUsage() {
+    if (state.chart) state.chart.destroy();
+    // A request still on its way is not drawn: usageDrawn is past it.
+    Object.assign(state, { chart: null, usageShown: "", usageDrawn: ++state.usageSeq, usageTotals: null,
+      usageWatch: null });
+    $("#usage-month").textContent = "";
+    $("#usage-empty").hidden = true;
+  }
+
+  // The file's name from Content-Disposition (`filename*=UTF-8''…` or `filename="…"`), else a default.
+  function fileName(disposition) {
+    const text = String(disposition || "");
+    const plain = /filename\s*=\s*(?:"([^"]*)"|([^;\s]+))/i.exec(text);
+    const encoded = /filename\*\s*=\s*UTF-8''([^;\s]+)/i.exec(text);
+    let name = plain ? plain[1] ?? plain[2] : "";
+    try {
+      if (encoded) name = decodeURIComponent(encoded[1]);
+    } catch {
+      // not percent-encoded after all: the plain name, if any
+    }
+    name = name.replace(/[\\/\u0000-\u001f]/g, "").trim();
+    return name || "credits-history.csv";
+  }
+
+  // The whole history as CSV: fetched with the token (a link cannot send it), then saved as a file.
+  async function downloadCsv(event) {
+    const button = event.currentTarget;
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    try {
+      const res = await send("GET", "/credits/transactions", undefined, { Accept: "text/csv" });
+      if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
+      const blob = await res.blob();
+      const url = URL.createObjectURL(blob);
+      const link = el("a", { href: url, download: fileName(res.headers.get("Content-Disposition")), hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000); // the browser has long since read it
+    } catch (err) {
+      report(err);
+    } finally {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
+  }
 
   // ---- settings -----------------------------------------------------------------------------
   const SETTINGS_FIELDS = { lowBalanceThreshold: "#low-balance-threshold", monthlySpendLimit: "#monthly-spend-limit" };
@@ -780,6 +979,7 @@
         const charged = Number(r.headers.get("Credits-Charged") || 0);
         state.retryKeys.delete(action.id);
         say(`${action.label} done: ${credits(charged)} spent.`, "success");
+        watchUsage(charged); // not awaited: the chart follows when the stream has counted it
         await refresh();
       } else {
         const r = await api("POST", "/credits/use", { action: action.id }, { "Idempotency-Key": key });
@@ -789,6 +989,7 @@
           description: action.id, createdAt: new Date().toISOString() }], true);
         say(`${action.label}: ${credits(r.charged)} spent.`, "success");
         loadSettings().catch(() => {});
+        watchUsage(r.charged);
       }
     } catch (err) {
       // After a network failure or a 503 the outcome is unknown: the next click retries with the same key.
@@ -1014,6 +1215,7 @@
     $("#refresh-button").addEventListener("click", refresh);
     $("#settings-form").addEventListener("submit", saveSettings);
     $("#settings-form").addEventListener("input", () => { state.settingsDirty = true; settingsUnits(); });
+    $("#history-csv").addEventListener("click", downloadCsv);
     $("#history-more").addEventListener("click", (e) => {
       e.target.disabled = true;
       loadHistory(true).catch(report).finally(() => (e.target.disabled = false));

@@ -150,17 +150,16 @@ class GrantRequest(_Request):
 
     def lot_terms(self, now: float) -> LotTerms | None:
         """The terms of the lot the credits go to; None when the request gives none (paid, no expiry).
-        An expiry is in the future and at most MAX_EXPIRES_IN_DAYS ahead: else bad input, 400, nothing
-        written (not even under the Idempotency-Key: the request never started). The ledger checks it
-        again when it decides (a refusal it remembers under the key, for a retry on another clock)."""
+        An expiry at most MAX_EXPIRES_IN_DAYS ahead, else 400 with nothing written. That it is in the
+        future, the ledger decides, after the request's key and reference: a retry of a grant that
+        landed replays its answer even once its expiry passed; a new request whose expiry passed is
+        refused (400), and under an Idempotency-Key that refusal is remembered."""
         if all(getattr(self, name) is None for name in LOT_FIELDS):
             return None
         now_ms = int(now * 1000)
         expires_ms: int | None = None
         if self.expiresAt is not None:
             expires_ms = (datetime.fromisoformat(self.expiresAt) - EPOCH) // timedelta(milliseconds=1)
-            if expires_ms <= now_ms:
-                raise ValidationError("expiresAt must be in the future.", [{"field": "expiresAt"}])
             if expires_ms > now_ms + MAX_EXPIRES_IN_DAYS * 86_400_000:
                 raise ValidationError(
                     f"expiresAt must be at most {MAX_EXPIRES_IN_DAYS} days ahead.", [{"field": "expiresAt"}]

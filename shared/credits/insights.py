@@ -35,6 +35,7 @@ MAX_DAYS = 366  # the longest range GET /credits/usage answers
 DEFAULT_DAYS = 30
 FIGURES = ("bought", "granted", "expired", "clawed_back", "debited")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9999, 12, 30)
 
 
 def movements(tx: Transaction) -> dict[str, int]:
@@ -121,12 +122,17 @@ def days_range(start: str | None, end: str | None, today: date) -> tuple[date, d
 
 
 def _day(text: str, name: str) -> date:
+    """A date from 1970-01-01 to 9999-12-30 (the day before and after stay dates)."""
+    problem = ValidationError(f"{name} must be a date, YYYY-MM-DD, from 1970 on.", [{"field": name}])
     if not _DAY.fullmatch(text):
-        raise ValidationError(f"{name} must be a date, YYYY-MM-DD.", [{"field": name}])
+        raise problem
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
-        raise ValidationError(f"{name} must be a date, YYYY-MM-DD.", [{"field": name}]) from None
+        raise problem from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise problem
+    return day
 
 
 def read_days(store: Store, user_id: str, first: date, last: date) -> list[dict[str, Any]]:

@@ -20,15 +20,21 @@ from tests.support import fleet
 DAY = 86_400.0
 
 
-def stream_records(tables: LocalTables, user: str) -> list[dict[str, Any]]:
-    """The user's ledger entries as the stream's INSERT records (NEW_IMAGE), in seq order."""
+def raw_items(tables: LocalTables, user: str, prefix: str) -> list[dict[str, Any]]:
+    """The user's items whose sort key starts with `prefix`, as DynamoDB holds them (one page)."""
     client: Any = tables.client
-    items = client.query(
+    found: list[dict[str, Any]] = client.query(
         TableName=tables.credits,
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :tx)",
-        ExpressionAttributeValues={":pk": {"S": keys.user_pk(user)}, ":tx": {"S": keys.TX}},
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+        ExpressionAttributeValues={":pk": {"S": keys.user_pk(user)}, ":prefix": {"S": prefix}},
         ConsistentRead=True,
     )["Items"]
+    return found
+
+
+def stream_records(tables: LocalTables, user: str) -> list[dict[str, Any]]:
+    """The user's ledger entries as the stream's INSERT records (NEW_IMAGE), in seq order."""
+    items = raw_items(tables, user, keys.TX)
     return [
         {
             "eventID": f"{user}-{n}",
@@ -72,13 +78,7 @@ def deliver_twice_shuffled(records: list[dict[str, Any]], seed: int) -> int:
 
 
 def days_of(tables: LocalTables, user: str) -> dict[str, dict[str, int]]:
-    client: Any = tables.client
-    items = client.query(
-        TableName=tables.credits,
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :u)",
-        ExpressionAttributeValues={":pk": {"S": keys.user_pk(user)}, ":u": {"S": keys.USAGE}},
-        ConsistentRead=True,
-    )["Items"]
+    items = raw_items(tables, user, keys.USAGE)
     return {item["sk"]["S"][len(keys.USAGE) :]: {k: int(v["N"]) for k, v in item.items() if "N" in v} for item in items}
 
 

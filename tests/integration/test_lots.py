@@ -115,11 +115,19 @@ def account_item(tables: LocalTables, user: str) -> dict[str, Any]:
     return item
 
 
+def patient(module: Any) -> None:  # pragma: no cover - runs in the container process
+    """Container setup: a waiter's time budget of 30 s (the most a Ledger takes) instead of 12 s. On a
+    machine where 32 containers share two cores with other work, 12 s can pass while the others hold
+    the CPU, and the request is answered 503 with nothing written; this test is about lots and
+    expiry, not latency (`make bench` measures that)."""
+    module.ledger.time_budget = 30.0
+
+
 def test_32_containers_charging_across_a_promotional_lots_expiry_spend_or_expire_each_credit_once(
     local_tables: LocalTables,
 ) -> None:
     ledger, user = local_tables.ledger(), "lot-racer"
-    with fleet("use_credits", 32) as containers:
+    with fleet("use_credits", 32, setup=f"{__name__}:patient") as containers:
         warm_up(containers)
         # the lots: paid without expiry, paid for an hour, and a promotional one that expires in 2 s
         # (spent first: promotional credits burn before paid ones)

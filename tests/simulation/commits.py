@@ -148,7 +148,7 @@ class Commits(LotChecks):
                 intents += 1
                 if ch.after is None or "outcome" not in ch.after:
                     self.fail("exactly-once", f"{u.name}: a pass wrote intent {sk} without its decision")
-            elif sk.startswith(keys.IDEM) and ch.after is None:
+            elif sk.startswith(keys.IDEM) and _freed(ch):
                 freed.append(sk[len(keys.IDEM) :])
         for key in freed:
             self._key_freed(u, key)
@@ -495,7 +495,7 @@ class Commits(LotChecks):
         u.open.pop(hold_id, None)
         if state == "released" and hold.key:
             freed = keys.idem_sk(hold.key)
-            if not any(c.key[1] == freed and c.after is None for c in self._commit_changes):
+            if not any(c.key[1] == freed and _freed(c) for c in self._commit_changes):
                 self.fail("holds", f"{what}: its key {hold.key} was not freed with it")
         self._lot_hold_ended(u, hold, lp)
 
@@ -503,7 +503,7 @@ class Commits(LotChecks):
         holds = [h for h in u.holds.values() if h.key == key and h.state == "released"]
         if not holds:
             self.fail(
-                "exactly-once", f"{u.name}: key {key}'s marker deleted by a transaction that released no hold of it"
+                "exactly-once", f"{u.name}: key {key}'s marker freed by a transaction that released no hold of it"
             )
         k = u.keys.get(key)
         if k is not None:
@@ -621,3 +621,9 @@ class Commits(LotChecks):
         p.steps += 1
         p.entries.append(item["seq"])
         return spec
+
+
+def _freed(ch: Change) -> bool:
+    """A key's marker freed by a release: kept with `freed_ms` (an orphaned intent under the key is
+    refused), deleted before that existed."""
+    return ch.after is None or ("freed_ms" in ch.after and "freed_ms" not in (ch.before or {}))

@@ -168,7 +168,7 @@ class LotChecks:
             lot.remaining += n
         owed = lm.debt(u.lots, (h.draws for h in u.open.values()), u.balance)
         if owed > 0:
-            lm.repay_first(u.lots, draws, owed, t)
+            lm.draw(u.lots, owed, t)
 
     def _lots_end(self, u: User, lp: LotPass, pk: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
         t = lp.t

@@ -151,7 +151,12 @@ def place(lots: dict[str, MLot], terms: Terms, amount: int, lot_id: str, t: int,
     make it expire no sooner than their own terms."""
     if terms.expires is None:
         for lot in lots.values():
-            if lot.expires is None and lot.category == terms.category and lot.priority == terms.priority:
+            if (
+                lot.expires is None
+                and lot.category == terms.category
+                and lot.priority == terms.priority
+                and lot.source == terms.source
+            ):
                 lot.granted += amount
                 lot.remaining += amount
                 return lot.id
@@ -203,17 +208,6 @@ def take_held(lots: Mapping[str, MLot], holds: Mapping[str, Draws], mine: list[M
     return taken
 
 
-def repay_first(lots: Mapping[str, MLot], back: Draws, owed: int, t: int) -> None:
-    """A debt is repaid by what a hold gives back first (its lots in burn order, expired ones too),
-    then by the lots that count, in burn order."""
-    for lot_id in sorted(back, key=lambda i: lots[i].order()):
-        n = min(owed, back[lot_id], lots[lot_id].remaining)
-        lots[lot_id].remaining -= n
-        owed -= n
-    if owed > 0:
-        draw(lots, owed, t)
-
-
 def held_lots(hold_draws: Iterable[Draws]) -> set[str]:
     return {lot_id for d in hold_draws for lot_id, n in d.items() if n}
 
@@ -234,7 +228,8 @@ def due(lots: Mapping[str, MLot], holds: Iterable[tuple[int, Draws]]) -> int | N
 
 def pruned(lots: Mapping[str, MLot], holds: list[tuple[int, Draws]], balance: int, t: int) -> dict[str, MLot]:
     """The lots as the next write will see them at `t` (copies): the holds that expired (`holds`: the
-    account's, in its map's order) gave their credits back, each repaying a debt first."""
+    account's, in its map's order) gave their credits back, each repaying a debt from the lots that
+    count."""
     after = {lot_id: dataclasses.replace(lot) for lot_id, lot in lots.items()}
     kept = list(holds)
     for hold in holds:
@@ -247,14 +242,14 @@ def pruned(lots: Mapping[str, MLot], holds: list[tuple[int, Draws]], balance: in
                 after[lot_id].remaining += n
         owed = debt(after, (k[1] for k in kept), balance)
         if d and owed > 0:
-            repay_first(after, {i: n for i, n in d.items() if i in after}, owed, t)
+            draw(after, owed, t)
     return after
 
 
 def gone(lots: Mapping[str, MLot], holds: list[tuple[int, Draws]], balance: int, t: int) -> int:
     """The credits that count for nothing at `t` and wait for their expiration entry: what is left in
     lots that expired once the expired holds gave back (what they drew from an expired lot comes back
-    to expire, unless it repays a debt)."""
+    to expire)."""
     if all(until > t for until, _ in holds):  # nothing to give back: the lots as they are
         return sum(lot.remaining for lot in lots.values() if lot.gone(t))
     return sum(lot.remaining for lot in pruned(lots, holds, balance, t).values() if lot.gone(t))

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from credits import keys
 from credits.errors import IdempotencyKeyReused, InsufficientCredits, TooManyHolds
 from credits.ledger import REFUSAL_MEMORY_SECONDS, Idempotency, Ledger, fingerprint
+from credits.ledger.group import Intent
+from credits.ledger.rules import Change, Kind
 from tests.support import ManualClock
 
 
@@ -64,3 +67,33 @@ def test_a_refused_reserve_under_a_key_is_remembered_too(
     clock.now += REFUSAL_MEMORY_SECONDS + 1
     assert ledger.reserve("bo", 1, description="two", idempotency=hold).amount == 1
     assert ledger.account("bo").held == 1
+
+
+def test_a_released_holds_key_is_free_for_a_new_request_but_never_for_an_orphan_queued_before(
+    ledger: Ledger, clock: ManualClock
+) -> None:
+    """A reserve whose container died right after queueing it (its intent orphaned), retried and
+    answered directly, then released: the release frees the key for a NEW request, but a combiner
+    that finds the orphan afterwards refuses it instead of opening a second hold for the same
+    request (found by the simulator, seed 1)."""
+    ledger.grant("cy", 10, type="gift", description="seed")
+    job = Idempotency("h-job", fingerprint({"paywall": "POST /jobs"}))
+    change = Change(Kind.RESERVE, idempotency=job, amount=4, ttl_seconds=300, description="job")
+    pk, now_ms = keys.user_pk("cy"), int(clock.now * 1000)
+    group = ledger.committer.group
+    orphan = Intent("orphan", now_ms, now_ms + 14_000, change)
+    group.put_intent(pk, orphan, int(clock.now))  # ... and the container died
+
+    clock.now += 1
+    first = ledger.reserve("cy", 4, description="job", idempotency=job)  # the client's retry
+    ledger.release("cy", first.hold_id)
+    clock.now += 1
+    assert group.take_lease(pk, "combiner")
+    state, queued = group.queued(pk)
+    decided = group.combine(pk, state, queued, "combiner")
+    group.release_lease(pk, "combiner")
+    assert decided is not None and decided["orphan"].error == "temporarily_unavailable"
+    assert ledger.holds("cy") == [] and ledger.account("cy").available == 10  # no second hold
+
+    again = ledger.reserve("cy", 4, description="job", idempotency=job)  # a new request: free
+    assert (again.replayed, again.hold_id != first.hold_id, ledger.account("cy").available) == (False, True, 6)

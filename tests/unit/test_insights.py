@@ -118,6 +118,8 @@ def test_by_month_sums_the_days_and_the_default_is_the_last_30_days(
         ("2027-02-30", None, None, "from"),
         (None, "tomorrow", None, "to"),
         (None, None, "week", "granularity"),
+        ("0001-01-01", None, None, "from"),  # the day before would not be a date
+        ("9999-12-29", "9999-12-31", None, "to"),  # nor the day after
     ],
 )
 def test_a_bad_range_is_a_400_naming_the_field(

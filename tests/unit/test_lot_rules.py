@@ -490,19 +490,24 @@ def test_a_hold_whose_purchase_credits_a_refund_took_captures_from_other_credits
     assert a.view.balance == 15
 
 
-def test_credits_a_hold_gives_back_repay_a_debt_first_even_from_a_lot_that_expired() -> None:
-    """A refund beyond every free credit leaves a debt while a hold keeps credits of a lot that then
-    expires; released, they repay the debt instead of expiring."""
+@pytest.mark.parametrize("refund_first", [True, False])
+def test_credits_a_hold_gives_back_to_a_lot_that_expired_expire_whatever_the_account_owes(refund_first: bool) -> None:
+    """A refund beyond every free credit leaves a debt while a hold keeps credits of a dated lot; the
+    lot expires; whether the hold ends before or after the refund, its credits expire (they never
+    pay the debt after their expiry: a long hold is no way to keep expiring credits)."""
     a = Account()
     a.apply(grant(50, expires_in=DAY))
     a.apply(purchase(100, "pi_1"))
     hold = a.apply(reserve(50, ttl=3 * 86_400)).result()["hold_id"]  # the dated lot first
     a.apply(charge(100))  # the purchase, spent
-    a.apply(claw(100, "pi_1"))  # nothing free: a debt of 100
-    assert (a.view.balance, a.view.available) == (-50, -100)
-    a.at(2 * DAY).apply(release(hold))
-    assert a.view.balance == -50  # the 50 paid half the debt; nothing expired
-    assert not [line for line in a.lines() if "expiration" in line]
+    a.at(2 * DAY)
+    steps = [claw(100, "pi_1"), release(hold)]
+    for step in steps if refund_first else reversed(steps):
+        a.apply(step)
+    assert a.view.balance == -100  # 50 + 100 - 100 spent - 100 refunded - 50 expired
+    assert [line.split(": ", 1)[1] for line in a.lines() if "expiration" in line] == [
+        "-50 expiration expire:1 from {'1': 50}"
+    ]
 
 
 def test_a_refund_counts_its_purchases_expired_credits_even_when_their_entry_waits_for_a_later_write() -> None:
@@ -540,3 +545,18 @@ def test_a_refund_after_a_won_dispute_counts_what_expired_in_the_credits_the_dis
         "7: -30 refund settle:pi_1:3 from {'1': 30} (70 expired already)",
     ]
     assert a.view.balance == 70  # 100 own - 30 spent; the purchase: 70 expired, 30 taken back
+
+
+def test_purchases_without_expiry_keep_their_own_lots_so_a_refund_takes_the_refunded_ones() -> None:
+    """A welcome promotion (5 days), two purchases without expiry, the second refunded: the refund
+    takes the second purchase's own credits, never the promotion (which would keep paid credits and
+    let the promotion's expire unused)."""
+    a = Account()
+    a.apply(grant(50, "promotional", expires_in=5 * DAY))
+    a.apply(purchase(100, "pi_1"))
+    a.apply(purchase(100, "pi_2"))
+    assert [(lot.lot_id, lot.remaining) for lot in a.view.lots] == [("1", 50), ("2", 100), ("3", 100)]
+    a.apply(claw(100, "pi_2"))
+    assert a.lines()[-1] == "4: -100 refund settle:pi_2:1 from {'3': 100}"
+    a.at(6 * DAY).apply(Change(Kind.SWEEP))
+    assert a.view.balance == 100  # the first purchase; the promotion expired unused

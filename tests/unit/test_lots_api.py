@@ -152,8 +152,6 @@ def test_an_expired_lot_stops_counting_and_the_next_write_records_it(
         ({"priority": "5"}, "priority"),
         ({"priority": True}, "priority"),
         ({"priority": 5.0}, "priority"),
-        ({"expiresAt": "2027-01-15T07:59:59Z"}, "expiresAt"),  # a second ago
-        ({"expiresAt": "2027-01-15T08:00:00Z"}, "expiresAt"),  # now: not in the future
         ({"expiresAt": "2027-02-01T00:00:00"}, "expiresAt"),  # no time zone
         ({"expiresAt": "2027-02-01"}, "expiresAt"),
         ({"expiresAt": "next tuesday"}, "expiresAt"),
@@ -248,3 +246,23 @@ def test_capturing_all_of_a_hold_moves_when_the_account_is_next_due(moto_dynamod
     assert due() == str(NOW_MS + 10 * DAY_MS)  # nothing left in the lot to warn of: the hold keeps it
     ledger.capture("user-1", hold.hold_id)
     assert due() is None
+
+
+@pytest.mark.parametrize("expires_at", ["2027-01-15T07:59:59Z", "2027-01-15T08:00:00Z"])  # a second ago; now
+def test_an_expiry_that_passed_is_a_400_that_grants_nothing_and_a_retry_of_a_landed_grant_replays(
+    use: ModuleType, ledger: Ledger, clock: ManualClock, expires_at: str
+) -> None:
+    refused = grant(use, 50, key="k-past", expiresAt=expires_at)
+    assert (refused.status, refused.code) == (400, "validation_error")
+    assert refused.body["error"]["message"] == "expiresAt must be in the future."
+    assert ledger.balance("user-1") == 0 and ledger.history("user-1") == []
+    assert grant(use, 50, key="k-past", expiresAt=expires_at).status == 400  # the same answer again
+
+    landed = grant(use, 50, key="k-later", expiresAt="2027-01-15T08:00:05Z")
+    assert landed.status == 200
+    clock.now += 10  # its answer was lost; the client retries after the expiry passed
+    again = grant(use, 50, key="k-later", expiresAt="2027-01-15T08:00:05Z")
+    assert (again.status, again.body) == (200, landed.body)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert [t.amount for t in ledger.history("user-1")] == [50]  # granted once (a replay writes nothing)
+    assert ledger.account("user-1").balance == 0  # and expired since

@@ -139,10 +139,10 @@ class Work:
         self.holds_changed |= bool(expired)
 
     def give_back(self, draws: Draws, now_ms: int) -> None:
-        """A hold's credits come back (it ended, or expired): to their lots, or to the debt first."""
+        """A hold's credits come back (it ended, or expired) to their lots; a debt is repaid first."""
         if draws:
             lots_.give_back(self.lots, draws, now_ms)
-            lots_.repay(self.lots, self.debt(), now_ms, first=draws)
+            lots_.repay(self.lots, self.debt(), now_ms)
             self.lots_changed = True
 
     def take_held(self, lots: list[Lot], need: int, now_ms: int, draws: Draws) -> int:

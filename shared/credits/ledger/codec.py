@@ -32,6 +32,7 @@ from credits.ledger.outcomes import (
 from credits.ledger.rules import ref_sk
 from credits.ledger.values import (
     EXPIRY_WARNING_DAYS,
+    FREED_KEY_SECONDS,
     HOLD_RETENTION_SECONDS,
     IDEMPOTENCY_TTL_SECONDS,
     LIMIT_NOTE_TTL_SECONDS,
@@ -42,7 +43,7 @@ from credits.ledger.values import (
     Transaction,
     iso_utc,
 )
-from credits.store import NEW, Cond, Delete, Put, Update, Write, absent, eq, lt, plain
+from credits.store import NEW, Cond, Put, Update, Write, absent, eq, exists, lt, plain
 
 # ---- the account --------------------------------------------------------------------------------
 
@@ -232,7 +233,11 @@ def writes(pk: str, effects: Sequence[Effect], now: float) -> list[Write]:
             # ends once (invariant 7)
             out.append(Update((pk, keys.hold_sk(effect.hold_id)), set=effect.ended, condition=eq("state", "open")))
         elif isinstance(effect, KeyFreed):
-            out.append(Delete((pk, keys.idem_sk(effect.key))))
+            # Freed for a new request under the key, but kept (as `freed_ms`) while an intent queued
+            # under it before the release could still be decided: a combiner refuses such an orphan
+            # (the request it belonged to was answered) instead of applying it again.
+            freed = {"freed_ms": int(now * 1000), "expires_at": int(now) + FREED_KEY_SECONDS}
+            out.append(Update((pk, keys.idem_sk(effect.key)), set=freed))
         elif isinstance(effect, LotWarned):
             out.append(expiring_note(pk, effect, now))
     return out
@@ -264,7 +269,7 @@ def key_marker(
         "created_at": iso_utc(now),
         "expires_at": int(now) + ttl_seconds,
     }
-    return Put({**item, **fields}, NEW | lt("expires_at", int(now)))
+    return Put({**item, **fields}, NEW | lt("expires_at", int(now)) | exists("freed_ms"))
 
 
 def entry_writes(pk: str, posted: EntryPosted, now: float) -> list[Write]:
@@ -363,12 +368,20 @@ def hold(item: Mapping[str, Any], now_ms: int) -> Hold:
 
 
 def live(found: dict[str, dict[str, Any]], now: float) -> dict[str, dict[str, Any]]:
-    """Read items without idempotency markers past their expiry (TTL deletes lazily: they are gone)."""
+    """Read items without idempotency markers past their expiry (TTL deletes lazily: they are gone)
+    or freed by a release (a new request may use the key)."""
     return {
         sk: item
         for sk, item in found.items()
-        if not (sk.startswith(keys.IDEM) and item.get("expires_at", 0) < int(now))
+        if not (sk.startswith(keys.IDEM) and (item.get("expires_at", 0) < int(now) or "freed_ms" in item))
     }
+
+
+def freed_before(found: Mapping[str, Mapping[str, Any]], key: str, created_ms: int) -> bool:
+    """Whether the key's marker, as read (before `live`), was freed by a release after `created_ms`:
+    an intent queued under it then belongs to a request that was answered."""
+    marker = found.get(keys.idem_sk(key))
+    return marker is not None and int(marker.get("freed_ms", -1)) >= created_ms
 
 
 def limit_note(pk: str, refused: SpendLimitReached, now: float) -> Put:

@@ -186,8 +186,9 @@ class GroupCommit:
         and holds and by our lease (which it extends). The decisions by intent id; None when the
         account moved first."""
         ctx = self.ctx
-        found = self.markers(pk, intents)
+        read = self.markers(pk, intents)
         now = ctx.clock()
+        found = codec.live(read, now)
         now_ms = int(now * 1000)
         # How long a pass takes: the whole last one; on a first pass, twice its reads so far (its
         # transaction is still to come), or half the last combiner's (so an estimate decays).
@@ -214,7 +215,10 @@ class GroupCommit:
             if touches & touched:
                 break
             touched |= touches
-            if intent.apply_before_ms < now_ms:
+            key = change.idempotency.key if change.idempotency is not None else None
+            # past its waiter's deadline, or queued under a key a release freed since: its request
+            # was answered (a crashed waiter's orphan), so it never applies
+            if intent.apply_before_ms < now_ms or (key and codec.freed_before(read, key, intent.created_ms)):
                 outcome = Outcome.refused(TemporarilyUnavailable("The balance is busy; nothing was written."))
             else:
                 outcome, effects = decide(change, work, found, decision)
@@ -243,9 +247,10 @@ class GroupCommit:
         return codec.read_account(account), intents
 
     def markers(self, pk: str, intents: list[Intent]) -> dict[str, dict[str, Any]]:
-        """The reference and idempotency markers the intents name (one consistent batch read)."""
+        """The reference and idempotency markers the intents name, as stored (one consistent batch
+        read; `codec.live` leaves out the expired and freed ones)."""
         sks = {sk for i in intents for sk in i.change.sks()}
-        return codec.live(self.ctx.store.get_many(pk, sorted(sks)), self.ctx.clock()) if sks else {}
+        return self.ctx.store.get_many(pk, sorted(sks)) if sks else {}
 
     def outcome(self, pk: str, intent: Intent) -> Outcome | None:
         """The decision on our intent, or None while it is queued."""

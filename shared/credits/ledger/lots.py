@@ -113,26 +113,17 @@ def give_back(lots: dict[str, Lot], draws: Draws, now_ms: int) -> None:
         lot.remaining += n
 
 
-def repay(lots: Mapping[str, Lot], debt: int, now_ms: int, first: Draws | None = None) -> Draws:
-    """Credits that arrive while the account owes (a clawback took more than it held) pay that first,
-    in burn order. Credits a hold gives back (`first`) pay before any other, whatever their lot (even
-    one that expired): the clawback made the debt while the hold kept them, and would have taken them."""
-    repaid: Draws = {}
-    for lot_id in sorted(first or {}, key=lambda i: lots[i].order()):
-        take = min(debt, (first or {})[lot_id], lots[lot_id].remaining)
-        if take > 0:
-            lots[lot_id].remaining -= take
-            repaid[lot_id] = take
-            debt -= take
-    for lot_id, n in (draw(lots, debt, now_ms) if debt > 0 else {}).items():
-        repaid[lot_id] = repaid.get(lot_id, 0) + n
-    return repaid
+def repay(lots: Mapping[str, Lot], debt: int, now_ms: int) -> Draws:
+    """Credits that arrive or come back while the account owes (a clawback took more than it found)
+    pay that first, from the lots that count, in burn order (a lot that expired pays nothing)."""
+    return draw(lots, debt, now_ms) if debt > 0 else {}
 
 
 def place(lots: dict[str, Lot], terms: LotTerms, amount: int, lot_id: str, now_ms: int, held: set[str]) -> str:
     """Add `amount` credits with `terms`; the id of the lot that holds them. Credits without expiry join
-    the open lot of the same category and priority; at MAX_LOTS a forgotten expired lot makes room,
-    else they join the same category's lot that expires last (never sooner than their own terms)."""
+    the open lot of the same category, priority and source (a purchase's credits stay its own, so its
+    refunds find them); at MAX_LOTS a forgotten expired lot makes room, else they join the same
+    category's lot that expires last (never sooner than their own terms)."""
     priority, expires = terms.rank, terms.expires_at_ms
     target = None
     if expires is None:
@@ -140,7 +131,10 @@ def place(lots: dict[str, Lot], terms: LotTerms, amount: int, lot_id: str, now_m
             (
                 lot
                 for lot in lots.values()
-                if lot.expires_ms is None and lot.category == terms.category and lot.priority == priority
+                if lot.expires_ms is None
+                and lot.category == terms.category
+                and lot.priority == priority
+                and lot.source == terms.source
             ),
             None,
         )

@@ -19,6 +19,7 @@ MAX_AMOUNT = 1_000_000_000
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit for one TransactWriteItems
 MAX_INTENTS_PER_PASS = 48  # a combiner reads at most this many queued changes (their markers fit one batch read)
 INTENT_GRACE_SECONDS = 2.0  # past its waiter's deadline plus this, a queued change is refused, never applied
+FREED_KEY_SECONDS = 3600  # a released hold's key marker is kept (freed) as long as an intent lives
 INTENT_TTL_SECONDS = 3600  # an intent its waiter never took off the queue (a crash) is deleted by TTL
 LEASE_MS = 2000  # the combiner lease: extended by every pass; a dead combiner is replaced after this
 # A pass that takes longer than the lease (a slow or loaded store) would lose it mid-pass to a waiter,
