@@ -9,7 +9,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import IO, Any
 
@@ -19,28 +19,12 @@ from credits import api, keys
 from credits import export as export_
 from credits.cli.common import Failed, credits, one_line_errors
 from credits.cli.target import Target, target_of
-from credits.ledger import Ledger, Transaction, account_view
+from credits.ledger import Ledger, account_view
 from credits.store import Key, eq
 
-EXPORT_PAGE = 100  # entries `credits export` reads per Query (the HTTP history's largest page)
+EXPORT_PAGE = export_.PAGE_SIZE  # entries `credits export` reads per Query (the HTTP history's largest page)
 ACCOUNT_FIELDS = ("pk", "sk", "balance", "seq", "holds")  # what `credits users` reads of an account
-# GET /credits/transactions' fields, in its order: the keys of api.transaction_body, asked of it
-EXPORT_COLUMNS = tuple(
-    api.transaction_body(
-        Transaction(
-            id="",
-            seq=0,
-            amount=0,
-            balance_after=0,
-            type="",
-            description="",
-            reference_id=None,
-            monetary_amount=None,
-            currency=None,
-            created_at="",
-        )
-    )
-)
+EXPORT_COLUMNS = export_.COLUMNS  # GET /credits/transactions' fields, in its order (its CSV's header)
 
 
 # ---- credits users ----------------------------------------------------------------------------
@@ -92,24 +76,20 @@ def users(ctx: click.Context, limit: int, cursor: str | None) -> int:
 # ---- credits export ---------------------------------------------------------------------------
 
 
-def _bodies(ledger: Ledger, user: str) -> Iterator[dict[str, Any]]:
+def _bodies(ledger: Ledger, user: str) -> Iterator[Mapping[str, Any]]:
     """Every entry as GET /credits/transactions answers it, newest first, a page at a time."""
-    cursor = None
-    while True:
-        page, cursor = ledger.transactions(user, limit=EXPORT_PAGE, cursor=cursor)
-        yield from (api.transaction_body(tx) for tx in page)
-        if cursor is None:
-            return
+    for page in export_.pages(lambda cursor: api.transactions_page(ledger, user, str(EXPORT_PAGE), cursor)):
+        yield from page
 
 
-def _write_csv(out: IO[str], bodies: Iterable[dict[str, Any]]) -> None:
+def _write_csv(out: IO[str], bodies: Iterable[Mapping[str, Any]]) -> None:
     rows = csv.writer(out)
     rows.writerow(EXPORT_COLUMNS)
     for body in bodies:
         rows.writerow(export_.row(body))  # the HTTP CSV's cells: null empty, no formula runs
 
 
-def _write_json(out: IO[str], bodies: Iterable[dict[str, Any]]) -> None:
+def _write_json(out: IO[str], bodies: Iterable[Mapping[str, Any]]) -> None:
     out.write("[")
     first = True
     for body in bodies:
