@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -278,3 +279,19 @@ def contract_run() -> tuple[int, int]:
     in pytest's header); otherwise the seed follows the spec, so an unchanged spec fuzzes the same."""
     seed = os.environ.get("CONTRACT_SEED") or zlib.crc32((ROOT / "docs" / "openapi.yaml").read_bytes())
     return int(seed), int(os.environ.get("CONTRACT_EXAMPLES", "25"))
+
+
+def wait_until(what: str, done: Callable[[], bool], *, timeout: float) -> None:
+    """Poll `done` until it says so; fail after `timeout` seconds, naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.05)
+
+
+def patient(module: ModuleType) -> None:  # pragma: no cover - runs in the container process
+    """Container setup (`setup="tests.support:patient"`): a waiter's time budget of 30 s, the most a
+    Ledger takes, instead of 12 s. On a machine where many containers share two cores with other
+    work, 12 s can pass while the others hold the CPU (a 503, nothing written); tests about what is
+    decided, not how fast, give their containers this."""
+    module.ledger.time_budget = 30.0

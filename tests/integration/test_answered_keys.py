@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import ModuleType
 
 import pytest
 
@@ -33,12 +32,6 @@ def analyze(key: str) -> dict:
     return http_event("POST", "/credits/use", sub=USER, headers={"Idempotency-Key": key}, body={"action": "analyze"})
 
 
-def patient(module: ModuleType) -> None:  # pragma: no cover - runs in the container process
-    """The container's waiter keeps its intent live for 30 s, so the window never closes mid-test on
-    a loaded machine (a real waiter's is 12 s plus the grace)."""
-    module.ledger.time_budget = 30.0
-
-
 def queued(ledger: Ledger) -> list[Intent]:
     return ledger.group.queued(keys.user_pk(USER))[1]
 
@@ -48,7 +41,7 @@ def orphan_a_queued_charge(local_tables: LocalTables) -> Intent:
     once its intent is in the table."""
     ledger = local_tables.ledger()
     pk = keys.user_pk(USER)
-    container = Container("use_credits", setup="tests.integration.test_answered_keys:patient")
+    container = Container("use_credits", setup="tests.support:patient")
     try:
         with ThreadPoolExecutor(1) as pool:
             assert ledger.group.take_lease(pk, BUSY)

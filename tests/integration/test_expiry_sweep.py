@@ -8,7 +8,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -23,17 +22,9 @@ from credits.ledger.codec import due_shard
 from credits.store import DynamoStore
 from local.template import create_tables, table_definitions
 from tests.integration.conftest import LocalTables
-from tests.support import assert_audited, fleet
+from tests.support import assert_audited, fleet, wait_until
 
 EVENT = {"source": "aws.scheduler"}
-
-
-def wait_until(what: str, check: Callable[[], bool], *, timeout: float = 60.0) -> None:
-    """Poll `check` until it holds; fail after `timeout` seconds, naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
-        time.sleep(0.05)
 
 
 def account(tables: LocalTables, user: str) -> dict[str, Any]:
@@ -55,7 +46,7 @@ def both_decide_before_either_writes(module: ModuleType) -> None:
         if not waited:
             waited.append(True)
             (folder / str(os.getpid())).touch()
-            wait_until("the other sweep to decide", lambda: len(list(folder.iterdir())) >= size)
+            wait_until("the other sweep to decide", lambda: len(list(folder.iterdir())) >= size, timeout=60.0)
         transact(ops, token=token)
 
     store.transact = gated
@@ -87,7 +78,7 @@ def test_two_sweeps_at_the_same_time_write_an_idle_accounts_expiry_once_and_touc
     untouched = {user: account(local_tables, user) for user in ("quiet", "planned")}
     assert "lots_due" in account(local_tables, "idle") and "lots_due" in untouched["planned"]
 
-    wait_until("the trial lot to expire", lambda: ledger.account("idle").balance == 20)
+    wait_until("the trial lot to expire", lambda: ledger.account("idle").balance == 20, timeout=60.0)
     assert [t.type for t in ledger.history("idle")] == ["gift", "gift"]  # idle: nothing wrote its expiry
 
     monkeypatch.setenv("RACE_FOLDER", str(tmp_path))

@@ -17,7 +17,7 @@ from benchmarks.contention import seed_lots
 from credits.keys import EXPIRING, user_pk
 from credits.ledger import Ledger, LotTerms, Transaction
 from tests.integration.conftest import LocalTables
-from tests.support import Answer, Fleet, assert_audited, fleet, http_event
+from tests.support import Answer, Fleet, assert_audited, fleet, http_event, wait_until
 
 PROMO, HOUR, NEVER = 1000, 30, 5000  # credits of each lot of the racing account
 AFTER_EXPIRY = 32  # charges the lot without expiry serves, after the promotional lot expired and the hour's ran out
@@ -30,14 +30,6 @@ def now_ms() -> int:
 def created_ms(entry: Transaction) -> int:
     """When the entry was decided (its `created_at`, milliseconds)."""
     return round(datetime.fromisoformat(entry.created_at.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def wait_until(what: str, done: Callable[[], bool], *, timeout: float = 120.0) -> None:
-    """Poll `done` until it says so; fail after `timeout` seconds, naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
-        time.sleep(0.05)
 
 
 def charge(user: str, key: str) -> dict[str, Any]:
@@ -115,19 +107,11 @@ def account_item(tables: LocalTables, user: str) -> dict[str, Any]:
     return item
 
 
-def patient(module: Any) -> None:  # pragma: no cover - runs in the container process
-    """Container setup: a waiter's time budget of 30 s (the most a Ledger takes) instead of 12 s. On a
-    machine where 32 containers share two cores with other work, 12 s can pass while the others hold
-    the CPU, and the request is answered 503 with nothing written; this test is about lots and
-    expiry, not latency (`make bench` measures that)."""
-    module.ledger.time_budget = 30.0
-
-
 def test_32_containers_charging_across_a_promotional_lots_expiry_spend_or_expire_each_credit_once(
     local_tables: LocalTables,
 ) -> None:
     ledger, user = local_tables.ledger(), "lot-racer"
-    with fleet("use_credits", 32, setup=f"{__name__}:patient") as containers:
+    with fleet("use_credits", 32, setup="tests.support:patient") as containers:
         warm_up(containers)
         # the lots: paid without expiry, paid for an hour, and a promotional one that expires in 2 s
         # (spent first: promotional credits burn before paid ones)
@@ -240,7 +224,7 @@ def test_holds_keep_their_credits_across_their_lots_expiry_and_what_comes_back_e
         def expired() -> bool:
             return all(lot.lot_id != promo for lot in ledger.account(user).lots)
 
-        wait_until("the promotional lot to expire", expired)
+        wait_until("the promotional lot to expire", expired, timeout=120.0)
         view = ledger.account(user)
         assert (view.balance, view.held, view.available) == (120, 20, 100)
 
