@@ -133,6 +133,11 @@ def new_page(browser: Browser, **options: Any) -> Page:
     return tab
 
 
+def new_phone(browser: Browser, **options: Any) -> Page:
+    """A tab as a phone shows the page: 390x844, touch, a mobile viewport."""
+    return new_page(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, **options)
+
+
 @pytest.fixture
 def page(browser: Browser, dev_stack: DevStack) -> Iterator[Page]:
     tab = new_page(browser, viewport={"width": 1280, "height": 900})

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.conftest import DevStack, new_page, run_action, screenshot
+from tests.e2e.conftest import DevStack, new_page, new_phone, run_action, screenshot
 from tests.e2e.test_cli import credits
 from tests.e2e.test_page import expect_history_types, sign_in
 
@@ -72,14 +72,7 @@ def test_promotional_credits_show_with_their_expiry_then_expire(browser: Browser
 def test_promotional_credits_and_their_expiry_fit_a_phone(browser: Browser, dev_stack: DevStack) -> None:
     """Long numbers, the promotional part and the expiry on a phone; the lot was announced (the
     next write after it entered the warning window, 7 days before its expiry, wrote the note)."""
-    phone = new_page(
-        browser,
-        viewport={"width": 390, "height": 844},
-        is_mobile=True,
-        has_touch=True,
-        locale="en-GB",
-        timezone_id="UTC",
-    )
+    phone = new_phone(browser, locale="en-GB", timezone_id="UTC")
     try:
         user = sign_in(phone, dev_stack)
         expires = datetime.now(UTC) + timedelta(days=3)

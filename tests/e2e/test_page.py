@@ -9,7 +9,7 @@ import uuid
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import DevStack, new_page, on_site, run_action, screenshot
+from tests.e2e.conftest import DevStack, new_phone, on_site, run_action, screenshot
 
 
 def sign_in(page: Page, stack: DevStack, name: str | None = None) -> str:
@@ -162,7 +162,7 @@ def test_a_cancelled_checkout_adds_nothing(page: Page, dev_stack: DevStack) -> N
 
 
 def test_the_page_fits_a_phone(browser, dev_stack: DevStack) -> None:
-    phone = new_page(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    phone = new_phone(browser)
     try:
         sign_in(phone, dev_stack)
         expect(phone.locator('.package[data-package-id="starter"]')).to_be_visible()

@@ -14,7 +14,7 @@ from typing import Any
 
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import DEADLINE_MS, DevStack, new_page, run_action, screenshot
+from tests.e2e.conftest import DEADLINE_MS, DevStack, new_page, new_phone, run_action, screenshot
 from tests.e2e.test_lots_page import grant
 from tests.e2e.test_page import expect_history_types, sign_in
 
@@ -122,14 +122,7 @@ def test_spending_is_drawn_stacked_by_action_and_the_history_downloads_as_csv(
 
 
 def test_the_chart_and_the_download_button_fit_a_phone(browser: Browser, dev_stack: DevStack) -> None:
-    phone = new_page(
-        browser,
-        viewport={"width": 390, "height": 844},
-        is_mobile=True,
-        has_touch=True,
-        locale="en-GB",
-        timezone_id="UTC",
-    )
+    phone = new_phone(browser, locale="en-GB", timezone_id="UTC")
     try:
         user = sign_in(phone, dev_stack)
         grant(dev_stack, user, 50, "Welcome")
