@@ -1,11 +1,13 @@
-"""insights: the credits table's stream to each user's daily usage totals (credits.insights).
+"""insights: the credits table's stream to each user's daily usage totals and the product's monthly
+finance figures per currency (credits.insights, credits.finance).
 
-Invoked by the stream's event source mapping with only new ledger entries (template.yaml filters the
-rest out). Each record adds its entry to its user's day once (a marker per entry in the same
-transaction: a redelivered or retried record adds nothing). Powertools' batch processor reports the
-records that failed (a throttle, the network) as batch item failures, so only they are retried; a
-record that keeps failing goes to the insights dead-letter queue (alarmed) and the shard goes on. The
-ledger stays the source of truth: totals can be recounted from it.
+Invoked by the stream's event source mapping with only new ledger entries and repayment notes
+(template.yaml filters the rest out). Each record adds its entry to its user's day and its month
+once (a marker per entry in the same transaction: a redelivered or retried record adds nothing).
+Powertools' batch processor reports the records that failed (a throttle, the network) as batch item
+failures, so only they are retried; a record that keeps failing goes to the insights dead-letter
+queue (alarmed) and the shard goes on. The ledger stays the source of truth: totals can be recounted
+from it (`credits report --verify`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from credits import config, insights, keys
+from credits import config, insights
 from credits.aws import dynamodb_client
-from credits.ledger import codec
 from credits.store import DynamoStore
 from credits.store.interface import plain
 
@@ -32,13 +33,10 @@ metrics = Metrics()
 
 
 def count_record(record: DynamoDBRecord) -> None:
-    """One stream record: its entry added to its user's day (nothing for a redelivery)."""
+    """One stream record: a ledger entry added to its user's day and the product's month, or a debt's
+    repayment to the month (nothing for a redelivery, or for another item: the filter lets none in)."""
     image = record.dynamodb.new_image if record.dynamodb is not None else None
-    if not image or not str(image.get("sk", "")).startswith(keys.TX):
-        return  # not a ledger entry (the mapping's filter lets none through)
-    item = plain(dict(image))
-    user_id = str(item["pk"])[len(keys.USER) :]
-    if insights.count(store, user_id, codec.transaction(item), time.time()):
+    if image and insights.count_item(store, plain(dict(image)), time.time()):
         metrics.add_metric(name="InsightsCounted", unit=MetricUnit.Count, value=1)
 
 

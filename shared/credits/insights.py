@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from credits import keys
+from credits import finance, keys
 from credits.errors import ValidationError
-from credits.ledger import Transaction
+from credits.ledger import Transaction, codec
 from credits.store import Put, Store, TransactionCancelled, Update, absent
 
 COUNTED_RETENTION_SECONDS = 7 * 86_400
@@ -55,21 +55,50 @@ def movements(tx: Transaction) -> dict[str, int]:
     return {}
 
 
-def count(store: Store, user_id: str, tx: Transaction, now: float) -> bool:
-    """Add one entry to its user's day, once; False when it was counted before (a redelivery)."""
+def count(store: Store, user_id: str, tx: Transaction, now: float, month: Mapping[str, int] | None = None) -> bool:
+    """Add one entry to its user's day and `month` (its figures for the finance report, from
+    `finance.entry_moves`) to the product's month, once; False when it was counted before."""
     adds = movements(tx)
-    if not adds:
+    updates = []
+    if adds:
+        day = tx.created_at[:10]
+        updates.append(Update((keys.user_pk(user_id), keys.usage_sk(day)), set={"day": day}, add=adds))
+    if month:
+        updates.append(finance.month_update(tx.created_at[:7], month))
+    return _once(store, keys.user_pk(user_id), keys.counted_sk(tx.seq), updates, now)
+
+
+def count_item(store: Store, item: Mapping[str, Any], now: float) -> bool:
+    """One stream record's item: a ledger entry (`TX#`) added to its user's day and the product's
+    month, or a repayment note (`REPAID#`) to the month; False for anything else or a redelivery."""
+    sk, pk = str(item.get("sk", "")), str(item.get("pk", ""))
+    if not pk.startswith(keys.USER):
         return False
-    pk = keys.user_pk(user_id)
-    marker = Put(
-        {"pk": pk, "sk": keys.counted_sk(tx.seq), "expires_at": int(now) + COUNTED_RETENTION_SECONDS},
-        absent("pk"),
-    )
-    day = Update((pk, keys.usage_sk(tx.created_at[:10])), set={"day": tx.created_at[:10]}, add=adds)
+    user_id = pk[len(keys.USER) :]
+    if sk.startswith(keys.REPAID):
+        return count_note(store, user_id, item, now)
+    if sk.startswith(keys.TX):
+        return count(store, user_id, codec.transaction(item), now, finance.entry_moves(item))
+    return False
+
+
+def count_note(store: Store, user_id: str, item: Mapping[str, Any], now: float) -> bool:
+    """Add a `REPAID#` note (credits a hold gave back repaid a debt) to the product's month, once."""
+    adds = finance.note_moves(item)
+    note = str(item["sk"])[len(keys.REPAID) :]
+    updates = [finance.month_update(str(item["created_at"])[:7], adds)] if adds else []
+    return _once(store, keys.user_pk(user_id), keys.counted_note_sk(note), updates, now)
+
+
+def _once(store: Store, pk: str, sk: str, updates: list[Update], now: float) -> bool:
+    """The updates with a marker that must not exist: all of them once, or nothing."""
+    if not updates:
+        return False
+    marker = Put({"pk": pk, "sk": sk, "expires_at": int(now) + COUNTED_RETENTION_SECONDS}, absent("pk"))
     try:
         # a token of this call's own: a resend by the store's retries is this call's; another
         # delivery of the entry is told apart by the marker, never by the token
-        store.transact([marker, day], token=uuid.uuid4().hex)
+        store.transact([marker, *updates], token=uuid.uuid4().hex)
     except TransactionCancelled as cancelled:
         if cancelled.condition_failed(0, 1):
             return False  # counted already

@@ -12,6 +12,10 @@ HOLD = "HOLD#"
 LIMIT = "LIMIT#"  # the first refusal of a month by the user's spend limit (an event, once)
 EXPIRING = "EXPIRING#"  # a lot's credits expire soon (an event, once per lot)
 USAGE = "USAGE#"  # a user's daily usage totals (insights, from the stream): USAGE#2026-12-06
+REPAID = "REPAID#"  # credits a hold gave back repaid a debt, with no entry of their own (finance report)
+FINANCE = "FINANCE#"  # the product's monthly figures per currency (insights): FINANCE#2026-11
+REPORT = "REPORT#"  # a closed month's finance report, as the month-close function wrote it
+PRODUCT_PK = "PRODUCT"  # the partition of the product's own figures
 COUNTED = "COUNTED#"  # a ledger entry already added to its day's totals (exactly once)
 INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
 CUSTOMER = "CUSTOMER#"
@@ -64,6 +68,18 @@ def expiring_sk(lot_id: str) -> str:
     return f"{EXPIRING}{lot_id}"
 
 
+def repaid_sk(note: str) -> str:
+    return f"{REPAID}{note}"
+
+
+def finance_sk(month: str) -> str:
+    return f"{FINANCE}{month}"
+
+
+def report_sk(month: str) -> str:
+    return f"{REPORT}{month}"
+
+
 def intent_sk(created_ms: int, intent_id: str) -> str:
     return f"{INTENT}{created_ms:015d}#{intent_id}"
 
@@ -87,3 +103,8 @@ def usage_sk(day: str) -> str:
 
 def counted_sk(seq: int) -> str:
     return f"{COUNTED}{seq:0{SEQ_DIGITS}d}"
+
+
+def counted_note_sk(note: str) -> str:
+    """A `REPAID#` note already added to its month (notes are numbered apart from entries)."""
+    return f"{COUNTED}{REPAID}{note}"

@@ -1,7 +1,7 @@
 """Usage insights on DynamoDB Local (AWS's own engine): the insights function, two container
-processes at once, is handed every ledger entry's stream record twice, shuffled and in batches (as
-a retried or redelivered shard would): every daily total is exact, by hand and against a recount
-from the ledger."""
+processes at once, is handed every ledger entry's (and repayment note's) stream record twice,
+shuffled and in batches (as a retried or redelivered shard would): every daily total and every
+monthly finance figure is exact, by hand and against a recount from the ledger."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from credits import insights, keys
+from credits import finance, insights, keys
 from credits.ledger import Ledger, LotTerms
+from credits.store import DynamoStore
 from tests.integration.conftest import LocalTables
 from tests.support import fleet
 
@@ -33,8 +34,8 @@ def raw_items(tables: LocalTables, user: str, prefix: str) -> list[dict[str, Any
 
 
 def stream_records(tables: LocalTables, user: str) -> list[dict[str, Any]]:
-    """The user's ledger entries as the stream's INSERT records (NEW_IMAGE), in seq order."""
-    items = raw_items(tables, user, keys.TX)
+    """The user's ledger entries and repayment notes as the stream's INSERT records (NEW_IMAGE)."""
+    items = raw_items(tables, user, keys.TX) + raw_items(tables, user, keys.REPAID)
     return [
         {
             "eventID": f"{user}-{n}",
@@ -123,3 +124,84 @@ def test_records_delivered_twice_and_out_of_order_count_every_entry_once(local_t
     # the same records once more (a shard replayed from its start): nothing moves
     deliver_twice_shuffled(records, seed=8)
     assert days_of(local_tables, "ann") == ann
+
+
+def test_monthly_finance_figures_from_records_twice_and_out_of_order_match_the_ledger(
+    local_tables: LocalTables,
+) -> None:
+    """carl buys 100 credits for $10.00 and 200 for EUR 30.00, uses 130 and gets $2.00 of the first
+    back for 20 credits; dan owes 50 credits after a refund until a hold's 60 come back (a note)."""
+    ledger = local_tables.ledger()
+    for pi, credits, money, currency in (("pi_c1", 100, 1000, "usd"), ("pi_c2", 200, 3000, "eur")):
+        terms = LotTerms(source=f"purchase:{pi}")
+        ledger.grant(
+            "carl",
+            credits,
+            type="purchase",
+            description="pack",
+            reference_id=f"purchase:{pi}",
+            monetary_amount=money,
+            currency=currency,
+            lot=terms,
+        )
+    ledger.charge("carl", 130, description="a batch", action="generate")  # 100 usd, then 30 eur
+    ledger.claw_back(
+        "carl",
+        20,
+        type="refund",
+        description="refund",
+        reference_id="refund:pi_c1",
+        monetary_amount=200,
+        currency="usd",
+        source="purchase:pi_c1",
+    )
+    ledger.grant("dan", 100, type="gift", description="welcome", lot=LotTerms("promotional"))
+    hold = ledger.reserve("dan", 60, ttl_seconds=600, description="a long job")
+    ledger.grant(
+        "dan",
+        50,
+        type="purchase",
+        description="pack",
+        reference_id="purchase:pi_d1",
+        monetary_amount=500,
+        currency="usd",
+        lot=LotTerms(source="purchase:pi_d1"),
+    )
+    ledger.charge("dan", 90, description="a batch")
+    ledger.claw_back(
+        "dan",
+        50,
+        type="refund",
+        description="refund",
+        reference_id="refund:pi_d1",
+        monetary_amount=500,
+        currency="usd",
+        source="purchase:pi_d1",
+    )
+    ledger.release("dan", hold.hold_id)  # 50 of its 60 repay the debt: a REPAID# note
+
+    records = stream_records(local_tables, "carl") + stream_records(local_tables, "dan")
+    assert sum(1 for r in records if r["dynamodb"]["Keys"]["sk"]["S"].startswith(keys.REPAID)) == 1
+    deliver_twice_shuffled(records, seed=11)
+
+    store = DynamoStore(local_tables.client, local_tables.credits)  # type: ignore[arg-type]
+    month = time.strftime("%Y-%m", time.gmtime(time.time()))
+    rows = {r.currency: r for r in finance.report(finance.read_months(store), month)}
+    usd, eur, free = rows["usd"], rows["eur"], rows["none"]
+    # carl's 100 usd were all used before the refund: it finds none of them, takes 20 eur instead
+    assert (usd.figures["sold"], usd.figures["used"], usd.figures["money"], usd.figures["money_back"]) == (
+        150,
+        150,
+        1500,
+        700,
+    )
+    assert (eur.figures["sold"], eur.figures["used"], eur.figures["clawed_back"], eur.closing) == (200, 30, 20, 150)
+    assert eur.closing_value == 150 * 3000 // 200
+    assert (free.figures["granted"], free.figures["used"], free.figures["clawed_back"], free.closing) == (
+        100,
+        40,
+        50,
+        10,
+    )
+    assert usd.closing + eur.closing + free.closing == ledger.balance("carl") + ledger.balance("dan")
+    assert finance.verify(store, ["carl", "dan"], month) == []

@@ -288,6 +288,7 @@ class LotChecks:
         holds = [h.draws for h in u.open.values()]
         owed = lm.debt(u.lots, holds, u.balance)
         lots = dict(u.lots)
+        terms = lm.priced(u.lots, terms, item)
         lot_id = lm.place(u.lots, terms, amount, str(item["seq"]), t, lm.held_lots(holds))
         target = u.lots[lot_id]
         if lot_id != str(item["seq"]) and target.expires is not None:  # joined a dated lot: at the bound

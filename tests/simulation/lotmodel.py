@@ -44,6 +44,8 @@ class Terms:
     expires: int | None = None
     label: str = ""
     source: str | None = None
+    currency: str | None = None  # bought in (None: granted)
+    price: tuple[int, int] | None = None  # (minor units, credits)
 
 
 @dataclass(slots=True, eq=False)
@@ -62,6 +64,8 @@ class MLot:
     dforgiven: int = 0  # what open disputes counted as gone already (a won dispute undoes it)
     warned: bool = False
     expiries: int = 0  # its expiration entries so far
+    currency: str | None = None
+    price: tuple[int, int] = (0, 0)  # what its credits were bought for: (minor units, credits)
 
     def order(self) -> tuple[int, int, int, int]:
         return (
@@ -100,6 +104,9 @@ class MLot:
             ("fd", self.dforgiven),
             ("w", 1 if self.warned else 0),
             ("k", self.expiries),
+            ("cu", self.currency),
+            ("pm", self.price[0]),
+            ("pq", self.price[1]),
         ):
             if value:
                 out[short] = value
@@ -156,6 +163,7 @@ def place(lots: dict[str, MLot], terms: Terms, amount: int, lot_id: str, t: int,
                 and lot.category == terms.category
                 and lot.priority == terms.priority
                 and lot.source == terms.source
+                and same_price(lot, terms)
             ):
                 lot.granted += amount
                 lot.remaining += amount
@@ -165,8 +173,9 @@ def place(lots: dict[str, MLot], terms: Terms, amount: int, lot_id: str, t: int,
             if lot.remaining == 0 and lot.id not in held and lot.gone(t):
                 del lots[lot.id]
                 break
-    if len(lots) >= MAX_LOTS:
-        same = [lot for lot in lots.values() if lot.category == terms.category] or list(lots.values())
+    priced = [lot for lot in lots.values() if same_price(lot, terms)]
+    if len(lots) >= MAX_LOTS and priced:  # else a lot of their own, past the bound
+        same = [lot for lot in priced if lot.category == terms.category] or priced
         target = max(same, key=lambda lot: (NEVER if lot.expires is None else lot.expires, -lot.created))
         if target.expires is not None and (terms.expires is None or terms.expires > target.expires):
             target.expires = terms.expires
@@ -176,9 +185,40 @@ def place(lots: dict[str, MLot], terms: Terms, amount: int, lot_id: str, t: int,
         target.remaining += amount
         return target.id
     lots[lot_id] = MLot(
-        lot_id, terms.category, terms.priority, terms.expires, amount, amount, t, terms.label[:MAX_LABEL], terms.source
+        lot_id,
+        terms.category,
+        terms.priority,
+        terms.expires,
+        amount,
+        amount,
+        t,
+        terms.label[:MAX_LABEL],
+        terms.source,
+        currency=terms.currency,
+        price=terms.price or (0, 0),
     )
     return lot_id
+
+
+def same_price(lot: MLot, terms: Terms) -> bool:
+    """Credits join only a lot bought at the same price in the same currency (or granted, as they)."""
+    money, credits = terms.price or (0, 0)
+    return lot.currency == terms.currency and lot.price[0] * credits == money * lot.price[1]
+
+
+def priced(lots: Mapping[str, MLot], terms: Terms, item: Mapping[str, Any]) -> Terms:
+    """A credit's currency and price from its entry: a purchase's own, a won dispute's its purchase's."""
+    # the credits its money paid for: a won dispute's include those it found expired (not given back)
+    currency, money = item.get("currency"), item.get("monetary_amount")
+    amount = item["amount"] + (item.get("expired_part") or 0)
+    if currency is None or not money or amount <= 0:
+        return terms
+    price = (money, amount)
+    for lot in source_lots(lots, item.get("source") or terms.source):
+        if lot.price[1] and lot.currency == currency:
+            price = lot.price
+            break
+    return dataclasses.replace(terms, currency=currency, price=price)
 
 
 def source_lots(lots: Mapping[str, MLot], source: str | None) -> list[MLot]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from credits import keys
+from credits import finance, insights, keys
 from credits.errors import CreditsError, TemporarilyUnavailable
 from credits.ledger import Idempotency, Ledger, LotTerms
 from credits.ledger.codec import transaction
@@ -458,6 +458,27 @@ class Simulation:
         for req in model.reqs.values():
             if req.answered_ok and req.kind in POSTS and not req.entries:
                 raise Violation("exactly-once", f"r{req.rid} was answered applied, and no entry of it exists")
+        self._finance_check(sorted(model.users))
+
+    def _finance_check(self, users: list[str]) -> None:
+        """The finance report's figures, counted from every entry and repayment note as the stream
+        function counts them (each twice, shuffled), agree with the ledger replayed, month by month,
+        and with every account's lots (`finance.verify`)."""
+        self.table.observers.clear()  # the last check: it writes the product's figures, no user's
+        items: list[dict[str, Any]] = []
+        for name in users:
+            pk = keys.user_pk(name)
+            items += finance.every_item(self.table, pk, keys.TX) + finance.every_item(self.table, pk, keys.REPAID)
+        notes = sum(1 for item in items if str(item["sk"]).startswith(keys.REPAID))
+        self.model.lot_stats["debts_repaid_by_credits_coming_back"] += notes
+        self.model.lot_stats["months_reconciled"] += len({str(item["created_at"])[:7] for item in items})
+        deliveries = items * 2
+        random.Random(len(items)).shuffle(deliveries)
+        for item in deliveries:
+            insights.count_item(self.table, item, self.sched.now)
+        problems = finance.verify(self.table, users, "9999-12")
+        if problems:
+            raise Violation("finance", "; ".join(problems[:5]))
 
     def lots_at_rest(self) -> None:
         """At the end, every account as read: its balance less what expired, never an expired lot."""

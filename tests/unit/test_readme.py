@@ -33,7 +33,7 @@ SAM = ROOT / ".venv-sam" / "bin" / "sam"
 CREDITS_CLI = ROOT / ".venv" / "bin" / "credits"
 STACK = "credits"  # the stack name the README's snippets import from
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
-CHECKED = {"bash", "yaml", "python"}
+CHECKED = {"bash", "yaml", "python", "text"}  # text: a command's output, checked where it is made
 
 
 @dataclass(frozen=True)
@@ -454,3 +454,15 @@ def test_the_make_dev_banner_s_curl_lines_run_as_printed(gateway: Gateway) -> No
         "expiring": [],
         "byCategory": {"paid": 0, "promotional": 0},
     }
+
+
+# ---- text: what a command prints, made and compared by the test of that command --------------------
+
+TEXT_CHECKS = {"$ credits report --month 2027-01 --verify": "tests/unit/test_finance.py"}
+
+
+@pytest.mark.parametrize("snippet", of("text"))
+def test_text_snippets_are_outputs_a_test_makes(snippet: Snippet) -> None:
+    first = snippet.text.splitlines()[0]
+    assert first in TEXT_CHECKS, f"{snippet}: no test makes the output of {first!r}"
+    assert first in (ROOT / TEXT_CHECKS[first]).read_text()

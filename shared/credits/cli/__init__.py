@@ -7,6 +7,8 @@
     credits users [--limit N] [--cursor C]  users and their balances, a page at a time
     credits export USER [--format csv|json] a user's whole ledger, the HTTP history's fields
     credits usage USER [--since 30d]        credits spent by action, bought, granted, expired, clawed back
+    credits report [--month YYYY-MM] [--currency C] [--format table|csv|json] [--verify]
+                                            the month's finance report per currency, reconciled
     credits audit USER... | --all           gapless ledgers that add up, and payments credited right
     credits reconcile --since 3d [--apply]  paid purchases, refunds and disputes the ledger misses
     credits packages import FILE [--sync-stripe] | list
@@ -23,7 +25,7 @@ A console script of the project's environment (`.venv/bin/credits`); not part of
 
 The modules: `common` (one-line errors, amounts and times), `target` (where the commands act, and
 the credits objects on it), `accounts` (user, grant, adjust), `listing` (users, export), `insights`
-(usage), `checks`
+(usage, report), `checks`
 (audit, reconcile), `catalog` (packages). Every read of the table goes through the ledger, the
 catalog, the payments or the store (`credits.store`), never a DynamoDB client call of its own.
 """
@@ -36,7 +38,7 @@ from credits.cli.accounts import adjust, grant, user
 from credits.cli.catalog import packages
 from credits.cli.checks import audit, reconcile
 from credits.cli.common import Failed
-from credits.cli.insights import usage
+from credits.cli.insights import report, usage
 from credits.cli.listing import EXPORT_COLUMNS, export, users
 from credits.cli.target import Target, locate
 
@@ -51,7 +53,7 @@ def cli(ctx: click.Context, stack: str | None, region: str | None) -> None:
     ctx.obj = {"stack": stack, "region": region}
 
 
-for _command in (user, grant, adjust, users, export, usage, audit, reconcile, packages):
+for _command in (user, grant, adjust, users, export, usage, report, audit, reconcile, packages):
     cli.add_command(_command)
 
 

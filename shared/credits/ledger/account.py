@@ -16,7 +16,7 @@ from credits import keys
 from credits.errors import SpendLimitReached
 from credits.ledger import lots as lots_
 from credits.ledger.lots import Draws, Lot
-from credits.ledger.outcomes import Effect, EntryPosted, LotWarned
+from credits.ledger.outcomes import DebtRepaid, Effect, EntryPosted, LotWarned
 from credits.ledger.values import EXPIRY_WARNING_DAYS, Entry, Idempotency, entry_fingerprint, month_of
 
 Found = dict[str, dict[str, Any]]  # the markers and holds a change names, as read (by sort key)
@@ -139,11 +139,16 @@ class Work:
         self.holds_changed |= bool(expired)
 
     def give_back(self, draws: Draws, now_ms: int) -> None:
-        """A hold's credits come back (it ended, or expired) to their lots; a debt is repaid first."""
+        """A hold's credits come back (it ended, or expired) to their lots; a debt is repaid first.
+        What repays it with no entry of its own is noted (`DebtRepaid`), for the finance report."""
         if draws:
             lots_.give_back(self.lots, draws, now_ms)
-            lots_.repay(self.lots, self.debt(), now_ms)
+            repaid = lots_.repay(self.lots, self.debt(), now_ms)
             self.lots_changed = True
+            if repaid:
+                moved = lots_.moved(self.lots, self.draws.values(), {}, None, repaid)
+                notes = sum(1 for effect in self.settled if isinstance(effect, DebtRepaid))
+                self.settled.append(DebtRepaid(f"{self.base.holds_rev + 1}.{notes}", self.seq, repaid, moved))
 
     def take_held(self, lots: list[Lot], need: int, now_ms: int, draws: Draws) -> int:
         """A clawback takes its purchase's credits that open holds drew (`lots`: the purchase's). Each
@@ -182,6 +187,14 @@ class Work:
         """The next ledger entry; a later change of the same pass with the same key or reference finds
         its markers in `found` and replays this one."""
         self.seq, self.balance = self.seq + 1, self.balance + entry.amount
+        lot = lots_facts.get("lot")
+        lots_facts["moved"] = lots_.moved(
+            self.lots,
+            self.draws.values(),
+            lots_facts.get("draws", {}),
+            None if lot is None else (lot, entry.amount),
+            lots_facts.get("repaid", {}),
+        )
         threshold = self.base.threshold if self.base.threshold is not None else ctx.default_threshold
         posted = EntryPosted(
             entry, self.seq, self.balance, ctx.new_id(), threshold, idem, ref_fingerprint, **lots_facts

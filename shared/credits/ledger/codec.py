@@ -21,6 +21,7 @@ from credits.ledger import lots as lots_
 from credits.ledger.account import AccountState, Work
 from credits.ledger.lots import Draws, Lot
 from credits.ledger.outcomes import (
+    DebtRepaid,
     Effect,
     EntryPosted,
     HoldClosed,
@@ -94,6 +95,9 @@ _LOT_FIELDS = {  # attribute on the account item's `lots` map -> Lot field (omit
     "fd": "dispute_forgiven",
     "w": "warned",
     "k": "expiries",
+    "cu": "currency",
+    "pm": "price_money",
+    "pq": "price_credits",
 }
 
 
@@ -240,6 +244,16 @@ def writes(pk: str, effects: Sequence[Effect], now: float) -> list[Write]:
             out.append(Update((pk, keys.idem_sk(effect.key)), set=freed))
         elif isinstance(effect, LotWarned):
             out.append(expiring_note(pk, effect, now))
+        elif isinstance(effect, DebtRepaid):
+            note = {
+                "pk": pk,
+                "sk": keys.repaid_sk(effect.note),
+                "after_seq": effect.after_seq,
+                "repaid": dict(effect.repaid),
+                "moved": dict(effect.moved),
+                "created_at": iso_utc(now),
+            }
+            out.append(Put(note, NEW))
     return out
 
 
@@ -297,6 +311,8 @@ def entry_writes(pk: str, posted: EntryPosted, now: float) -> list[Write]:
         "lot": posted.lot,
         "repaid": dict(posted.repaid) or None,
         "expired_part": posted.expired_part or None,
+        "moved": dict(posted.moved) or None,
+        "lot_price": list(posted.lot_price) if posted.lot_price else None,
     }
     out: list[Write] = [Put(item, NEW)]  # invariant 2: a ledger slot is written once
     reference = ref_sk(entry)

@@ -25,6 +25,7 @@ from credits.ledger.values import (
 )
 
 NEVER = 2**63  # sorts a lot without expiry after every dated one
+NO_CURRENCY = "none"  # the finance report's row for credits sold for no money (granted, or from before lots)
 LEGACY_LOT = "0"  # an account from before lots: its credits as one paid lot without expiry
 
 Draws = dict[str, int]  # lot id -> credits
@@ -46,6 +47,20 @@ class Lot:
     dispute_forgiven: int = 0  # what open dispute holds counted as gone already (a won dispute undoes it)
     warned: bool = False  # "Credits Expiring Soon" was announced
     expiries: int = 0  # expiration entries written for it so far
+    # what its credits were bought for (the finance report): the currency, and `price_money` (minor
+    # units) for `price_credits` credits; none for granted credits
+    currency: str | None = None
+    price_money: int = 0
+    price_credits: int = 0
+
+    @property
+    def bucket(self) -> str:
+        """The finance report's row it counts in: its currency, or NO_CURRENCY."""
+        return self.currency or NO_CURRENCY
+
+    def value(self, credits: int) -> int:
+        """What `credits` of it were bought for, in minor units (rounded down; 0 for granted ones)."""
+        return credits * self.price_money // self.price_credits if self.price_credits else 0
 
     def order(self) -> tuple[int, int, int, int]:
         """The burn order: priority, soonest expiry (none last), oldest."""
@@ -121,9 +136,9 @@ def repay(lots: Mapping[str, Lot], debt: int, now_ms: int) -> Draws:
 
 def place(lots: dict[str, Lot], terms: LotTerms, amount: int, lot_id: str, now_ms: int, held: set[str]) -> str:
     """Add `amount` credits with `terms`; the id of the lot that holds them. Credits without expiry join
-    the open lot of the same category, priority and source (a purchase's credits stay its own, so its
-    refunds find them); at MAX_LOTS a forgotten expired lot makes room, else they join the same
-    category's lot that expires last (never sooner than their own terms)."""
+    the open lot of the same category, priority, source and price (a purchase's credits stay its own,
+    so its refunds find them); at MAX_LOTS a forgotten expired lot makes room, else they join the lot
+    at their price that expires last (never sooner than their own terms), else a lot of their own."""
     priority, expires = terms.rank, terms.expires_at_ms
     target = None
     if expires is None:
@@ -135,14 +150,31 @@ def place(lots: dict[str, Lot], terms: LotTerms, amount: int, lot_id: str, now_m
                 and lot.category == terms.category
                 and lot.priority == priority
                 and lot.source == terms.source
+                and _same_price(lot, terms)
             ),
             None,
         )
-    if target is None and len(lots) >= MAX_LOTS and not _make_room(lots, now_ms, held):
-        target = _latest(lots, terms)
+    if target is None and len(lots) >= MAX_LOTS:
+        _make_room(lots, now_ms, held)
+        if len(lots) >= MAX_LOTS:  # (past it when credits at another price had to get a lot)
+            target = _latest(lots, terms)
     if target is None:
         label = terms.label[:MAX_LOT_LABEL]
-        lots[lot_id] = Lot(lot_id, terms.category, priority, expires, amount, amount, now_ms, label, terms.source)
+        money, credits = terms.price or (0, 0)
+        lots[lot_id] = Lot(
+            lot_id,
+            terms.category,
+            priority,
+            expires,
+            amount,
+            amount,
+            now_ms,
+            label,
+            terms.source,
+            currency=terms.currency,
+            price_money=money,
+            price_credits=credits,
+        )
         return lot_id
     target.granted += amount
     target.remaining += amount
@@ -159,10 +191,21 @@ def _make_room(lots: dict[str, Lot], now_ms: int, held: set[str]) -> bool:
     return False
 
 
-def _latest(lots: dict[str, Lot], terms: LotTerms) -> Lot:
-    """At the bound: the same category's lot that expires last takes the credits, and expires no sooner
-    than they would have (paid if either is)."""
-    same = [lot for lot in lots.values() if lot.category == terms.category] or list(lots.values())
+def _same_price(lot: Lot, terms: LotTerms) -> bool:
+    """Credits join a lot only at the same price in the same currency (the finance report values a
+    lot's credits at one price)."""
+    money, credits = terms.price or (0, 0)
+    return lot.currency == terms.currency and lot.price_money * credits == money * lot.price_credits
+
+
+def _latest(lots: dict[str, Lot], terms: LotTerms) -> Lot | None:
+    """At the bound: the lot at the same price that expires last takes the credits (the same category's
+    first), and expires no sooner than they would have (paid if either is). None when no lot has their
+    price: they get a lot of their own, past the bound (one per price at most)."""
+    priced = [lot for lot in lots.values() if _same_price(lot, terms)]
+    if not priced:
+        return None
+    same = [lot for lot in priced if lot.category == terms.category] or priced
     target = max(same, key=lambda lot: (NEVER if lot.expires_ms is None else lot.expires_ms, -lot.created_ms))
     expires = terms.expires_at_ms
     if target.expires_ms is not None and (expires is None or expires > target.expires_ms):
@@ -177,6 +220,51 @@ def source_lots(lots: Mapping[str, Lot], source: str | None) -> list[Lot]:
     if source is None:
         return []
     return sorted((lot for lot in lots.values() if lot.source == source), key=lambda lot: _number(lot.id))
+
+
+Moved = dict[str, list[int]]  # bucket -> [credits in (+) or out (-) for the entry's kind, repaid, value change]
+
+
+def moved(
+    lots: Mapping[str, Lot],
+    hold_draws: Iterable[Draws],
+    taken: Mapping[str, int],
+    placed: tuple[str, int] | None,
+    repaid: Mapping[str, int],
+) -> Moved:
+    """What one entry did to the credits in lots (remaining and held), by bucket, as the finance report
+    counts it: the credits it took (`taken`, negative) or placed (positive), what of them repaid a debt
+    (positive: taken for an earlier clawback), and the change of their value at the lots' prices.
+    Called with the lots as the entry leaves them."""
+    inside: dict[str, int] = {}
+    for draws in hold_draws:
+        for lot_id, n in draws.items():
+            inside[lot_id] = inside.get(lot_id, 0) + n
+    change: dict[str, int] = {lot_id: -n for lot_id, n in taken.items()}
+    if placed is not None:
+        change[placed[0]] = change.get(placed[0], 0) + placed[1]
+    for lot_id, n in repaid.items():
+        change[lot_id] = change.get(lot_id, 0) - n
+    out: Moved = {}
+    for lot_id, delta in change.items():
+        lot = lots.get(lot_id)
+        bucket = lot.bucket if lot is not None else NO_CURRENCY
+        row = out.setdefault(bucket, [0, 0, 0])
+        if lot is not None:
+            now = lot.remaining + inside.get(lot_id, 0)
+            row[2] += lot.value(now) - lot.value(now - delta)
+    for lot_id, n in taken.items():
+        out[_bucket(lots, lot_id)][0] -= n
+    if placed is not None:
+        out[_bucket(lots, placed[0])][0] += placed[1]
+    for lot_id, n in repaid.items():
+        out[_bucket(lots, lot_id)][1] += n
+    return {bucket: row for bucket, row in out.items() if any(row)}
+
+
+def _bucket(lots: Mapping[str, Lot], lot_id: str) -> str:
+    lot = lots.get(lot_id)
+    return lot.bucket if lot is not None else NO_CURRENCY
 
 
 def held_lots(draws: Iterable[Draws]) -> set[str]:

@@ -67,6 +67,8 @@ class EntryPosted:
     lot: str | None = None
     repaid: Mapping[str, int] = field(default_factory=dict)
     expired_part: int = 0
+    moved: Mapping[str, list[int]] = field(default_factory=dict)  # the same by bucket, for the finance report
+    lot_price: tuple[int, int] | None = None  # a credit: what its credits were bought for (money, credits)
 
     def result(self) -> dict[str, Any]:
         return {
@@ -121,4 +123,15 @@ class LotWarned:
     label: str
 
 
-Effect = EntryPosted | KeyRemembered | HoldOpened | HoldClosed | KeyFreed | LotWarned
+@dataclass(frozen=True)
+class DebtRepaid:
+    """Credits a hold gave back repaid a debt (an earlier clawback's), with no entry of their own:
+    noted once (`REPAID#<note>`) for the finance report, which counts them as clawed back."""
+
+    note: str  # unique on the account: the holds revision of the write, and its number in it
+    after_seq: int  # the ledger entry it came after (the ledger replays it in that place)
+    repaid: Mapping[str, int]  # lot id -> credits
+    moved: Mapping[str, list[int]]  # bucket -> [0, credits repaid, value change]
+
+
+Effect = EntryPosted | KeyRemembered | HoldOpened | HoldClosed | KeyFreed | LotWarned | DebtRepaid

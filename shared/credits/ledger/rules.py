@@ -121,9 +121,9 @@ class Change:
         if self.kind is Kind.SWEEP:
             return 0
         # and what its credits coming back to lots that expired meanwhile may expire (two items each)
-        return (
-            3 + 2 * MAX_EXPIRIES_PER_WRITE
-        )  # CAPTURE: HOLD, TX, its reference marker; RELEASE: HOLD and the freed key
+        # CAPTURE: HOLD, TX, its reference marker; RELEASE: HOLD and the freed key; and the note of a
+        # debt its credits coming back repaid (`DebtRepaid`)
+        return 4 + 2 * MAX_EXPIRIES_PER_WRITE
 
 
 def ref_sk(entry: Entry) -> str | None:
@@ -214,15 +214,29 @@ def _credit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decisio
     facts: dict[str, Any] = {"expired_part": unforgiven}
     if amount > 0:
         debt = work.debt()
-        terms = entry.lot or LotTerms(label=entry.description)
+        terms = priced(entry.lot or LotTerms(label=entry.description), entry, work)
         held = lots.held_lots(work.draws.values())
         facts["lot"] = lots.place(work.lots, terms, amount, str(work.seq + 1), ctx.now_ms, held)
+        facts["lot_price"] = terms.price
         facts["repaid"] = lots.repay(work.lots, debt, ctx.now_ms)
     work.lots_changed = True
     posted_entry = entry if amount == entry.amount else dataclasses.replace(entry, amount=amount)
     posted = work.append(posted_entry, change.idempotency, change.ref_fingerprint, found, ctx, **facts)
     work.settle(ctx)  # a lot granted inside its warning window is announced with its grant
     return posted
+
+
+def priced(terms: LotTerms, entry: Entry, work: Work) -> LotTerms:
+    """The currency and the price the credits were bought at (the finance report values them so): a
+    purchase's own; a won dispute's those of its purchase; none for credits granted."""
+    if entry.currency is None or not entry.monetary_amount or entry.amount <= 0:
+        return terms
+    price = (entry.monetary_amount, entry.amount)
+    for lot in lots.source_lots(work.lots, terms.source or entry.source):
+        if lot.price_credits and lot.currency == entry.currency:
+            price = (lot.price_money, lot.price_credits)
+            break
+    return dataclasses.replace(terms, currency=entry.currency, price=price)
 
 
 def _debit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision) -> EntryPosted:
@@ -414,6 +428,7 @@ def _capture(
     for lot_id, n in lots.draw(work.lots, short, ctx.now_ms).items():
         spent[lot_id] = spent.get(lot_id, 0) + n
         work.lots_changed = True
+    work.draws[str(change.hold_id)] = rest  # the hold draws only the rest now (`_close` gives it back)
     effects: list[Effect] = []
     transaction_id = None
     if amount > 0:

@@ -82,6 +82,10 @@ class LotTerms:
     expires_at_ms: int | None = None
     label: str = ""
     source: str | None = None  # the purchase's system reference (`purchase:<payment>`), for refunds
+    # set by the rules from the entry (never by a caller): the currency they were bought in and the
+    # price, (minor units, credits); None for credits granted for nothing
+    currency: str | None = None
+    price: tuple[int, int] | None = None
 
     @property
     def rank(self) -> int:
