@@ -16,6 +16,7 @@ REPAID = "REPAID#"  # credits a hold gave back repaid a debt, with no entry of t
 FINANCE = "FINANCE#"  # the product's monthly figures per currency (insights): FINANCE#2026-11
 REPORT = "REPORT#"  # a closed month's finance report, as the month-close function wrote it
 PRODUCT_PK = "PRODUCT"  # the partition of the product's own figures
+TOPUP = "TOPUP#"  # an auto top-up started by a decision (the top-up function reads it from the stream)
 COUNTED = "COUNTED#"  # a ledger entry already added to its day's totals (exactly once)
 INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
 CUSTOMER = "CUSTOMER#"
@@ -66,6 +67,10 @@ def limit_sk(month: str) -> str:
 
 def expiring_sk(lot_id: str) -> str:
     return f"{EXPIRING}{lot_id}"
+
+
+def topup_sk(number: int) -> str:
+    return f"{TOPUP}{number:0{SEQ_DIGITS}d}"
 
 
 def repaid_sk(note: str) -> str:

@@ -15,8 +15,10 @@ from typing import Any
 from credits import keys
 from credits.errors import SpendLimitReached
 from credits.ledger import lots as lots_
+from credits.ledger import topup as topup_
 from credits.ledger.lots import Draws, Lot
-from credits.ledger.outcomes import DebtRepaid, Effect, EntryPosted, LotWarned
+from credits.ledger.outcomes import DebtRepaid, Effect, EntryPosted, LotWarned, TopUpStarted
+from credits.ledger.topup import AutoTopUp, TopUpState
 from credits.ledger.values import EXPIRY_WARNING_DAYS, Entry, Idempotency, entry_fingerprint, month_of
 
 Found = dict[str, dict[str, Any]]  # the markers and holds a change names, as read (by sort key)
@@ -62,6 +64,9 @@ class AccountState:
     lots: dict[str, Lot] = field(default_factory=dict)  # credit lots, by id (docs/adr/0010-credit-lots.md)
     draws: dict[str, Draws] = field(default_factory=dict)  # hold id -> the credits it drew, by lot
     lots_written: bool = True  # False: an account from before lots (its lots are derived on read)
+    user_id: str = ""
+    auto_top_up: AutoTopUp | None = None  # the user's auto top-up settings (credits.ledger.topup)
+    topup: TopUpState = field(default_factory=TopUpState)
 
     def combining(self, now_ms: int) -> bool:
         return self.combiner is not None and self.combiner_until > now_ms
@@ -89,6 +94,8 @@ class Work:
     # what the account owed before any change (expirations, warnings), written with the first write
     settled: list[Effect] = field(default_factory=list)
     is_settled: bool = False
+    topup: TopUpState = field(default_factory=TopUpState)
+    topup_changed: bool = False
 
     @classmethod
     def of(cls, state: AccountState, now: float) -> Work:
@@ -99,8 +106,23 @@ class Work:
         lots = {lot_id: dataclasses.replace(lot) for lot_id, lot in state.lots.items()}
         draws = {hold_id: dict(d) for hold_id, d in state.draws.items()}
         work = cls(state, state.balance, state.seq, dict(state.holds), month, spent, lots, draws)
+        work.topup = dataclasses.replace(state.topup)
         work.lots_changed = not state.lots_written and bool(lots)
         return work
+
+    def top_up(self, before: int, ctx: Decision) -> TopUpStarted | None:
+        """A decision took `available` from `before` to what it is now: the top-up it starts, if any
+        (the account marks it pending: no other starts until it ends)."""
+        settings, month = self.base.auto_top_up, month_of(ctx.now)
+        if settings is None or not topup_.starts(
+            settings, self.topup, before, self.available(ctx.now_ms), month, ctx.now_ms
+        ):
+            return None
+        started = topup_.start(self.topup, self.base.user_id, month)
+        self.topup_changed = True
+        return TopUpStarted(
+            self.topup.count, started, settings.package_id, settings.threshold, self.available(ctx.now_ms)
+        )
 
     def spend(self, amount: int) -> None:
         self.spent += amount

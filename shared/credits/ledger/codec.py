@@ -29,8 +29,10 @@ from credits.ledger.outcomes import (
     KeyFreed,
     KeyRemembered,
     LotWarned,
+    TopUpStarted,
 )
 from credits.ledger.rules import ref_sk
+from credits.ledger.topup import AutoTopUp, TopUpState
 from credits.ledger.values import (
     EXPIRY_WARNING_DAYS,
     FREED_KEY_SECONDS,
@@ -78,6 +80,17 @@ def read_account(item: Mapping[str, Any] | None) -> AccountState:
         lots=lots,
         draws=draws,
         lots_written="lots" in item,
+        user_id=str(item.get("pk", ""))[len(keys.USER) :],
+        auto_top_up=AutoTopUp.read(plain(item.get("auto_top_up"))),
+        topup=TopUpState(
+            count=item.get("topup_count", 0),
+            pending=item.get("topup_pending"),
+            month=item.get("topup_month"),
+            started=item.get("topup_started", 0),
+            failures=item.get("topup_failures", 0),
+            retry_after_ms=item.get("topup_retry_ms", 0),
+            suspended=item.get("topup_suspended"),
+        ),
     )
 
 
@@ -202,6 +215,11 @@ def account_update(
             sets.update(lots_due=due, lots_shard=due_shard(pk))
     if work.lots_changed:
         sets["lots"] = {lot_id: lot_fields(lot) for lot_id, lot in work.lots.items()}
+    if work.topup_changed:  # a top-up started: pending until the payment's outcome ends it
+        state = work.topup
+        sets.update(
+            topup_count=state.count, topup_pending=state.pending, topup_month=state.month, topup_started=state.started
+        )
     if combiner is not None:
         guard &= eq("combiner", combiner)  # our lease, extended for as long as passes take
         sets.update(combiner_until=lease_until, combiner_pass_ms=pass_ms)
@@ -244,6 +262,19 @@ def writes(pk: str, effects: Sequence[Effect], now: float) -> list[Write]:
             out.append(Update((pk, keys.idem_sk(effect.key)), set=freed))
         elif isinstance(effect, LotWarned):
             out.append(expiring_note(pk, effect, now))
+        elif isinstance(effect, TopUpStarted):
+            started = {
+                "pk": pk,
+                "sk": keys.topup_sk(effect.number),
+                "topup_id": effect.topup_id,
+                "number": effect.number,
+                "package_id": effect.package_id,
+                "threshold": effect.threshold,
+                "available": effect.available,
+                "state": "pending",
+                "created_at": iso_utc(now),
+            }
+            out.append(Put(started, NEW))
         elif isinstance(effect, DebtRepaid):
             note = {
                 "pk": pk,

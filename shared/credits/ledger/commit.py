@@ -19,7 +19,8 @@ from credits.ledger import codec
 from credits.ledger.context import Context
 from credits.ledger.group import GroupCommit
 from credits.ledger.rules import Change, Kind, Work, decide
-from credits.ledger.values import MAX_AMOUNT, UNCHANGED, Unchanged, iso_utc, validate_amount
+from credits.ledger.topup import BACKOFF_MS, MAX_FAILURES, MAX_PER_MONTH, AutoTopUp, TopUpState
+from credits.ledger.values import MAX_AMOUNT, UNCHANGED, Unchanged, iso_utc, validate_amount, validate_token
 from credits.store import ConditionFailed, Update, Write, absent, eq, lt, ne
 
 
@@ -101,18 +102,27 @@ def update_settings(
     rate: int,
     low_balance_threshold: int | None = None,
     monthly_spend_limit: int | Unchanged | None = UNCHANGED,
+    auto_top_up: AutoTopUp | Unchanged | None = UNCHANGED,
 ) -> None:
     """Change a user's settings on the account item, never touching its balance, ledger or holds;
-    at most `rate` changes per user in a UTC minute (TooManyRequests past that)."""
+    at most `rate` changes per user in a UTC minute (TooManyRequests past that). Turning auto top-up
+    on (the user's own request: nothing else does) ends a suspension after failed payments."""
     now = ctx.clock()
     sets: dict[str, Any] = {"updated_at": iso_utc(now)}
     remove: tuple[str, ...] = ()
+    if auto_top_up is None:
+        remove += ("auto_top_up",)
+    elif not isinstance(auto_top_up, Unchanged):
+        sets["auto_top_up"] = validate_auto_top_up(auto_top_up).stored()
+        if auto_top_up.enabled:
+            sets["topup_failures"] = 0
+            remove += ("topup_suspended",)
     if low_balance_threshold is not None:
         if type(low_balance_threshold) is not int or not 0 <= low_balance_threshold <= MAX_AMOUNT:
             raise ValidationError("lowBalanceThreshold must be an integer from 0 to 1000000000.")
         sets["low_balance_threshold"] = low_balance_threshold
     if monthly_spend_limit is None:
-        remove = ("monthly_spend_limit",)
+        remove += ("monthly_spend_limit",)
     elif not isinstance(monthly_spend_limit, Unchanged):
         sets["monthly_spend_limit"] = validate_amount(monthly_spend_limit, "monthlySpendLimit")
     window = int(now) // 60  # the UTC minute, counted on the account item with the change
@@ -156,3 +166,51 @@ def update_settings(
     raise TooManyRequests(
         f"Settings can be changed at most {rate} times a minute; retry shortly.", retry_after=60 - int(now) % 60
     )
+
+
+FINISH_ATTEMPTS = 8  # reads of a top-up's end racing settings changes (each one moves the failures)
+
+
+def validate_auto_top_up(settings: AutoTopUp) -> AutoTopUp:
+    """A threshold of 0..MAX_AMOUNT credits, a package id, and 1..31 top-ups a month."""
+    if type(settings.threshold) is not int or not 0 <= settings.threshold <= MAX_AMOUNT:
+        raise ValidationError("autoTopUp.threshold must be an integer from 0 to 1000000000.")
+    validate_token(settings.package_id, "autoTopUp.packageId")
+    if type(settings.max_per_month) is not int or not 1 <= settings.max_per_month <= MAX_PER_MONTH:
+        raise ValidationError(f"autoTopUp.maxPerMonth must be an integer from 1 to {MAX_PER_MONTH}.")
+    return settings
+
+
+def finish_top_up(ctx: Context, user_id: str, topup_id: str, failure: str | None) -> TopUpState | None:
+    """End the pending top-up `topup_id`: paid (`failure` None: the failures in a row start again from
+    0), or failed with a code (no new one for BACKOFF_MS; the MAX_FAILURES-th in a row suspends auto
+    top-up). The state after; None when it was not pending (ended before: a repeated delivery)."""
+    key = (keys.user_pk(user_id), keys.ACCOUNT)
+    for _ in range(FINISH_ATTEMPTS):
+        now = ctx.clock()
+        state = codec.read_account(ctx.store.get_many(key[0], [keys.ACCOUNT]).get(keys.ACCOUNT)).topup
+        if state.pending != topup_id:
+            return None
+        guard = eq("topup_pending", topup_id)
+        if failure is None:
+            state.failures, state.retry_after_ms = 0, 0
+            sets: dict[str, Any] = {"topup_failures": 0, "updated_at": iso_utc(now)}
+            remove: tuple[str, ...] = ("topup_pending", "topup_retry_ms")
+        else:
+            failures = eq("topup_failures", state.failures)
+            guard &= failures if state.failures else failures | absent("topup_failures")
+            state.failures += 1
+            state.retry_after_ms = int(now * 1000) + BACKOFF_MS
+            sets = {"topup_failures": state.failures, "topup_retry_ms": state.retry_after_ms}
+            sets["updated_at"] = iso_utc(now)
+            if state.failures >= MAX_FAILURES:
+                state.suspended = sets["topup_suspended"] = failure
+            remove = ("topup_pending",)
+        state.pending = None
+        try:
+            # a transaction in flight on the account: ask again once it is done
+            ctx.store.write(Update(key, sets, {}, {}, remove, guard), conflicts=True)
+            return state
+        except ConditionFailed:
+            continue  # a settings change moved the failures meanwhile: read again
+    raise TemporarilyUnavailable("The account kept changing; nothing was written.")

@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from credits.errors import ValidationError
-from credits.ledger import commit
 from credits.ledger.commit import Committer
 from credits.ledger.context import Context
 from credits.ledger.group import GroupCommit
+from credits.ledger.preferences import UserSettings
 from credits.ledger.reads import Reader
 from credits.ledger.rules import Change, Kind
 from credits.ledger.values import (
@@ -28,7 +28,6 @@ from credits.ledger.values import (
     MAX_PRIORITY,
     MAX_TIME_BUDGET_SECONDS,
     SETTINGS_CHANGES_PER_MINUTE,
-    UNCHANGED,
     AccountView,
     Audit,
     Captured,
@@ -40,9 +39,7 @@ from credits.ledger.values import (
     Posted,
     Released,
     Reserved,
-    Settings,
     Transaction,
-    Unchanged,
     entry_fingerprint,
     validate_amount,
     validate_token,
@@ -53,7 +50,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 
-class Ledger:
+class Ledger(UserSettings):
     """Posts entries to a user's ledger and reads it back. Give it a DynamoDB client and the table's
     name (the handlers do), or any `Store` (`store=`: the simulator's in-memory table)."""
 
@@ -306,20 +303,6 @@ class Ledger:
         validate_token(user_id, "userId")
         return int(self.committer.run(user_id, Change(Kind.SWEEP)).get("expired", 0))
 
-    def update_settings(
-        self,
-        user_id: str,
-        *,
-        low_balance_threshold: int | None = None,
-        monthly_spend_limit: int | Unchanged | None = UNCHANGED,
-    ) -> Settings:
-        """Change a user's settings (None threshold: keep it; `monthly_spend_limit=None`: no limit).
-        They live on the account item but never touch its balance, ledger or holds. At most
-        `settings_rate` changes per user in a UTC minute: TooManyRequests past that."""
-        validate_token(user_id, "userId")
-        commit.update_settings(self.ctx, user_id, self.settings_rate, low_balance_threshold, monthly_spend_limit)
-        return self.settings(user_id)
-
     # ---- reads --------------------------------------------------------------------------------
 
     def balance(self, user_id: str) -> int:
@@ -328,9 +311,6 @@ class Ledger:
 
     def account(self, user_id: str) -> AccountView:
         return self.reader.account(user_id)
-
-    def settings(self, user_id: str) -> Settings:
-        return self.reader.settings(user_id)
 
     def holds(self, user_id: str) -> list[Hold]:
         return self.reader.holds(user_id)

@@ -134,4 +134,16 @@ class DebtRepaid:
     moved: Mapping[str, list[int]]  # bucket -> [0, credits repaid, value change]
 
 
-Effect = EntryPosted | KeyRemembered | HoldOpened | HoldClosed | KeyFreed | LotWarned | DebtRepaid
+@dataclass(frozen=True)
+class TopUpStarted:
+    """A decision spent the account below its auto top-up threshold: top-up `number` starts (its
+    item `TOPUP#<number>`, written once; the account marks it pending in the same transaction)."""
+
+    number: int
+    topup_id: str
+    package_id: str
+    threshold: int
+    available: int  # after the decision
+
+
+Effect = EntryPosted | KeyRemembered | HoldOpened | HoldClosed | KeyFreed | LotWarned | DebtRepaid | TopUpStarted

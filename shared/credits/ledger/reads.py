@@ -8,6 +8,7 @@ from typing import Any
 from credits import keys
 from credits.errors import ValidationError
 from credits.ledger import codec
+from credits.ledger.account import AccountState
 from credits.ledger.context import Context
 from credits.ledger.rules import Work
 from credits.ledger.values import AccountView, Audit, Hold, Settings, Transaction, validate_token
@@ -24,6 +25,10 @@ class Reader:
     def account(self, user_id: str) -> AccountView:
         """The balance, what is available of it and what open holds take (one consistent read)."""
         return codec.account_view(self._account_item(user_id), self.ctx.now_ms())
+
+    def state(self, user_id: str) -> AccountState:
+        """The account item as the rules read it (one consistent read)."""
+        return codec.read_account(self._account_item(user_id))
 
     def settings(self, user_id: str) -> Settings:
         """The user's low-balance threshold and monthly limit, and the month's usage so far."""

@@ -117,7 +117,7 @@ class Change:
     def size(self) -> int:
         """The most transaction items it may write, besides the account and the decision."""
         if self.kind in (Kind.POST, Kind.RESERVE):
-            return 1 + len(self.sks())  # TX (or HOLD) and its markers
+            return 2 + len(self.sks())  # TX (or HOLD), its markers, and the top-up it may start
         if self.kind is Kind.SWEEP:
             return 0
         # and what its credits coming back to lots that expired meanwhile may expire (two items each)
@@ -140,9 +140,22 @@ def decide(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Out
     and the effects that write it (none for a replay; for a refusal under an Idempotency-Key, only the
     marker that remembers it). `work` and `found` are updated, so the next change of a combiner pass
     sees this one. The account's own due entries (lots that expired) are settled first, once per
-    `work`: they are in `work.settled`, written with whatever writes the account."""
+    `work`: they are in `work.settled`, written with whatever writes the account. A charge or a hold
+    that spends the account below its auto top-up threshold starts one top-up (`TopUpStarted`,
+    credits.ledger.topup)."""
     if not work.is_settled:
         work.settle(ctx)
+    spends = change.kind is Kind.RESERVE or change.policy is Policy.USAGE
+    before = work.available(ctx.now_ms)
+    outcome, effects = _decide(change, work, found, ctx)
+    if spends and outcome.error is None and effects:
+        started = work.top_up(before, ctx)
+        if started is not None:
+            effects.append(started)
+    return outcome, effects
+
+
+def _decide(change: Change, work: Work, found: Found, ctx: Decision) -> tuple[Outcome, list[Effect]]:
     try:
         if change.kind is Kind.POST:
             return _post(change, work, found, ctx)
