@@ -6,11 +6,13 @@ signed webhook deliveries, so the whole purchase flow runs offline and determini
 Its modules, each building on the ones before it:
 
     objects        Stripe's objects as made here (their shapes in shapes.json), ids, money, errors
-    params         the endpoints' parameters: form parsing, validation, Stripe's limits
+    params         the endpoints' parameters: form parsing, validation, Stripe's limits, paging
     state          what the emulator holds, and the JSON file `make dev` keeps it in
     webhooks       events, signed as Stripe signs them, and their deliveries
-    payments       the customer, the bank and the card network: pay, refund, dispute...
-    api            Stripe's REST endpoints, authentication, Idempotency-Key, paging, expand
+    cards          Stripe's test cards (pm_card_visa...) and how each charges, saved cards, card errors
+    payments       the customer, the bank and the card network: pay (saving a card), refund, dispute...
+    intents        PaymentIntents confirmed off-session (auto top-up), saved cards' list and detach
+    api            Stripe's REST endpoints, authentication, Idempotency-Key (card errors too), paging, expand
     control        the control API (/_emulator/...) the tests and the page's test tools use
     checkout_page  the hosted checkout page
     server         StripeEmulator: its routes, each request, serving in a thread

@@ -1,6 +1,8 @@
 """The slice of Stripe's REST API the credits system calls: customers, products (and their search),
-prices, Checkout Sessions, and the lists of refunds, disputes and events; retrieval of any object,
-`expand[]`, Stripe's paging, Bearer secret-key authentication and `Idempotency-Key`."""
+prices, Checkout Sessions (payment and setup mode), and the lists of refunds, disputes and events;
+retrieval of any object, `expand[]`, Stripe's paging, Bearer secret-key authentication and
+`Idempotency-Key` (a card error's 402 is kept and replayed too); the events a request makes are sent
+once, after it ran (PaymentIntents and PaymentMethods' own endpoints are in intents)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from local.stripe_emulator import objects
+from local.stripe_emulator.cards import CardDeclined
 from local.stripe_emulator.objects import ALNUM, API_VERSION, Checkout, EmulatorError, Json, snapshot
 from local.stripe_emulator.params import (
     CLIENT_REFERENCE_ID_MAX,
@@ -30,9 +33,10 @@ from local.stripe_emulator.params import (
     at_most,
     coerce,
     missing,
+    page,
     validate,
 )
-from local.stripe_emulator.state import EmulatorState
+from local.stripe_emulator.webhooks import Webhooks
 
 Reply = tuple[int, dict[str, str], bytes]  # an HTTP answer: status, headers, body
 
@@ -46,9 +50,10 @@ COLLECTIONS = {
     "disputes": "dispute",
     "events": "event",
     "checkout/sessions": "checkout.session",
+    "payment_methods": "payment_method",
+    "setup_intents": "setup_intent",
 }
 _METADATA_QUERY = re.compile(r"""\s*metadata\[(['"])(?P<key>[^'"]+)\1\]\s*:\s*(['"])(?P<value>.*)\3\s*""")
-_LIST_TESTS = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
 
 
 def json_reply(status: int, payload: Json, headers: dict[str, str]) -> Reply:
@@ -56,7 +61,7 @@ def json_reply(status: int, payload: Json, headers: dict[str, str]) -> Reply:
     return status, {**headers, "Content-Type": "application/json"}, json.dumps(payload, indent=2).encode()
 
 
-class RestApi(EmulatorState):
+class RestApi(Webhooks):
     """Stripe's REST endpoints (each run under the lock by `_api`, which authenticates first)."""
 
     api_key: str
@@ -117,25 +122,48 @@ class RestApi(EmulatorState):
         return {**page(found, p, "/v1/products/search"), "object": "search_result", "next_page": None}
 
     def _create_session(self, params: Json) -> Json:
-        """POST /v1/checkout/sessions for exactly one unit of a price or of price_data."""
+        """POST /v1/checkout/sessions: in payment mode for exactly one unit of a price or of price_data
+        (saving the card too with payment_intent_data[setup_future_usage]); in setup mode, to save a card."""
         p = validate(params, SESSION_PARAMS)
-        for required in ("mode", "line_items", "success_url"):
+        for required in ("mode", "success_url"):
             if required not in p:
                 raise missing(required)
-        if p["mode"] != "payment":
-            raise EmulatorError(f"Invalid mode: {p['mode']} (the emulator supports payment).", param="mode")
+        if p["mode"] not in ("payment", "setup"):
+            raise EmulatorError(f"Invalid mode: {p['mode']} (the emulator supports payment and setup).", param="mode")
         at_most(p, "client_reference_id", CLIENT_REFERENCE_ID_MAX)
+        if p.get("customer"):
+            self._get("customer", p["customer"], param="customer", status=400)
+        own, other = ("payment_intent_data", "setup_intent_data")[:: 1 if p["mode"] == "payment" else -1]
+        for name in ("line_items", other) if p["mode"] == "setup" else (other,):
+            if name in p:
+                raise EmulatorError(f"You can not pass `{name}` in `{p['mode']}` mode.", param=name)
+        intent = p.get(own, {})
+        usage = intent.get("setup_future_usage")
+        if usage not in (None, "off_session", "on_session"):
+            raise EmulatorError(
+                f"Invalid {own}[setup_future_usage]: must be one of on_session or off_session",
+                param=f"{own}[setup_future_usage]",
+            )
+        session_id = "cs_test_a1" + "".join(secrets.choice(ALNUM) for _ in range(56))
+        if p["mode"] == "setup":
+            if "currency" not in p and "payment_method_types" not in p:
+                raise missing("currency")
+            checkout = Checkout("", "", intent.get("metadata", {}), intent.get("description"))
+            self._checkouts[session_id] = checkout
+            return self._store(objects.session(session_id, p, None, self.base_url))
+        if "line_items" not in p:
+            raise missing("line_items")
         if len(p["line_items"]) != 1:
             raise EmulatorError("This emulator supports exactly one line item.", param="line_items")
         item = p["line_items"][0]
         if item.get("quantity", 1) != 1:
             raise EmulatorError("This emulator supports only quantity 1.", param="line_items[0][quantity]")
-        if p.get("customer"):
-            self._get("customer", p["customer"], param="customer", status=400)
         price, name = self._line_item_price(item)
-        session_id = "cs_test_a1" + "".join(secrets.choice(ALNUM) for _ in range(56))
-        intent = p.get("payment_intent_data", {})
-        self._checkouts[session_id] = Checkout(price["id"], name, intent.get("metadata", {}), intent.get("description"))
+        if str(p.get("currency") or price["currency"]).lower() != price["currency"]:
+            raise EmulatorError("The currency must match the currency of the line items' prices.", param="currency")
+        checkout = Checkout(price["id"], name, intent.get("metadata", {}), intent.get("description"))
+        checkout.setup_future_usage = usage
+        self._checkouts[session_id] = checkout
         return self._store(objects.session(session_id, p, price, self.base_url))
 
     def _line_item_price(self, item: Json) -> tuple[Json, str]:
@@ -234,19 +262,27 @@ class RestApi(EmulatorState):
             if key and key in self._idempotency:
                 return self._replay(key, fingerprint, base)
             expand = coerce(params["expand"], "list", "expand") if "expand" in params else []
+            first_event = len(self.events)
             try:
-                result = self._expand(handler(*args, params), expand)
+                status, result = 200, self._expand(handler(*args, params), expand)
+            except CardDeclined as declined:  # reached execution: kept with its key, as Stripe keeps it
+                status, result = declined.status, declined.body()
             finally:
-                if method == "POST":  # a change (customer, product, price, session): kept now
+                events = self.events[first_event:]  # what this request changed, to send once
+                for event in events:
+                    event["request"] = {"id": base["Request-Id"], "idempotency_key": key}
+                if method == "POST":  # a change (customer, product, price, session, payment): kept now
                     self._save()
             body = json.dumps(result, indent=2).encode()
             if key:  # like Stripe, only results of requests that passed validation are kept
-                self._idempotency[key] = (fingerprint, body, base["Request-Id"])
-        return 200, {**base, "Idempotency-Key": key} if key else base, body
+                self._idempotency[key] = (fingerprint, body, base["Request-Id"], status)
+        for event in events:  # outside the lock: the webhook endpoint may call back
+            self.deliver(event)
+        return status, {**base, "Idempotency-Key": key} if key else base, body
 
     def _replay(self, key: str, fingerprint: str, base: dict[str, str]) -> Reply:
         """The first answer to a request with this Idempotency-Key, if this request is that one."""
-        original, body, original_id = self._idempotency[key]
+        original, body, original_id, status = self._idempotency[key]
         if original != fingerprint:
             raise EmulatorError(
                 "Keys for idempotent requests can only be used with the same parameters they were "
@@ -255,7 +291,7 @@ class RestApi(EmulatorState):
                 kind="idempotency_error",
             )
         replayed = {**base, "Idempotency-Key": key, "Idempotent-Replayed": "true", "Original-Request": original_id}
-        return 200, replayed, body
+        return status, replayed, body
 
     def _authenticate(self, headers: Mapping[str, str]) -> None:
         """The Bearer secret key must be ours."""
@@ -283,29 +319,6 @@ class RestApi(EmulatorState):
             elif head not in out or isinstance(out[head], str | int | list):
                 raise EmulatorError(f"This property cannot be expanded ({path}).", param="expand")
         return out
-
-
-def page(items: list[Json], p: Json, url: str) -> Json:
-    """One page of a list object, as Stripe pages: `items` newest first (as `_all` gives them, ties
-    in `created` by the order they were made), narrowed to `created`, then the page after
-    `starting_after` (or before `ending_before`), at most `limit` long."""
-    limit = p.get("limit", 10)
-    if not 1 <= limit <= 100:
-        raise EmulatorError("Invalid limit: must be between 1 and 100.", param="limit")
-    bounds = p.get("created", {})
-    items = [x for x in items if all(_LIST_TESTS[op](int(x["created"]), v) for op, v in bounds.items())]
-    ids = [x["id"] for x in items]
-    if "starting_after" in p or "ending_before" in p:
-        cursor = p.get("starting_after", p.get("ending_before"))
-        if cursor not in ids:
-            raise EmulatorError(f"No such object: '{cursor}'", code="resource_missing", param="starting_after")
-        at = ids.index(cursor)
-        if "starting_after" in p:
-            items = items[at + 1 :]
-        else:
-            before = items[:at]
-            return {"object": "list", "data": before[-limit:], "has_more": len(before) > limit, "url": url}
-    return {"object": "list", "data": items[:limit], "has_more": len(items) > limit, "url": url}
 
 
 def _money(p: Json, prefix: str) -> tuple[str, int]:

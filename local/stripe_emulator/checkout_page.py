@@ -36,14 +36,15 @@ class HostedCheckout(Control):
             session, checkout = snapshot(self._objects[session_id]), self._checkouts[session_id]
             name, credits = checkout.product_name, self._control_credits(session, checkout)
             state = self._control_summary(session)["state"]
-        amount = format_amount(session["amount_total"], session["currency"])
+        setup = session["mode"] == "setup"
+        amount = "Save a card" if setup else format_amount(session["amount_total"], session["currency"])
         return _html(
             status,
-            f"Pay {amount}",
+            amount if setup else f"Pay {amount}",
             "".join(
                 [
                     '<p class="label">Local Stripe emulator — no real payment</p>',
-                    f'<h1 id="product">{html.escape(name)}</h1>',
+                    f'<h1 id="product">{html.escape(name or "Card for later payments")}</h1>',
                     f'<p class="credits" id="credits">{credits:,} {"credit" if credits == 1 else "credits"}</p>'
                     if credits
                     else "",
@@ -82,6 +83,8 @@ def _choices(session: Json, state: str, amount: str) -> str:
     )
     if state == "failed":
         return f'<p class="note failed" id="state">This checkout session\'s payment failed.</p>{back}'
+    if session["status"] == "complete" and state == "saved":
+        return f'<p class="note" id="state">This checkout session saved a card.</p>{back}'
     if session["status"] == "complete":
         pending = "" if state == "paid" else " The payment is still processing."
         return f'<p class="note" id="state">This checkout session is already paid.{pending}</p>{back}'
@@ -91,8 +94,12 @@ def _choices(session: Json, state: str, amount: str) -> str:
     return "".join(
         [
             f'<form method="post" action="{path}/pay">',
-            f'<button id="pay" class="primary" formaction="{path}/pay">Pay {amount}</button>',
-            f'<button id="pay-later" formaction="{path}/pay_later">Pay later (async)</button>',
+            f'<button id="pay" class="primary" formaction="{path}/pay">'
+            + ("Save card" if session["mode"] == "setup" else f"Pay {amount}")
+            + "</button>",
+            ""
+            if session["mode"] == "setup"
+            else f'<button id="pay-later" formaction="{path}/pay_later">Pay later (async)</button>',
             f'<button id="cancel" class="link" formaction="{path}/cancel">Cancel</button>',
             "</form>",
         ]

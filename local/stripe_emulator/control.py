@@ -9,12 +9,12 @@ import re
 import time
 from collections.abc import Callable
 
+from local.stripe_emulator.intents import Intents
 from local.stripe_emulator.objects import BANK, Checkout, EmulatorError, Json, snapshot
 from local.stripe_emulator.params import coerce, validate
-from local.stripe_emulator.payments import Payments
 
 
-class Control(Payments):
+class Control(Intents):
     """The control endpoints, and each Checkout Session's summary for the test tools."""
 
     def _control_session(self, session_id: str, action: str, params: Json) -> Json:
@@ -22,7 +22,7 @@ class Control(Payments):
         given = params.get("amount")
         amount = None if given in (None, "") else given
         changes: dict[str, Callable[[], list[Json]]] = {
-            "pay": lambda: self._complete(session_id, "card"),
+            "pay": lambda: self._complete(session_id, "card", str(params.get("payment_method") or "pm_card_visa")),
             "pay_later": lambda: self._complete(session_id, BANK),
             "async_succeed": lambda: self._settle(session_id, True),
             "async_fail": lambda: self._settle(session_id, False),
@@ -68,7 +68,7 @@ class Control(Payments):
         checkout = self._checkouts[session["id"]]
         intent = self._objects.get(session["payment_intent"] or "")
         charge = self._objects.get(checkout.charge or "")
-        dispute = self._objects.get(checkout.dispute or "")
+        dispute = self._dispute_of(charge) if charge else None
         state = _state(session, intent)
         return {
             "id": session["id"],
@@ -76,10 +76,12 @@ class Control(Payments):
             "state": state,
             "product": checkout.product_name,
             "credits": self._control_credits(session, checkout),
-            "amount": session["amount_total"],
+            "mode": session["mode"],
+            "amount": session["amount_total"] or 0,
             "currency": session["currency"],
             "method": checkout.method if session["status"] == "complete" else None,
             "paymentIntent": intent["id"] if intent else None,
+            "paymentMethod": checkout.payment_method,  # the card paid with (saved in setup mode or for later)
             "refunded": charge["amount_refunded"] if charge else 0,
             "dispute": dispute["status"] if dispute else None,
             "actions": _actions(state, charge, dispute),
@@ -97,11 +99,14 @@ class Control(Payments):
 
 
 def _state(session: Json, intent: Json | None) -> str:
-    """A session's state for the test tools: open, expired, processing, failed or paid."""
+    """A session's state for the test tools: open, expired, processing, failed, paid, or (setup mode)
+    saved."""
     if session["status"] == "open":
         return "open" if session["expires_at"] > time.time() else "expired"
     if session["status"] != "complete":
         return str(session["status"])
+    if session["mode"] == "setup":
+        return "saved"
     if session["payment_status"] == "paid":
         return "paid"
     return "processing" if intent is not None and intent["status"] == "processing" else "failed"

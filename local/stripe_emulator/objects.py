@@ -48,7 +48,8 @@ class EmulatorError(Exception):
 
 @dataclass
 class Checkout:
-    """Emulator-side bookkeeping for one Checkout Session."""
+    """Emulator-side bookkeeping for one Checkout Session (in setup mode: no price nor product, and
+    pi_metadata and pi_description are setup_intent_data's)."""
 
     price: str
     product_name: str
@@ -57,6 +58,8 @@ class Checkout:
     method: str = "card"
     charge: str | None = None
     dispute: str | None = None
+    setup_future_usage: str | None = None  # payment_intent_data's: the card is saved when paid
+    payment_method: str | None = None  # the card saved when paid (a PaymentMethod id)
 
 
 def new_id(prefix: str, length: int = 24) -> str:
@@ -139,9 +142,11 @@ def price(product_id: str, currency: str, amount: int, p: Json) -> Json:
     )
 
 
-def session(session_id: str, p: Json, unit_price: Json, base_url: str) -> Json:
-    """An open Checkout Session for one unit of the price, paid on the emulator's page at `base_url`."""
-    now, amount, customer_id = int(time.time()), unit_price["unit_amount"], p.get("customer")
+def session(session_id: str, p: Json, unit_price: Json | None, base_url: str) -> Json:
+    """An open Checkout Session for one unit of the price, paid on the emulator's page at `base_url`;
+    in setup mode (no price), one that saves a card there."""
+    now, customer_id = int(time.time()), p.get("customer")
+    amount = unit_price["unit_amount"] if unit_price else None
     given = (
         "cancel_url",
         "client_reference_id",
@@ -157,10 +162,12 @@ def session(session_id: str, p: Json, unit_price: Json, base_url: str) -> Json:
         amount_subtotal=amount,
         amount_total=amount,
         created=now,
-        currency=unit_price["currency"],
+        currency=unit_price["currency"] if unit_price else p.get("currency"),
         customer=customer_id,
         customer_creation=None if customer_id else "if_required",
         expires_at=p.get("expires_at", now + DAY),
+        mode=p["mode"],
+        payment_status="unpaid" if unit_price else "no_payment_required",
         url=f"{base_url}/checkout/{session_id}",
         **{k: p[k] for k in given if k in p},
     )
@@ -210,7 +217,7 @@ def charge(checkout_session: Json, checkout: Checkout, intent: Json) -> Json:
         description=intent["description"],
         metadata=dict(intent["metadata"]),
         payment_intent=intent["id"],
-        payment_method=new_id("pm"),
+        payment_method=intent["payment_method"] or new_id("pm"),
         payment_method_details={method: details, "type": method},
     )
     billing = checkout_session["customer_details"] or {}

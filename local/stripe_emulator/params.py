@@ -51,7 +51,23 @@ SESSION_PARAMS: Json = {
     "metadata": "meta",
     "payment_method_types": "list",
     "expires_at": "int",
-    "payment_intent_data": {"metadata": "meta", "description": "str"},
+    "payment_intent_data": {"metadata": "meta", "description": "str", "setup_future_usage": "str"},
+    "currency": "str",
+    "setup_intent_data": {"metadata": "meta", "description": "str"},
+    **EXPAND,
+}
+PAYMENT_INTENT_PARAMS: Json = {
+    "amount": "int",
+    "currency": "str",
+    "customer": "str",
+    "payment_method": "str",
+    "payment_method_types": "list",
+    "automatic_payment_methods": {"enabled": "bool", "allow_redirects": "str"},
+    "confirm": "bool",
+    "off_session": "str",  # true, or one_off / recurring
+    "return_url": "str",
+    "metadata": "meta",
+    "description": "str",
     **EXPAND,
 }
 PRICE_LIST_PARAMS: Json = {
@@ -72,8 +88,10 @@ PAGES: Json = {
 SESSION_LIST_PARAMS: Json = {"payment_intent": "str", "customer": "str", "status": "str", **PAGES, **EXPAND}
 REFUND_LIST_PARAMS: Json = {"charge": "str", "payment_intent": "str", **PAGES, **EXPAND}
 DISPUTE_LIST_PARAMS: Json = {"charge": "str", "payment_intent": "str", **PAGES, **EXPAND}
+PAYMENT_METHOD_LIST_PARAMS: Json = {"type": "str", "allow_redisplay": "str", **PAGES, **EXPAND}
 EVENT_LIST_PARAMS: Json = {"type": "str", "types": "list", **PAGES, **EXPAND}
 SEARCH_PARAMS: Json = {"query": "str", "limit": "int", **EXPAND}
+_LIST_TESTS = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
 _FORM_KEY = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")
 
 
@@ -146,6 +164,29 @@ def coerce(value: Any, spec: Any, name: str) -> Any:
             raise EmulatorError(f"Invalid boolean: {value}", param=name)
         return value == "true"
     return value
+
+
+def page(items: list[Json], p: Json, url: str) -> Json:
+    """One page of a list object, as Stripe pages: `items` newest first (as `_all` gives them, ties
+    in `created` by the order they were made), narrowed to `created`, then the page after
+    `starting_after` (or before `ending_before`), at most `limit` long."""
+    limit = p.get("limit", 10)
+    if not 1 <= limit <= 100:
+        raise EmulatorError("Invalid limit: must be between 1 and 100.", param="limit")
+    bounds = p.get("created", {})
+    items = [x for x in items if all(_LIST_TESTS[op](int(x["created"]), v) for op, v in bounds.items())]
+    ids = [x["id"] for x in items]
+    if "starting_after" in p or "ending_before" in p:
+        cursor = p.get("starting_after", p.get("ending_before"))
+        if cursor not in ids:
+            raise EmulatorError(f"No such object: '{cursor}'", code="resource_missing", param="starting_after")
+        at = ids.index(cursor)
+        if "starting_after" in p:
+            items = items[at + 1 :]
+        else:
+            before = items[:at]
+            return {"object": "list", "data": before[-limit:], "has_more": len(before) > limit, "url": url}
+    return {"object": "list", "data": items[:limit], "has_more": len(items) > limit, "url": url}
 
 
 def missing(param: str) -> EmulatorError:

@@ -24,8 +24,8 @@ class StripeEmulator(HostedCheckout, RestApi):
     """An in-process fake of Stripe: REST subset, hosted checkout page, and signed webhook events.
 
     Its parts, by module: the objects it holds (state), Stripe's REST endpoints (api), the events and
-    their signed deliveries (webhooks), the payments' control actions (payments, control) and the
-    hosted checkout page (checkout_page)."""
+    their signed deliveries (webhooks), the payments' control actions (payments, control), the test
+    cards and off-session PaymentIntents (cards, intents) and the hosted checkout page (checkout_page)."""
 
     # (method, path, kind, handler): "api" needs the secret key and answers Stripe's JSON; "control"
     # answers JSON; "page" answers what its handler makes (HTML, a redirect).
@@ -42,9 +42,15 @@ class StripeEmulator(HostedCheckout, RestApi):
             ("GET", r"/v1/refunds", "api", "_list_refunds"),
             ("GET", r"/v1/disputes", "api", "_list_disputes"),
             ("GET", r"/v1/events", "api", "_list_events"),
+            ("POST", r"/v1/payment_intents", "api", "_create_payment_intent"),
+            ("GET", r"/v1/customers/([^/]+)/payment_methods", "api", "_list_payment_methods"),
+            ("POST", r"/v1/payment_methods/([^/]+)/detach", "api", "_detach_payment_method"),
             ("GET", r"/v1/(" + "|".join(COLLECTIONS) + r")/([^/]+)", "api", "_retrieve"),
             ("POST", r"/_emulator/sessions/([^/]+)/(\w+)", "control", "_control_session"),
             ("GET", r"/_emulator/sessions", "control", "_control_sessions"),
+            ("POST", r"/_emulator/payment_intents/([^/]+)/(\w+)", "control", "_control_payment_intent"),
+            ("POST", r"/_emulator/next_off_session_payment", "control", "_control_next_off_session_payment"),
+            ("GET", r"/_emulator/next_off_session_payment", "control", "_control_next_off_session_payment"),
             ("POST", r"/_emulator/events/([^/]+)/redeliver", "control", "_control_redeliver"),
             ("GET", r"/_emulator/events", "control", "_control_events"),
             ("POST", r"/_emulator/webhooks", "control", "_control_webhooks"),

@@ -24,7 +24,8 @@ class EmulatorState:
         self._objects: dict[str, Json] = {}
         self._checkouts: dict[str, Checkout] = {}
         self._inline: set[str] = set()  # made from price_data: never listed or searched
-        self._idempotency: dict[str, tuple[str, bytes, str]] = {}  # key: (request, answer, request id)
+        self._idempotency: dict[str, tuple[str, bytes, str, int]] = {}  # key: (request, answer, its id, status)
+        self._next_off_session: str | None = None  # the next off-session payment's forced outcome
         self._lock = threading.RLock()
 
     def _save(self) -> None:
@@ -39,6 +40,7 @@ class EmulatorState:
                 "checkouts": {k: asdict(v) for k, v in self._checkouts.items()},
                 "inline": sorted(self._inline),
                 "events": self.events,
+                "next_off_session": self._next_off_session,
             }
             write_json(self.state_path, state)
 
@@ -51,6 +53,7 @@ class EmulatorState:
             self._checkouts = {k: Checkout(**v) for k, v in state["checkouts"].items()}
             self._inline = set(state["inline"])
             self.events = state["events"]
+            self._next_off_session = state.get("next_off_session")
 
     def _get(self, kind: str, obj_id: str, *, param: str = "id", status: int = 404) -> Json:
         """A stored object of the given type, or Stripe's resource_missing error."""

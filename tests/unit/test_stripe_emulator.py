@@ -1022,3 +1022,421 @@ def test_the_package_stays_in_pieces_a_reader_can_hold() -> None:
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ClassDef):
                 assert node.end_lineno is not None and node.end_lineno - node.lineno < 300, (path.name, node.name)
+
+
+# ---- saved cards and off-session payments (auto top-up) ---------------------------------------------
+
+
+def new_customer(client: stripe.StripeClient) -> str:
+    return client.v1.customers.create(params={"email": "ada@example.com", "metadata": {"userId": "user-1"}}).id
+
+
+def setup_session(client: stripe.StripeClient, customer: str | None, **extra: Any) -> stripe.checkout.Session:
+    """A setup-mode session, as stripe-python sends it."""
+    return create_session(
+        client,
+        {
+            "mode": "setup",
+            "customer": customer,
+            "currency": "usd",
+            "success_url": "http://localhost:3000/saved?session={CHECKOUT_SESSION_ID}",
+            "cancel_url": "http://localhost:3000/cancelled",
+            **extra,
+        },
+    )
+
+
+def save_card(client: stripe.StripeClient, emulator: StripeEmulator, customer: str, card: str = "pm_card_visa") -> str:
+    """Save one of Stripe's test cards through a setup-mode session (the control's pay); its PaymentMethod id."""
+    session = setup_session(client, customer)
+    status, _, body = send("POST", f"{emulator.base_url}/_emulator/sessions/{session.id}/pay", {"payment_method": card})
+    assert status == 200, body
+    setup_intent = client.v1.setup_intents.retrieve(str(client.v1.checkout.sessions.retrieve(session.id).setup_intent))
+    return str(setup_intent.payment_method)
+
+
+def charge_off_session(
+    client: stripe.StripeClient, customer: str, payment_method: str, key: str | None = None, amount: int = 500
+) -> stripe.PaymentIntent:
+    """What auto top-up sends: a PaymentIntent confirmed off-session with a saved card."""
+    return client.v1.payment_intents.create(
+        params={
+            "amount": amount,
+            "currency": "usd",
+            "customer": customer,
+            "payment_method": payment_method,
+            "off_session": True,
+            "confirm": True,
+            "metadata": META,
+            "description": "Auto top-up",
+        },
+        options={"idempotency_key": key} if key else {},
+    )
+
+
+def event_types(receiver: Receiver) -> list[str]:
+    return [e.type for e in receiver.events()]
+
+
+def test_a_setup_mode_session_saves_a_card_for_the_customer(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    session = setup_session(client, customer, metadata={"userId": "user-1"})
+    assert (session.mode, session.status, session.payment_status) == ("setup", "open", "no_payment_required")
+    assert session.amount_total is None and session.currency == "usd" and session.setup_intent is None
+    page = send("GET", session.url or "")[2].decode()
+    assert 'id="pay"' in page and "Save card" in page and 'id="pay-later"' not in page
+
+    redirect = send("POST", f"{emulator.base_url}/checkout/{session.id}/pay")
+
+    assert redirect[0] == 303 and redirect[1]["Location"] == f"http://localhost:3000/saved?session={session.id}"
+    [completed] = receiver.events()
+    assert completed.type == "checkout.session.completed"
+    done = completed.data.object
+    assert (done.status, done.mode, done.payment_intent) == ("complete", "setup", None)
+    setup_intent = client.v1.setup_intents.retrieve(done.setup_intent)
+    assert setup_intent.id.startswith("seti_") and setup_intent.status == "succeeded"
+    assert (setup_intent.customer, setup_intent.usage) == (customer, "off_session")
+    card = client.v1.payment_methods.retrieve(str(setup_intent.payment_method))
+    assert card.id.startswith("pm_") and (card.object, card.type, card.customer) == ("payment_method", "card", customer)
+    assert card.card is not None and (card.card.brand, card.card.last4) == ("visa", "4242")
+    assert card.card.exp_month == 12 and card.card.exp_year > time.gmtime().tm_year and card.card.fingerprint
+    second = client.v1.payment_methods.retrieve(save_card(client, emulator, customer))
+    assert second.card is not None and second.card.fingerprint == card.card.fingerprint  # the same card number
+    listed = client.v1.customers.payment_methods.list(customer, params={"type": "card"})
+    assert [m.id for m in listed.data] == [second.id, card.id]
+    assert client.v1.customers.payment_methods.list(new_customer(client)).data == []
+    assert "saved a card" in send("GET", f"{emulator.base_url}/checkout/{session.id}")[2].decode()
+    [summary] = [
+        s
+        for s in json.loads(send("GET", f"{emulator.base_url}/_emulator/sessions")[2])["sessions"]
+        if s["id"] == session.id
+    ]
+    assert (summary["mode"], summary["state"], summary["paymentMethod"], summary["actions"]) == (
+        "setup",
+        "saved",
+        card.id,
+        [],
+    )
+
+
+def test_a_setup_mode_session_is_checked_as_stripe_checks_it(client: stripe.StripeClient) -> None:
+    customer = new_customer(client)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        setup_session(client, customer, currency=None)
+    assert (info.value.param, info.value.code) == ("currency", "parameter_missing")
+    with_types = setup_session(client, customer, currency=None, payment_method_types=["card"])
+    assert with_types.currency is None and with_types.payment_method_types == ["card"]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"line_items": [{"price": "price_x"}]}, "line_items"),
+        ({"payment_intent_data": {"setup_future_usage": "off_session"}}, "payment_intent_data"),
+    ]
+    for extra, param in cases:
+        with pytest.raises(stripe.InvalidRequestError) as info:
+            setup_session(client, customer, **extra)
+        assert info.value.param == param
+
+
+def test_setup_future_usage_saves_the_card_the_customer_paid_with(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    session = make_session(
+        client, customer=customer, payment_intent_data={"metadata": META, "setup_future_usage": "off_session"}
+    )
+
+    emulator.pay(session.id)
+
+    [completed] = receiver.events()
+    assert completed.type == "checkout.session.completed" and completed.data.object.payment_status == "paid"
+    intent = client.v1.payment_intents.retrieve(completed.data.object.payment_intent)
+    assert (intent.status, intent.setup_future_usage) == ("succeeded", "off_session")
+    card = client.v1.payment_methods.retrieve(str(intent.payment_method))
+    assert card.customer == customer and card.card is not None and card.card.last4 == "4242"
+    charge = client.v1.charges.retrieve(str(intent.latest_charge))
+    assert charge.payment_method == card.id and charge.customer == customer
+    assert [m.id for m in client.v1.customers.payment_methods.list(customer).data] == [card.id]
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        make_session(client, payment_intent_data={"setup_future_usage": "sometimes"})
+    assert info.value.param == "payment_intent_data[setup_future_usage]"
+
+
+def test_a_payment_without_setup_future_usage_saves_nothing(
+    client: stripe.StripeClient, emulator: StripeEmulator
+) -> None:
+    customer = new_customer(client)
+    emulator.pay(make_session(client, customer=customer).id)
+    assert client.v1.customers.payment_methods.list(customer).data == []
+
+
+def test_a_card_that_stripe_declines_is_not_saved_and_the_session_stays_open(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    session = setup_session(client, customer)
+    control = f"{emulator.base_url}/_emulator/sessions/{session.id}/pay"
+
+    status, _, body = send("POST", control, {"payment_method": "pm_card_chargeDeclined"})
+
+    assert (status, json.loads(body)["error"]["code"]) == (402, "card_declined")
+    status, _, body = send("POST", control, {"payment_method": "pm_card_nope"})
+    assert (status, json.loads(body)["error"]["code"]) == (400, "resource_missing")
+    assert client.v1.checkout.sessions.retrieve(session.id).status == "open" and receiver.requests == []
+    assert client.v1.customers.payment_methods.list(customer).data == []
+
+
+def test_detaching_a_saved_card_sends_payment_method_detached(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    card = save_card(client, emulator, customer)
+
+    detached = client.v1.payment_methods.detach(card)
+
+    assert detached.id == card and detached.customer is None
+    assert event_types(receiver) == ["checkout.session.completed", "payment_method.detached"]
+    event = receiver.events()[-1]
+    assert event.data.object.id == card and event.data.object.customer is None
+    assert event.data.to_dict()["previous_attributes"] == {"customer": customer}
+    assert client.v1.payment_methods.retrieve(card).customer is None
+    assert client.v1.customers.payment_methods.list(customer).data == []
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.payment_methods.detach(card)
+    assert info.value.http_status == 400 and "not attached to a customer" in str(info.value.user_message)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        charge_off_session(client, customer, card)
+    assert info.value.param == "payment_method" and "may not be used again" in str(info.value.user_message)
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client.v1.payment_methods.detach("pm_missing")
+    assert (info.value.http_status, info.value.code) == (404, "resource_missing")
+    assert event_types(receiver) == ["checkout.session.completed", "payment_method.detached"]
+
+
+def test_an_off_session_payment_with_a_saved_card_succeeds(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    card = save_card(client, emulator, customer)
+
+    intent = charge_off_session(client, customer, card, amount=700)
+
+    assert intent.id.startswith("pi_") and intent.status == "succeeded"
+    assert (intent.amount, intent.amount_received, intent.currency) == (700, 700, "usd")
+    assert (intent.customer, intent.payment_method, intent.description) == (customer, card, "Auto top-up")
+    assert metadata(intent) == META
+    charge = client.v1.charges.retrieve(str(intent.latest_charge))
+    assert charge.id.startswith("ch_") and (charge.status, charge.paid, charge.amount) == ("succeeded", True, 700)
+    assert (charge.payment_intent, charge.customer, charge.payment_method) == (intent.id, customer, card)
+    assert metadata(charge) == META and charge.currency == "usd"
+    assert event_types(receiver) == ["checkout.session.completed", "payment_intent.succeeded"]
+    succeeded = receiver.events()[-1]
+    assert succeeded.data.object.id == intent.id and succeeded.data.object.status == "succeeded"
+    assert client.v1.payment_intents.retrieve(intent.id).latest_charge == charge.id
+
+    control = f"{emulator.base_url}/_emulator/payment_intents/{intent.id}"
+    assert send("POST", f"{control}/refund", {"amount": "200"})[0] == 200
+    assert send("POST", f"{control}/dispute")[0] == 200
+    assert send("POST", f"{control}/refund")[0] == 400  # charged back
+    assert send("POST", f"{control}/close_dispute", {"status": "won"})[0] == 200
+    [refunded] = emulator.refund_payment_intent(intent.id)
+
+    assert event_types(receiver)[2:] == [
+        "charge.refunded",
+        "charge.dispute.created",
+        "charge.dispute.closed",
+        "charge.refunded",
+    ]
+    first_refund, opened = receiver.events()[2].data.object, receiver.events()[3].data.object
+    assert (first_refund.id, first_refund.amount_refunded, first_refund.refunded) == (charge.id, 200, False)
+    assert (opened.charge, opened.payment_intent, opened.amount) == (charge.id, intent.id, 700)
+    assert refunded["data"]["object"]["amount_refunded"] == 700 and refunded["data"]["object"]["refunded"] is True
+    refunds = client.v1.refunds.list(params={"payment_intent": intent.id})
+    assert [r.amount for r in refunds.data] == [500, 200]
+    assert send("POST", f"{control}/explode")[0] == 404
+    assert send("POST", f"{emulator.base_url}/_emulator/payment_intents/pi_nope/refund")[0] == 404
+
+
+def test_refund_by_payment_intent_works_for_checkout_payments_too(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    session = make_session(client)
+    emulator.pay(session.id)
+    intent = str(client.v1.checkout.sessions.retrieve(session.id).payment_intent)
+
+    emulator.dispute_payment_intent(intent)
+    emulator.close_payment_intent_dispute(intent, "lost")
+
+    assert event_types(receiver) == ["checkout.session.completed", "charge.dispute.created", "charge.dispute.closed"]
+    [summary] = json.loads(send("GET", f"{emulator.base_url}/_emulator/sessions")[2])["sessions"]
+    assert summary["dispute"] == "lost" and "refund" not in summary["actions"]
+
+
+@pytest.mark.parametrize(
+    ("card", "code", "decline_code", "message"),
+    [
+        ("pm_card_chargeDeclined", "card_declined", "generic_decline", "Your card was declined."),
+        (
+            "pm_card_chargeDeclinedInsufficientFunds",
+            "card_declined",
+            "insufficient_funds",
+            "Your card has insufficient funds.",
+        ),
+        (
+            "pm_card_authenticationRequired",
+            "authentication_required",
+            "authentication_required",
+            "Your card was declined. This transaction requires authentication.",
+        ),
+    ],
+)
+def test_stripe_s_test_cards_decline_off_session_as_stripe_does(
+    client: stripe.StripeClient,
+    emulator: StripeEmulator,
+    receiver: Receiver,
+    card: str,
+    code: str,
+    decline_code: str,
+    message: str,
+) -> None:
+    customer = new_customer(client)
+
+    with pytest.raises(stripe.CardError) as info:
+        charge_off_session(client, customer, card)
+
+    assert (info.value.http_status, info.value.code, info.value.user_message) == (402, code, message)
+    error = info.value.error
+    assert error is not None and (error.type, error.decline_code) == ("card_error", decline_code)
+    assert error.payment_intent is not None and error.payment_intent.status == "requires_payment_method"
+    intent = client.v1.payment_intents.retrieve(error.payment_intent.id)
+    assert intent.status == "requires_payment_method" and intent.payment_method is None
+    assert intent.last_payment_error is not None
+    assert (intent.last_payment_error.code, intent.last_payment_error.decline_code) == (code, decline_code)
+    assert metadata(intent) == META and intent.customer == customer
+    failed = client.v1.charges.retrieve(str(intent.latest_charge))
+    assert (failed.status, failed.paid, failed.failure_code) == ("failed", False, code)
+    assert event_types(receiver) == ["payment_intent.payment_failed"]
+    sent = receiver.events()[0].data.object
+    assert sent.id == intent.id and sent.last_payment_error.decline_code == decline_code
+    status, _, body = send("POST", f"{emulator.base_url}/_emulator/payment_intents/{intent.id}/refund")
+    assert (status, json.loads(body)["error"]["code"]) == (400, "no_charge")
+
+
+@pytest.mark.parametrize(
+    ("card", "code"),
+    [("pm_card_chargeCustomerFail", "card_declined"), ("pm_card_authenticationRequired", "authentication_required")],
+)
+def test_a_saved_card_charges_as_the_test_card_it_was_saved_from(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver, card: str, code: str
+) -> None:
+    customer = new_customer(client)
+    saved = save_card(client, emulator, customer, card)
+
+    with pytest.raises(stripe.CardError) as info:
+        charge_off_session(client, customer, saved)
+
+    assert info.value.code == code
+    assert event_types(receiver) == ["checkout.session.completed", "payment_intent.payment_failed"]
+    assert client.v1.payment_methods.retrieve(saved).customer == customer  # still saved
+
+
+def test_an_off_session_payment_is_checked_as_stripe_checks_it(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer, other = new_customer(client), new_customer(client)
+    card = save_card(client, emulator, customer)
+    base: dict[str, Any] = {"amount": 500, "currency": "usd", "customer": customer, "payment_method": card}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"amount": None}, "amount"),
+        ({"currency": None}, "currency"),
+        ({"customer": "cus_missing", "off_session": True, "confirm": True}, "customer"),
+        ({"payment_method": "pm_missing", "off_session": True, "confirm": True}, "payment_method"),
+        ({"customer": other, "off_session": True, "confirm": True}, "customer"),
+        ({"off_session": True}, "off_session"),
+        ({"confirm": True}, "return_url"),
+        ({"bogus": "1"}, "bogus"),
+    ]
+    for extra, param in cases:
+        with pytest.raises(stripe.InvalidRequestError) as info:
+            client.v1.payment_intents.create(params=cast(Any, {**base, **extra}))
+        assert (info.value.http_status, info.value.param) == (400, param), extra
+    unconfirmed = client.v1.payment_intents.create(params=cast(Any, base))
+    assert unconfirmed.status == "requires_confirmation" and unconfirmed.latest_charge is None
+    assert event_types(receiver) == ["checkout.session.completed"]
+
+
+def test_the_same_idempotency_key_replays_a_payment_and_sends_its_webhook_once(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    card = save_card(client, emulator, customer)
+
+    first = charge_off_session(client, customer, card, key="topup-1")
+    again = charge_off_session(client, customer, card, key="topup-1")
+
+    assert again.id == first.id and again.status == "succeeded"
+    assert again.last_response is not None and again.last_response.headers["Idempotent-Replayed"] == "true"
+    assert event_types(receiver) == ["checkout.session.completed", "payment_intent.succeeded"]
+    request = receiver.events()[-1].request
+    assert request is not None and request.idempotency_key == "topup-1"
+    assert client.v1.charges.retrieve(str(first.latest_charge)).payment_intent == first.id
+    with pytest.raises(stripe.IdempotencyError) as info:
+        charge_off_session(client, customer, card, key="topup-1", amount=600)
+    assert info.value.http_status == 400
+    other = charge_off_session(client, customer, card, key="topup-2")
+    assert other.id != first.id
+    assert event_types(receiver)[1:] == ["payment_intent.succeeded", "payment_intent.succeeded"]
+
+
+def test_a_declined_payment_is_replayed_for_its_idempotency_key_too(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    declines: list[stripe.CardError] = []
+    for _ in range(2):
+        with pytest.raises(stripe.CardError) as info:
+            charge_off_session(client, customer, "pm_card_chargeDeclinedInsufficientFunds", key="topup-declined")
+        declines.append(info.value)
+
+    first, again = (e.error.payment_intent for e in declines if e.error is not None)
+    assert first is not None and again is not None and again.id == first.id
+    assert declines[1].headers is not None and declines[1].headers["Idempotent-Replayed"] == "true"
+    assert [e.code for e in declines] == ["card_declined", "card_declined"]
+    assert event_types(receiver) == ["payment_intent.payment_failed"]
+    with pytest.raises(stripe.IdempotencyError):
+        charge_off_session(client, customer, "pm_card_visa", key="topup-declined")
+    assert len(emulator._all("payment_intent")) == 1
+
+
+def test_the_control_decides_the_next_off_session_payment_only(
+    client: stripe.StripeClient, emulator: StripeEmulator, receiver: Receiver
+) -> None:
+    customer = new_customer(client)
+    card = save_card(client, emulator, customer)
+    control = f"{emulator.base_url}/_emulator/next_off_session_payment"
+
+    assert json.loads(send("GET", control)[2]) == {"nextOffSessionPayment": None}
+    for outcome, code, decline_code in [
+        ("decline", "card_declined", "generic_decline"),
+        ("insufficient_funds", "card_declined", "insufficient_funds"),
+        ("authentication_required", "authentication_required", "authentication_required"),
+    ]:
+        status, _, body = send("POST", control, {"outcome": outcome})
+        assert (status, json.loads(body)) == (200, {"nextOffSessionPayment": outcome})
+        with pytest.raises(stripe.CardError) as info:
+            charge_off_session(client, customer, card)
+        assert info.value.code == code and info.value.error is not None
+        assert info.value.error.decline_code == decline_code
+        assert charge_off_session(client, customer, card).status == "succeeded"  # the next one only
+
+    send("POST", control, body=b'{"outcome": "succeed"}', headers={"Content-Type": "application/json"})
+    assert charge_off_session(client, customer, "pm_card_chargeDeclined").status == "succeeded"
+    with pytest.raises(stripe.CardError):
+        charge_off_session(client, customer, "pm_card_chargeDeclined")
+    send("POST", control, {"outcome": "decline"})
+    assert send("POST", control, {"outcome": "card"})[0] == 200  # back to what the card does
+    assert charge_off_session(client, customer, card).status == "succeeded"
+    status, _, body = send("POST", control, {"outcome": "maybe"})
+    assert (status, json.loads(body)["error"]["param"]) == (400, "outcome")
+    assert json.loads(send("GET", control)[2]) == {"nextOffSessionPayment": None}
+    assert event_types(receiver).count("payment_intent.payment_failed") == 4
