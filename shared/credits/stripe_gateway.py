@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import stripe
@@ -29,6 +30,18 @@ def customer_key(user_id: str) -> str:
     is ASCII, 73 characters, and one per user. The id itself goes in the customer's metadata.
     """
     return "customer-" + hashlib.sha256(user_id.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class OffSessionPayment:
+    """What Stripe answered an off-session charge of a saved card: `succeeded` (or `processing`), or
+    `failed` with the decline's code (`insufficient_funds`, `authentication_required`, ...) and
+    Stripe's sentence for the user."""
+
+    payment_intent_id: str | None
+    status: str
+    failure_code: str | None = None
+    message: str | None = None
 
 
 class InvalidWebhook(ValidationError):
@@ -126,6 +139,48 @@ class StripeGateway:
         if not session.url:
             raise PaymentProviderError("The payment provider returned no checkout address.")
         return str(session.id), str(session.url)
+
+    def charge_saved_card(
+        self,
+        *,
+        customer_id: str,
+        payment_method_id: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+        description: str,
+    ) -> OffSessionPayment:
+        """Charge a saved card with the customer away (auto top-up): confirmed at once, never waiting
+        for the customer (a card that needs 3-D Secure fails with `authentication_required`). The
+        same `idempotency_key` returns the first answer, declines included: a repeated call never
+        charges twice. A decline is an answer; Stripe unreachable or refusing is PaymentProviderError
+        (retry with the same key)."""
+        params: Any = {
+            "amount": amount,
+            "currency": currency,
+            "customer": customer_id,
+            "payment_method": payment_method_id,
+            "off_session": True,
+            "confirm": True,
+            "metadata": metadata,
+            "description": description,
+        }
+        try:
+            intent = self.client.v1.payment_intents.create(params=params, options={"idempotency_key": idempotency_key})
+        except stripe.CardError as exc:
+            error = exc.error
+            failed = error.payment_intent if error is not None else None
+            code = (error.decline_code or error.code) if error is not None else None
+            return OffSessionPayment(
+                str(failed.id) if failed is not None else None,
+                "failed",
+                code or "card_declined",
+                exc.user_message or "The card was declined.",
+            )
+        except stripe.StripeError as exc:
+            raise PaymentProviderError("Could not charge the saved card; please retry.") from exc
+        return OffSessionPayment(str(intent.id), str(intent.status))
 
     def sync_package(self, package: Package) -> Package:
         """Create or reuse the Stripe Product and Price of a package; returns it with their ids."""
