@@ -41,7 +41,7 @@ _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 def entry_moves(item: Mapping[str, Any]) -> dict[str, int]:
     """What one ledger entry (its item) adds to its month: attribute `<figure>:<row>` -> amount."""
-    kind, amount = str(item["type"]), int(item["amount"])
+    kind = str(item["type"])
     out: dict[str, int] = {}
     for row, (credits, repaid, value) in (item.get("moved") or {}).items():
         figure = _figure(kind, int(credits))
@@ -54,8 +54,15 @@ def entry_moves(item: Mapping[str, Any]) -> dict[str, int]:
         if kind == "purchase":
             _add(out, "money", currency, int(money))
         elif kind in ("refund", "dispute"):
-            _add(out, "money_back", currency, int(money) if amount <= 0 else -int(money))
+            _add(out, "money_back", currency, _paid_back(item, int(money)))
     return out
+
+
+def _paid_back(item: Mapping[str, Any], money: int) -> int:
+    """A refund's or a lost dispute's money went back to the buyer; a won dispute's came back (its
+    entry says so even when all its credits had expired: an entry of 0)."""
+    won = item.get("gives_back") or int(item["amount"]) > 0
+    return -money if won else money
 
 
 def note_moves(item: Mapping[str, Any]) -> dict[str, int]:
@@ -85,6 +92,12 @@ def _add(out: dict[str, int], figure: str, row: str, n: int) -> None:
     if n:
         name = f"{figure}:{row}"
         out[name] = out.get(name, 0) + n
+
+
+def month_counted(item: Mapping[str, Any]) -> str:
+    """The month an entry or a note counts in: the ledger's month when it was written (never before
+    the account's previous entry's, even from a container whose clock is behind), else its date's."""
+    return str(item.get("month") or str(item["created_at"])[:7])
 
 
 def month_update(month: str, adds: Mapping[str, int]) -> Update:
@@ -274,7 +287,7 @@ def replay(items: Iterable[Mapping[str, Any]]) -> Book:
     `created_at`, as the stream counts it."""
     book = Book()
     for item in sorted(items, key=_place):
-        figures = book.months.setdefault(str(item["created_at"])[:7], {})
+        figures = book.months.setdefault(month_counted(item), {})
         before = {lot_id: lot.inside for lot_id, lot in book.lots.items()}
         if str(item["sk"]).startswith(keys.TX):
             _replay_entry(book, item, figures)
@@ -285,10 +298,12 @@ def replay(items: Iterable[Mapping[str, Any]]) -> Book:
     return book
 
 
-def _place(item: Mapping[str, Any]) -> tuple[int, int]:
+def _place(item: Mapping[str, Any]) -> tuple[int, int, str]:
+    """Ledger order: entries by seq, a note right after the entry it followed (notes of writes with no
+    entry between them in the order of their writes: the holds revision, zero-padded)."""
     if str(item["sk"]).startswith(keys.TX):
-        return int(item["seq"]), 0
-    return int(item.get("after_seq", 0)), 1
+        return int(item["seq"]), 0, ""
+    return int(item.get("after_seq", 0)), 1, str(item["sk"])
 
 
 def _replay_entry(book: Book, item: Mapping[str, Any], figures: dict[str, int]) -> None:
@@ -309,7 +324,7 @@ def _replay_entry(book: Book, item: Mapping[str, Any], figures: dict[str, int]) 
         if kind == "purchase":
             _add(figures, "money", currency, int(money))
         elif kind in ("refund", "dispute"):
-            _add(figures, "money_back", currency, int(money) if amount <= 0 else -int(money))
+            _add(figures, "money_back", currency, _paid_back(item, int(money)))
 
 
 def _opened(item: Mapping[str, Any]) -> LotBook:

@@ -55,7 +55,14 @@ def movements(tx: Transaction) -> dict[str, int]:
     return {}
 
 
-def count(store: Store, user_id: str, tx: Transaction, now: float, month: Mapping[str, int] | None = None) -> bool:
+def count(
+    store: Store,
+    user_id: str,
+    tx: Transaction,
+    now: float,
+    month: Mapping[str, int] | None = None,
+    month_name: str | None = None,
+) -> bool:
     """Add one entry to its user's day and `month` (its figures for the finance report, from
     `finance.entry_moves`) to the product's month, once; False when it was counted before."""
     adds = movements(tx)
@@ -64,7 +71,7 @@ def count(store: Store, user_id: str, tx: Transaction, now: float, month: Mappin
         day = tx.created_at[:10]
         updates.append(Update((keys.user_pk(user_id), keys.usage_sk(day)), set={"day": day}, add=adds))
     if month:
-        updates.append(finance.month_update(tx.created_at[:7], month))
+        updates.append(finance.month_update(month_name or tx.created_at[:7], month))
     return _once(store, keys.user_pk(user_id), keys.counted_sk(tx.seq), updates, now)
 
 
@@ -78,7 +85,8 @@ def count_item(store: Store, item: Mapping[str, Any], now: float) -> bool:
     if sk.startswith(keys.REPAID):
         return count_note(store, user_id, item, now)
     if sk.startswith(keys.TX):
-        return count(store, user_id, codec.transaction(item), now, finance.entry_moves(item))
+        tx = codec.transaction(item)
+        return count(store, user_id, tx, now, finance.entry_moves(item), finance.month_counted(item))
     return False
 
 
@@ -86,7 +94,7 @@ def count_note(store: Store, user_id: str, item: Mapping[str, Any], now: float) 
     """Add a `REPAID#` note (credits a hold gave back repaid a debt) to the product's month, once."""
     adds = finance.note_moves(item)
     note = str(item["sk"])[len(keys.REPAID) :]
-    updates = [finance.month_update(str(item["created_at"])[:7], adds)] if adds else []
+    updates = [finance.month_update(finance.month_counted(item), adds)] if adds else []
     return _once(store, keys.user_pk(user_id), keys.counted_note_sk(note), updates, now)
 
 

@@ -160,6 +160,7 @@ class Step:
     source: str | None = None  # the purchase's reference (`purchase:<payment>`): its lot answers first
     expires_in_days: int | None = None  # the purchase's terms, for credits given back
     label: str = ""  # the package's name, for the lot of credits given back
+    price: tuple[int, int] | None = None  # what the purchase's credits cost: (money, credits)
 
     @property
     def policy(self) -> Policy:
@@ -172,7 +173,7 @@ class Step:
         lot = None
         if self.amount > 0:
             expires = None if self.expires_in_days is None else now_ms + self.expires_in_days * DAY_MS
-            lot = LotTerms("paid", None, expires, self.label, self.source)
+            lot = LotTerms("paid", None, expires, self.label, self.source, price=self.price)
         return Entry(
             self.amount,
             self.type,
@@ -242,9 +243,11 @@ def _dispute_step(record: PaymentRecord, reference: str) -> Step | None:
     return Step("dispute", change, reference, description, disputed, record.currency, state, *_terms(record))
 
 
-def _terms(record: PaymentRecord) -> tuple[str, int | None, str]:
-    """What every step of the payment names: its purchase, and the terms of credits given back."""
-    return purchase_reference(record.payment_id), record.expires_in_days, record.package_name
+def _terms(record: PaymentRecord) -> tuple[str, int | None, str, tuple[int, int] | None]:
+    """What every step of the payment names: its purchase, and the terms of credits given back (their
+    expiry, name and price: the purchase's)."""
+    price = (record.amount, record.credits) if record.amount > 0 and record.credits > 0 else None
+    return purchase_reference(record.payment_id), record.expires_in_days, record.package_name, price
 
 
 # ---- the payments audit -----------------------------------------------------------------------

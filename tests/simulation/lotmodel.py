@@ -213,7 +213,9 @@ def priced(lots: Mapping[str, MLot], terms: Terms, item: Mapping[str, Any]) -> T
     amount = item["amount"] + (item.get("expired_part") or 0)
     if currency is None or not money or amount <= 0:
         return terms
-    price = (money, amount)
+    # (a won dispute whose purchase lot is gone: the payment's price, which the entry records)
+    recorded = item.get("lot_price")
+    price = (int(recorded[0]), int(recorded[1])) if recorded else (money, amount)
     for lot in source_lots(lots, item.get("source") or terms.source):
         if lot.price[1] and lot.currency == currency:
             price = lot.price

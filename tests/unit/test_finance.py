@@ -255,6 +255,42 @@ def test_a_debt_repaid_by_a_hold_coming_back_counts_as_clawed_back(
     assert finance.verify(store, ["ann"], month) == []
 
 
+def test_a_hundred_holds_coming_back_into_a_debt_leave_one_note_and_every_write_goes_on(
+    ledger: Ledger, store: DynamoStore, clock: ManualClock
+) -> None:
+    """100 holds of 1 expire while the account owes 100 (a refund of credits already spent): the
+    write that prunes them repays the debt with one note (one item), never a note per hold."""
+    ledger.grant("ann", 100, type="gift", description="Welcome", lot=LotTerms("promotional"))
+    for n in range(100):
+        ledger.reserve("ann", 1, description=f"job {n}", ttl_seconds=600)
+    buy(ledger, "ann", "pi_a1", 100, 1000, "usd")
+    ledger.charge("ann", 100, description="a batch")
+    claw(ledger, "ann", "refund", "pi_a1", 100, 1000, "usd")
+    clock.now += 3600  # every hold expired: their credits come back into the debt
+    assert ledger.sweep("ann") == 0
+    ledger.grant("ann", 5, type="gift", description="sorry", lot=LotTerms("promotional"))
+    [note] = finance.every_item(store, keys.user_pk("ann"), keys.REPAID)
+    assert note["repaid"] == {"1": 100} and ledger.balance("ann") == 5 and ledger.holds("ann") == []
+    stream(store, ["ann"])
+    month = datetime.fromtimestamp(clock.now, UTC).strftime("%Y-%m")
+    assert finance.verify(store, ["ann"], month) == []
+
+
+def test_an_entry_written_by_a_clock_behind_counts_in_the_month_of_the_one_before(
+    ledger: Ledger, store: DynamoStore, clock: ManualClock
+) -> None:
+    clock.now = datetime.fromisoformat("2027-02-01T00:00:05+00:00").timestamp()
+    buy(ledger, "ann", "pi_a1", 10, 100, "usd")
+    clock.now -= 8  # 2027-01-31T23:59:57: a container whose clock is behind
+    ledger.charge("ann", 3, description="late")
+    stream(store, ["ann"])
+    months = finance.read_months(store)
+    assert "2027-01" not in months and months["2027-02"]["used:usd"] == 3
+    [row] = finance.report(months, "2027-02")
+    assert (row.opening, row.closing, row.closing_value) == (0, 7, 70)
+    assert finance.verify(store, ["ann"], "2027-02") == []
+
+
 @pytest.mark.parametrize(
     ("item", "adds"),
     [
@@ -294,6 +330,12 @@ def test_a_debt_repaid_by_a_hold_coming_back_counts_as_clawed_back(
         ),
         # a refund of credits that had all expired: nothing moved in lots, the money went back
         ({"type": "refund", "amount": 0, "monetary_amount": 80, "currency": "usd"}, {"money_back:usd": 80}),
+        # a lost dispute of expired credits: the money went back; won, it came back (entries of 0)
+        ({"type": "dispute", "amount": 0, "monetary_amount": 80, "currency": "usd"}, {"money_back:usd": 80}),
+        (
+            {"type": "dispute", "amount": 0, "monetary_amount": 80, "currency": "usd", "gives_back": True},
+            {"money_back:usd": -80},
+        ),
     ],
 )
 def test_what_each_entry_adds_to_its_month(item: dict[str, Any], adds: dict[str, int]) -> None:

@@ -294,14 +294,15 @@ def test_every_step_names_its_purchase_and_credits_given_back_get_its_terms_from
     took, gave = held.entry(NOW_MS), given.entry(NOW_MS)
     assert (took.amount, took.source, took.lot) == (-100, "purchase:pi_1", None)
     assert (gave.amount, gave.source) == (100, "purchase:pi_1")
-    assert gave.lot == LotTerms("paid", None, NOW_MS + 30 * DAY_MS, "Starter", "purchase:pi_1")
+    # and the purchase's price (the finance report values them so)
+    assert gave.lot == LotTerms("paid", None, NOW_MS + 30 * DAY_MS, "Starter", "purchase:pi_1", price=(1000, 100))
 
 
 def test_credits_given_back_for_a_purchase_without_expiry_never_expire() -> None:
     record = bought(disputes=disputed("won"), credits_disputed=100, settle_steps=1, package_name="Pro")
     step = next_step(record)
     assert step is not None
-    assert step.entry(NOW_MS).lot == LotTerms("paid", None, None, "Pro", "purchase:pi_1")
+    assert step.entry(NOW_MS).lot == LotTerms("paid", None, None, "Pro", "purchase:pi_1", price=(1000, 100))
 
 
 def test_the_terms_of_the_purchase_are_read_from_its_record() -> None:

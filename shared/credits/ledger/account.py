@@ -65,6 +65,7 @@ class AccountState:
     draws: dict[str, Draws] = field(default_factory=dict)  # hold id -> the credits it drew, by lot
     lots_written: bool = True  # False: an account from before lots (its lots are derived on read)
     user_id: str = ""
+    ledger_month: str | None = None  # the month of the last entry (entries never go back a month)
     auto_top_up: AutoTopUp | None = None  # the user's auto top-up settings (credits.ledger.topup)
     topup: TopUpState = field(default_factory=TopUpState)
 
@@ -96,6 +97,7 @@ class Work:
     is_settled: bool = False
     topup: TopUpState = field(default_factory=TopUpState)
     topup_changed: bool = False
+    ledger_month: str | None = None
 
     @classmethod
     def of(cls, state: AccountState, now: float) -> Work:
@@ -107,6 +109,7 @@ class Work:
         draws = {hold_id: dict(d) for hold_id, d in state.draws.items()}
         work = cls(state, state.balance, state.seq, dict(state.holds), month, spent, lots, draws)
         work.topup = dataclasses.replace(state.topup)
+        work.ledger_month = state.ledger_month
         work.lots_changed = not state.lots_written and bool(lots)
         return work
 
@@ -168,9 +171,31 @@ class Work:
             repaid = lots_.repay(self.lots, self.debt(), now_ms)
             self.lots_changed = True
             if repaid:
-                moved = lots_.moved(self.lots, self.draws.values(), {}, None, repaid)
-                notes = sum(1 for effect in self.settled if isinstance(effect, DebtRepaid))
-                self.settled.append(DebtRepaid(f"{self.base.holds_rev + 1}.{notes}", self.seq, repaid, moved))
+                self._note_repaid(repaid, now_ms)
+
+    def entry_month(self, now: float) -> str:
+        """The month an entry written now counts in: its date's, never before the account's previous
+        entry's (a container whose clock is behind never writes into a month already left)."""
+        self.ledger_month = max(month_of(now), self.ledger_month or "")
+        return self.ledger_month
+
+    def _note_repaid(self, repaid: Draws, now_ms: int) -> None:
+        """One `DebtRepaid` note per write, however many holds give back (a write stays one item more):
+        its repayments and their figures added up (a write is one month; its moves are contiguous in
+        the ledger's order, so their value changes add up the same in any order)."""
+        moved = lots_.moved(self.lots, self.draws.values(), {}, None, repaid)
+        for i, effect in enumerate(self.settled):
+            if isinstance(effect, DebtRepaid):
+                total = dict(effect.repaid)
+                for lot_id, n in repaid.items():
+                    total[lot_id] = total.get(lot_id, 0) + n
+                rows = {row: list(v) for row, v in effect.moved.items()}
+                for row, values in moved.items():
+                    rows[row] = [a + b for a, b in zip(rows.get(row, [0, 0, 0]), values, strict=True)]
+                self.settled[i] = dataclasses.replace(effect, repaid=total, moved=rows)
+                return
+        note = f"{self.base.holds_rev + 1:012d}"
+        self.settled.append(DebtRepaid(note, self.seq, repaid, moved, self.entry_month(now_ms / 1000)))
 
     def take_held(self, lots: list[Lot], need: int, now_ms: int, draws: Draws) -> int:
         """A clawback takes its purchase's credits that open holds drew (`lots`: the purchase's). Each
@@ -209,6 +234,7 @@ class Work:
         """The next ledger entry; a later change of the same pass with the same key or reference finds
         its markers in `found` and replays this one."""
         self.seq, self.balance = self.seq + 1, self.balance + entry.amount
+        lots_facts["month"] = self.entry_month(ctx.now)
         lot = lots_facts.get("lot")
         lots_facts["moved"] = lots_.moved(
             self.lots,

@@ -81,6 +81,7 @@ def read_account(item: Mapping[str, Any] | None) -> AccountState:
         draws=draws,
         lots_written="lots" in item,
         user_id=str(item.get("pk", ""))[len(keys.USER) :],
+        ledger_month=item.get("ledger_month"),
         auto_top_up=AutoTopUp.read(plain(item.get("auto_top_up"))),
         topup=TopUpState(
             count=item.get("topup_count", 0),
@@ -215,6 +216,8 @@ def account_update(
             sets.update(lots_due=due, lots_shard=due_shard(pk))
     if work.lots_changed:
         sets["lots"] = {lot_id: lot_fields(lot) for lot_id, lot in work.lots.items()}
+    if work.ledger_month is not None and work.ledger_month != base.ledger_month:
+        sets["ledger_month"] = work.ledger_month  # once a month: entries never go back a month
     if work.topup_changed:  # a top-up started: pending until the payment's outcome ends it
         state = work.topup
         sets.update(
@@ -280,6 +283,7 @@ def writes(pk: str, effects: Sequence[Effect], now: float) -> list[Write]:
                 "pk": pk,
                 "sk": keys.repaid_sk(effect.note),
                 "after_seq": effect.after_seq,
+                "month": effect.month,
                 "repaid": dict(effect.repaid),
                 "moved": dict(effect.moved),
                 "created_at": iso_utc(now),
@@ -344,6 +348,8 @@ def entry_writes(pk: str, posted: EntryPosted, now: float) -> list[Write]:
         "expired_part": posted.expired_part or None,
         "moved": dict(posted.moved) or None,
         "lot_price": list(posted.lot_price) if posted.lot_price else None,
+        "gives_back": posted.gives_back or None,
+        "month": posted.month or None,
     }
     out: list[Write] = [Put(item, NEW)]  # invariant 2: a ledger slot is written once
     reference = ref_sk(entry)

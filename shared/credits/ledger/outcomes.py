@@ -69,6 +69,8 @@ class EntryPosted:
     expired_part: int = 0
     moved: Mapping[str, list[int]] = field(default_factory=dict)  # the same by bucket, for the finance report
     lot_price: tuple[int, int] | None = None  # a credit: what its credits were bought for (money, credits)
+    gives_back: bool = False  # a won dispute (even one whose credits had all expired: amount 0)
+    month: str = ""  # the month it counts in: its date's, never before the previous entry's
 
     def result(self) -> dict[str, Any]:
         return {
@@ -128,10 +130,11 @@ class DebtRepaid:
     """Credits a hold gave back repaid a debt (an earlier clawback's), with no entry of their own:
     noted once (`REPAID#<note>`) for the finance report, which counts them as clawed back."""
 
-    note: str  # unique on the account: the holds revision of the write, and its number in it
+    note: str  # unique on the account: the holds revision of the write (12 digits), one note per write
     after_seq: int  # the ledger entry it came after (the ledger replays it in that place)
     repaid: Mapping[str, int]  # lot id -> credits
     moved: Mapping[str, list[int]]  # bucket -> [0, credits repaid, value change]
+    month: str  # the month it counts in (as an entry written now would)
 
 
 @dataclass(frozen=True)

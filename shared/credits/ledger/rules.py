@@ -224,7 +224,7 @@ def _credit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decisio
             lot.dispute_forgiven -= n
             unforgiven += n
     amount = entry.amount - unforgiven
-    facts: dict[str, Any] = {"expired_part": unforgiven}
+    facts: dict[str, Any] = {"expired_part": unforgiven, "gives_back": entry.type == "dispute"}
     if amount > 0:
         debt = work.debt()
         terms = priced(entry.lot or LotTerms(label=entry.description), entry, work)
@@ -241,10 +241,11 @@ def _credit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decisio
 
 def priced(terms: LotTerms, entry: Entry, work: Work) -> LotTerms:
     """The currency and the price the credits were bought at (the finance report values them so): a
-    purchase's own; a won dispute's those of its purchase; none for credits granted."""
+    purchase's own; a won dispute's those of its purchase (its lot's, or the payment's when the lot
+    is gone); none for credits granted."""
     if entry.currency is None or not entry.monetary_amount or entry.amount <= 0:
         return terms
-    price = (entry.monetary_amount, entry.amount)
+    price = terms.price or (entry.monetary_amount, entry.amount)
     for lot in lots.source_lots(work.lots, terms.source or entry.source):
         if lot.price_credits and lot.currency == entry.currency:
             price = (lot.price_money, lot.price_credits)

@@ -82,8 +82,9 @@ class LotTerms:
     expires_at_ms: int | None = None
     label: str = ""
     source: str | None = None  # the purchase's system reference (`purchase:<payment>`), for refunds
-    # set by the rules from the entry (never by a caller): the currency they were bought in and the
-    # price, (minor units, credits); None for credits granted for nothing
+    # the currency they were bought in (set by the rules from the entry) and the price, (minor units,
+    # credits): a purchase's from its entry, a won dispute's from its purchase (the settlement passes
+    # the payment's); None for credits granted for nothing
     currency: str | None = None
     price: tuple[int, int] | None = None
 
