@@ -49,13 +49,18 @@ def entry_moves(item: Mapping[str, Any]) -> dict[str, int]:
             _add(out, figure, row, abs(int(credits)) if figure != "clawed_back" else -int(credits))
         _add(out, "clawed_back", row, int(repaid))
         _add(out, "value", row, int(value))
-    money, currency = item.get("monetary_amount"), item.get("currency")
+    _money_moves(item, out)
+    return out
+
+
+def _money_moves(item: Mapping[str, Any], out: dict[str, int]) -> None:
+    """A purchase's money received; a refund's or a dispute's paid back (or, won, come back)."""
+    money, currency, kind = item.get("monetary_amount"), item.get("currency"), item["type"]
     if money and currency:
         if kind == "purchase":
             _add(out, "money", currency, int(money))
         elif kind in ("refund", "dispute"):
             _add(out, "money_back", currency, _paid_back(item, int(money)))
-    return out
 
 
 def _paid_back(item: Mapping[str, Any], money: int) -> int:
@@ -319,12 +324,7 @@ def _replay_entry(book: Book, item: Mapping[str, Any], figures: dict[str, int]) 
             _add(figures, figure, placed.row, amount if figure != "clawed_back" else -amount)
     for drawn, n in (item.get("draws") or {}).items():
         _lot_move(book, figures, _figure(kind, -1) or "debited", drawn, int(n))
-    money, currency = item.get("monetary_amount"), item.get("currency")
-    if money and currency:
-        if kind == "purchase":
-            _add(figures, "money", currency, int(money))
-        elif kind in ("refund", "dispute"):
-            _add(figures, "money_back", currency, _paid_back(item, int(money)))
+    _money_moves(item, figures)
 
 
 def _opened(item: Mapping[str, Any]) -> LotBook:
