@@ -30,7 +30,7 @@ from credits.errors import ValidationError
 from credits.ledger.lots import NO_CURRENCY
 from credits.ledger.values import iso_utc
 from credits.money import format_money
-from credits.store import Put, Store, Update
+from credits.store import Put, Store, Update, every
 
 CREDIT_FIGURES = ("sold", "granted", "used", "expired", "clawed_back", "debited")
 MONEY_FIGURES = ("money", "money_back", "value")  # received, paid back (refunds, lost disputes), value moved
@@ -172,13 +172,7 @@ def read_months(store: Store) -> dict[str, dict[str, int]]:
 
 def every_item(store: Store, pk: str, prefix: str) -> list[dict[str, Any]]:
     """A partition's items under `prefix`, page after page."""
-    items, after = [], None
-    while True:
-        page = store.query(pk, prefix, after=after)
-        items += page.items
-        if page.last_sk is None:
-            return items
-        after = page.last_sk
+    return list(every(store, pk, prefix))
 
 
 def report(months: Mapping[str, Mapping[str, int]], month: str, currency: str | None = None) -> list[Row]:

@@ -26,7 +26,7 @@ from typing import Any
 from credits import finance, keys
 from credits.errors import ValidationError
 from credits.ledger import Transaction, codec
-from credits.store import Put, Store, TransactionCancelled, Update, absent
+from credits.store import Put, Store, TransactionCancelled, Update, absent, every
 
 COUNTED_RETENTION_SECONDS = 7 * 86_400
 SPENT = "spent:"  # attribute prefix: credits spent on one action that day
@@ -177,15 +177,11 @@ def read_days(store: Store, user_id: str, first: date, last: date) -> list[dict[
     pk, after = keys.user_pk(user_id), keys.usage_sk((first - timedelta(days=1)).isoformat()) + "~"
     end = keys.usage_sk(last.isoformat())
     items: list[dict[str, Any]] = []
-    while True:
-        page = store.query(pk, keys.USAGE, after=after)
-        for item in page.items:
-            if item["sk"] > end:
-                return items
-            items.append(item)
-        if page.last_sk is None:
-            return items
-        after = page.last_sk
+    for item in every(store, pk, keys.USAGE, after=after):
+        if item["sk"] > end:
+            break
+        items.append(item)
+    return items
 
 
 def series(items: Iterable[Mapping[str, Any]], first: date, last: date, granularity: str) -> list[Period]:

@@ -12,6 +12,7 @@ from credits.ledger.account import AccountState
 from credits.ledger.context import Context
 from credits.ledger.rules import Work
 from credits.ledger.values import AccountView, Audit, Hold, Settings, Transaction, validate_token
+from credits.store import every
 
 
 class Reader:
@@ -70,14 +71,7 @@ class Reader:
 
     def history(self, user_id: str) -> list[Transaction]:
         """The whole ledger, oldest first (for audits, exports and tests)."""
-        out: list[Transaction] = []
-        after: str | None = None
-        while True:
-            page = self.ctx.store.query(keys.user_pk(user_id), keys.TX, after=after)
-            out.extend(codec.transaction(item) for item in page.items)
-            after = page.last_sk
-            if after is None:
-                return out
+        return [codec.transaction(item) for item in every(self.ctx.store, keys.user_pk(user_id), keys.TX)]
 
     def audit(self, user_id: str) -> Audit:
         """Check invariant 2 for one user: seq 1..N gapless, running balance, account matches."""

@@ -6,7 +6,7 @@ simulator's in-memory table (tests/simulation) evaluates it directly with the sa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -214,3 +214,14 @@ class Store(Protocol):
         """All or nothing; TransactionCancelled when a condition failed or another transaction held
         an item. A resend under the same token within minutes is a no-op that succeeds."""
         ...
+
+
+def every(store: Store, pk: str, prefix: str, *, after: str | None = None) -> Iterator[dict[str, Any]]:
+    """A partition's items whose sk starts with `prefix`, after sort key `after`, in sort-key order,
+    page after page (consistent reads); stop iterating to stop reading."""
+    while True:
+        page = store.query(pk, prefix, after=after)
+        yield from page.items
+        if page.last_sk is None:
+            return
+        after = page.last_sk
