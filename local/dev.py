@@ -52,6 +52,8 @@ EVENTS_FILE = "eventbridge-events.json"  # the local bus's events, under --data-
 STREAM_CHECKPOINTS_FILE = "stream-checkpoints.json"  # how far the events function has read the stream
 INSIGHTS_FUNCTION = "insights"  # the stream's second reader: each user's daily usage totals (template.yaml)
 INSIGHTS_CHECKPOINTS_FILE = "insights-checkpoints.json"
+TOPUP_FUNCTION = "topup"  # the stream's third reader: auto top-ups charged to saved cards (template.yaml)
+TOPUP_CHECKPOINTS_FILE = "topup-checkpoints.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what a supervisor sends
 STATE_FILE = "stack.json"  # where the `credits` CLI finds this stack while it runs (credits.cli)
 # DynamoDB Local's pid (and what it is) while it runs, under --data-dir: the next start stops it if a
@@ -194,6 +196,8 @@ class Stack:
     poller: StreamPoller | None = None
     insights: ContainerPool | None = None
     insights_poller: StreamPoller | None = None
+    topup: ContainerPool | None = None
+    topup_poller: StreamPoller | None = None
     expire: ContainerPool | None = None
     sweeps: Schedule | None = None
 
@@ -244,8 +248,10 @@ class Stack:
         self.events = ContainerPool(EVENTS_FUNCTION, limit=1)
         self.expire = ContainerPool(EXPIRE_FUNCTION, limit=1)  # as on Lambda: its own container
         self.insights = ContainerPool(INSIGHTS_FUNCTION, limit=1)
-        with ThreadPoolExecutor(3) as warming:
-            warm = [warming.submit(pool.warm, 1) for pool in (self.events, self.expire, self.insights)]
+        self.topup = ContainerPool(TOPUP_FUNCTION, limit=1)
+        pools = (self.events, self.expire, self.insights, self.topup)
+        with ThreadPoolExecutor(len(pools)) as warming:
+            warm = [warming.submit(pool.warm, 1) for pool in pools]
             self.gateway.start()
             for started in warm:
                 started.result()
@@ -264,6 +270,14 @@ class Stack:
             deliver=self.insights.invoke,
             starting_position="TRIM_HORIZON",
             checkpoint_path=args.data_dir / INSIGHTS_CHECKPOINTS_FILE,
+        ).start()
+        self.topup_poller = StreamPoller.for_function(
+            TOPUP_FUNCTION,
+            endpoint=self.database.endpoint,
+            table_name=TABLES["CreditsTable"],
+            deliver=self.topup.invoke,
+            starting_position="TRIM_HORIZON",
+            checkpoint_path=args.data_dir / TOPUP_CHECKPOINTS_FILE,
         ).start()
         if args.sweep_every > 0:
             self.sweeps = self.start_sweeps(self.expire, args.sweep_every)
@@ -345,6 +359,7 @@ class Stack:
             f"  events:    table stream -> functions/{EVENTS_FUNCTION} -> local EventBridge {self.bridge.endpoint} "
             f"(bus {EVENT_BUS}; GET /_local/events; the page shows yours)\n"
             f"  insights:  table stream -> functions/{INSIGHTS_FUNCTION} -> daily usage totals (GET /credits/usage)\n"
+            f"  top-ups:   table stream -> functions/{TOPUP_FUNCTION} -> saved cards charged off-session\n"
             f"{sweep_line(args.sweep_every)}"
             f"{internal_api_help(base, key_id, secret, args.data_dir / IAM_CREDENTIALS_FILE, region=gateway.region)}"
             f"  log:       one line per request{'' if args.show_metrics else '; metrics hidden (--show-metrics)'}\n"
@@ -358,6 +373,10 @@ class Stack:
             self.sweeps.stop()
         if self.expire is not None:
             self.expire.close()
+        if self.topup_poller is not None:
+            self.topup_poller.stop()
+        if self.topup is not None:
+            self.topup.close()
         if self.insights_poller is not None:
             self.insights_poller.stop()
         if self.insights is not None:

@@ -101,6 +101,10 @@ EVENT_SOURCE = "credits"
 # on their own payments, how many payments are listed, and how long an action (its webhooks) may take.
 STRIPE_ACTIONS = frozenset({"async_succeed", "async_fail", "refund", "dispute", "close_dispute"})
 STRIPE_PAYMENTS = 10
+# The page's "Next auto top-up: pays / is declined / needs authentication" control: the emulator's
+# /_emulator/next_off_session_payment (what its next off-session PaymentIntent does), passed through.
+NEXT_OFF_SESSION_PATH = "/local/stripe/next_off_session_payment"
+NEXT_OFF_SESSION_OUTCOMES = frozenset({"succeed", "decline", "insufficient_funds", "authentication_required", "card"})
 STRIPE_TIMEOUT = 60.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # After answering an error before the request was read in full (a URI or header too long, a bad
@@ -418,6 +422,24 @@ class Gateway:
         payment = next((p for p in self.stripe_payments(user, limit=1000) if p.get("id") == session_id), None)
         return 200, {"payment": payment, "delivered": all(200 <= d < 300 for d in delivered), "deliveries": delivered}
 
+    def next_off_session_payment(self, body: bytes | None) -> tuple[int, dict[str, Any]]:
+        """GET (body None): the outcome waiting for the next off-session payment; POST {"outcome"}: set
+        it. The emulator's answer, {"nextOffSessionPayment": outcome | null}."""
+        params = None
+        if body is not None:
+            try:
+                outcome = json.loads(body or b"{}").get("outcome")
+            except (ValueError, AttributeError):
+                outcome = None
+            if not isinstance(outcome, str) or outcome not in NEXT_OFF_SESSION_OUTCOMES:
+                named = ", ".join(sorted(NEXT_OFF_SESSION_OUTCOMES))
+                return 400, _error("validation_error", f"outcome must be one of {named}.")
+            params = {"outcome": outcome}
+        status, answer = self._emulator("POST" if params else "GET", "/_emulator/next_off_session_payment", params)
+        if status != 200:
+            raise ValueError(f"the Stripe emulator answered {status} to next_off_session_payment")
+        return 200, {"nextOffSessionPayment": answer.get("nextOffSessionPayment")}
+
     def _emulator(self, method: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """A call to the emulator's control API (no proxy: it is on this machine)."""
         assert self.stripe_emulator_url is not None
@@ -531,6 +553,8 @@ def local_routes(*, notifications: bool, stripe_tools: bool) -> list[LocalRoute]
     if stripe_tools:
         table.append(LocalRoute("GET", "/local/stripe/payments", GatewayHandler.stripe_payments))
         table.append(LocalRoute("POST", "/local/stripe/payments/{sessionId}/{action}", GatewayHandler.stripe_action))
+        for verb in ("GET", "POST"):
+            table.append(LocalRoute(verb, NEXT_OFF_SESSION_PATH, GatewayHandler.stripe_next_off_session_payment))
     return table
 
 
@@ -783,6 +807,12 @@ class GatewayHandler(BaseHTTPRequestHandler):
         user's own payments (LOCAL-ONLY)."""
         session_id, action = request.parameters["sessionId"], request.parameters["action"]
         self._stripe_tool(request, lambda user: self.gateway.stripe_action(user, session_id, action, request.body))
+
+    def stripe_next_off_session_payment(self, request: Request) -> None:
+        """GET/POST /local/stripe/next_off_session_payment: what the next auto top-up's payment does at
+        the emulator (LOCAL-ONLY, a signed-in user's test tool; the emulator's setting is global)."""
+        body = request.body if request.method == "POST" else None
+        self._stripe_tool(request, lambda user: self.gateway.next_off_session_payment(body))
 
     def _stripe_tool(self, request: Request, answer: Callable[[str], tuple[int, dict[str, Any]]]) -> None:
         """A test tool's answer for the signed-in user; 502 if the emulator did not answer."""

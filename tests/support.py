@@ -295,3 +295,14 @@ def patient(module: ModuleType) -> None:  # pragma: no cover - runs in the conta
     work, 12 s can pass while the others hold the CPU (a 503, nothing written); tests about what is
     decided, not how fast, give their containers this."""
     module.ledger.time_budget = 30.0
+
+
+def save_card(store: Any, user_id: str, card_id: str = "pm_card_visa", customer: str = "cus_test") -> None:
+    """A saved card on the user's account, as the webhook records one (credits.cards): what auto
+    top-up charges."""
+    from credits import keys
+    from credits.store import Update
+
+    card = {"id": card_id, "brand": "visa", "last4": "4242", "fingerprint": "fp_test", "exp_month": 12,
+            "exp_year": 2034, "customer": customer, "created": 1, "saved_at": "2027-01-01T00:00:00Z"}  # fmt: skip
+    store.write(Update((keys.user_pk(user_id), keys.ACCOUNT), set={"card": card, "stripe_customer_id": customer}))

@@ -1,6 +1,7 @@
 "use strict";
 // The credits page: sign-in (local stand-in or host-supplied token), balance, packages, checkout
-// return, paid actions, settings, usage (a chart, drawn by Chart.js) and history (also as a CSV file).
+// return, paid actions, settings, auto top-up (the card on file, its settings and state), usage (a
+// chart, drawn by Chart.js) and history (also as a CSV file).
 // Talks to the API only through its public routes; on the local stack it also shows the user's events
 // from the local event bus (/local/notifications) and, with the Stripe emulator, test tools that act on
 // the user's payments (/local/stripe/payments).
@@ -14,6 +15,7 @@
   const ZERO_DECIMAL = new Set("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split(" "));
   const [TOKEN_KEY, USER_KEY, BEFORE_KEY] = ["credits.token", "credits.user", "credits.balanceBeforeCheckout"];
   const OUTCOMES_KEY = "credits.checkoutOutcomes"; // what became of each checkout this tab returned from
+  const CARD_KEY = "credits.addingCard"; // the card checkout (setup mode) this tab left for: { sessionId, card }
   const POLL_SECONDS = 30;
   const [NOTES_EVERY_MS, NOTES_MAX, NOTE_NEW_MS] = [3000, 20, 10000];
   const $ = (selector) => document.querySelector(selector);
@@ -23,6 +25,7 @@
     notesBusy: false, rows: new Map(), purchases: new Map(), payments: [], tools: false, toolsMissing: false,
     toolsBusy: false, checkoutSession: null, limitRefused: false, expiryTimer: null,
     chart: null, usageShown: "", usageSeq: 0, usageDrawn: 0, usageTotals: null, usageWatch: null,
+    topUpDirty: false, topUpWatch: null, topUpTimer: null, nextTopUpMissing: false,
   };
   let packagesReady = Promise.resolve();
   let localConfig = Promise.resolve(null);
@@ -135,7 +138,8 @@
   }
 
   function showSignedIn(yes) {
-    ["#account", "#wallet", "#settings-card", "#usage-card", "#history-card"].forEach((id) => ($(id).hidden = !yes));
+    ["#account", "#wallet", "#settings-card", "#autotopup-card", "#usage-card", "#history-card", "#save-card-option"]
+      .forEach((id) => ($(id).hidden = !yes));
     $("#notifications-card").hidden = !yes || cfg.auth !== "local"; // the local event bus only
     showTools(); // the local Stripe emulator only
   }
@@ -152,7 +156,7 @@
     localStorage.removeItem(TOKEN_KEY);
     localStorage.removeItem(USER_KEY);
     Object.assign(state, { balance: null, available: null, cursor: null, settings: null, settingsDirty: false,
-      payments: [], checkoutSession: null, limitRefused: false });
+      payments: [], checkoutSession: null, limitRefused: false, topUpDirty: false, topUpWatch: null });
     showLots(null);
     clearUsage();
     state.ids.clear();
@@ -269,9 +273,15 @@
     return match ? match[1] : null;
   }
 
-  // The package a purchase bought: the name it was sold under ("Starter: 100 credits"), else the
-  // package on sale with its credits and price.
+  // An auto top-up's purchase: the server describes it as "Auto top-up: Starter, 100 credits".
+  const AUTO_TOP_UP = /^Auto top-up: (.+), [\d,]+ credits?$/;
+  const isAutoTopUp = (t) => t.type === "purchase" && /^Auto top-up:/.test(String(t.description || ""));
+
+  // The package a purchase bought: the name it was sold under ("Starter: 100 credits", or an auto
+  // top-up's "Auto top-up: Starter, 100 credits"), else the package on sale with its credits and price.
   function purchaseName(t) {
+    const topUp = AUTO_TOP_UP.exec(t.description || "");
+    if (topUp) return topUp[1];
     const sold = /^(.+): \d+ credits?$/.exec(t.description || "");
     if (sold) return sold[1];
     const currency = String(t.currency || "").toLowerCase();
@@ -290,6 +300,7 @@
     switch (t.type) {
       case "purchase": {
         const name = purchaseName(t) || "Credits";
+        if (isAutoTopUp(t)) return `Auto top-up: ${name}, ${credits(t.amount)}${paid ? ` for ${paid}` : ""}`;
         return `${name}: ${credits(t.amount)}${paid ? ` for ${paid}` : ""}`;
       }
       case "usage":
@@ -591,6 +602,7 @@
   }
 
   function showSettings(settings, keepInputs = false) {
+    const before = state.settings;
     state.settings = settings;
     if ($("#settings-form").getAttribute("aria-busy") === "true") settingsLoading(false);
     if (!keepInputs) {
@@ -604,6 +616,8 @@
       ? `Spent this month: ${credits(spent)} (no limit).`
       : `Spent this month: ${num(spent)} of ${credits(settings.monthlySpendLimit)}.`;
     if (state.balance !== null) setBalance(state.balance); // the low-balance notice follows the threshold
+    showTopUp(settings, state.topUpDirty);
+    followTopUp(before, settings);
   }
 
   async function loadSettings() {
@@ -632,6 +646,7 @@
     settingsStatus("");
     settingsUnits();
     settingsLoading(true); // until the signed-in user's settings arrive
+    clearTopUp();
   }
 
   // What each field accepts, in plain words: the API's validation wording (pydantic's) never reaches people.
@@ -679,6 +694,313 @@
     }
   }
 
+  // ---- auto top-up --------------------------------------------------------------------------
+  // The card on file (GET /credits/settings `card`; "Add a card" is a Checkout Session in setup mode,
+  // POST /credits/cards), the settings (PUT /credits/settings {"autoTopUp"}) and what auto top-up is
+  // doing now (`autoTopUp` and `topUp`). A top-up lands on its own, a moment after the spending that
+  // started it: while one is pending the page reads the settings again every TOPUP_POLL_MS (after
+  // TOPUP_FAST_MS every TOPUP_SLOW_POLL_MS, giving up after TOPUP_WATCH_MS), and once it ended, the
+  // balance and the history.
+  const [TOPUP_POLL_MS, TOPUP_FAST_MS, TOPUP_SLOW_POLL_MS, TOPUP_WATCH_MS] = [1000, 15_000, 3000, 120_000];
+  const DEFAULT_MAX_PER_MONTH = 5;
+  const SAVE_CARD_KEY = "credits.savingCard"; // a purchase that saves its card: the card shown before it
+  const TOPUP_FIELDS = { threshold: "#autotopup-threshold", packageId: "#autotopup-package", maxPerMonth: "#autotopup-max" };
+  const TOPUP_RULES = {
+    threshold: "Enter a whole number of credits from 0 to 1,000,000,000.",
+    packageId: "Choose a package that is on sale.",
+    maxPerMonth: "Enter a whole number of top-ups from 1 to 31.",
+  };
+  const BRANDS = { visa: "Visa", mastercard: "Mastercard", amex: "American Express", discover: "Discover",
+    diners: "Diners Club", jcb: "JCB", unionpay: "UnionPay", cartes_bancaires: "Cartes Bancaires" };
+  const TIME = { hour: "2-digit", minute: "2-digit" };
+
+  function cardName(card) {
+    const brand = String(card.brand || "card").toLowerCase();
+    return `${BRANDS[brand] || brand.charAt(0).toUpperCase() + brand.slice(1).replace(/[-_]+/g, " ")} ending ${card.last4}`;
+  }
+
+  // The card as the page shows it, to tell a new card from the one shown before ("" for none).
+  const cardKey = (card) => (card ? `${cardName(card)} ${card.expMonth}/${card.expYear}` : "");
+
+  function topUpLoading(loading) {
+    $("#autotopup-form").setAttribute("aria-busy", String(loading));
+    $("#autotopup-loading").hidden = !loading;
+    ["#autotopup-enabled", ...Object.values(TOPUP_FIELDS), "#autotopup-save"].forEach((id) => ($(id).disabled = loading));
+  }
+
+  function topUpStatus(text, kind = "info") {
+    const status = $("#autotopup-status");
+    status.textContent = text;
+    status.dataset.kind = kind;
+    status.hidden = !text;
+  }
+
+  function topUpUnits() {
+    $("#autotopup-threshold + .unit").textContent = Math.abs(Number($("#autotopup-threshold").value)) === 1
+      ? "credit" : "credits";
+    $("#autotopup-max + .unit").textContent = Number($("#autotopup-max").value) === 1 ? "top-up a month" : "top-ups a month";
+  }
+
+  // The packages on sale, as the Buy credits card lists them; the chosen one kept (one no longer on
+  // sale stays chosen, and says so). `selected`: the saved package, null for the default, undefined
+  // to keep what is chosen now.
+  function packageOptions(selected) {
+    const select = $("#autotopup-package");
+    const keep = selected === undefined ? select.value || state.topUpPackage : selected;
+    const options = state.packages.map((p) => el("option", { value: p.id },
+      `${p.name}: ${credits(p.credits)} for ${money(p.price, p.currency)}`));
+    if (keep && !state.packages.some((p) => p.id === keep)) {
+      options.push(el("option", { value: keep }, `${keep} (no longer on sale)`));
+    }
+    if (!options.length) options.push(el("option", { value: "" }, "No packages on sale"));
+    select.replaceChildren(...options);
+    if (keep) select.value = keep;
+  }
+
+  function showCard(card) {
+    const line = $("#card-on-file");
+    if (!card) {
+      line.textContent = "No card on file";
+    } else {
+      const now = new Date();
+      const expired = Number(card.expYear) < now.getFullYear()
+        || (Number(card.expYear) === now.getFullYear() && Number(card.expMonth) < now.getMonth() + 1);
+      const expiry = card.expMonth && card.expYear
+        ? ` · ${expired ? "expired" : "expires"} ${String(card.expMonth).padStart(2, "0")}/${card.expYear}` : "";
+      line.replaceChildren(el("span", { class: "card-name" }, cardName(card)),
+        el("span", { class: `muted card-expiry${expired ? " expired" : ""}` }, expiry));
+    }
+    line.dataset.card = card ? "yes" : "no";
+    $("#add-card").textContent = card ? "Add a new card" : "Add a card";
+  }
+
+  // What auto top-up does now: [state, sentence, kind].
+  function topUpState(settings) {
+    const auto = settings.autoTopUp;
+    const t = settings.topUp || {};
+    if (!auto || !auto.enabled) return ["off", "Auto top-up is off", "info"];
+    if (t.pending) return ["pending", "Top-up in progress…", "info"];
+    if (t.suspended === "package_unavailable") {
+      return ["suspended", "Paused: the package is no longer on sale: choose another and save", "error"];
+    }
+    if (t.suspended === "no_card") return ["suspended", "Paused: no card on file: add a card", "error"];
+    if (t.suspended) {
+      const times = t.failures > 1 ? `${num(t.failures)} declined payments` : t.failures === 1 ? "a declined payment"
+        : "declined payments";
+      return ["suspended", `Paused after ${times}: add a new card`, "error"];
+    }
+    if (!settings.card) return ["no-card", "Paused: no card on file: add a card", "warn"];
+    const retry = t.retryAfter ? Date.parse(t.retryAfter) : NaN;
+    if (retry > Date.now()) {
+      return ["retry", `Last top-up failed; next attempt after ${new Date(retry).toLocaleTimeString(undefined, TIME)}`, "warn"];
+    }
+    const started = Number(t.startedThisMonth) || 0;
+    if (started >= auto.maxPerMonth) {
+      return ["limit", `No more top-ups this month: ${num(started)} of ${num(auto.maxPerMonth)} done`, "warn"];
+    }
+    const pkg = state.packages.find((p) => p.id === auto.packageId);
+    return ["next", `Next top-up: ${pkg ? pkg.name : auto.packageId} when you fall below ${credits(auto.threshold)}; `
+      + `${num(started)} of ${num(auto.maxPerMonth)} this month`, "success"];
+  }
+
+  function showTopUpState() {
+    clearTimeout(state.topUpTimer);
+    state.topUpTimer = null;
+    const line = $("#topup-state");
+    if (!state.settings) return;
+    const [now, text, kind] = topUpState(state.settings);
+    line.dataset.state = now;
+    line.dataset.kind = kind;
+    if (line.textContent !== text) line.textContent = text;
+    if (now !== "retry") return;
+    // When the back-off ends, the settings say what comes next (a second later: the server's clock).
+    const wait = Math.min(Date.parse(state.settings.topUp.retryAfter) - Date.now() + 1000, EXPIRY_LONGEST_WAIT_MS);
+    state.topUpTimer = setTimeout(() => {
+      state.topUpTimer = null;
+      if (isSignedIn()) loadSettings().catch(() => {});
+    }, Math.max(wait, 1000));
+  }
+
+  function showTopUp(settings, keepInputs) {
+    if ($("#autotopup-form").getAttribute("aria-busy") === "true") topUpLoading(false);
+    const auto = settings.autoTopUp || null;
+    if (!keepInputs) {
+      $("#autotopup-enabled").checked = Boolean(auto && auto.enabled);
+      const threshold = auto ? auto.threshold
+        : Number(settings.lowBalanceThreshold) > 0 ? settings.lowBalanceThreshold : cfg.lowBalance;
+      $("#autotopup-threshold").value = String(threshold);
+      $("#autotopup-max").value = String(auto ? auto.maxPerMonth : DEFAULT_MAX_PER_MONTH);
+      state.topUpPackage = auto ? auto.packageId : null;
+      packageOptions(state.topUpPackage);
+      Object.values(TOPUP_FIELDS).forEach((id) => fieldError($(id), ""));
+      state.topUpDirty = false;
+      topUpUnits();
+    }
+    showCard(settings.card || null);
+    showTopUpState();
+  }
+
+  function clearTopUp() {
+    clearTimeout(state.topUpTimer);
+    Object.assign(state, { topUpTimer: null, topUpWatch: null, topUpDirty: false, topUpPackage: null });
+    $("#autotopup-enabled").checked = false;
+    ["#autotopup-threshold", "#autotopup-max"].forEach((id) => ($(id).value = ""));
+    Object.values(TOPUP_FIELDS).forEach((id) => fieldError($(id), ""));
+    $("#topup-state").textContent = "";
+    $("#save-card").checked = false;
+    showCard(null);
+    topUpStatus("");
+    topUpLoading(true); // until the signed-in user's settings arrive
+  }
+
+  // A top-up that ended since the settings were last read (it was pending, or one more started this
+  // month and none is pending now): its credits, or its failure, show in the balance and the history.
+  // One still pending is watched until it ends.
+  function followTopUp(before, after) {
+    const was = before && before.topUp;
+    const now = after.topUp;
+    if (!now) return;
+    if (now.pending) return watchTopUp();
+    if (was && (was.pending || was.startedThisMonth !== now.startedThisMonth)) {
+      Promise.all([loadBalance(), loadHistory()]).catch(() => {}); // a missed read is made up by the next refresh
+    }
+  }
+
+  function watchTopUp() {
+    if (state.topUpWatch || !isSignedIn()) return;
+    const watch = (state.topUpWatch = { since: Date.now() });
+    (async () => {
+      const waited = () => Date.now() - watch.since;
+      while (state.topUpWatch === watch && waited() < TOPUP_WATCH_MS) {
+        await sleep(waited() < TOPUP_FAST_MS ? TOPUP_POLL_MS : TOPUP_SLOW_POLL_MS);
+        if (state.topUpWatch !== watch || !isSignedIn()) break; // signed out meanwhile
+        // showSettings sees the end (and reads the balance and the history again); a missed poll is
+        // made up by the next one.
+        await loadSettings().catch(() => {});
+        if (!(state.settings && state.settings.topUp && state.settings.topUp.pending)) break;
+      }
+      if (state.topUpWatch === watch) state.topUpWatch = null;
+    })();
+  }
+
+  function readTopUpForm(enabled) {
+    const saved = (state.settings && state.settings.autoTopUp) || null;
+    const body = { enabled };
+    let first = null;
+    for (const [field, id] of Object.entries(TOPUP_FIELDS)) {
+      const input = $(id);
+      let value = null;
+      if (field === "packageId") value = input.value || null;
+      else if (input.value.trim() !== "" && !input.validity.badInput) value = Number(input.value);
+      if (value === null && !enabled && saved) value = saved[field]; // turning it off keeps what was saved
+      if (value === null) {
+        fieldError(input, field === "packageId" ? TOPUP_RULES.packageId : "Enter a whole number.");
+        first = first || input;
+      }
+      body[field] = value;
+    }
+    return { body, first };
+  }
+
+  // The fields a refusal names: the API's `errors` (field "autoTopUp.threshold"), else its message.
+  function topUpFieldsOf(err) {
+    if (err.code === "package_not_found") return ["packageId"];
+    const named = (err.details.errors || []).map((issue) => String(issue.field || ""));
+    named.push(String(err.message || ""));
+    return Object.keys(TOPUP_FIELDS).filter((field) => named.some((text) => new RegExp(`\\b${field}\\b`).test(text)));
+  }
+
+  async function saveTopUp(event) {
+    event.preventDefault();
+    const enabled = $("#autotopup-enabled").checked;
+    Object.values(TOPUP_FIELDS).forEach((id) => fieldError($(id), ""));
+    const { body, first } = readTopUpForm(enabled);
+    if (first) {
+      first.focus();
+      return topUpStatus("Not saved: check the highlighted field.", "error");
+    }
+    const button = $("#autotopup-save");
+    button.disabled = true;
+    topUpStatus("Saving…");
+    try {
+      const answer = await api("PUT", "/credits/settings", { autoTopUp: body });
+      state.topUpDirty = false;
+      if (answer && typeof answer.lowBalanceThreshold === "number") showSettings(answer, state.settingsDirty);
+      else await loadSettings();
+      topUpStatus(enabled ? "Auto top-up is on." : "Auto top-up is off.", "success");
+    } catch (err) {
+      if (err.code === "card_required") {
+        return topUpStatus("Add a card first: auto top-up pays with the card on file.", "error");
+      }
+      const fields = err.status === 400 || err.code === "package_not_found" ? topUpFieldsOf(err) : [];
+      fields.forEach((field) => fieldError($(TOPUP_FIELDS[field]), TOPUP_RULES[field]));
+      if (fields.length) {
+        $(TOPUP_FIELDS[fields[0]]).focus();
+        return topUpStatus("Not saved: check the highlighted field.", "error");
+      }
+      topUpStatus(err.status === 503 ? "Not saved: the service is busy. Please try again in a moment."
+        : `Not saved: ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // "Add a card": Stripe's page saves it (a Checkout Session in setup mode), then brings the user back.
+  async function addCard(event) {
+    const button = event.currentTarget;
+    button.disabled = true;
+    showCheckout("");
+    say("Opening Stripe to add a card…", "info");
+    try {
+      const { checkoutUrl, sessionId } = await api("POST", "/credits/cards", {});
+      sessionStorage.setItem(CARD_KEY, JSON.stringify({ sessionId: sessionId || null,
+        card: cardKey(state.settings && state.settings.card) }));
+      location.assign(checkoutUrl);
+    } catch (err) {
+      report(err);
+      button.disabled = false;
+    }
+  }
+
+  function addingCard() {
+    try {
+      return JSON.parse(sessionStorage.getItem(CARD_KEY) || "null");
+    } catch {
+      return null;
+    }
+  }
+
+  // Wait for a card other than `before` (a card key) to be on file, as the webhook saves it. A card
+  // that looks the same as the one before (the same test card again) counts after SAME_CARD_MS.
+  const SAME_CARD_MS = 5000;
+  async function awaitCard(before) {
+    const start = Date.now();
+    while (Date.now() - start < POLL_SECONDS * 1000 && isSignedIn()) {
+      await loadSettings().catch(() => {});
+      const card = state.settings && state.settings.card;
+      if (card && (cardKey(card) !== before || Date.now() - start >= SAME_CARD_MS)) return card;
+      await sleep(1000);
+    }
+    return null;
+  }
+
+  // Back from Stripe's page in setup mode: say when the card is on file.
+  async function cardReturn(result, adding, sessionId) {
+    sessionStorage.removeItem(CARD_KEY);
+    if (result === "cancelled") return showCheckout("Adding a card was cancelled: no card was saved.", "info");
+    if (!isSignedIn()) return showCheckout("Card received. Sign in to see it.", "info");
+    state.checkoutSession = sessionId;
+    const known = sessionId && outcomes()[sessionId];
+    if (known) return showCheckout(known.text, known.kind);
+    showCheckout("Card received — waiting for Stripe to confirm it…", "info");
+    const card = await awaitCard(adding.card);
+    if (card) return settleCheckout(`Card saved: ${cardName(card)}. Auto top-up pays with it.`, "success");
+    showCheckout("Your card is being saved: it shows under Auto top-up once Stripe confirms it.", "pending", true);
+    $("#checkout-refresh").onclick = () => loadSettings()
+      .then(() => state.settings.card && settleCheckout(`Card saved: ${cardName(state.settings.card)}.`, "success"))
+      .catch(report);
+  }
+
   // ---- notifications (local stack: the user's events on the local event bus) -----------------
   function noteSentence({ detailType, detail: d }) {
     switch (detailType) {
@@ -710,6 +1032,13 @@
           : `Your balance is low: ${credits(d.balance)} left (under ${num(d.threshold)}).`;
       case "Balance Negative":
         return `Your balance is ${num(d.balance)}: buy credits to pay it back.`;
+      case "Auto Top-Up Succeeded":
+        return `Auto top-up: ${d.packageName || d.packageId}, ${credits(d.credits)}`
+          + `${d.amount != null && d.currency ? ` for ${money(d.amount, d.currency)}` : ""}, paid with your saved card.`;
+      case "Auto Top-Up Failed":
+        return `Auto top-up failed: ${d.message || "the payment did not go through."}${!d.suspended ? ""
+          : d.code === "package_unavailable" ? " Auto top-up is paused: choose another package."
+            : " Auto top-up is paused until you add a new card."}`;
       case "Spend Limit Reached": {
         const next = nextOverLimit(d.limit, d.spent);
         return `Monthly spending limit of ${credits(d.limit)} reached. ${num(d.spent)} of ${num(d.limit)} used`
@@ -805,6 +1134,8 @@
           el("div", { class: "package-buy" }, el("p", { class: "package-price" }, price), buy));
       }));
       if (!packages.length) box.append(el("p", { class: "muted" }, "No packages are on sale right now."));
+      packageOptions(); // the auto top-up's choice of package, and its state line, name the packages
+      showTopUpState();
     } catch (err) {
       box.replaceChildren(el("p", { class: "muted" }, `Packages could not be loaded: ${err.message}`));
     }
@@ -821,8 +1152,13 @@
     say(`Opening checkout for ${pkg.name}…`, "info");
     try {
       const before = state.balance ?? (await loadBalance());
-      const { checkoutUrl } = await api("POST", "/credits/checkout", { packageId: pkg.id });
+      const saveCard = $("#save-card").checked; // sent only when asked: a plain purchase's body is unchanged
+      const { checkoutUrl } = await api("POST", "/credits/checkout", saveCard ? { packageId: pkg.id, saveCard: true }
+        : { packageId: pkg.id });
       sessionStorage.setItem(BEFORE_KEY, String(before));
+      sessionStorage.removeItem(CARD_KEY); // this checkout buys: not the card one left for earlier
+      if (saveCard) sessionStorage.setItem(SAVE_CARD_KEY, cardKey(state.settings && state.settings.card));
+      else sessionStorage.removeItem(SAVE_CARD_KEY);
       location.assign(checkoutUrl);
     } catch (err) {
       report(err);
@@ -854,6 +1190,10 @@
     if (balance <= before) return false;
     settleCheckout(`Payment confirmed: +${credits(balance - before)}`, "success");
     await loadHistory();
+    // A purchase that saves its card: the card shows under Auto top-up once the webhook stored it.
+    const saving = sessionStorage.getItem(SAVE_CARD_KEY);
+    sessionStorage.removeItem(SAVE_CARD_KEY);
+    if (saving !== null) awaitCard(saving); // not awaited: the purchase is confirmed already
     return true;
   }
 
@@ -863,8 +1203,14 @@
     const params = new URLSearchParams(location.search);
     const result = params.get("checkout");
     if (result) history.replaceState(null, "", location.pathname + location.hash); // read once, then clean
+    const adding = result && addingCard();
+    const returned = params.get("session_id");
+    if (adding && (result === "cancelled" || !returned || !adding.sessionId || adding.sessionId === returned)) {
+      return cardReturn(result, adding, params.get("session_id"));
+    }
     if (result === "cancelled") {
       sessionStorage.removeItem(BEFORE_KEY);
+      sessionStorage.removeItem(SAVE_CARD_KEY);
       return showCheckout("Checkout cancelled — nothing was charged.", "info");
     }
     if (result !== "success") return;
@@ -1053,10 +1399,58 @@
       return showTools();
     }
     if (token !== (await getToken()) || !isSignedIn()) return; // signed out or in as someone else meanwhile
-    Object.assign(state, { tools: true, payments });
-    learnPurchases(payments.map((p) => [p.paymentIntent, p.product]));
+    // A card saved in setup mode is not a payment: it shows under Auto top-up, not here.
+    Object.assign(state, { tools: true, payments: payments.filter((p) => p.mode !== "setup") });
+    learnPurchases(state.payments.map((p) => [p.paymentIntent, p.product]));
     if (!state.toolsBusy) renderPayments();
     showTools();
+    await loadNextTopUp();
+  }
+
+  // What the next auto top-up's payment does at the emulator (its off-session PaymentIntent): pays,
+  // is declined, or needs authentication (which a payment made without the user cannot ask for). The
+  // gateway passes it to the emulator's /_emulator/next_off_session_payment; without that route, no control.
+  const NEXT_TOPUP_PATH = "/local/stripe/next_off_session_payment";
+  const NEXT_TOPUP_SAID = {
+    succeed: "The next auto top-up will be paid.",
+    decline: "The next auto top-up will be declined by the bank.",
+    authentication_required: "The next auto top-up will need authentication, which a payment made while you are "
+      + "away cannot ask for: it will fail.",
+  };
+
+  function showNextTopUp(outcome) {
+    document.querySelectorAll("#next-topup button[data-outcome]").forEach((button) =>
+      button.setAttribute("aria-pressed", String(button.dataset.outcome === outcome)));
+    $("#next-topup").hidden = state.nextTopUpMissing;
+    // Used up by a top-up: "The next auto top-up will …" is no longer true.
+    if (!outcome && Object.values(NEXT_TOPUP_SAID).includes($("#stripe-tools-result").textContent)) toolsSay("");
+  }
+
+  async function loadNextTopUp() {
+    if (state.nextTopUpMissing) return;
+    try {
+      showNextTopUp((await api("GET", NEXT_TOPUP_PATH)).nextOffSessionPayment);
+    } catch (err) {
+      if (err.status !== 404) return; // the emulator did not answer: the control stays as it was
+      state.nextTopUpMissing = true; // a gateway without the route: the control is not offered
+      showNextTopUp(null);
+    }
+  }
+
+  async function setNextTopUp(event) {
+    const button = event.target.closest("button[data-outcome]");
+    if (!button || state.toolsBusy) return;
+    const buttons = document.querySelectorAll("#next-topup button");
+    buttons.forEach((b) => (b.disabled = true));
+    try {
+      const r = await api("POST", NEXT_TOPUP_PATH, { outcome: button.dataset.outcome });
+      showNextTopUp(r.nextOffSessionPayment);
+      toolsSay(NEXT_TOPUP_SAID[button.dataset.outcome], "success");
+    } catch (err) {
+      toolsSay(err.message, "error");
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+    }
   }
 
   async function toolsPayment(sessionId) {
@@ -1215,6 +1609,10 @@
     $("#refresh-button").addEventListener("click", refresh);
     $("#settings-form").addEventListener("submit", saveSettings);
     $("#settings-form").addEventListener("input", () => { state.settingsDirty = true; settingsUnits(); });
+    $("#autotopup-form").addEventListener("submit", saveTopUp);
+    $("#autotopup-form").addEventListener("input", () => { state.topUpDirty = true; topUpUnits(); });
+    $("#add-card").addEventListener("click", addCard);
+    $("#next-topup").addEventListener("click", setNextTopUp);
     $("#history-csv").addEventListener("click", downloadCsv);
     $("#history-more").addEventListener("click", (e) => {
       e.target.disabled = true;
@@ -1222,6 +1620,7 @@
     });
     const prices = loadPrices(); // never rejects: a failure is said in the actions' place
     settingsLoading(true); // until the signed-in user's settings arrive
+    topUpLoading(true);
     const packages = (packagesReady = loadPackages());
     // The local stack's own config (no such route on AWS): which Stripe it uses, and so whether the
     // page offers the Stripe emulator's test tools.

@@ -46,7 +46,8 @@ def balance() -> Response:
 
 @app.get("/credits/settings")
 def settings() -> Response:
-    return json_response(200, api.settings_body(ledger.settings(user_id(app))), {"Cache-Control": "no-store"})
+    body = api.settings_body(ledger.settings(user_id(app)), int(ledger.clock() * 1000))
+    return json_response(200, body, {"Cache-Control": "no-store"})
 
 
 @app.get("/credits/holds")

@@ -1,4 +1,5 @@
-"""checkout: POST /credits/checkout {"packageId"} starts a Stripe Checkout Session for the JWT user."""
+"""checkout: POST /credits/checkout {"packageId", "saveCard"?} starts a Stripe Checkout Session for the
+JWT user; POST /credits/cards starts one in setup mode, where the user saves a card for auto top-up."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits import api, config
 from credits.aws import dynamodb_client
-from credits.checkout import CheckoutUrls, Customers, start_checkout
-from credits.http import install_error_handlers, json_body, json_response, user_id
+from credits.checkout import CheckoutUrls, Customers, start_card_setup, start_checkout
+from credits.http import install_error_handlers, json_body, json_response, raw_body, user_id
 from credits.packages import Catalog
 from credits.stripe_gateway import StripeGateway
 
@@ -35,9 +36,21 @@ install_error_handlers(app, logger)
 @tracer.capture_method
 def checkout() -> Response:
     request = api.parse(api.CheckoutRequest, json_body(app))
-    body = start_checkout(catalog, customers, stripe_gateway, urls, user_id(app), request.packageId)
+    body = start_checkout(
+        catalog, customers, stripe_gateway, urls, user_id(app), request.packageId, save_card=request.saveCard
+    )
     metrics.add_metric(name="CheckoutStarted", unit=MetricUnit.Count, value=1)
     return json_response(201, body)
+
+
+@app.post("/credits/cards")
+@tracer.capture_method
+def save_card() -> Response:
+    if raw_body(app):  # no body, or `{}`
+        api.parse(api.CardRequest, json_body(app))
+    body = start_card_setup(catalog, customers, stripe_gateway, urls, user_id(app))
+    metrics.add_metric(name="CardSetupStarted", unit=MetricUnit.Count, value=1)
+    return json_response(200, body)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

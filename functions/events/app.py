@@ -1,8 +1,9 @@
 """events: the credits table's stream to EventBridge (docs/design.md section 10).
 
 Invoked by the stream's event source mapping with only new ledger entries, first spend-limit
-refusals and credit lots' expiry notes (template.yaml filters the rest out). Every entry announces
-an event, and every expiry note Credits Expiring Soon, once per lot; usage entries'
+refusals, credit lots' expiry notes and auto top-ups' ends (the MODIFY of a `TOPUP#` item;
+template.yaml filters the rest out). Every entry announces an event, every expiry note Credits
+Expiring Soon, once per lot, and every top-up's end Auto Top-Up Succeeded or Failed; usage entries'
 Credits Used can be switched off (PUBLISH_USAGE_EVENTS=false, the PublishUsageEvents parameter), but
 usage entries are still delivered: they are what crosses a low-balance threshold. Each record is one
 of (credits.events.record_events):
@@ -10,7 +11,7 @@ of (credits.events.record_events):
 - publishable: its events are put on the bus. If they could not all be put (a throttle, a partial
   PutEvents failure, a network error: transient), the record is reported as a batch item failure
   and retried, so nothing is lost, and a retried record produces the same eventIds.
-- carrying no event by design (a MODIFY, a REMOVE, another item): done, counted as ignored.
+- carrying no event by design (a REMOVE, another item or change): done, counted as ignored.
 - unpublishable (malformed: it would fail the same way on every delivery): sent to the events
   dead-letter queue with its reason, logged, counted, and done, so the shard's later records are
   not held behind it. If the dead letter cannot be sent, the record is reported failed and retried:

@@ -19,15 +19,18 @@ from credits.aws import dynamodb_client
 from credits.errors import ERRORS_BY_CODE, REFUSAL_METRICS, CreditsError
 from credits.http import error_response, header, install_error_handlers, json_body, json_response, user_id
 from credits.ledger import Ledger, Posted
+from credits.packages import Catalog
 
 # Built once per container: configuration (fails here, naming the variable) and the adapters.
 PRICES = config.action_costs(config.require("ACTION_COSTS"))
+_client, _table = dynamodb_client(), config.require("CREDITS_TABLE_NAME")
 ledger = Ledger(
-    dynamodb_client(),
-    config.require("CREDITS_TABLE_NAME"),
+    _client,
+    _table,
     default_threshold=config.low_balance_threshold(),
     expiry_warning_days=config.expiry_warning_days(),
 )
+catalog = Catalog(_client, _table)  # the package auto top-up buys must be on sale when it is turned on
 
 logger = Logger()
 metrics = Metrics()
@@ -75,8 +78,8 @@ def internal_grant() -> Response:
 @app.put("/credits/settings")
 def put_settings() -> Response:
     request = api.parse(api.SettingsRequest, json_body(app))
-    settings = api.update_settings(ledger, user_id(app), request)
-    return json_response(200, api.settings_body(settings), {"Cache-Control": "no-store"})
+    settings = api.update_settings(ledger, user_id(app), request, catalog.active)
+    return json_response(200, api.settings_body(settings, int(ledger.clock() * 1000)), {"Cache-Control": "no-store"})
 
 
 @app.post("/internal/credits/holds")

@@ -1,4 +1,8 @@
-"""webhook: Stripe events through a Lambda Function URL; signature first, then exactly-once processing."""
+"""webhook: Stripe events through a Lambda Function URL; signature first, then exactly-once processing.
+
+Purchases, refunds and disputes need nothing but the event; a saved card (credits.cards) is read from
+Stripe, with the secret key (STRIPE_SECRET_KEY, or its SSM parameter STRIPE_SECRET_KEY_PARAM): without
+one, card events are answered `ignored`."""
 
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits import config
 from credits.aws import dynamodb_client
+from credits.cards import CardEvents, Cards
 from credits.errors import (
     CreditsError,
     InternalError,
+    PaymentProviderError,
     SettlementFailed,
     TemporarilyUnavailable,
     ValidationError,
@@ -30,7 +36,7 @@ from credits.errors import (
 from credits.ledger import Ledger
 from credits.packages import Catalog
 from credits.payments import Payments
-from credits.stripe_gateway import InvalidWebhook, verify_webhook
+from credits.stripe_gateway import InvalidWebhook, StripeGateway, verify_webhook
 
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
@@ -41,7 +47,20 @@ ledger = Ledger(
     default_threshold=config.low_balance_threshold(),
     expiry_warning_days=config.expiry_warning_days(),
 )
-payments = Payments(ledger, Catalog(_client, _table), _client, _table)
+# Read now, used on the first card event: an SSM parameter is read then, never at a cold start.
+_stripe_key = {
+    name: value for name in ("STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY_PARAM") if (value := config.optional(name))
+}
+_stripe_api_base = config.optional("STRIPE_API_BASE")
+
+
+def stripe_gateway() -> StripeGateway:
+    """Stripe, to read the card a session saved: made on the first card event (most events need none)."""
+    return StripeGateway.connect(config.secret("STRIPE_SECRET_KEY", _stripe_key), _stripe_api_base)
+
+
+card_events = CardEvents(Cards(_client, _table), stripe_gateway) if _stripe_key else None
+payments = Payments(ledger, Catalog(_client, _table), _client, _table, cards=card_events)
 
 # Event-id dedupe in front; the ledger's payment reference is what makes credits exactly-once.
 persistence = DynamoDBPersistenceLayer(table_name=config.require("IDEMPOTENCY_TABLE_NAME"), boto3_client=_client)
@@ -57,6 +76,8 @@ OUTCOME_METRICS = {
     "restored": "CreditsRestored",
     "mismatch": "PaymentMismatch",
     "failed": "AsyncPaymentFailed",
+    "card_saved": "CardSaved",
+    "card_removed": "CardRemoved",
 }
 
 
@@ -110,6 +131,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return respond(*http_error(exc))
     except (ValidationError, TemporarilyUnavailable) as exc:
         return respond(*http_error(exc))  # a body that is not an event (400); busy, retry (503)
+    except PaymentProviderError as exc:
+        # Stripe did not answer our read of a saved card: 502, so Stripe sends the event again.
+        logger.warning("stripe unavailable", extra={"reason": str(exc)})
+        return respond(*http_error(exc))
     except CreditsError as exc:
         # A signed event we cannot settle is OUR failure, never the sender's: 5xx so Stripe retries,
         # an error log line, and the alarmed SettlementFailed metric.

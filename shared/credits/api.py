@@ -6,7 +6,7 @@ ValidationError before anything is read or written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -19,9 +19,11 @@ from credits.ledger import (
     DEFAULT_HOLD_TTL_SECONDS,
     MAX_AMOUNT,
     MAX_HOLD_TTL_SECONDS,
+    MAX_PER_MONTH,
     MAX_PRIORITY,
     UNCHANGED,
     AccountView,
+    AutoTopUp,
     Captured,
     Hold,
     Idempotency,
@@ -188,11 +190,22 @@ class ReleaseRequest(_Request):
     userId: Token
 
 
+class AutoTopUpRequest(_Request):
+    """`autoTopUp` in PUT /credits/settings: below `threshold` credits available, buy `packageId`,
+    at most `maxPerMonth` times a UTC month (always said: there is no default)."""
+
+    enabled: bool
+    threshold: Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)]
+    packageId: PackageId
+    maxPerMonth: Annotated[int, Field(strict=True, ge=1, le=MAX_PER_MONTH)]
+
+
 class SettingsRequest(_Request):
-    """PUT /credits/settings: a field left out keeps its value; a null limit removes it."""
+    """PUT /credits/settings: a field left out keeps its value; a null limit (or autoTopUp) removes it."""
 
     lowBalanceThreshold: Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)] | None = None
     monthlySpendLimit: Amount | None = None
+    autoTopUp: AutoTopUpRequest | None = None
 
     @model_validator(mode="after")
     def _threshold_not_null(self) -> SettingsRequest:
@@ -202,9 +215,15 @@ class SettingsRequest(_Request):
 
 
 class CheckoutRequest(_Request):
-    """POST /credits/checkout: the user buys a package."""
+    """POST /credits/checkout: the user buys a package; with `saveCard`, Stripe keeps the card paid
+    with, and the webhook makes it the account's saved card (auto top-up charges it)."""
 
     packageId: PackageId
+    saveCard: bool = False
+
+
+class CardRequest(_Request):
+    """POST /credits/cards: no fields (a body is optional; a field sent is a mistake: 400)."""
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -332,19 +351,57 @@ def released_body(released: Released) -> dict[str, Any]:
     return {"released": released.released, "balance": released.balance, "available": released.available}
 
 
-def update_settings(ledger: Ledger, user_id: str, request: SettingsRequest) -> Settings:
-    """PUT /credits/settings."""
+def update_settings(
+    ledger: Ledger, user_id: str, request: SettingsRequest, on_sale: Callable[[str], object] | None = None
+) -> Settings:
+    """PUT /credits/settings. Auto top-up is turned on only for a package `on_sale` (it raises
+    PackageNotFound otherwise: `Catalog.active`) and with a saved card (the ledger's CardRequired)."""
     limit: int | Unchanged | None = UNCHANGED
     if "monthlySpendLimit" in request.model_fields_set:
         limit = request.monthlySpendLimit
-    return ledger.update_settings(user_id, low_balance_threshold=request.lowBalanceThreshold, monthly_spend_limit=limit)
+    auto: AutoTopUp | Unchanged | None = UNCHANGED
+    if "autoTopUp" in request.model_fields_set:
+        wanted = request.autoTopUp
+        auto = None
+        if wanted is not None:
+            auto = AutoTopUp(wanted.enabled, wanted.threshold, wanted.packageId, wanted.maxPerMonth)
+        if wanted is not None and wanted.enabled:
+            if on_sale is None:
+                raise ValidationError("Auto top-up cannot be turned on here.")
+            on_sale(wanted.packageId)
+    return ledger.update_settings(
+        user_id, low_balance_threshold=request.lowBalanceThreshold, monthly_spend_limit=limit, auto_top_up=auto
+    )
 
 
-def settings_body(settings: Settings) -> dict[str, Any]:
+CARD_FIELDS = (("brand", "brand"), ("last4", "last4"), ("expMonth", "exp_month"), ("expYear", "exp_year"))
+
+
+def settings_body(settings: Settings, now_ms: int) -> dict[str, Any]:
+    """GET and PUT /credits/settings: the settings, and where auto top-up stands (`topUp`) with the
+    card it charges."""
+    auto, state, card = settings.auto_top_up, settings.topup, settings.card
+    month = iso_ms(now_ms)[:7]
     return {
         "lowBalanceThreshold": settings.low_balance_threshold,
         "monthlySpendLimit": settings.monthly_spend_limit,
         "spentThisMonth": settings.spent_this_month,
+        "autoTopUp": None
+        if auto is None
+        else {
+            "enabled": auto.enabled,
+            "threshold": auto.threshold,
+            "packageId": auto.package_id,
+            "maxPerMonth": auto.max_per_month,
+        },
+        "topUp": {
+            "pending": state.pending is not None,
+            "startedThisMonth": state.started_in(month),
+            "failures": state.failures,
+            "suspended": state.suspended,
+            "retryAfter": iso_ms(state.retry_after_ms) if state.retry_after_ms > now_ms else None,
+        },
+        "card": None if card is None else {name: card.get(attr) for name, attr in CARD_FIELDS},
     }
 
 

@@ -1,4 +1,5 @@
-"""Starting a purchase: one Stripe customer per user, race-safe, then a Checkout Session for a package."""
+"""Starting a purchase: one Stripe customer per user, race-safe, then a Checkout Session for a package
+(saving the card paid with, if asked), or one in setup mode that only saves a card (auto top-up)."""
 
 from __future__ import annotations
 
@@ -17,23 +18,47 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 
+SAVE_CARD = "saveCard"  # metadata of a purchase that also saves the card paid with ("true")
+CARD_PURPOSE = "card"  # metadata `purpose` of a setup-mode session that saves a card (POST /credits/cards)
+DEFAULT_CARD_CURRENCY = "usd"  # a card saved while no package is on sale
+
+
 class PaymentProvider(Protocol):
     """What checkout needs of Stripe (credits.stripe_gateway.StripeGateway in production). The
-    session it creates carries `session_metadata(user_id, package)`."""
+    sessions it creates carry `session_metadata(...)` and `card_session_metadata(...)`."""
 
     def create_customer(self, user_id: str) -> str: ...
 
     def create_checkout_session(
-        self, *, user_id: str, customer_id: str, package: Package, success_url: str, cancel_url: str
+        self,
+        *,
+        user_id: str,
+        customer_id: str,
+        package: Package,
+        success_url: str,
+        cancel_url: str,
+        save_card: bool = False,
+    ) -> tuple[str, str]: ...
+
+    def create_card_session(
+        self, *, user_id: str, customer_id: str, currency: str, success_url: str, cancel_url: str
     ) -> tuple[str, str]: ...
 
 
-def session_metadata(user_id: str, package: Package) -> dict[str, str]:
+def session_metadata(user_id: str, package: Package, *, save_card: bool = False) -> dict[str, str]:
     """A Checkout Session's metadata: the user, the package, and the terms of the sale fixed now
     (`credits`, `price`, `currency`, and `expiresInDays` when the credits expire). The webhook and
     reconcile credit exactly these, if exactly this was paid, whatever the catalog says later
-    (`credits.payments.Terms`). Keys of at most 40 characters, values of at most 500: Stripe's limits."""
-    return {"userId": user_id, "packageId": package.id, **package.sale_terms()}
+    (`credits.payments.Terms`). Keys of at most 40 characters, values of at most 500: Stripe's limits.
+    With `save_card`, `saveCard: "true"` tells the webhook to keep the card paid with (credits.cards)."""
+    metadata = {"userId": user_id, "packageId": package.id, **package.sale_terms()}
+    return {**metadata, SAVE_CARD: "true"} if save_card else metadata
+
+
+def card_session_metadata(user_id: str) -> dict[str, str]:
+    """A setup-mode session's metadata: the user, and that it saves a card (the webhook's sign that the
+    session is ours and what it is for: it sells nothing, so it has no package)."""
+    return {"userId": user_id, "purpose": CARD_PURPOSE}
 
 
 @dataclass(frozen=True)
@@ -109,8 +134,11 @@ def start_checkout(
     urls: CheckoutUrls,
     user_id: str,
     package_id: str,
+    *,
+    save_card: bool = False,
 ) -> dict[str, Any]:
-    """POST /credits/checkout: a Checkout Session for an active package."""
+    """POST /credits/checkout: a Checkout Session for an active package; with `save_card`, Stripe also
+    keeps the card paid with for payments without the user (auto top-up)."""
     package = catalog.active(package_id)
     customer_id = customer_for(customers, provider, user_id)
     session_id, url = provider.create_checkout_session(
@@ -119,5 +147,29 @@ def start_checkout(
         package=package,
         success_url=urls.success,
         cancel_url=urls.cancel,
+        save_card=save_card,
     )
     return {"checkoutUrl": url, "sessionId": session_id}
+
+
+def start_card_setup(
+    catalog: Catalog, customers: Customers, provider: PaymentProvider, urls: CheckoutUrls, user_id: str
+) -> dict[str, Any]:
+    """POST /credits/cards: a Checkout Session in setup mode, where the user saves a card and pays
+    nothing; the webhook keeps the card on the account (credits.cards)."""
+    customer_id = customer_for(customers, provider, user_id)
+    session_id, url = provider.create_card_session(
+        user_id=user_id,
+        customer_id=customer_id,
+        currency=card_currency(catalog),
+        success_url=urls.success,
+        cancel_url=urls.cancel,
+    )
+    return {"checkoutUrl": url, "sessionId": session_id}
+
+
+def card_currency(catalog: Catalog) -> str:
+    """The currency a card is saved in: Stripe needs one in setup mode, and the one the packages are
+    sold in offers the user the methods that can pay for them (the catalog's first package on sale)."""
+    on_sale = catalog.listed()
+    return on_sale[0].currency if on_sale else DEFAULT_CARD_CURRENCY

@@ -179,6 +179,13 @@ class PackageNotFound(CreditsError):
         self.package_id = package_id
 
 
+class CardRequired(CreditsError):
+    """Auto top-up cannot be turned on without a saved card (or the card was removed meanwhile)."""
+
+    code = "card_required"
+    status = 409
+
+
 class NotFound(CreditsError):
     """The route or resource does not exist."""
 
@@ -246,10 +253,16 @@ class TooManyRequests(CreditsError):
 
 
 class PaymentProviderError(CreditsError):
-    """Stripe failed or refused; nothing was written."""
+    """Stripe failed or refused; nothing was written. `retriable`: the same request may succeed
+    later (Stripe unreachable, busy, or failing; our key refused): only a request Stripe refused
+    as invalid is not."""
 
     code = "payment_provider_error"
     status = 502
+
+    def __init__(self, message: str, *, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class TemporarilyUnavailable(CreditsError):

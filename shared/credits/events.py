@@ -7,7 +7,9 @@ that gives them back (a dispute closed in the user's favour: a positive `dispute
 system reference `settle:<payment>:<step>`) Credits Restored; `expiration` Credits Expired (with the
 lot it expired, from the entry's `draws`). Any entry may also announce Balance Low and Balance
 Negative (never switched off). A credit lot about to expire is announced once, by its note
-(`EXPIRING#<lot>`, written once per lot): Credits Expiring Soon (docs/adr/0010-credit-lots.md).
+(`EXPIRING#<lot>`, written once per lot): Credits Expiring Soon (docs/adr/0010-credit-lots.md). An
+auto top-up's end, the one MODIFY of its `TOPUP#<n>` item, is Auto Top-Up Succeeded or Auto Top-Up
+Failed (credits.topup_events).
 
 Derived from the stream record's new item alone (an entry's amount, balance_after, type and the
 low-balance threshold written with it), so the result never depends on the order or the timing of
@@ -16,11 +18,11 @@ processing, and a redelivered record gives events with the same `eventId`.
 A stream record is one of three things (`record_events`):
 
 - **events**: an INSERT of a user's ledger entry (`TX#`), spend-limit note (`LIMIT#`) or expiry note
-  (`EXPIRING#`) whose fields read as the ledger writes them (possibly none, e.g. a charge that
-  crossed nothing);
+  (`EXPIRING#`), or a MODIFY of a user's top-up (`TOPUP#`), whose fields read as the ledger writes
+  them (possibly none, e.g. a charge that crossed nothing);
 - **ignored** (None): a well-formed record that carries no event by design and that the stream's
-  filter (template.yaml) never delivers: a MODIFY or a REMOVE (TTL deletions of notes and holds),
-  an INSERT of any other item (the account, references, holds...);
+  filter (template.yaml) never delivers: a REMOVE (TTL deletions of notes and holds), a MODIFY of
+  any other item, an INSERT of any other item (the account, references, holds, a pending top-up...);
 - **unpublishable** (`Unpublishable`, with the reason): anything else. It will read the same way on
   every delivery, so retrying it would only hold back the shard's later records: it is dead-lettered
   (`dead_letter_message`, `DeadLetterQueue`), and the events it should have carried are rebuilt
@@ -164,8 +166,8 @@ def record_events(record: Any, default_threshold: int, *, publish_usage: bool = 
     name = record.get("eventName")
     if name not in EVENT_NAMES:
         raise Unpublishable("eventName is not INSERT, MODIFY or REMOVE")
-    if name != "INSERT":
-        return None  # an entry's events come from its INSERT; the filter never delivers these
+    if name == "REMOVE":
+        return None  # TTL deletions: the filter never delivers these
     stream = record.get("dynamodb")
     if not isinstance(stream, Mapping):
         raise Unpublishable("no dynamodb object")
@@ -176,11 +178,16 @@ def record_events(record: Any, default_threshold: int, *, publish_usage: bool = 
         raise Unpublishable("no dynamodb.Keys")
     sk = _string(keys_, "sk", "Keys")
     assert sk is not None
-    if not sk.startswith(EVENT_ITEMS):
-        return None  # another item (the account, a reference, a hold...): the filter never delivers it
+    modified = name == "MODIFY"
+    if not sk.startswith(keys.TOPUP if modified else EVENT_ITEMS):
+        return None  # another item, or another change of it: the filter never delivers it
     new_image = stream.get("NewImage")
     if not isinstance(new_image, Mapping):
         raise Unpublishable("no dynamodb.NewImage (the stream must be NEW_IMAGE)")
+    if modified:
+        from credits.topup_events import topup_events  # here, not at the top: it builds on this module
+
+        return topup_events(keys_, new_image)  # a top-up's end: its one MODIFY
     return events_of(keys_, new_image, default_threshold, publish_usage=publish_usage)
 
 

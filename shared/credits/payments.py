@@ -53,6 +53,7 @@ from credits.ledger import (
     Transaction,
     iso_utc,
 )
+from credits.off_session import TOPUP_EVENTS, PaymentIntent, failed_details, paid_details
 from credits.packages import MAX_EXPIRES_IN_DAYS, Catalog
 from credits.settlement import (
     CLOSED,
@@ -82,6 +83,8 @@ from credits.stripe_objects import (
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+    from credits.cards import CardEvents
 
 __all__ = [  # the names other modules imported from here before the split, still here
     "CLOSED",
@@ -160,6 +163,7 @@ class Payments:
         *,
         store: Store | None = None,
         clock: Callable[[], float] | None = None,
+        cards: CardEvents | None = None,
     ) -> None:
         self.ledger = ledger
         self.catalog = catalog
@@ -167,14 +171,19 @@ class Payments:
             store = ledger.store if client is None else DynamoStore(client, table_name)
         self.store = store
         self.clock = clock or ledger.clock  # Unix seconds, for what is stored
+        self.cards = cards  # saved cards (credits.cards); None: card events are ignored
 
     def handle(self, payload: dict[str, Any]) -> Outcome:
         """Apply one verified Stripe event; unknown types are ignored."""
         event = parse_event(payload)
-        if event.type not in HANDLED:
+        if event.type not in HANDLED and event.type not in TOPUP_EVENTS:
             return Outcome("ignored", f"event type {event.type} is not used")
         obj = event.data.object
         try:
+            if event.type in TOPUP_EVENTS:
+                return self._intent(event.type, PaymentIntent.model_validate(obj))
+            if event.type == "payment_method.detached":
+                return self.cards.on_event(event) if self.cards else Outcome("ignored", "saved cards are not kept here")
             if event.type.startswith("checkout.session."):
                 return self._session(event.type, CheckoutSession.model_validate(obj))
             if event.type == "charge.refunded":
@@ -186,6 +195,8 @@ class Payments:
     # ---- purchases ----------------------------------------------------------------------------
 
     def _session(self, event_type: str, session: CheckoutSession) -> Outcome:
+        if session.mode == "setup":  # saves a card and sells nothing (credits.cards)
+            return self.cards.on_session(session) if self.cards else Outcome("ignored", "saved cards are not kept here")
         started = started_here(session)
         if started is None:
             return Outcome("ignored", f"session {session.id} was not started by this product")
@@ -208,7 +219,36 @@ class Payments:
                 f"package {package_id} was sold for {terms.price} {terms.currency}",
                 user_id,
             )
-        return self._credit(object_id(session.payment_intent) or session.id, session.id, user_id, terms)
+        credited = self._credit(object_id(session.payment_intent) or session.id, session.id, user_id, terms)
+        return self.cards.on_session(session, credited) if self.cards else credited  # with `saveCard`, its card
+
+    def _intent(self, event_type: str, intent: PaymentIntent) -> Outcome:
+        """An auto top-up's off-session payment (credits.topups started it): paid, it credits the
+        package's terms once, like a purchase; failed, it ends the top-up with the decline's code."""
+        topup = intent.topup
+        if topup is None:
+            return Outcome("ignored", f"payment {intent.id} is not an auto top-up")
+        user_id, topup_id = topup
+        if event_type == "payment_intent.payment_failed":
+            code = intent.failure_code
+            self.ledger.finish_top_up(user_id, topup_id, failure=code, details=failed_details(intent.id, code))
+            return Outcome("failed", f"auto top-up {topup_id} failed: {code}", user_id)
+        return self.top_up_paid(intent, user_id, topup_id)
+
+    def top_up_paid(self, intent: PaymentIntent, user_id: str, topup_id: str) -> Outcome:
+        """Credit a paid auto top-up once (the webhook, reconcile, or the top-up function that made
+        the payment, whichever comes first), then end it (once)."""
+        if intent.status != "succeeded":
+            return Outcome("waiting", f"payment {intent.id} is {intent.status}", user_id)
+        metadata = intent.metadata or {}
+        terms = self._terms(metadata, metadata.get("packageId", ""))
+        if terms is None or (intent.amount, intent.currency) != (terms.price, terms.currency):
+            # Ours to look at (the top-up stays pending, so none other starts meanwhile).
+            return Outcome("mismatch", f"auto top-up {topup_id}: payment {intent.id} does not match its terms", user_id)
+        description = f"Auto top-up: {terms.name}, {terms.credits} credits"
+        outcome = self._credit(intent.id, "", user_id, terms, description)
+        self.ledger.finish_top_up(user_id, topup_id, details=paid_details(intent.id, terms))
+        return outcome
 
     def _terms(self, metadata: dict[str, str], package_id: str) -> Terms | None:
         """What was sold: the terms fixed in the session at checkout (`credits.checkout.session_metadata`;
@@ -224,7 +264,9 @@ class Payments:
             return None
         return Terms(package.name, package.credits, package.price, package.currency, package.expires_in_days)
 
-    def _credit(self, payment_id: str, session_id: str, user_id: str, terms: Terms) -> Outcome:
+    def _credit(
+        self, payment_id: str, session_id: str, user_id: str, terms: Terms, description: str | None = None
+    ) -> Outcome:
         """Credit a paid purchase once, to a paid lot of its own (expiring `expires_in_days` after now,
         if the package said so), then settle what arrived about it before."""
         name, credits, price, currency, days = terms
@@ -233,7 +275,7 @@ class Payments:
         entry = Entry(
             credits,
             "purchase",
-            f"{name}: {credits} credits",
+            description or f"{name}: {credits} credits",
             reference,
             price,
             currency,

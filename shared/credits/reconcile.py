@@ -6,6 +6,7 @@ module lists, from Stripe, the paid Checkout Sessions created in the period and 
 disputes created in it, and compares each with the payment's record in the table (ADR 0002):
 
 - a paid session of this product whose payment is not on record as credited: a missing purchase;
+- a paid auto top-up (its `payment_intent.succeeded` event) not on record as credited: the same;
 - a refund whose charge's refunded total is more than the record knows: a missing refund;
 - a dispute the record does not know, or knows in an earlier state: a missing dispute change.
 
@@ -47,7 +48,8 @@ class StripeSource(Protocol):
 # State changes that come long after their object was created, so a list by creation time misses
 # them: a bank debit clears days after its session, a dispute closes weeks after it opened. Their
 # events (Stripe keeps 30 days) name them.
-LATE_CHANGES = ["checkout.session.async_payment_succeeded", "charge.dispute.closed"]
+# An auto top-up's payment has no session: the period's `payment_intent.succeeded` events name them.
+LATE_CHANGES = ["checkout.session.async_payment_succeeded", "charge.dispute.closed", "payment_intent.succeeded"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
     ours: set[str] = set()  # payments of this product's sessions in the period
     sessions = [*stripe.sessions_since(created_gte), *late["checkout.session"]]
     found = list(_missing_purchases(_once(sessions), record, ours))
+    found += _missing_top_ups(_once(late["payment_intent"]), record, ours)
     found += _missing_refunds(stripe.refunded_charges_since(created_gte), record, ours)
     found += _missing_disputes(_once([*stripe.disputes_since(created_gte), *late["dispute"]]), record, ours)
     return sorted(found, key=lambda m: ORDER[m.kind])
@@ -114,7 +117,7 @@ def find_missing(payments: Payments, stripe: StripeSource, created_gte: int) -> 
 
 def _late_changes(stripe: StripeSource, created_gte: int) -> dict[str, list[dict[str, Any]]]:
     """The sessions and disputes named by the period's events of late changes, by object type."""
-    late: dict[str, list[dict[str, Any]]] = {"checkout.session": [], "dispute": []}
+    late: dict[str, list[dict[str, Any]]] = {"checkout.session": [], "dispute": [], "payment_intent": []}
     for obj in stripe.changed_since(created_gte, LATE_CHANGES):
         late.setdefault(str(obj.get("object")), []).append(obj)
     return late
@@ -139,6 +142,22 @@ def _missing_purchases(sessions: Iterable[dict[str, Any]], record: _Records, our
             detail = f"session {session['id']}: {started.package_id} paid, not credited"
             event = _event("checkout.session.completed", session)
             yield Missing("purchase", str(session["id"]), payment_id, started.user_id, detail, event)
+
+
+def _missing_top_ups(intents: Iterable[dict[str, Any]], record: _Records, ours: set[str]) -> Iterator[Missing]:
+    """Paid auto top-ups (credits.topups) not on record as credited; notes each in `ours`."""
+    for intent in intents:
+        metadata = intent.get("metadata") or {}
+        user_id, topup_id = metadata.get("userId"), metadata.get("topupId")
+        if not user_id or not topup_id:
+            continue  # a Checkout purchase's intent (its session is looked at) or not ours
+        payment_id = str(intent["id"])
+        ours.add(payment_id)
+        if intent.get("status") == "succeeded" and not _credited(record(payment_id)):
+            detail = f"auto top-up {topup_id}: payment {payment_id} paid, not credited"
+            yield Missing(
+                "purchase", payment_id, payment_id, user_id, detail, _event("payment_intent.succeeded", intent)
+            )
 
 
 def _missing_refunds(charges: Iterable[dict[str, Any]], record: _Records, ours: set[str]) -> Iterator[Missing]:

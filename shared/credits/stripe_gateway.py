@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 import stripe
 
-from credits.checkout import session_metadata
+from credits.cards import SavedCard
+from credits.checkout import card_session_metadata, session_metadata
 from credits.errors import PaymentProviderError, ValidationError
 from credits.packages import Package
+from credits.stripe_objects import CheckoutSession, PaymentMethod, object_id
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 CLIENT_REFERENCE_ID_MAX = 200  # Stripe's limit, in characters, on a Checkout Session's client_reference_id
@@ -46,6 +49,13 @@ class OffSessionPayment:
 
 class InvalidWebhook(ValidationError):
     """The webhook body or its Stripe-Signature did not verify."""
+
+
+def _address(session: stripe.checkout.Session) -> tuple[str, str]:
+    """A created Checkout Session's (id, hosted page address)."""
+    if not session.url:
+        raise PaymentProviderError("The payment provider returned no checkout address.")
+    return str(session.id), str(session.url)
 
 
 def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
@@ -100,16 +110,18 @@ class StripeGateway:
         package: Package,
         success_url: str,
         cancel_url: str,
+        save_card: bool = False,
     ) -> tuple[str, str]:
         """A Checkout Session in payment mode for one package; returns (session id, url).
 
         The user id is in the metadata (values up to 500 characters: any user id fits), which the
         webhook and reconcile read; it is the client_reference_id too when it fits Stripe's 200
         characters (counted as UTF-16 code units, the stricter count), and otherwise there is none
-        (a truncated or hashed one would name no user).
+        (a truncated or hashed one would name no user). With `save_card`, Stripe attaches the card
+        paid with to the customer for payments without them (`setup_future_usage` off_session).
         """
         # The terms of the sale, fixed now: the webhook credits exactly these, if exactly this was paid.
-        metadata = session_metadata(user_id, package)
+        metadata = session_metadata(user_id, package, save_card=save_card)
         if package.stripe_price_id:
             line_item: dict[str, Any] = {"price": package.stripe_price_id, "quantity": 1}
         else:
@@ -131,14 +143,64 @@ class StripeGateway:
                 "success_url": success_url,
                 "cancel_url": cancel_url,
             }
+            if save_card:
+                params["payment_intent_data"]["setup_future_usage"] = "off_session"
             if len(user_id.encode("utf-16-le")) // 2 <= CLIENT_REFERENCE_ID_MAX:  # however Stripe counts
                 params["client_reference_id"] = user_id
             session = self.client.v1.checkout.sessions.create(params=params)
         except stripe.StripeError as exc:
             raise PaymentProviderError("Could not start the checkout; please retry.") from exc
-        if not session.url:
-            raise PaymentProviderError("The payment provider returned no checkout address.")
-        return str(session.id), str(session.url)
+        return _address(session)
+
+    def create_card_session(
+        self, *, user_id: str, customer_id: str, currency: str, success_url: str, cancel_url: str
+    ) -> tuple[str, str]:
+        """A Checkout Session in setup mode: the user saves a card for the customer and pays nothing;
+        returns (session id, url). Cards only: a payment without the user (auto top-up) charges a card.
+        The metadata (`card_session_metadata`) tells the webhook whose card it is."""
+        metadata = card_session_metadata(user_id)
+        params: Any = {
+            "mode": "setup",
+            "customer": customer_id,
+            "currency": currency,
+            "payment_method_types": ["card"],
+            "metadata": metadata,
+            "setup_intent_data": {"metadata": metadata},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        try:
+            session = self.client.v1.checkout.sessions.create(params=params)
+        except stripe.StripeError as exc:
+            raise PaymentProviderError("Could not start saving a card; please retry.") from exc
+        return _address(session)
+
+    def saved_card(self, session: CheckoutSession) -> SavedCard | None:
+        """The card a completed Checkout Session saved: the PaymentMethod of its SetupIntent (setup
+        mode) or of its PaymentIntent (a purchase with `setup_future_usage`), read with the intent,
+        expanded. None when it saved none: no intent, another kind of method, or a card Stripe did
+        not attach to the customer."""
+        setup = session.mode == "setup"
+        intent_id = object_id(session.setup_intent if setup else session.payment_intent)
+        if intent_id is None:
+            return None
+        params: Any = {"expand": ["payment_method"]}
+        try:
+            if setup:
+                intent = self.client.v1.setup_intents.retrieve(intent_id, params=params).to_dict()
+            else:
+                intent = self.client.v1.payment_intents.retrieve(intent_id, params=params).to_dict()
+        except stripe.StripeError as exc:
+            raise PaymentProviderError(f"Could not read the card of session {session.id}; please retry.") from exc
+        method = intent.get("payment_method")
+        if method is None:
+            return None
+        try:
+            return SavedCard.of(PaymentMethod.model_validate(method))
+        except pydantic.ValidationError:
+            raise PaymentProviderError(
+                f"Stripe answered a payment method of session {session.id} we cannot read."
+            ) from None
 
     def charge_saved_card(
         self,
@@ -179,7 +241,10 @@ class StripeGateway:
                 exc.user_message or "The card was declined.",
             )
         except stripe.StripeError as exc:
-            raise PaymentProviderError("Could not charge the saved card; please retry.") from exc
+            # Refused as invalid (a card no longer attached, a customer deleted): no retry changes it.
+            # Anything else (the network, a rate limit, Stripe failing, our key) may pass.
+            invalid = isinstance(exc, stripe.InvalidRequestError)
+            raise PaymentProviderError("Could not charge the saved card.", retriable=not invalid) from exc
         return OffSessionPayment(str(intent.id), str(intent.status))
 
     def sync_package(self, package: Package) -> Package:

@@ -24,6 +24,7 @@ HANDLED = frozenset(
         "charge.refunded",
         "charge.dispute.created",
         "charge.dispute.closed",
+        "payment_method.detached",  # a saved card removed (credits.cards)
     }
 )
 
@@ -51,7 +52,28 @@ class CheckoutSession(_StripeObject):
     amount_total: int | None = None
     currency: str | None = None
     payment_intent: str | dict[str, Any] | None = None
+    setup_intent: str | dict[str, Any] | None = None  # setup mode: the SetupIntent that saved a card
     customer: str | dict[str, Any] | None = None
+
+
+class CardDetails(_StripeObject):
+    """A card PaymentMethod's `card`: what the user is shown of it, and its number's fingerprint."""
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str | None = None
+
+
+class PaymentMethod(_StripeObject):
+    """A PaymentMethod (`card` only for cards); `customer` is who it is attached to: None once detached."""
+
+    id: str
+    type: str
+    created: int
+    customer: str | dict[str, Any] | None = None
+    card: CardDetails | None = None
 
 
 class Charge(_StripeObject):
@@ -74,6 +96,8 @@ class Dispute(_StripeObject):
 
 class EventData(_StripeObject):
     object: dict[str, Any]
+    # what changed, as it was before (`payment_method.detached`: the customer it was attached to)
+    previous_attributes: dict[str, Any] | None = None
 
 
 class Event(_StripeObject):

@@ -128,6 +128,7 @@ def summary(result: Result, plant: str | None) -> None:
         f"{stats['intents_withdrawn']} intents withdrawn; {stats['negative_balances']} balances clawed below zero"
     )
     print("  lots: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats["lots"].items()))
+    print("  auto top-up: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats["topups"].items()))
     print("  faults injected: " + ", ".join(f"{k} {v}" for k, v in stats["faults"].items()))
     by_kind: dict[str, list[str]] = defaultdict(list)
     for outcome, n in stats["outcomes"].items():

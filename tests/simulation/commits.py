@@ -27,6 +27,7 @@ from tests.simulation.records import (
     Violation,
     iso_ms,
 )
+from tests.simulation.topupchecks import TopUpChecks
 from tests.simulation.workload import LOT_PACKAGE_BY_ID, PACKAGE_BY_ID, REASON, Op
 
 # how the payments side describes a dispute step that gives credits back (it closed; or a refund
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from tests.simulation.store import Change
 
 
-class Commits(LotChecks):
+class Commits(LotChecks, TopUpChecks):
     """The commit checks; the state is the `Model`'s (declared here)."""
 
     now: Callable[[], float]
@@ -100,7 +101,11 @@ class Commits(LotChecks):
             return
         account = [ch for ch in changes if ch.key[1] == keys.ACCOUNT]
         if not account:
-            moved = [ch.key[1] for ch in changes if ch.key[1].startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF))]
+            moved = [
+                ch.key[1]
+                for ch in changes
+                if ch.key[1].startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.TOPUP))
+            ]
             if moved:
                 self.fail("all-or-nothing", f"{u.name}: {moved} written without the account's update")
             return
@@ -115,6 +120,9 @@ class Commits(LotChecks):
         clock_ms = int(actor.clock() * 1000) if actor is not None else t_ms
         if not clock_ms - 40_000 <= t_ms <= clock_ms + 2:
             self.fail("clock", f"{u.name}: a decision at {stamp} committed by a container whose clock reads {clock_ms}")
+        if any(ch.key[1].startswith(keys.TOPUP) and ch.before is not None for ch in changes):
+            self._topup_ended(u, changes, account[0], t_ms)  # a top-up's end: no money moves
+            return
         month = max(stamp[:7], u.month)
         # what a read at the decision time says is available: expired credits count for nothing (invariant 9)
         available_before = u.balance - lm.gone(u.lots, self._hold_draws(u), u.balance, t_ms) - u.held(t_ms)
@@ -129,6 +137,7 @@ class Commits(LotChecks):
         freed: list[str] = []
         # the lots: what the write owed first (expired holds and lots), then each change in order
         lp = self._lots_begin(u, changes, before, t_ms, month)
+        tp = self._topup_begin(u, stamp, t_ms)
         expirations = 0
         for ch in changes:
             sk = ch.key[1]
@@ -137,19 +146,29 @@ class Commits(LotChecks):
                 if ch.after.get("type") == "expiration":
                     expirations += 1  # replayed where it was owed (`_settle`)
                 else:
+                    # a charge (usage the client asked for, not a capture's) may start a top-up
+                    charge = ch.after["type"] == "usage" and ch.after.get("reference_scope") != "system"
+                    available = self._topup_watch(u, t_ms) if charge else None
                     self._entry(u, ch.after, t_ms, month)
+                    self._topup_decision(u, tp, f"the charge entry {ch.after['seq']}", available, charge)
             elif sk.startswith(keys.HOLD):
                 if ch.before is None:
                     assert ch.after is not None
+                    available = self._topup_watch(u, t_ms)
                     self._hold_opened(u, ch.after, t_ms, month, after)
+                    self._topup_decision(u, tp, f"the hold {ch.after['hold_id']}", available, True)
                 else:
                     self._hold_ended(u, ch, t_ms, lp)
+                    self._topup_decision(u, tp, "", None, False)
+            elif sk.startswith(keys.TOPUP):
+                self._topup_started(u, ch, tp)
             elif sk.startswith(keys.INTENT):
                 intents += 1
                 if ch.after is None or "outcome" not in ch.after:
                     self.fail("exactly-once", f"{u.name}: a pass wrote intent {sk} without its decision")
             elif sk.startswith(keys.IDEM) and _freed(ch):
                 freed.append(sk[len(keys.IDEM) :])
+        self._topup_end_of_pass(u, tp)
         for key in freed:
             self._key_freed(u, key)
         if intents:
@@ -162,6 +181,7 @@ class Commits(LotChecks):
             self.fail("gapless", f"{u.name}'s account holds {after.get('balance')}/{after.get('seq')} after a commit; "
                       f"its entries add up to {u.balance}/{u.seq}")  # fmt: skip
         self._check_map(u, after, t_ms)
+        self._topup_account(u, after)
         # invariant 6 after the commit, at its decision time: open holds fit in the balance; only a
         # clawback takes `available` below zero (or lower, when one already did)
         available = u.balance - lm.gone(u.lots, self._hold_draws(u), u.balance, t_ms) - u.held(t_ms)
@@ -196,7 +216,7 @@ class Commits(LotChecks):
 
     def _single_write(self, u: User, ch: Change) -> None:
         sk = ch.key[1]
-        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.EXPIRING)):
+        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.EXPIRING, keys.TOPUP)):
             self.fail("all-or-nothing", f"{u.name}: a single write to {sk}")
         if sk.startswith(keys.INTENT) and ch.after is None and ch.before is not None and "outcome" not in ch.before:
             self.withdrawn += 1
@@ -215,6 +235,8 @@ class Commits(LotChecks):
         for money in ("balance", "seq", "holds", "holds_rev", "spent", "spend_month", "lots", "lots_due", "lots_shard"):
             if before.get(money) != after.get(money):
                 self.fail("all-or-nothing", f"{u.name}: a single write changed the account's {money}")
+        if self._topup_write(u, before, after):
+            return  # an auto top-up setting or a card
         settings = ("low_balance_threshold", "monthly_spend_limit", "settings_window", "settings_changes")
         if all(before.get(s) == after.get(s) for s in settings) and "updated_at" not in after:
             return

@@ -29,7 +29,11 @@ spend and settings, and checks each commit against the invariants as the commit 
    in force when a charge or reserve is decided;
 9. to 11. credit lots (`lotchecks.py`): expired credits count for nothing and are recorded once by
    the next write; every debit draws in burn order as the lots stood; refunds never claw back what
-   expired; lots and holds hold the balance plus the debt.
+   expired; lots and holds hold the balance plus the debt;
+12. auto top-up (`topupchecks.py`): exactly one top-up per crossing of the threshold by a charge or
+   a hold, only with a card and auto top-up on, one pending at most, numbered with no gap, within
+   the month's cap, never within the hour after a failure nor while suspended; each ends once; the
+   third failure in a row suspends it.
 
 Every read of the account answers the balance less the credits of lots that expired (and are not
 recorded yet), never counting an expired lot, with the lots that count in burn order (`lotmodel.view`).
@@ -107,6 +111,9 @@ class Model(Commits):
         self.buys: dict[str, Buy] = {}  # purchases whose lot expires, by source (`purchase:<pl>`)
         self.disputed: set[str] = set()
         self.lot_stats: Counter[str] = Counter()
+        self.topup_stats: Counter[str] = Counter(
+            dict.fromkeys(("started", "ended_paid", "ended_failed", "suspensions"), 0)
+        )
 
     def expected_view(self, name: str, t_ms: int) -> lotmodel.View:
         """What a read of the account at `t_ms` must answer, from the model's own state (which is
@@ -206,6 +213,13 @@ class Model(Commits):
             self._end_answer(att, u, status, value, code)
         elif op.kind == "settings":
             self._settings_answer(att, u, status, value, code)
+        elif op.kind == "autotopup":
+            if not self._autotopup_answer(att, u, status, code):
+                self._settings_answer(att, u, status, value, code)
+        elif op.kind == "card":
+            self._card_answer(att, u, status, value)
+        elif op.kind == "topup_end":
+            self._topup_end_answer(att, u, status, value, code)
         elif op.kind == "read":
             self._read_answer(att, u, status, value)
         elif op.kind == "sweep":

@@ -17,6 +17,10 @@
   expired credits as gone (`rules._debit` sees the purchase's lot as if none of it had expired).
 - `draws-wrong-order`: debits and holds draw from the oldest lot first, whatever its priority and
   expiry (`lots.ordered`).
+- `topup-ignores-backoff`: a top-up starts within the hour after a failure (`topup.starts` does not
+  look at `retry_after_ms`).
+- `topup-while-pending`: a crossing starts a top-up while another is pending (`topup.starts` does not
+  look at `pending`): two charges on one card for one crossing.
 
 `planted(name)` patches for the duration of a `with` block and restores the originals.
 """
@@ -31,7 +35,7 @@ from typing import Any
 
 from credits import keys, payments
 from credits.errors import CreditsError
-from credits.ledger import Entry, Posted, codec, group, intents, lots, rules
+from credits.ledger import Entry, Posted, codec, group, intents, lots, rules, topup
 from credits.ledger.intents import Intent
 from credits.ledger.rules import Change, Decision, Found, Kind, Outcome, Work
 from credits.settlement import PaymentRecord, Step
@@ -44,6 +48,8 @@ PLANTS = (
     "expired-lot-counts-on-read",
     "refund-claws-back-expired",
     "draws-wrong-order",
+    "topup-ignores-backoff",
+    "topup-while-pending",
 )
 
 
@@ -134,6 +140,18 @@ def _draws_wrong_order() -> list[tuple[Any, str, Any]]:
     return [(lots, "ordered", ordered)]
 
 
+def _topup_ignores(**ignored: Any) -> Callable[[], list[tuple[Any, str, Any]]]:
+    def patches() -> list[tuple[Any, str, Any]]:
+        original = topup.starts
+
+        def starts(settings: Any, state: topup.TopUpState, before: int, after: int, month: str, now_ms: int) -> bool:
+            return original(settings, dataclasses.replace(state, **ignored), before, after, month, now_ms)  # BUG
+
+        return [(topup, "starts", starts)]
+
+    return patches
+
+
 _PATCHES: Mapping[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "capture-ignores-expiry": _capture_ignores_expiry,
     "apply-withdrawn-intent": _apply_withdrawn_intent,
@@ -141,6 +159,8 @@ _PATCHES: Mapping[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "expired-lot-counts-on-read": _expired_lot_counts_on_read,
     "refund-claws-back-expired": _refund_claws_back_expired,
     "draws-wrong-order": _draws_wrong_order,
+    "topup-ignores-backoff": _topup_ignores(retry_after_ms=0),
+    "topup-while-pending": _topup_ignores(pending=None),
 }
 
 

@@ -73,6 +73,7 @@ class Attempt:
     view: Any = None  # a read: what the model says the account read must answer (lotmodel.View)
     swept: int | None = None  # a sweep: expiration entries its own direct write made
     queued: bool = False  # it queued an intent (group commit)
+    topup_ended: tuple[int, str | None] | None = None  # a top-up's end it committed: (failures, suspended)
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # its own: faults, backoff, choices
 
 
@@ -92,6 +93,7 @@ class Req:
     answered_ok: bool = False
     hold_answer: str | None = None  # a reserve: the hold its client was told
     hold_target: str | None = None  # a capture or release: the hold it names
+    topup_target: str | None = None  # a top-up's end: the top-up it ends (read by its first attempt)
 
     @property
     def kind(self) -> str:
@@ -142,6 +144,28 @@ class KeyState:
 
 
 @dataclass(eq=False)
+class TopUps:
+    """A user's auto top-up as the model has it, from the commits: the setting, the card, the
+    `TOPUP#` items and the failures (credits.ledger.topup's rules, written independently)."""
+
+    setting: dict[str, Any] | None = None  # the account's `auto_top_up` map {e, t, p, m}
+    card: str | None = None  # the saved card's id
+    count: int = 0
+    pending: str | None = None  # the id of the one pending
+    items: dict[int, str] = field(default_factory=dict)  # number -> state (pending, succeeded, failed)
+    started: list[tuple[int, str, int]] = field(default_factory=list)  # (number, UTC month, max in force)
+    failures: int = 0  # in a row
+    retry_ms: int = 0  # no new one before (a failure's back-off)
+    suspended: str | None = None
+    changed_at: float = -1.0  # (virtual time) the last change of the above by anything but a start
+    settings_seen: list[tuple[float, dict[str, Any] | None]] = field(default_factory=list)  # recent, with when
+    card_seen: list[tuple[float, bool]] = field(default_factory=list)  # (when, a card saved), recent
+
+    def per_month(self, month: str) -> int:
+        return sum(1 for _, m, _ in self.started if m == month)
+
+
+@dataclass(eq=False)
 class User:
     name: str
     balance: int = 0
@@ -161,6 +185,7 @@ class User:
     lots: dict[str, MLot] = field(default_factory=dict)  # the account's lots, as the model has them
     lows: list[tuple[float, int]] = field(default_factory=list)  # (when, balance as read) after each entry, recent
     uncovered: set[int] = field(default_factory=set)  # entries a known bug paid with expired credits
+    topups: TopUps = field(default_factory=TopUps)
 
     def held(self, t_ms: int) -> int:
         return sum(h.amount for h in self.open.values() if h.until_ms > t_ms)

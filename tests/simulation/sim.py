@@ -21,18 +21,20 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from credits import finance, insights, keys
+from credits.cards import Cards, SavedCard
 from credits.errors import CreditsError, TemporarilyUnavailable
-from credits.ledger import Idempotency, Ledger, LotTerms
+from credits.ledger import AutoTopUp, Idempotency, Ledger, LotTerms
 from credits.ledger.codec import transaction
 from credits.packages import Catalog
 from credits.payments import Payments
+from credits.store import Put
 from tests.simulation import plants
 from tests.simulation.model import Attempt, Model, Payment, Violation
 from tests.simulation.records import POSTS
 from tests.simulation.scheduler import Actor, ActorStore, Faults, Killed, Scheduler, Stopped
 from tests.simulation.store import Change, MemoryStore
 from tests.simulation.stripe import event
-from tests.simulation.workload import LOT_PACKAGE_BY_ID, PACKAGES, REASON, START, Op, generate
+from tests.simulation.workload import LOT_PACKAGE_BY_ID, PACKAGES, REASON, START, TOPUP_PACKAGE, USERS, Op, generate
 
 # START (workload.py): 2026-01-31T22:00:00Z, the first month ends two hours in
 DEFAULT_SEED = 1
@@ -59,6 +61,7 @@ FAULT_RATES: dict[str, float] = {
 class Context:
     ledger: Ledger
     payments: Payments
+    cards: Cards
 
 
 @dataclass
@@ -134,6 +137,9 @@ class Simulation:
         self.checker_payments = Payments(self.checker, catalog, store=self.table, clock=lambda: self.sched.now)
         for package in PACKAGES:
             catalog.put(package)
+        for i in range(USERS):  # each user's Stripe customer (a detached card names it)
+            user = f"u{i:02d}"
+            self.table.write(Put({"pk": keys.customer_pk(customer(user)), "sk": keys.CUSTOMER_SK, "user_id": user}))
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -180,7 +186,7 @@ class Simulation:
             return now
 
         payments = Payments(ledger, Catalog.on(store), store=store, clock=payments_clock)
-        actor.context = Context(ledger, payments)
+        actor.context = Context(ledger, payments, Cards(store=store, clock=actor.clock))
 
     def fail(self, violation: Violation) -> None:
         """The first violation stops the run."""
@@ -312,6 +318,22 @@ class Simulation:
             return view, page
         if kind == "payment":
             return ctx.payments.handle(event(op))
+        if kind == "autotopup":
+            auto = (
+                None
+                if op.enabled is None
+                else AutoTopUp(op.enabled, op.threshold or 0, TOPUP_PACKAGE, op.max_per_month or 1)
+            )
+            return ledger.update_settings(user, auto_top_up=auto)
+        if kind == "card":
+            card_id = op.card or ""
+            if op.detach:
+                return ctx.cards.forget(card_id, customer(user))
+            number = int(card_id.rpartition("_")[2])
+            card = SavedCard(card_id, "visa", "4242", f"fp_{card_id}", 12, 2030, customer(user), number)
+            return ctx.cards.save(user, card)
+        if kind == "topup_end":
+            return self._topup_end(ledger, att)
         raise AssertionError(f"unknown op kind {kind}")
 
     def _lots_call(self, ledger: Ledger, att: Attempt) -> Any:
@@ -348,6 +370,34 @@ class Simulation:
             )
         return ledger.sweep(user)
 
+    @staticmethod
+    def _topup_end(ledger: Ledger, att: Attempt) -> tuple[str | None, Any, Any]:
+        """The payment of the user's pending top-up ended (as `functions/topup` ends it): the top-up
+        it names (read once: a retry or a repeat of the delivery names the same), its state after the
+        end, and that of a second delivery at once (`twice`)."""
+        op, req = att.op, att.req
+        target = req.topup_target
+        if target is None:
+            target = ledger.top_ups(op.user)[1].pending
+            if target is None:
+                return None, None, None  # none pending: nothing to end
+            req.topup_target = target
+        number = target.rpartition(":")[2]
+        if op.failure is None:
+            package = LOT_PACKAGE_BY_ID[TOPUP_PACKAGE]
+            details: dict[str, Any] = {
+                "payment_intent": f"pi_topup_{op.user}_{number}",
+                "credits": package.credits,
+                "amount": package.price,
+                "currency": package.currency,
+                "package_name": package.name,
+            }
+        else:
+            details = {"message": "Your card was declined."}
+        first = ledger.finish_top_up(op.user, target, failure=op.failure, details=details)
+        second = ledger.finish_top_up(op.user, target, failure=op.failure, details=details) if op.twice else None
+        return target, first, second
+
     def finished(self, actor: Actor, job: Job, result: Any) -> None:
         att = job.att
         op = att.op
@@ -375,9 +425,11 @@ class Simulation:
             p.pending += 1
             self.feed.later_job(att.rng.uniform(1.0, 60.0), Job(self, self.attempt(op, att.try_no + 1), True))
             return
-        if op.kind == "read" or (op.kind == "settings" and code != "nothing_written"):
+        if op.kind == "read" or (op.kind in ("settings", "autotopup") and code != "nothing_written"):
             return
-        retriable = bool(op.key or op.ref) or op.kind in ("capture", "release") or code == "nothing_written"
+        # (a top-up's end and a card are redelivered until they succeed, as the stream and Stripe do)
+        retriable = bool(op.key or op.ref) or op.kind in ("capture", "release", "card", "topup_end")
+        retriable |= code == "nothing_written"
         if not retriable:
             return
         if att.try_no >= MAX_TRIES:
@@ -455,6 +507,7 @@ class Simulation:
                 raise Violation("liveness", f"{p.pi}: deliveries still outstanding at the end")
             model.check_payment(p)
         self.lots_at_rest()
+        model.topups_at_rest()
         for req in model.reqs.values():
             if req.answered_ok and req.kind in POSTS and not req.entries:
                 raise Violation("exactly-once", f"r{req.rid} was answered applied, and no entry of it exists")
@@ -515,10 +568,16 @@ class Simulation:
             "payments_credited": sum(1 for p in model.payments.values() if p.credited_to),
             "negative_balances": model.negative_balances,
             "lots": dict(sorted(model.lot_stats.items())),
+            "topups": dict(sorted(model.topup_stats.items())),
             "faults": {k: v for k, v in sorted(self.faults.counts.items())},
             "known_bugs": {k: v[0] for k, v in sorted(model.known.items())},
             "outcomes": dict(sorted(self.outcomes.items())),
         }
+
+
+def customer(user: str) -> str:
+    """The user's Stripe customer (what their saved cards belong to)."""
+    return f"cus_{user}"
 
 
 def _seq_of(problem: str) -> int | None:

@@ -5,16 +5,19 @@
   and announced, clawbacks of purchases that expired, won disputes, the bound of 50 lots, sweeps,
   decisions made by clocks on the other side of an expiry);
 - the worked example of a hold across an expiry (docs/adr/0010-credit-lots.md) passes the checks;
+- auto top-up by hand: a crossing starts one, a failure backs off an hour, a repeated end does nothing;
 - the same seed gives the same run (the event log's digest), and no container thread is left;
 - the store keeps DynamoDB's rules the checks rely on;
 - (slow) each planted bug is caught by the default run: seed 1, 20,000 operations;
-- the real bug the simulator found in shared/credits (a settings change whose answer was lost was
-  answered 429 though written), reproduced both by hand and by its shortest simulated history.
+- the real bugs the simulator found in shared/credits (a settings change whose answer was lost was
+  answered 429 though written; a top-up started by a charge decided before the user turned auto
+  top-up off), reproduced by hand and by their shortest simulated histories.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -65,6 +68,13 @@ def test_a_fixed_seed_run_passes_every_invariant() -> None:
     assert lots["commits_in_debt"] > 0 and lots["clawbacks_of_held_credits"] > 0, lots
     # the finance report's figures, counted as the stream counts them, matched the ledger replayed
     assert lots["months_reconciled"] > 1 and lots["debts_repaid_by_credits_coming_back"] > 0, lots
+    # auto top-up: started by crossings, ended paid and failed (some twice), suspended after failures
+    topups = stats["topups"]
+    assert topups["started"] >= 10 and topups["ended_paid"] > 0 and topups["ended_failed"] > 0, topups
+    assert topups["suspensions"] >= 1 and topups["ends_delivered_again"] > 0, topups
+    assert topups["settings_written"] > 0 and topups["cards_written"] > 0 and topups["refused_for_no_card"] > 0, topups
+    for outcome in ("autotopup ok", "autotopup refused card_required", "card ok", "topup_end ok"):
+        assert outcomes.get(outcome, 0) > 0, outcome
 
 
 def test_a_hold_across_an_expiry_keeps_its_credits() -> None:
@@ -94,6 +104,72 @@ def test_a_hold_across_an_expiry_keeps_its_credits() -> None:
     outcomes = result.stats["outcomes"]
     assert outcomes.get("capture ok") == 1 and outcomes.get("read ok") == 1, outcomes
     assert result.stats["lots"]["expiration_entries"] == 2 and result.stats["lots"]["credits_expired"] == 38
+
+
+def test_auto_top_up_by_hand() -> None:
+    """No faults: a card and auto top-up (below 50, at most 3 a month); 100 credits; a charge of 60
+    crosses (top-up 1); its end fails, delivered twice; a charge within the hour starts nothing; an
+    hour later the next charge starts top-up 2, which is paid, and its 50 credits arrive."""
+    ops = [
+        Op(n=0, at=0.1, kind="card", user="u01", req=0, card="pm_u01_1"),
+        Op(n=1, at=0.2, kind="autotopup", user="u01", req=1, enabled=True, threshold=50, max_per_month=3),
+        Op(n=2, at=0.3, kind="grant", user="u01", req=2, amount=100, type="gift"),
+        Op(n=3, at=0.4, kind="charge", user="u01", req=3, amount=60),
+        Op(n=4, at=0.6, kind="topup_end", user="u01", req=4, failure="card_declined", twice=True),
+        Op(n=5, at=0.7, kind="topup_end", user="u01", req=4, failure="card_declined", repeat=True),
+        Op(n=6, at=0.8, kind="charge", user="u01", req=6, amount=1),
+        Op(n=7, at=0.9, kind="leap", leap=3600.0),
+        Op(n=8, at=3601.0, kind="charge", user="u01", req=8, amount=1),
+        Op(n=9, at=3601.2, kind="topup_end", user="u01", req=9),
+        Op(n=10, at=3601.3, kind="grant", user="u01", req=10, amount=50, type="gift", category="paid"),
+        Op(n=11, at=3601.4, kind="charge", user="u01", req=11, amount=1),
+    ]
+    result = simulate(DEFAULT_SEED, ops=ops, rates={}, strict=True)
+    assert result.ok, result.violation
+    topups = result.stats["topups"]
+    assert (topups["started"], topups["ended_failed"], topups["ended_paid"], topups["suspensions"]) == (2, 1, 1, 0)
+    assert topups["ends_delivered_again"] == 2, topups  # the second delivery at once, and the repeat
+
+
+def _changed_while_a_charge_is_decided(change: str) -> list[Op]:
+    """A card, auto top-up on below 50 (at most 5 a month), 100 credits; then a charge that crosses
+    and, 0.5 ms later, the user's own change: auto top-up turned off, the card detached, or (after a
+    first top-up paid, its credits in) at most 1 a month. The charge reads the account before the
+    change is written, and commits after it."""
+    ops = [
+        Op(n=0, at=0.1, kind="card", user="u01", req=0, card="pm_u01_1"),
+        Op(n=1, at=0.2, kind="autotopup", user="u01", req=1, enabled=True, threshold=50, max_per_month=5),
+        Op(n=2, at=0.3, kind="grant", user="u01", req=2, amount=100, type="gift"),
+    ]
+    if change == "cap":
+        ops += [
+            Op(n=3, at=0.5, kind="charge", user="u01", req=3, amount=60),
+            Op(n=4, at=0.6, kind="topup_end", user="u01", req=4),
+            Op(n=5, at=0.7, kind="grant", user="u01", req=5, amount=100, type="gift"),
+        ]
+    n = len(ops)
+    ops.append(Op(n=n, at=1.0, kind="charge", user="u01", req=n, amount=100 if change == "cap" else 60))
+    last = Op(n=n + 1, at=1.0005, kind="autotopup", user="u01", req=n + 1, threshold=50, max_per_month=5)
+    if change == "off":
+        ops.append(replace(last, enabled=False))
+    elif change == "detach":
+        ops.append(replace(last, kind="card", card="pm_u01_1", detach=True, threshold=None, max_per_month=None))
+    else:
+        ops.append(replace(last, enabled=True, max_per_month=1))
+    return ops
+
+
+@pytest.mark.parametrize("change", ["off", "detach", "cap"])
+def test_no_top_up_starts_after_the_user_turned_it_off(change: str) -> None:
+    """`topup-after-setting-changed`, found by the simulator (seed 13, 7,415 ops: a charge of 205 and,
+    at the same instant, the user turning auto top-up off): the charge's decision read auto top-up
+    on, the change was written and answered 200, then the charge's transaction committed and started
+    a top-up (the card charged after the user turned it off; with no card; past the month's cap). By
+    hand in 5 ops (7 for the cap); fixed: the update of a decision that starts a top-up is guarded by
+    the setting as read and a saved card (`codec.account_update`), so it is decided again."""
+    result = simulate(DEFAULT_SEED, ops=_changed_while_a_charge_is_decided(change), rates={}, strict=True)
+    assert result.ok, result.violation
+    assert result.stats["topups"]["started"] == (1 if change == "cap" else 0), result.stats["topups"]
 
 
 def test_the_same_seed_gives_the_same_run() -> None:

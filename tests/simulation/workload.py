@@ -6,6 +6,14 @@ parameters, a capture the request whose hold it ends, a lot its absolute expiry)
 a history still runs. Arrival times are absolute (seconds after the start), so dropping an op moves
 no other.
 
+Auto top-up: a third of the users (`topup_users`, from the seed) save a card (`card`: a newer card, or
+the card detached; Stripe resends it) and turn auto top-up on at the start, then change it
+(`autotopup`: on with varied thresholds and 1..5 a month, off, or removed; sometimes for a user with no
+card); a card or a setting often arrives at the instant a charge of the user does (it is decided
+meanwhile); `topup_end` ends the user's pending top-up as the payment would (paid, most often followed
+by a grant of the package's credits, or failed with a decline code: some users' cards mostly decline),
+sometimes delivered twice at once, or again later.
+
 Credit lots: grants and adjustments with lot terms (paid or promotional, a priority, an expiry from
 under a second to twenty days away, or none), purchases whose lot expires (`buy`, posted the way a
 purchase with an expiring package is: its lot names the purchase), their refunds and disputes
@@ -49,6 +57,12 @@ LOT_PACKAGES = (
 )
 LOT_PACKAGE_BY_ID = {p.id: p for p in LOT_PACKAGES}
 REASON = "chargeback under review"
+TOPUP_SHARE = 3  # one user in three has a saved card and auto top-up
+TOPUP_PACKAGE = "starter"  # what a top-up buys (LOT_PACKAGES)
+TOPUP_THRESHOLDS = (0, 15, 60, 250, 1000, 100_000)  # 100,000: below it always (every charge crosses)
+TOPUP_THRESHOLD_WEIGHTS = (1, 2, 3, 3, 3, 4)
+DECLINES = ("card_declined", "insufficient_funds", "authentication_required", "processing_error")
+DECLINING = 3  # of the top-up users, the first (in the seed's order) whose cards mostly decline
 PRIORITIES = (0, 10, 30, 50, 100)
 
 # kind -> weight (per 1000 ops)
@@ -72,7 +86,17 @@ WEIGHTS: dict[str, float] = {
     "leap": 0.8,
     "storm": 0.25,  # 30 to 60 requests at once on one user: passes up to their item limit
     "flood": 0.12,  # 55 to 70 differently dated lots on one user: the bound (50 lots), then refunds
+    "autotopup": 2,  # auto top-up settings (on, off, removed), mostly of the users with a card
+    "card": 0.6,  # a newer card saved (it ends a suspension), or the card detached
+    "topup_end": 22,  # the payment of a user's pending top-up ends: paid or failed
 }
+
+
+def topup_users(seed: int) -> list[str]:
+    """The users with a saved card and auto top-up (a third, from the seed); the first DECLINING of
+    them have cards that mostly decline."""
+    users = [f"u{i:02d}" for i in range(USERS)]
+    return random.Random(f"topup-users:{seed}").sample(users, USERS // TOPUP_SHARE)
 
 
 @dataclass(slots=True)
@@ -116,6 +140,14 @@ class Op:
     expires_ms: int | None = None  # absolute (Unix ms), so a repeat names the same expiry
     label: str = ""
     source: str | None = None  # buy, claw, restore: the purchase (`purchase:<pl>`) its lot answers for
+    # auto top-up: a setting (`enabled` None: the setting removed; `threshold` above), a card saved or
+    # detached, a top-up's end (`failure`: its decline code, None: paid; `twice`: delivered twice)
+    enabled: bool | None = None
+    max_per_month: int | None = None
+    card: str | None = None
+    detach: bool = False
+    failure: str | None = None
+    twice: bool = False
 
     def describe(self) -> str:
         t = f"#{self.n} t={self.at:9.3f}s"
@@ -153,6 +185,16 @@ class Op:
             return f"{t} settings {who}threshold={self.threshold}{limit}{req}"
         if k == "read":
             return f"{t} read {who}balance and a page of {self.page}"
+        if k == "autotopup":
+            if self.enabled is None:
+                return f"{t} auto top-up {who}setting removed{req}"
+            state = "on" if self.enabled else "off"
+            return f"{t} auto top-up {who}{state} below {self.threshold}, at most {self.max_per_month} a month{req}"
+        if k == "card":
+            return f"{t} card {who}{'detached' if self.detach else 'saved'}: {self.card}{req}"
+        if k == "topup_end":
+            how = "paid" if self.failure is None else f"failed ({self.failure})"
+            return f"{t} top-up of {who}ends {how}{' (delivered twice)' if self.twice else ''}{req}"
         return f"{t} deliver {self.event_id} {self.describe_event()}"
 
     def describe_terms(self) -> str:
@@ -218,6 +260,15 @@ class Generator:
         self.storm_user = ""
         self.buys: deque[_Buy] = deque(maxlen=40)
         self.echo: deque[Callable[[int], Op | None]] = deque()  # ops that follow one another at once
+        # auto top-up: its users save a card and turn it on first
+        self.topup_users = topup_users(seed)
+        self.declining = frozenset(self.topup_users[:DECLINING])
+        self.cards: dict[str, int] = {}  # user -> the number of their latest card (0: none saved yet)
+        self.card_on: dict[str, bool] = {}  # user -> whether their latest card is still saved
+        for user in self.topup_users:
+            self.echo.append(functools.partial(self._card, user=user, save=True))
+        for user in self.topup_users:
+            self.echo.append(functools.partial(self._autotopup, user=user, on=True))
 
     def __iter__(self) -> Generator:
         return self
@@ -517,6 +568,80 @@ class Generator:
     def _leap_op(self, n: int, seconds: float) -> Op:
         op = Op(n=n, at=self.at, kind="leap", leap=seconds)
         self.at += seconds  # the ops after it arrive after it
+        return op
+
+    # ---- auto top-up ----------------------------------------------------------------------------
+
+    def _topup_user(self, user: str) -> str:
+        return user if user in self.topup_users else self.rng.choice(self.topup_users)
+
+    def _autotopup(self, n: int, user: str, on: bool = False) -> Op:
+        """The user's auto top-up setting: on (mostly; a user with no card is refused), off, removed."""
+        rng = self.rng
+        if not on and rng.random() < 0.9:
+            user = self._topup_user(user)
+            if user in self.declining and rng.random() < 0.7:  # (turning it on ends their failures)
+                user = rng.choice(self.topup_users[DECLINING:])
+        r = rng.random()
+        enabled = True if on or r < 0.8 else (False if r < 0.93 else None)
+        threshold = rng.choices(TOPUP_THRESHOLDS, TOPUP_THRESHOLD_WEIGHTS)[0]
+        most = rng.randint(1, 5)
+        if on:
+            self.at += 0.02  # after the cards
+            threshold, most = max(threshold, 250), max(most, 3)  # at first, top-ups start often
+        op = self._base(n, "autotopup", user, enabled=enabled, threshold=threshold, max_per_month=most)
+        if not on and rng.random() < 0.4:  # while a charge of the user is being decided
+            self.echo.append(lambda m: replace(op, n=m, at=self.at, req=m))
+            return self._charge(n, user)
+        return op
+
+    def _card(self, n: int, user: str, save: bool = False) -> Op:
+        """A newer card saved (the webhook's `credits.cards`), or the saved card detached."""
+        user = self._topup_user(user)
+        k = self.cards.get(user, 0)
+        if not save and k and self.card_on.get(user) and self.rng.random() < 0.3:
+            self.card_on[user] = False
+            op = self._base(n, "card", user, card=f"pm_{user}_{k}", detach=True)
+        else:
+            self.cards[user] = k + 1
+            self.card_on[user] = True
+            op = self._base(n, "card", user, card=f"pm_{user}_{k + 1}")
+        if not save and self.rng.random() < 0.4:  # while a charge of the user is being decided
+            self.echo.append(lambda m: self._sent_again(replace(op, n=m, at=self.at, req=m)))
+            return self._charge(n, user)
+        return self._sent_again(op)
+
+    def _sent_again(self, op: Op) -> Op:
+        self.recent.append(op)  # Stripe sends it again, maybe late
+        return op
+
+    def _topup_end(self, n: int, user: str) -> Op:
+        """The payment of the user's pending top-up ends (if one is pending when it runs): paid, and
+        then (most often) the package's credits arrive, or declined; sometimes delivered twice."""
+        rng = self.rng
+        user = self._topup_user(user)
+        declines = rng.random() < (0.9 if user in self.declining else 0.25)
+        failure = rng.choice(DECLINES) if declines else None
+        op = self._base(n, "topup_end", user, failure=failure, twice=rng.random() < 0.1)
+        self.recent.append(op)
+        if rng.random() < 0.1:  # the same delivery again at once (the stream delivers a record twice)
+            self.echo.append(lambda m: replace(op, n=m, at=self.at, repeat=True))
+        if failure is None and rng.random() < 0.7:
+            package = LOT_PACKAGE_BY_ID[TOPUP_PACKAGE]
+            self.echo.append(
+                lambda m: self._keyed(
+                    self._base(
+                        m,
+                        "grant",
+                        user,
+                        amount=package.credits,
+                        key=f"k{m}",
+                        type="gift",
+                        category="paid",
+                        label=f"Auto top-up: {package.name}",
+                    )
+                )
+            )
         return op
 
     # ---- Stripe deliveries ----------------------------------------------------------------------

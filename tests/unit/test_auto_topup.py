@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from credits import keys
-from credits.errors import ValidationError
+from credits.errors import CardRequired, ValidationError
 from credits.ledger import Ledger
 from credits.ledger.account import AccountState, Decision, Work
 from credits.ledger.lots import legacy
@@ -22,8 +22,8 @@ from credits.ledger.outcomes import TopUpStarted
 from credits.ledger.rules import Change, Kind, decide
 from credits.ledger.topup import BACKOFF_MS, AutoTopUp, stripe_key
 from credits.ledger.values import Entry, Policy
-from credits.store import DynamoStore
-from tests.support import ManualClock
+from credits.store import DynamoStore, Update
+from tests.support import ManualClock, save_card
 
 START = datetime.fromisoformat("2027-03-10T12:00:00+00:00").timestamp()
 
@@ -37,6 +37,7 @@ def clock() -> ManualClock:
 def ledger(moto_dynamodb: Any, clock: ManualClock) -> Ledger:
     ledger = Ledger(moto_dynamodb, "credits", clock=clock)
     ledger.grant("ann", 100, type="gift", description="welcome")
+    save_card(DynamoStore(moto_dynamodb, "credits"), "ann")
     ledger.update_settings("ann", auto_top_up=AutoTopUp(True, 50, "starter", 3))
     return ledger
 
@@ -69,8 +70,11 @@ def test_the_charge_that_crosses_the_threshold_starts_one_top_up(ledger: Ledger,
 
     # the top-up's credits came and it ended: the next crossing starts the next one
     ledger.grant("ann", 100, type="gift", description="as if bought")
-    assert ledger.finish_top_up("ann", "topup:ann:1") is not None
-    assert ledger.finish_top_up("ann", "topup:ann:1") is None  # a repeated delivery: nothing
+    paid = {"payment_intent": "pi_1", "credits": 100}
+    assert ledger.finish_top_up("ann", "topup:ann:1", details=paid) is not None
+    assert ledger.finish_top_up("ann", "topup:ann:1", details=paid) is None  # a repeated delivery: nothing
+    [item] = topups(moto_dynamodb)
+    assert (item["state"], item["payment_intent"], item["credits"]) == ("succeeded", "pi_1", 100)
     ledger.charge("ann", 80, description="e")  # 130 -> 50: not below
     assert pending(ledger) is None
     ledger.charge("ann", 1, description="f")  # 49: crosses
@@ -183,7 +187,7 @@ def test_in_one_combiner_pass_the_first_decision_below_the_threshold_starts_it_a
     lots, draws = legacy(100, {})
     state = AccountState(
         exists=True, balance=100, seq=1, lots=lots, draws=draws, user_id="ann",
-        auto_top_up=AutoTopUp(True, 50, "starter", 3),
+        auto_top_up=AutoTopUp(True, 50, "starter", 3), card_id="pm_1",
     )  # fmt: skip
     work = Work.of(state, START)
     ids = iter(range(1000))
@@ -195,3 +199,33 @@ def test_in_one_combiner_pass_the_first_decision_below_the_threshold_starts_it_a
         assert outcome.error is None if n < 10 else outcome.error == "insufficient_credits"
     assert started == [(5, "topup:ann:1", 40)]
     assert (work.topup.pending, work.topup.count, work.topup_changed) == ("topup:ann:1", 1, True)
+
+
+def test_failures_are_recorded_on_the_top_up_and_the_third_says_it_suspended(
+    ledger: Ledger, clock: ManualClock, moto_dynamodb: Any
+) -> None:
+    for n in (1, 2, 3):
+        ledger.charge("ann", 60 if n == 1 else 1, description=f"crossing {n}")
+        ledger.finish_top_up("ann", f"topup:ann:{n}", failure="card_declined", details={"message": "Declined."})
+        clock.now += BACKOFF_MS / 1000
+    ended = [(i["state"], i["code"], i["attempt"], i["suspended"], i["message"]) for i in topups(moto_dynamodb)]
+    assert ended == [
+        ("failed", "card_declined", 1, False, "Declined."),
+        ("failed", "card_declined", 2, False, "Declined."),
+        ("failed", "card_declined", 3, True, "Declined."),
+    ]
+
+
+def test_turning_it_on_needs_a_saved_card_and_a_removed_card_starts_nothing(moto_dynamodb: Any) -> None:
+    ledger = Ledger(moto_dynamodb, "credits")
+    ledger.grant("bob", 100, type="gift", description="welcome")
+    with pytest.raises(CardRequired):
+        ledger.update_settings("bob", auto_top_up=AutoTopUp(True, 50, "starter", 3))
+    assert ledger.top_ups("bob")[0] is None
+    ledger.update_settings("bob", auto_top_up=AutoTopUp(False, 50, "starter", 3))  # off: no card needed
+    store = DynamoStore(moto_dynamodb, "credits")
+    save_card(store, "bob")
+    ledger.update_settings("bob", auto_top_up=AutoTopUp(True, 50, "starter", 3))
+    store.write(Update((keys.user_pk("bob"), keys.ACCOUNT), remove=("card",)))  # detached at Stripe
+    ledger.charge("bob", 90, description="a")
+    assert topups(moto_dynamodb, "bob") == [] and pending(ledger, "bob") is None

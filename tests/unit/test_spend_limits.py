@@ -83,12 +83,16 @@ def test_removing_the_limit_and_settings_never_touch_the_balance(ledger: Ledger)
 
 
 def test_settings_routes(use: ModuleType, bal: ModuleType, moto_dynamodb) -> None:
+    def limits(body: dict) -> dict:
+        return {k: body[k] for k in ("lowBalanceThreshold", "monthlySpendLimit", "spentThisMonth")}
+
     status, body, _ = invoke(bal, http_event("GET", "/credits/settings", sub="new-user"))
-    assert (status, body) == (200, {"lowBalanceThreshold": 10, "monthlySpendLimit": None, "spentThisMonth": 0})
+    assert (status, limits(body)) == (200, {"lowBalanceThreshold": 10, "monthlySpendLimit": None, "spentThisMonth": 0})
+    assert (body["autoTopUp"], body["card"], body["topUp"]["pending"]) == (None, None, False)
     put = http_event("PUT", "/credits/settings", sub="new-user", body={"monthlySpendLimit": 20})
-    assert invoke(use, put)[1] == {"lowBalanceThreshold": 10, "monthlySpendLimit": 20, "spentThisMonth": 0}
+    assert limits(invoke(use, put)[1]) == {"lowBalanceThreshold": 10, "monthlySpendLimit": 20, "spentThisMonth": 0}
     put = http_event("PUT", "/credits/settings", sub="new-user", body={"lowBalanceThreshold": 0})
-    assert invoke(use, put)[1] == {"lowBalanceThreshold": 0, "monthlySpendLimit": 20, "spentThisMonth": 0}
+    assert limits(invoke(use, put)[1]) == {"lowBalanceThreshold": 0, "monthlySpendLimit": 20, "spentThisMonth": 0}
     put = http_event("PUT", "/credits/settings", sub="new-user", body={"monthlySpendLimit": None})
     assert invoke(use, put)[1]["monthlySpendLimit"] is None
     status, body, _ = invoke(bal, http_event("GET", "/credits/balance", sub="new-user"))

@@ -1440,3 +1440,42 @@ def test_the_control_decides_the_next_off_session_payment_only(
     assert (status, json.loads(body)["error"]["param"]) == (400, "outcome")
     assert json.loads(send("GET", control)[2]) == {"nextOffSessionPayment": None}
     assert event_types(receiver).count("payment_intent.payment_failed") == 4
+
+
+def test_an_intent_read_with_its_payment_method_expanded_carries_the_saved_card(
+    client: stripe.StripeClient, emulator: StripeEmulator
+) -> None:
+    """What the webhook reads to keep a saved card (StripeGateway.saved_card): the SetupIntent of a
+    setup-mode session, or the PaymentIntent of a purchase with setup_future_usage, with
+    `expand[]=payment_method`, as stripe-python sends it and as a plain query string."""
+    customer = new_customer(client)
+    expand: Any = {"expand": ["payment_method"]}
+    setup = client.v1.setup_intents.retrieve(_setup_intent_of(client, emulator, customer), params=expand)
+    session = make_session(
+        client, customer=customer, payment_intent_data={"metadata": META, "setup_future_usage": "off_session"}
+    )
+    emulator.pay(session.id)
+    paid = client.v1.checkout.sessions.retrieve(session.id)
+    intent = client.v1.payment_intents.retrieve(str(paid.payment_intent), params=expand)
+
+    for method in (setup.payment_method, intent.payment_method):
+        assert isinstance(method, stripe.PaymentMethod) and method.customer == customer
+        assert method.card is not None and (method.card.brand, method.card.last4) == ("visa", "4242")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    status, _, body = send(
+        "GET", f"{emulator.base_url}/v1/setup_intents/{setup.id}?expand[]=payment_method", headers=auth
+    )
+    assert status == 200 and json.loads(body)["payment_method"]["card"]["last4"] == "4242"
+    status, _, body = send(
+        "GET", f"{emulator.base_url}/v1/payment_intents/{intent.id}?expand[]=payment_method", headers=auth
+    )
+    assert status == 200 and json.loads(body)["payment_method"]["customer"] == customer
+    unexpanded = client.v1.payment_intents.retrieve(intent.id).payment_method
+    assert isinstance(unexpanded, str) and unexpanded.startswith("pm_")  # an id unless expanded
+
+
+def _setup_intent_of(client: stripe.StripeClient, emulator: StripeEmulator, customer: str) -> str:
+    """The SetupIntent of a setup-mode session paid with pm_card_visa."""
+    session = setup_session(client, customer)
+    emulator.pay(session.id)
+    return str(client.v1.checkout.sessions.retrieve(session.id).setup_intent)

@@ -4,6 +4,7 @@
     credits grant USER AMOUNT --type gift|adjustment --description TEXT [--reference REF]
     credits adjust USER AMOUNT --description TEXT [--reference REF] [--force-negative --reason TEXT]
                                             an adjustment, + or -: a debit never below zero unless forced
+    credits cancel-top-up USER              end a pending auto top-up that cannot end by itself
     credits users [--limit N] [--cursor C]  users and their balances, a page at a time
     credits export USER [--format csv|json] a user's whole ledger, the HTTP history's fields
     credits usage USER [--since 30d]        credits spent by action, bought, granted, expired, clawed back
@@ -24,7 +25,7 @@ traceback.
 A console script of the project's environment (`.venv/bin/credits`); not part of any function.
 
 The modules: `common` (one-line errors, amounts and times), `target` (where the commands act, and
-the credits objects on it), `accounts` (user, grant, adjust), `listing` (users, export), `insights`
+the credits objects on it), `accounts` (user, grant, adjust, cancel-top-up), `listing` (users, export), `insights`
 (usage, report), `checks`
 (audit, reconcile), `catalog` (packages). Every read of the table goes through the ledger, the
 catalog, the payments or the store (`credits.store`), never a DynamoDB client call of its own.
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import click
 
-from credits.cli.accounts import adjust, grant, user
+from credits.cli.accounts import adjust, cancel_top_up, grant, user
 from credits.cli.catalog import packages
 from credits.cli.checks import audit, reconcile
 from credits.cli.common import Failed
@@ -53,7 +54,7 @@ def cli(ctx: click.Context, stack: str | None, region: str | None) -> None:
     ctx.obj = {"stack": stack, "region": region}
 
 
-for _command in (user, grant, adjust, users, export, usage, report, audit, reconcile, packages):
+for _command in (user, grant, adjust, cancel_top_up, users, export, usage, report, audit, reconcile, packages):
     cli.add_command(_command)
 
 

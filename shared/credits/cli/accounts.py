@@ -12,7 +12,7 @@ from credits import api
 from credits.cli.common import credits, invalid, one_line_errors, when
 from credits.cli.target import target_of
 from credits.errors import InsufficientCredits
-from credits.ledger import CATEGORIES, MAX_AMOUNT, MAX_PRIORITY, AccountView
+from credits.ledger import CATEGORIES, MAX_AMOUNT, MAX_PRIORITY, AccountView, Settings
 
 
 @click.command()
@@ -42,6 +42,7 @@ def user(ctx: click.Context, user: str, entries: int) -> int:
         f"  settings     low-balance alert under {credits(settings.low_balance_threshold)}; monthly limit {limit}; "
         f"spent this month {credits(settings.spent_this_month)}"
     )
+    click.echo(f"  auto top-up  {auto_top_up_line(settings)}")
     if not last:
         click.echo("  no ledger entries")
         return 0
@@ -52,6 +53,23 @@ def user(ctx: click.Context, user: str, entries: int) -> int:
             f"balance {tx.balance_after:>12,}  {tx.description}" + (f"  [forced: {tx.reason}]" if tx.reason else "")
         )
     return 0
+
+
+def auto_top_up_line(settings: Settings) -> str:
+    """Auto top-up as it stands: its settings, the card it charges, and why it is not running."""
+    auto, state, card = settings.auto_top_up, settings.topup, settings.card
+    card_text = f"{card.get('brand')} ending {card.get('last4')}" if card else "no card saved"
+    if auto is None or not auto.enabled:
+        return f"off; {card_text}"
+    started = f"{state.started} of {auto.max_per_month} started in {state.month}" if state.month else "none started"
+    line = f"{auto.package_id} below {credits(auto.threshold)}; {started}; {card_text}"
+    if state.pending:
+        line += f"; {state.pending} pending"
+    if state.suspended:
+        line += f"; SUSPENDED after {state.failures} failed payments ({state.suspended})"
+    elif state.failures:
+        line += f"; {state.failures} failed in a row, next not before {when(state.retry_after_ms)}"
+    return line
 
 
 def show_lots(view: AccountView) -> None:
@@ -213,4 +231,24 @@ def adjust(
         return 0
     verb = f"added {credits(amount)} to" if amount > 0 else f"took {credits(-amount)} from"
     click.echo(f"{verb} {user} (adjustment): balance {credits(posted.balance)} ({target.where})")
+    return 0
+
+
+@click.command("cancel-top-up")
+@click.argument("user")
+@click.pass_context
+@one_line_errors
+def cancel_top_up(ctx: click.Context, user: str) -> int:
+    """End USER's pending auto top-up with no failure counted, so the next crossing can start one:
+    for a top-up that cannot end by itself (its record reached the dead-letter queue, a payment that
+    stayed processing). Run `credits reconcile --since 3d --apply` first: a top-up Stripe did take
+    the money for is credited by it (and so ends); a payment made after this is still credited there.
+    Exit 1 when nothing is pending."""
+    ledger = target_of(ctx).ledger()
+    pending = ledger.top_ups(user)[1].pending
+    message = "An operator ended this top-up; nothing more will be charged for it."
+    if pending is None or ledger.cancel_top_up(user, pending, "cancelled", message) is None:
+        click.echo(f"{user} has no auto top-up pending")
+        return 1
+    click.echo(f"cancelled {pending}: the next time {user}'s credits fall below the threshold starts a new one")
     return 0

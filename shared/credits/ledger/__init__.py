@@ -18,6 +18,7 @@ Everything other modules import is re-exported here.
 
 from credits.ledger.codec import account_view
 from credits.ledger.operations import Ledger
+from credits.ledger.topup import MAX_PER_MONTH, AutoTopUp, TopUpState
 from credits.ledger.values import (
     CATEGORIES,
     DEFAULT_HOLD_TTL_SECONDS,
@@ -77,6 +78,7 @@ __all__ = [
     "MAX_LOTS",
     "MAX_NOTE_BYTES",
     "MAX_OPEN_HOLDS",
+    "MAX_PER_MONTH",
     "MAX_PRIORITY",
     "MAX_TIME_BUDGET_SECONDS",
     "REFUSAL_MEMORY_SECONDS",
@@ -85,6 +87,7 @@ __all__ = [
     "UNCHANGED",
     "AccountView",
     "Audit",
+    "AutoTopUp",
     "Captured",
     "Entry",
     "ExtraConditionFailed",
@@ -98,6 +101,7 @@ __all__ = [
     "Released",
     "Reserved",
     "Settings",
+    "TopUpState",
     "Transaction",
     "Unchanged",
     "account_view",

@@ -68,6 +68,7 @@ class AccountState:
     ledger_month: str | None = None  # the month of the last entry (entries never go back a month)
     auto_top_up: AutoTopUp | None = None  # the user's auto top-up settings (credits.ledger.topup)
     topup: TopUpState = field(default_factory=TopUpState)
+    card_id: str | None = None  # the saved card auto top-up charges (credits.cards), if any
 
     def combining(self, now_ms: int) -> bool:
         return self.combiner is not None and self.combiner_until > now_ms
@@ -117,8 +118,10 @@ class Work:
         """A decision took `available` from `before` to what it is now: the top-up it starts, if any
         (the account marks it pending: no other starts until it ends)."""
         settings, month = self.base.auto_top_up, month_of(ctx.now)
-        if settings is None or not topup_.starts(
-            settings, self.topup, before, self.available(ctx.now_ms), month, ctx.now_ms
+        if (
+            settings is None
+            or self.base.card_id is None
+            or not topup_.starts(settings, self.topup, before, self.available(ctx.now_ms), month, ctx.now_ms)
         ):
             return None
         started = topup_.start(self.topup, self.base.user_id, month)

@@ -92,6 +92,7 @@ def read_account(item: Mapping[str, Any] | None) -> AccountState:
             retry_after_ms=item.get("topup_retry_ms", 0),
             suspended=item.get("topup_suspended"),
         ),
+        card_id=(plain(item.get("card")) or {}).get("id"),
     )
 
 
@@ -199,6 +200,10 @@ def account_update(
     if work.limit_used:
         limit = base.spend_limit
         guard &= absent("monthly_spend_limit") if limit is None else eq("monthly_spend_limit", limit)
+    # A top-up started against settings or a card the user has changed since (turned it off, removed
+    # the card) is decided again: only the user's settings as in force ever start one.
+    if work.topup_changed and base.auto_top_up is not None:
+        guard &= eq("auto_top_up", base.auto_top_up.stored()) & exists("card")
     sets: dict[str, Any] = {"balance": work.balance, "seq": work.seq, "updated_at": iso_utc(now)}
     if work.spent_changed:
         sets.update(spent=work.spent, spend_month=work.month)

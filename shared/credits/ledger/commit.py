@@ -14,14 +14,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from credits import keys
-from credits.errors import CreditsError, SpendLimitReached, TemporarilyUnavailable, TooManyRequests, ValidationError
+from credits.errors import (
+    CardRequired,
+    CreditsError,
+    SpendLimitReached,
+    TemporarilyUnavailable,
+    TooManyRequests,
+    ValidationError,
+)
 from credits.ledger import codec
 from credits.ledger.context import Context
 from credits.ledger.group import GroupCommit
 from credits.ledger.rules import Change, Kind, Work, decide
 from credits.ledger.topup import BACKOFF_MS, MAX_FAILURES, MAX_PER_MONTH, AutoTopUp, TopUpState
 from credits.ledger.values import MAX_AMOUNT, UNCHANGED, Unchanged, iso_utc, validate_amount, validate_token
-from credits.store import ConditionFailed, Update, Write, absent, eq, lt, ne
+from credits.store import ConditionFailed, TransactionCancelled, Update, Write, absent, eq, exists, lt, ne
 
 
 class Committer:
@@ -117,6 +124,9 @@ def update_settings(
         if auto_top_up.enabled:
             sets["topup_failures"] = 0
             remove += ("topup_suspended",)
+    # turned on only with a saved card to charge (written with the card still there: a card removed
+    # meanwhile is CardRequired, never an auto top-up with nothing to charge)
+    needs_card = not isinstance(auto_top_up, Unchanged) and auto_top_up is not None and auto_top_up.enabled
     if low_balance_threshold is not None:
         if type(low_balance_threshold) is not int or not 0 <= low_balance_threshold <= MAX_AMOUNT:
             raise ValidationError("lowBalanceThreshold must be an integer from 0 to 1000000000.")
@@ -132,6 +142,8 @@ def update_settings(
     change_id = ctx.new_id()
     sets["settings_change_id"] = change_id
     not_yet = absent("settings_change_id") | ne("settings_change_id", change_id)
+    if needs_card:
+        not_yet &= exists("card")
     first = {"created_at": iso_utc(now)}
     counted = [
         # another change in this minute, while under the rate
@@ -163,6 +175,8 @@ def update_settings(
     account = ctx.store.get_many(key[0], [keys.ACCOUNT]).get(keys.ACCOUNT) or {}
     if account.get("settings_change_id") == change_id:
         return  # it landed: the answer to its first attempt was lost
+    if needs_card and "card" not in account:
+        raise CardRequired("Save a card before turning auto top-up on; nothing was changed.")
     raise TooManyRequests(
         f"Settings can be changed at most {rate} times a minute; retry shortly.", retry_after=60 - int(now) % 60
     )
@@ -181,21 +195,34 @@ def validate_auto_top_up(settings: AutoTopUp) -> AutoTopUp:
     return settings
 
 
-def finish_top_up(ctx: Context, user_id: str, topup_id: str, failure: str | None) -> TopUpState | None:
+def finish_top_up(
+    ctx: Context, user_id: str, topup_id: str, failure: str | None, details: Mapping[str, Any], *, cancel: bool = False
+) -> TopUpState | None:
     """End the pending top-up `topup_id`: paid (`failure` None: the failures in a row start again from
-    0), or failed with a code (no new one for BACKOFF_MS; the MAX_FAILURES-th in a row suspends auto
-    top-up). The state after; None when it was not pending (ended before: a repeated delivery)."""
+    0), failed with a code (no new one for BACKOFF_MS; the MAX_FAILURES-th in a row suspends auto
+    top-up), or cancelled with no payment made (`cancel`: the user turned it off before it was paid,
+    or an operator ended it; no failure counted). One transaction: the account's pending mark goes,
+    and its `TOPUP#<n>` item says how it ended (state, `details`, the attempt and whether it
+    suspended): the stream announces it from there, once. The state after; None when it was not
+    pending (ended before: a repeated delivery)."""
     key = (keys.user_pk(user_id), keys.ACCOUNT)
+    topup_key = (key[0], keys.topup_sk(topup_number(topup_id)))
     for _ in range(FINISH_ATTEMPTS):
         now = ctx.clock()
         state = codec.read_account(ctx.store.get_many(key[0], [keys.ACCOUNT]).get(keys.ACCOUNT)).topup
         if state.pending != topup_id:
             return None
         guard = eq("topup_pending", topup_id)
-        if failure is None:
+        ended: dict[str, Any] = {**details, "finished_at": iso_utc(now)}
+        if cancel:
+            sets: dict[str, Any] = {"updated_at": iso_utc(now)}
+            remove: tuple[str, ...] = ("topup_pending",)
+            ended.update(state="cancelled", code=failure or "cancelled")
+        elif failure is None:
             state.failures, state.retry_after_ms = 0, 0
-            sets: dict[str, Any] = {"topup_failures": 0, "updated_at": iso_utc(now)}
-            remove: tuple[str, ...] = ("topup_pending", "topup_retry_ms")
+            sets = {"topup_failures": 0, "updated_at": iso_utc(now)}
+            remove = ("topup_pending", "topup_retry_ms")
+            ended["state"] = "succeeded"
         else:
             failures = eq("topup_failures", state.failures)
             guard &= failures if state.failures else failures | absent("topup_failures")
@@ -206,11 +233,22 @@ def finish_top_up(ctx: Context, user_id: str, topup_id: str, failure: str | None
             if state.failures >= MAX_FAILURES:
                 state.suspended = sets["topup_suspended"] = failure
             remove = ("topup_pending",)
+            ended.update(state="failed", code=failure, attempt=state.failures, suspended=state.suspended is not None)
         state.pending = None
         try:
-            # a transaction in flight on the account: ask again once it is done
-            ctx.store.write(Update(key, sets, {}, {}, remove, guard), conflicts=True)
+            account = Update(key, sets, {}, {}, remove, guard)
+            ctx.store.transact(
+                [account, Update(topup_key, set=ended, condition=eq("state", "pending"))], token=ctx.new_id()
+            )
             return state
-        except ConditionFailed:
-            continue  # a settings change moved the failures meanwhile: read again
+        except TransactionCancelled:
+            continue  # ended meanwhile, a settings change moved the failures, or a write in flight: read again
     raise TemporarilyUnavailable("The account kept changing; nothing was written.")
+
+
+def topup_number(topup_id: str) -> int:
+    """n of `topup:<user>:<n>` (the user id may hold colons: n is after the last one)."""
+    number = topup_id.rpartition(":")[2]
+    if not topup_id.startswith("topup:") or not number.isdigit():
+        raise ValidationError("Not an auto top-up id.")
+    return int(number)

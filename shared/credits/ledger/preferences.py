@@ -3,6 +3,9 @@ pending auto top-up: the part of `Ledger` that never moves a balance (docs/desig
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from credits.ledger import commit
 from credits.ledger.context import Context
 from credits.ledger.reads import Reader
@@ -34,12 +37,22 @@ class UserSettings:
         )
         return self.settings(user_id)
 
-    def finish_top_up(self, user_id: str, topup_id: str, *, failure: str | None = None) -> TopUpState | None:
+    def finish_top_up(
+        self, user_id: str, topup_id: str, *, failure: str | None = None, details: Mapping[str, Any] | None = None
+    ) -> TopUpState | None:
         """The pending auto top-up `topup_id` was paid (`failure` None) or failed (its code): it is no
-        longer pending, and failures count towards the back-off and the suspension
-        (credits.ledger.topup). None when it was not pending (a repeated delivery)."""
+        longer pending, failures count towards the back-off and the suspension
+        (credits.ledger.topup), and its `TOPUP#` item records how it ended with `details` (the
+        payment, or the message for the user). None when it was not pending (a repeated delivery)."""
         validate_token(user_id, "userId")
-        return commit.finish_top_up(self.ctx, user_id, topup_id, failure)
+        return commit.finish_top_up(self.ctx, user_id, topup_id, failure, details or {})
+
+    def cancel_top_up(self, user_id: str, topup_id: str, reason: str, message: str) -> TopUpState | None:
+        """End the pending top-up `topup_id` with no payment made and no failure counted (`reason`:
+        `turned_off` when the user turned auto top-up off before it was paid, `cancelled` by an
+        operator); None when it was not pending."""
+        validate_token(user_id, "userId")
+        return commit.finish_top_up(self.ctx, user_id, topup_id, reason, {"message": message}, cancel=True)
 
     def top_ups(self, user_id: str) -> tuple[AutoTopUp | None, TopUpState]:
         """The user's auto top-up settings and where their top-ups stand."""

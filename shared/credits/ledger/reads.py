@@ -12,7 +12,7 @@ from credits.ledger.account import AccountState
 from credits.ledger.context import Context
 from credits.ledger.rules import Work
 from credits.ledger.values import AccountView, Audit, Hold, Settings, Transaction, validate_token
-from credits.store import every
+from credits.store import every, plain
 
 
 class Reader:
@@ -33,11 +33,13 @@ class Reader:
 
     def settings(self, user_id: str) -> Settings:
         """The user's low-balance threshold and monthly limit, and the month's usage so far."""
-        state = codec.read_account(self._account_item(user_id))
+        item = self._account_item(user_id)
+        state = codec.read_account(item)
         now = self.ctx.clock()
         spent = Work.of(state, now).spent + state.held(int(now * 1000))
         threshold = state.threshold if state.threshold is not None else self.ctx.default_threshold
-        return Settings(threshold, state.spend_limit, spent)
+        card = plain(item.get("card")) if item and state.card_id else None
+        return Settings(threshold, state.spend_limit, spent, state.auto_top_up, state.topup, card)
 
     def holds(self, user_id: str) -> list[Hold]:
         """The open, unexpired holds, soonest to expire first."""

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from credits.errors import ValidationError
+from credits.ledger.topup import AutoTopUp, TopUpState
 
 MAX_AMOUNT = 1_000_000_000
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit for one TransactWriteItems
@@ -255,6 +256,9 @@ class Settings:
     low_balance_threshold: int
     monthly_spend_limit: int | None
     spent_this_month: int  # usage posted this month plus open holds (what counts against the limit)
+    auto_top_up: AutoTopUp | None = None  # the user's auto top-up settings, if ever set
+    topup: TopUpState = field(default_factory=TopUpState)  # where their top-ups stand
+    card: Mapping[str, Any] | None = None  # the saved card (credits.cards: id, brand, last4, ...)
 
 
 @dataclass(frozen=True)
