@@ -3,8 +3,8 @@
 The webhook keeps it: a completed Checkout Session of ours that collected a card (setup mode, started
 by POST /credits/cards, or a purchase made with `saveCard`) saves it, and `payment_method.detached`
 naming it forgets it. Stripe may send events late, twice or out of order, so:
-- a card replaces the account's only when Stripe created it later (`created`): the same card again, or
-  an older one arriving late, changes nothing;
+- a card replaces the account's only when Stripe created it later (`created`, or in the same second):
+  the same card again, or an older one arriving late, changes nothing;
 - a new card ends a suspension of auto top-up and its back-off (the failures were the old card's);
 - a detached card is forgotten only while it is still the account's card (a newer one stays).
 Each write is conditioned on the card as read, so a concurrent save or detach is read again.
@@ -72,11 +72,12 @@ class SavedCard:
         return {**dataclasses.asdict(self), "saved_at": saved_at}
 
     def replaces(self, stored: Mapping[str, Any] | None) -> bool:
-        """Whether this card takes the place of the account's (`stored`, its map): none yet, or an
-        older other card. The same card never writes again."""
+        """Whether this card takes the place of the account's (`stored`, its map): none yet, or another
+        card not newer than this one. The same card never writes again. Stripe's `created` counts
+        seconds: of two cards saved in the same second, the one recorded last stays."""
         if not stored:
             return True
-        return stored.get("id") != self.id and int(stored.get("created") or 0) < self.created
+        return stored.get("id") != self.id and int(stored.get("created") or 0) <= self.created
 
 
 def account_key(user_id: str) -> Key:

@@ -320,7 +320,7 @@ class TopUpChecks:
             else:
                 stored = before.get("card") or {}
                 saved = card if isinstance(card, Mapping) else {}
-                newer = int(stored.get("created") or 0) < int(saved.get("created") or 0)  # only a newer card
+                newer = int(stored.get("created") or 0) <= int(saved.get("created") or 0)  # not an older card
                 if not newer or saved.get("id") != op.card or stored.get("id") == op.card:
                     self.fail("topup-card", f"{u.name}: {op.describe()} wrote {card} over {stored}")
                 if after.get("topup_failures") != 0 or {"topup_suspended", "topup_retry_ms"} & after.keys():

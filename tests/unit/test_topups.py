@@ -17,6 +17,7 @@ import pytest
 import stripe
 
 from credits import keys, reconcile
+from credits.cards import Cards, SavedCard
 from credits.errors import PaymentProviderError
 from credits.events import record_events
 from credits.ledger import AutoTopUp, Ledger
@@ -25,9 +26,10 @@ from credits.packages import Catalog, Package
 from credits.payments import Payments
 from credits.store import DynamoStore, Update, to_item
 from credits.stripe_gateway import StripeGateway
+from credits.stripe_objects import PaymentMethod
 from credits.topups import TopUps
 from local.stripe_emulator import StripeEmulator
-from tests.support import ManualClock, save_card
+from tests.support import ManualClock
 
 KEY = "sk_test_topups_unit"
 START = datetime.fromisoformat("2027-03-10T12:00:00+00:00").timestamp()
@@ -63,8 +65,9 @@ class World:
                        "success_url": "http://localhost/ok", "cancel_url": "http://localhost/"}  # fmt: skip
         session = self.stripe.v1.checkout.sessions.create(params=params)
         self.emulator.pay(session.id, test_card)
-        card = self.stripe.v1.customers.payment_methods.list(customer.id).data[0]
-        save_card(self.store, user, card.id, customer.id)
+        method = self.stripe.v1.customers.payment_methods.list(customer.id).data[0]
+        card = SavedCard.of(PaymentMethod.model_validate(method.to_dict()))
+        assert card is not None and Cards.on(self.store).save(user, card)  # as the webhook saves it
 
     def started(self, user: str = "ann") -> list[dict[str, Any]]:
         return self.store.query(keys.user_pk(user), keys.TOPUP).items
@@ -202,12 +205,21 @@ def test_three_declines_in_a_row_suspend_it_with_a_sentence_each_and_max_per_mon
     assert all(i["message"] == "Your card was declined." and i["payment_intent"] for i in items)
     state = world.ledger.top_ups("ann")[1]
     assert state.suspended == "generic_decline" and state.pending is None and len(world.started()) == 3
+    announced = [record_events(modified(i), 10) or [] for i in items]  # what the events function publishes
+    assert [[(e.detail_type, e.detail["attempt"], e.detail["suspended"]) for e in each] for each in announced] == [
+        [("Auto Top-Up Failed", 1, False)],
+        [("Auto Top-Up Failed", 2, False)],
+        [("Auto Top-Up Failed", 3, True)],
+    ]
     assert world.payments.handle(world.intents("payment_intent.payment_failed")[0]).kind == "failed"
     assert world.ledger.top_ups("ann")[1].failures == 3  # a late webhook of a failure ends nothing twice
+    world.ledger.charge("ann", 1, description="suspended")
+    assert len(world.started()) == 3
 
-    # the user turns it on again (or saves a new card): it pays; then maxPerMonth (5) is the end
-    world.ledger.update_settings("ann", auto_top_up=AutoTopUp(True, 50, "starter", 5))
-    clock.now += BACKOFF_MS / 1000
+    # a new card ends the suspension (and its back-off): the next crossing pays; maxPerMonth (5) is the end
+    world.save_card("ann", "pm_card_visa")
+    state = world.ledger.top_ups("ann")[1]
+    assert (state.suspended, state.failures, state.retry_after_ms) == (None, 0, 0)
     world.ledger.charge("ann", 1, description="again")
     assert world.pay_pending().kind == "granted"
     while world.ledger.account("ann").available >= 50:
