@@ -19,18 +19,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from credits import api, config, export, insights
 from credits.aws import dynamodb_client
 from credits.http import header, install_error_handlers, json_response, user_id
-from credits.ledger import Ledger
 from credits.packages import Catalog
 
 PRICES = api.prices_body(config.action_costs(config.require("ACTION_COSTS")))  # the one price list
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
-ledger = Ledger(
-    _client,
-    _table,
-    default_threshold=config.low_balance_threshold(),
-    expiry_warning_days=config.expiry_warning_days(),
-)
+ledger = config.ledger(_client, _table)
 catalog = Catalog(_client, _table)
 
 logger = Logger()

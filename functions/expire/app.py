@@ -20,18 +20,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from credits import config
 from credits.aws import dynamodb_client
 from credits.expiry import Failure, sweep_due
-from credits.ledger import Ledger
 from credits.store import DynamoStore
 
 # Built once per container: configuration (fails here, naming the variable) and the adapters.
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
-ledger = Ledger(
-    _client,
-    _table,
-    default_threshold=config.low_balance_threshold(),
-    expiry_warning_days=config.expiry_warning_days(),
-)
+ledger = config.ledger(_client, _table)
 store = DynamoStore(_client, _table)  # the lots-due index's Queries
 # An account's sweep may wait up to the ledger's time budget (12 s) on a busy balance: no account
 # is started this close to the timeout, so the run ends with its counts and its error, never killed.

@@ -16,7 +16,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from credits import config
 from credits.aws import dynamodb_client
 from credits.errors import CreditsError
-from credits.ledger import Ledger
 from credits.packages import Catalog
 from credits.payments import Payments
 from credits.reconcile import SETTLED, apply, find_missing, window
@@ -29,12 +28,7 @@ WINDOW_SECONDS = window(config.optional("RECONCILE_WINDOW") or "3d")
 APPLY = config.optional("RECONCILE_APPLY") == "true"
 stripe = StripeGateway.connect(config.secret("STRIPE_SECRET_KEY"), config.optional("STRIPE_API_BASE"))
 payments = Payments(
-    Ledger(
-        _client,
-        _table,
-        default_threshold=config.low_balance_threshold(),
-        expiry_warning_days=config.expiry_warning_days(),
-    ),
+    config.ledger(_client, _table),
     Catalog(_client, _table),
     _client,
     _table,

@@ -21,7 +21,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits import config, keys
 from credits.aws import dynamodb_client
-from credits.ledger import Ledger
 from credits.packages import Catalog
 from credits.payments import Payments
 from credits.store.interface import plain
@@ -29,12 +28,7 @@ from credits.stripe_gateway import StripeGateway
 from credits.topups import TopUps
 
 _client, _table = dynamodb_client(), config.require("CREDITS_TABLE_NAME")
-ledger = Ledger(
-    _client,
-    _table,
-    default_threshold=config.low_balance_threshold(),
-    expiry_warning_days=config.expiry_warning_days(),
-)
+ledger = config.ledger(_client, _table)
 gateway = StripeGateway.connect(config.secret("STRIPE_SECRET_KEY"), config.optional("STRIPE_API_BASE"))
 top_ups = TopUps(Payments(ledger, Catalog(_client, _table), _client, _table), gateway)
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)

@@ -18,18 +18,13 @@ from credits import api, config
 from credits.aws import dynamodb_client
 from credits.errors import ERRORS_BY_CODE, REFUSAL_METRICS, CreditsError
 from credits.http import error_response, header, install_error_handlers, json_body, json_response, user_id
-from credits.ledger import Ledger, Posted
+from credits.ledger import Posted
 from credits.packages import Catalog
 
 # Built once per container: configuration (fails here, naming the variable) and the adapters.
 PRICES = config.action_costs(config.require("ACTION_COSTS"))
 _client, _table = dynamodb_client(), config.require("CREDITS_TABLE_NAME")
-ledger = Ledger(
-    _client,
-    _table,
-    default_threshold=config.low_balance_threshold(),
-    expiry_warning_days=config.expiry_warning_days(),
-)
+ledger = config.ledger(_client, _table)
 catalog = Catalog(_client, _table)  # the package auto top-up buys must be on sale when it is turned on
 
 logger = Logger()

@@ -33,7 +33,6 @@ from credits.errors import (
     ValidationError,
     http_error,
 )
-from credits.ledger import Ledger
 from credits.packages import Catalog
 from credits.payments import Payments
 from credits.stripe_gateway import InvalidWebhook, StripeGateway, verify_webhook
@@ -41,12 +40,7 @@ from credits.stripe_gateway import InvalidWebhook, StripeGateway, verify_webhook
 _client = dynamodb_client()
 _table = config.require("CREDITS_TABLE_NAME")
 WEBHOOK_SECRET = config.secret("STRIPE_WEBHOOK_SECRET")
-ledger = Ledger(
-    _client,
-    _table,
-    default_threshold=config.low_balance_threshold(),
-    expiry_warning_days=config.expiry_warning_days(),
-)
+ledger = config.ledger(_client, _table)
 # Read now, used on the first card event: an SSM parameter is read then, never at a cold start.
 _stripe_key = {
     name: value for name in ("STRIPE_SECRET_KEY", "STRIPE_SECRET_KEY_PARAM") if (value := config.optional(name))

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from credits.errors import ConfigError
-from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, EXPIRY_WARNING_DAYS, MAX_AMOUNT
+from credits.ledger import DEFAULT_LOW_BALANCE_THRESHOLD, EXPIRY_WARNING_DAYS, MAX_AMOUNT, Ledger
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 MAX_EXPIRY_WARNING_DAYS = 365
 
@@ -72,7 +76,7 @@ def low_balance_threshold(env: Mapping[str, str] | None = None) -> int:
 def expiry_warning_days(env: Mapping[str, str] | None = None) -> int:
     """EXPIRY_WARNING_DAYS: how many days before a credit lot expires its credits are announced
     (Credits Expiring Soon, once per lot); 0 announces nothing. Every function that writes the ledger
-    passes it to its `Ledger` (`expiry_warning_days=`): the time an idle account is next due depends on it."""
+    builds it with `ledger()`: the time an idle account is next due depends on it."""
     raw = optional("EXPIRY_WARNING_DAYS", env)
     if raw is None:
         return EXPIRY_WARNING_DAYS
@@ -90,3 +94,15 @@ def publish_usage_events(env: Mapping[str, str] | None = None) -> bool:
     if raw.lower() not in ("true", "false"):
         raise ConfigError('PUBLISH_USAGE_EVENTS must be "true" or "false".')
     return raw.lower() == "true"
+
+
+def ledger(client: DynamoDBClient, table_name: str) -> Ledger:
+    """The ledger as every function that writes it is configured: the default low-balance threshold
+    (LOW_BALANCE_THRESHOLD) and how early expiring credits are announced (EXPIRY_WARNING_DAYS). One
+    place, so that no function writes the ledger with other settings than the rest."""
+    return Ledger(
+        client,
+        table_name,
+        default_threshold=low_balance_threshold(),
+        expiry_warning_days=expiry_warning_days(),
+    )

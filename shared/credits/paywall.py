@@ -255,12 +255,7 @@ def default_paywall() -> Paywall:
     raw_prices = config.optional("ACTION_COSTS")
     prices = config.action_costs(raw_prices) if raw_prices else {}
     table = config.require("CREDITS_TABLE_NAME")
-    ledger = Ledger(
-        dynamodb_client(),
-        table,
-        default_threshold=config.low_balance_threshold(),
-        expiry_warning_days=config.expiry_warning_days(),
-    )
+    ledger = config.ledger(dynamodb_client(), table)
     return Paywall(ledger, prices)
 
 
