@@ -255,30 +255,10 @@ class Stack:
             self.gateway.start()
             for started in warm:
                 started.result()
-        self.poller = StreamPoller.for_function(
-            EVENTS_FUNCTION,
-            endpoint=self.database.endpoint,
-            table_name=TABLES["CreditsTable"],
-            deliver=self.events.invoke,
-            starting_position="TRIM_HORIZON",  # what was written while make dev was down is not missed
-            checkpoint_path=args.data_dir / STREAM_CHECKPOINTS_FILE,
-        ).start()
-        self.insights_poller = StreamPoller.for_function(
-            INSIGHTS_FUNCTION,
-            endpoint=self.database.endpoint,
-            table_name=TABLES["CreditsTable"],
-            deliver=self.insights.invoke,
-            starting_position="TRIM_HORIZON",
-            checkpoint_path=args.data_dir / INSIGHTS_CHECKPOINTS_FILE,
-        ).start()
-        self.topup_poller = StreamPoller.for_function(
-            TOPUP_FUNCTION,
-            endpoint=self.database.endpoint,
-            table_name=TABLES["CreditsTable"],
-            deliver=self.topup.invoke,
-            starting_position="TRIM_HORIZON",
-            checkpoint_path=args.data_dir / TOPUP_CHECKPOINTS_FILE,
-        ).start()
+        # The table's stream, read as each function's event source mapping reads it
+        self.poller = self.read_stream(EVENTS_FUNCTION, self.events, STREAM_CHECKPOINTS_FILE)
+        self.insights_poller = self.read_stream(INSIGHTS_FUNCTION, self.insights, INSIGHTS_CHECKPOINTS_FILE)
+        self.topup_poller = self.read_stream(TOPUP_FUNCTION, self.topup, TOPUP_CHECKPOINTS_FILE)
         if args.sweep_every > 0:
             self.sweeps = self.start_sweeps(self.expire, args.sweep_every)
         write_state(
@@ -289,6 +269,18 @@ class Stack:
             stripe_api_base=stripe_api_base,
         )
         print(self.banner(self.gateway, key_id, secret), flush=True)
+
+    def read_stream(self, function: str, pool: ContainerPool, checkpoints: str) -> StreamPoller:
+        """The table's stream delivered to `function`'s containers from the oldest record on (what was
+        written while make dev was down is not missed), its checkpoints kept in `checkpoints`."""
+        return StreamPoller.for_function(
+            function,
+            endpoint=self.database.endpoint,
+            table_name=TABLES["CreditsTable"],
+            deliver=pool.invoke,
+            starting_position="TRIM_HORIZON",
+            checkpoint_path=self.args.data_dir / checkpoints,
+        ).start()
 
     def environment(self) -> dict[str, str]:
         """The functions' settings (inherited by their containers), less Stripe's."""

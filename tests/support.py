@@ -298,11 +298,9 @@ def patient(module: ModuleType) -> None:  # pragma: no cover - runs in the conta
 
 
 def save_card(store: Any, user_id: str, card_id: str = "pm_card_visa", customer: str = "cus_test") -> None:
-    """A saved card on the user's account, as the webhook records one (credits.cards): what auto
+    """A saved card on the user's account, saved as the webhook saves one (credits.cards): what auto
     top-up charges."""
-    from credits import keys
-    from credits.store import Update
+    from credits.cards import Cards, SavedCard
 
-    card = {"id": card_id, "brand": "visa", "last4": "4242", "fingerprint": "fp_test", "exp_month": 12,
-            "exp_year": 2034, "customer": customer, "created": 1, "saved_at": "2027-01-01T00:00:00Z"}  # fmt: skip
-    store.write(Update((keys.user_pk(user_id), keys.ACCOUNT), set={"card": card, "stripe_customer_id": customer}))
+    card = SavedCard(card_id, "visa", "4242", "fp_test", 12, 2034, customer, int(time.time()))
+    assert Cards.on(store).save(user_id, card)

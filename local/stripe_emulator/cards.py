@@ -8,7 +8,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from local.stripe_emulator.objects import EmulatorError, Json, new_id, shape, snapshot
+from local.stripe_emulator.objects import EmulatorError, Json, intent_charge, new_id, shape, snapshot
 
 
 @dataclass(frozen=True)
@@ -147,28 +147,14 @@ def charge(intent: Json, method: Json, decline: Decline | None) -> Json:
     charge_id, amount = new_id("ch"), intent["amount"]
     details = shape("card", fingerprint=method["card"]["fingerprint"], last4=method["card"]["last4"])
     details.update(exp_year=method["card"]["exp_year"], network_transaction_id=new_id("ntx", 15)[4:])
-    made = shape(
-        "charge",
-        id=charge_id,
-        amount=amount,
-        amount_captured=0 if decline else amount,
-        balance_transaction=None if decline else new_id("txn"),
-        created=int(time.time()),
-        currency=intent["currency"],
-        customer=intent["customer"],
-        description=intent["description"],
-        metadata=dict(intent["metadata"]),
-        payment_intent=intent["id"],
-        payment_method=method["id"],
-        payment_method_details={"card": details, "type": "card"},
-    )
-    made["refunds"]["url"] = f"/v1/charges/{charge_id}/refunds"
+    made = intent_charge(intent, charge_id, method["id"], "card", details)
     if decline is None:
         details.update(
             amount_authorized=amount, overcapture={"maximum_amount_capturable": amount, "status": "unavailable"}
         )
         return made
     made.update(captured=False, paid=False, status="failed", failure_code=decline.code, failure_message=decline.message)
+    made.update(amount_captured=0, balance_transaction=None)
     made["outcome"].update(
         network_status="declined_by_network",
         reason=decline.decline_code,

@@ -205,11 +205,20 @@ def charge(checkout_session: Json, checkout: Checkout, intent: Json) -> Json:
         )
     else:
         details["mandate"] = new_id("mandate")
+    made = intent_charge(intent, charge_id, intent["payment_method"] or new_id("pm"), method, details)
+    billing = checkout_session["customer_details"] or {}
+    made["billing_details"].update({k: billing.get(k) for k in ("address", "email", "name")})
+    return made
+
+
+def intent_charge(intent: Json, charge_id: str, payment_method: str, kind: str, details: Json) -> Json:
+    """A succeeded charge of a PaymentIntent, carrying its metadata as Stripe copies it, paid with
+    `payment_method` of `kind` (its `details`, kept by reference: a caller may add to them)."""
     made = shape(
         "charge",
         id=charge_id,
-        amount=amount,
-        amount_captured=amount,
+        amount=intent["amount"],
+        amount_captured=intent["amount"],
         balance_transaction=new_id("txn"),
         created=int(time.time()),
         currency=intent["currency"],
@@ -217,11 +226,9 @@ def charge(checkout_session: Json, checkout: Checkout, intent: Json) -> Json:
         description=intent["description"],
         metadata=dict(intent["metadata"]),
         payment_intent=intent["id"],
-        payment_method=intent["payment_method"] or new_id("pm"),
-        payment_method_details={method: details, "type": method},
+        payment_method=payment_method,
+        payment_method_details={kind: details, "type": kind},
     )
-    billing = checkout_session["customer_details"] or {}
-    made["billing_details"].update({k: billing.get(k) for k in ("address", "email", "name")})
     made["refunds"]["url"] = f"/v1/charges/{charge_id}/refunds"
     return made
 

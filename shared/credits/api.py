@@ -38,6 +38,7 @@ from credits.ledger import (
     fingerprint,
     iso_ms,
     key_problem,
+    month_of,
     validate_token,
 )
 from credits.packages import PackageId
@@ -381,7 +382,7 @@ def settings_body(settings: Settings, now_ms: int) -> dict[str, Any]:
     """GET and PUT /credits/settings: the settings, and where auto top-up stands (`topUp`) with the
     card it charges."""
     auto, state, card = settings.auto_top_up, settings.topup, settings.card
-    month = iso_ms(now_ms)[:7]
+    month = month_of(now_ms / 1000)
     return {
         "lowBalanceThreshold": settings.low_balance_threshold,
         "monthlySpendLimit": settings.monthly_spend_limit,

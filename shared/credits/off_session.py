@@ -9,9 +9,12 @@ An auto top-up's PaymentIntent carries its top-up in the metadata we set when cr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from credits.payments import Terms
 
 TOPUP_EVENTS = frozenset({"payment_intent.succeeded", "payment_intent.payment_failed"})
 
@@ -70,7 +73,7 @@ class PaymentIntent(_StripeObject):
         return error.decline_code or error.code or "card_declined"
 
 
-def paid_details(payment_id: str, terms: Any) -> dict[str, Any]:
+def paid_details(payment_id: str, terms: Terms) -> dict[str, Any]:
     """What a paid top-up's `TOPUP#` item records (credits.payments.Terms)."""
     return {
         "payment_intent": payment_id,

@@ -68,16 +68,27 @@ class World:
         listed = self.stripe.v1.events.list(params={"types": types, "limit": 100})
         return [event.to_dict() for event in listed.data]
 
-    def top_up_poller(self, deliver: Any) -> StreamPoller:
-        """The table's stream as template.yaml's TopUps event delivers it (only new TOPUP# items)."""
-        return StreamPoller.for_function(
+    def top_up_from_stream(self, deliver: Any, user: str, balance: int) -> None:
+        """Deliver the table's stream as template.yaml's TopUps event does (only new TOPUP# items)
+        until the user's top-up ended with `balance` credited; then nothing else waits in the stream."""
+        poller = StreamPoller.for_function(
             "topup",
             endpoint=self.tables.endpoint,
             table_name=self.tables.credits,
             deliver=deliver,
             starting_position="TRIM_HORIZON",
             poll_interval=0.1,
-        )
+        ).start()
+        ledger = self.tables.ledger()
+        try:
+            wait_until(
+                "the auto top-up to be credited",
+                lambda: ledger.balance(user) == balance and ledger.top_ups(user)[1].pending is None,
+                timeout=DEADLINE,
+            )
+        finally:
+            poller.stop()
+        assert poller.drain(timeout=DEADLINE) == 0  # no other top-up was waiting in the stream
 
 
 @pytest.fixture
@@ -165,16 +176,7 @@ def test_100_racing_charges_from_16_containers_cross_the_threshold_once_and_top_
     # The stream to the top-up function (as make dev runs it), every record delivered twice at once
     with fleet("topup", 2) as containers:
         twice = DeliveredTwice(containers)
-        poller = world.top_up_poller(twice).start()
-        try:
-            wait_until(
-                "the auto top-up to be credited",
-                lambda: ledger.balance(user) == 600 and ledger.top_ups(user)[1].pending is None,
-                timeout=DEADLINE,
-            )
-        finally:
-            poller.stop()
-        assert poller.drain(timeout=DEADLINE) == 0  # no other top-up was waiting in the stream
+        world.top_up_from_stream(twice, user, 600)
     assert twice.records == ["TOPUP#000000000001"]
     assert twice.answers == [{"batchItemFailures": []}] * 2
 
@@ -226,16 +228,7 @@ def test_a_top_up_whose_first_delivery_died_after_creating_the_intent_is_paid_on
     pool = ContainerPool("topup", limit=1)
     try:
         pool.warm()
-        poller = world.top_up_poller(pool.invoke).start()
-        try:
-            wait_until(
-                "the auto top-up to be credited",
-                lambda: ledger.balance(user) == 140 and ledger.top_ups(user)[1].pending is None,
-                timeout=DEADLINE,
-            )
-        finally:
-            poller.stop()
-        assert poller.drain(timeout=DEADLINE) == 0
+        world.top_up_from_stream(pool.invoke, user, 140)
     finally:
         pool.close()
 
