@@ -2,18 +2,26 @@
 
 Contention: for 1, 8, 16 and 32 writers, N charges of 1 credit against a balance smaller than N on
 ONE user, each request with its own Idempotency-Key, every writer its own PROCESS (as Lambda runs
-containers). Three ways, side by side, ours twice:
+containers). The ways, side by side:
 
+- audited:      THE FLOOR ("audited serial floor"): one writer, back to back, one TransactWriteItems
+                of the account (guarded), its entry and its idempotency marker, no contention: what
+                a perfect lock around the account would give (measured once per run)
 - ours:         POST /credits/use through the use_credits handler (group commit under contention),
                 on an account whose credits are one lot
 - lots-20:      ours, on an account whose credits are 20 open lots (`seed_lots`): the cost of lots
-- serialize:    the floor: a single-item conditional UpdateItem by hand (no ledger, no markers)
+- update:       a single-item conditional UpdateItem by hand (no ledger, no markers): reference only,
+                no design that keeps the ledger's invariants writes one item per charge
 - seq-guard:    read + seq-guarded transaction (account, entry, idempotency marker) by hand, each
                 writer retrying alone: the naive design
 
-Printed as a table: rate, outcomes (200/402/503), p50/p99 latency, DynamoDB calls per request,
-ours as a ratio of both, and lots-20 as a ratio of ours (rate, and DynamoDB calls per request).
-Cold start: importing each handler in a fresh interpreter, as a ratio of
+Every way runs `--runs` times (3): the table shows the median rate with the spread (lowest-highest),
+the outcomes (200/402/503) of every run, p50/p99 latency and DynamoDB calls per request of the
+median run; then ours as a ratio of the audited floor and of the seq-guard in each run, and
+lots-20 as a ratio of ours. `--profile` breaks ours down at the most writers: DynamoDB calls per
+charge by kind, items per combiner pass, time spent waiting, and CPU per charge in the handler
+(resolver, validation, logging, metrics), in the ledger, in the DynamoDB client and in DynamoDB
+Local. Cold start: importing each handler in a fresh interpreter (median of 7), as a ratio of
 `import boto3; boto3.client("dynamodb")` measured the same way.
 """
 
@@ -42,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.built import FUNCTIONS, IMPORT_HANDLER, built, lambda_environment  # noqa: E402
 from credits.ledger import Ledger, LotTerms  # noqa: E402
 from local.containers import SHOW_METRICS, start_containers  # noqa: E402
 from local.dev import default_action_costs  # noqa: E402
@@ -71,14 +80,32 @@ class Result:
         """DynamoDB calls per request."""
         return self.calls / max(sum(self.outcomes.values()), 1)
 
+    @property
+    def answers(self) -> str:
+        return f"{self.outcomes['200']}/{self.outcomes['402']}/{self.outcomes['503']}"
+
+
+@dataclass
+class Runs:
+    """One way at one writer count, run `--runs` times."""
+
+    runs: list[Result]
+
+    @property
+    def median(self) -> Result:
+        return sorted(self.runs, key=lambda r: r.rate)[len(self.runs) // 2]
+
     def row(self) -> str:
-        ordered = sorted(self.latencies)
+        median = self.median
+        rates = [r.rate for r in self.runs]
+        ordered = sorted(median.latencies)
         p50 = ordered[len(ordered) // 2] * 1000
         p99 = ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000
-        per = self.per
+        spread = f"{min(rates):.0f}-{max(rates):.0f}"
+        answers = " ".join(dict.fromkeys(r.answers for r in self.runs))  # once when every run agrees
         return (
-            f"{self.writers:>7} {self.name:<10} {self.rate:>7.0f} {self.outcomes['200']:>5} {self.outcomes['402']:>5}"
-            f" {self.outcomes['503']:>5} {p50:>8.0f} {p99:>8.0f} {per:>7.1f}"
+            f"{median.writers:>7} {median.name:<10} {median.rate:>6.0f} {spread:>9} {answers:>13}"
+            f" {p50:>7.0f} {p99:>7.0f} {median.per:>6.1f}"
         )
 
 
@@ -101,8 +128,8 @@ def _init_worker(endpoint: str) -> None:
     _client.meta.events.register("before-call.dynamodb", count)
 
 
-def _serialize(user: str) -> tuple[str, float, int]:
-    """The floor: ONE conditional UpdateItem, no ledger, no markers."""
+def _update(user: str) -> tuple[str, float, int]:
+    """Reference only: ONE conditional UpdateItem, no ledger, no markers."""
     global _calls
     _calls = 0
     start = time.perf_counter()
@@ -120,6 +147,63 @@ def _serialize(user: str) -> tuple[str, float, int]:
     return outcome, time.perf_counter() - start, _calls
 
 
+_seqs: dict[str, int] = {}
+
+
+def _audited(user: str) -> tuple[str, float, int]:
+    """The audited serial floor: the only writer, so it knows the account's seq (read once, before
+    the clock runs): ONE TransactWriteItems of the account (guarded by seq and balance), the entry and
+    the idempotency marker per charge; refused (402) when the balance does not cover it."""
+    global _calls
+    pk = {"S": f"USER#{user}"}
+    if user not in _seqs:
+        account = _client.get_item(TableName=TABLE, Key={"pk": pk, "sk": {"S": "ACCOUNT"}}, ConsistentRead=True)
+        _seqs[user] = int(account["Item"]["seq"]["N"])
+    _calls = 0
+    start = time.perf_counter()
+    seq = _seqs[user]
+    try:
+        _client.transact_write_items(TransactItems=_charge_items(pk, seq, uuid.uuid4().hex))
+    except _client.exceptions.TransactionCanceledException:
+        return "402", time.perf_counter() - start, _calls
+    _seqs[user] = seq + 1
+    return "200", time.perf_counter() - start, _calls
+
+
+def _charge_items(pk: dict[str, str], seq: int, key: str) -> list[dict[str, Any]]:
+    """A charge of 1 as the ledger writes it: the account (guarded by seq and balance), the entry
+    `TX#<seq + 1>` and the idempotency marker, each written once."""
+    return [
+        {
+            "Update": {
+                "TableName": TABLE,
+                "Key": {"pk": pk, "sk": {"S": "ACCOUNT"}},
+                "UpdateExpression": "SET balance = balance - :one, seq = :s",
+                "ConditionExpression": "seq = :expected AND balance >= :one",
+                "ExpressionAttributeValues": {
+                    ":one": {"N": "1"},
+                    ":s": {"N": str(seq + 1)},
+                    ":expected": {"N": str(seq)},
+                },
+            }
+        },
+        {
+            "Put": {
+                "TableName": TABLE,
+                "Item": {"pk": pk, "sk": {"S": f"TX#{seq + 1:012d}"}, "amount": {"N": "-1"}},
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        },
+        {
+            "Put": {
+                "TableName": TABLE,
+                "Item": {"pk": pk, "sk": {"S": f"IDEM#{key}"}},
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        },
+    ]
+
+
 def _seq_guard(user: str) -> tuple[str, float, int]:
     """The naive ledger: read, then a seq-guarded transaction; a loser re-reads and retries alone."""
     global _calls
@@ -133,37 +217,7 @@ def _seq_guard(user: str) -> tuple[str, float, int]:
         if balance < 1:
             return "402", time.perf_counter() - start, _calls
         try:
-            _client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Update": {
-                            "TableName": TABLE,
-                            "Key": {"pk": pk, "sk": {"S": "ACCOUNT"}},
-                            "UpdateExpression": "SET balance = :b, seq = :s",
-                            "ConditionExpression": "seq = :expected",
-                            "ExpressionAttributeValues": {
-                                ":b": {"N": str(balance - 1)},
-                                ":s": {"N": str(seq + 1)},
-                                ":expected": {"N": str(seq)},
-                            },
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": TABLE,
-                            "Item": {"pk": pk, "sk": {"S": f"TX#{seq + 1:012d}"}, "amount": {"N": "-1"}},
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": TABLE,
-                            "Item": {"pk": pk, "sk": {"S": f"IDEM#{key}"}},
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                ]
-            )
+            _client.transact_write_items(TransactItems=_charge_items(pk, seq, key))
             return "200", time.perf_counter() - start, _calls
         except _client.exceptions.TransactionCanceledException:
             time.sleep(random.uniform(0, min(0.2, 0.004 * 2**attempt)))
@@ -195,28 +249,130 @@ def _noop(_: int) -> None:
 # ---- ours: the use_credits handler in container processes -----------------------------------------
 
 
-def count_calls(module: ModuleType) -> None:
-    """Container setup hook: report the DynamoDB calls each invocation made, in a response header
-    (`x-bench-dynamodb-calls`: the calls by operation, as JSON)."""
+# Which part of the ledger made a DynamoDB call: the innermost of these functions on the stack.
+CALL_KINDS = {
+    "decide_and_write": "direct",
+    "_remember": "direct: refusal marker",
+    "run": "limit note",
+    "put_intent": "intent put",
+    "wait": "poll",
+    "_decided": "poll",
+    "outcome": "poll",
+    "take_lease": "lease",
+    "renew_lease": "lease",
+    "release_lease": "lease",
+    "queued": "pass: query",
+    "markers": "pass: markers",
+    "combine": "pass: transaction",
+    "withdraw": "withdraw",
+}
+PROFILE_HEADER = "x-bench-profile"
+
+
+def _kind(operation: str) -> str:
+    frame = sys._getframe(2)
+    while frame is not None:
+        kind = CALL_KINDS.get(frame.f_code.co_name)
+        if kind is not None and "credits/ledger/" in frame.f_code.co_filename:
+            if kind == "direct":
+                return "direct: read" if operation in ("GetItem", "BatchGetItem") else "direct: transaction"
+            return kind
+        frame = frame.f_back  # type: ignore[assignment]
+    return "other"
+
+
+def instrument(module: ModuleType) -> None:
+    """Container setup hook: report what each invocation cost in a response header (`x-bench-profile`,
+    JSON): DynamoDB calls by kind and by operation, the items of each combiner pass, seconds slept waiting, and CPU
+    seconds in the whole handler, in the ledger, and in the DynamoDB client (building, sending and
+    parsing requests)."""
     app: Any = module  # the handler's module: its attributes are the function's own
-    calls: Counter[str] = Counter()
+    seen: dict[str, Any] = {}
+    client = app.ledger.client
 
-    def count(event_name: str, **_: Any) -> None:
-        calls[event_name.rsplit(".", 1)[-1]] += 1
+    def before(model: Any, params: dict[str, Any], **_: Any) -> None:
+        kind = _kind(model.name)
+        seen["kinds"][kind] = seen["kinds"].get(kind, 0) + 1
+        seen["operations"][model.name] = seen["operations"].get(model.name, 0) + 1
+        if kind == "pass: transaction":
+            seen["items"].append(len(params["TransactItems"]))
+        seen["started"] = time.process_time()
 
-    app.ledger.client.meta.events.register("before-call.dynamodb", count)
+    def after(**_: Any) -> None:
+        seen["boto"] += time.process_time() - seen.pop("started", time.process_time())
+
+    client.meta.events.register("before-parameter-build.dynamodb", before)
+    client.meta.events.register("after-call.dynamodb", after)
+    sleep = app.ledger.sleep
+
+    def counted_sleep(seconds: float) -> None:
+        seen["slept"] += seconds
+        sleep(seconds)
+
+    app.ledger.sleep = counted_sleep
+    charge = app.ledger.charge
+
+    def timed_charge(*args: Any, **kwargs: Any) -> Any:
+        started = time.process_time()
+        try:
+            return charge(*args, **kwargs)
+        finally:
+            seen["ledger"] += time.process_time() - started
+
+    app.ledger.charge = timed_charge
     handler = app.lambda_handler
 
-    def counted(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        calls.clear()
+    def profiled(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        seen.update(kinds={}, operations={}, items=[], slept=0.0, boto=0.0, ledger=0.0)
+        started = time.process_time()
         response: dict[str, Any] = handler(event, context)
-        response.setdefault("headers", {})["x-bench-dynamodb-calls"] = json.dumps(calls)
+        report = {key: seen[key] for key in ("kinds", "operations", "items", "slept", "boto", "ledger")}
+        report["cpu"] = time.process_time() - started
+        response.setdefault("headers", {})[PROFILE_HEADER] = json.dumps(report)
         return response
 
-    app.lambda_handler = counted
+    app.lambda_handler = profiled
 
 
-def ours(endpoint: str, writers: int, args: Any, lots: int = 1) -> Result:
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Profile:
+    """What ours cost per charge in one run (the containers' reports, and DynamoDB Local's CPU)."""
+
+    requests: int
+    kinds: Counter[str]
+    items: list[int]
+    slept: float
+    cpu: float
+    ledger: float
+    boto: float
+    database_cpu: float
+
+    def print(self, writers: int) -> None:
+        n = self.requests
+        print(f"\nprofile: ours, {writers} writers, per charge (one run)")
+        calls = sum(self.kinds.values())
+        kinds = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(self.kinds.items()))
+        print(f"  DynamoDB calls: {calls / n:.2f}: {kinds}")
+        if self.items:
+            per_pass = statistics.mean(self.items)
+            print(f"  combiner passes: {len(self.items)}, {per_pass:.0f} items each (largest {max(self.items)})")
+        print(f"  waiting (asleep between polls): {self.slept / n * 1000:.0f} ms")
+        handler = self.cpu - self.ledger
+        rules = self.ledger - self.boto
+        print(
+            f"  CPU: handler {self.cpu / n * 1000:.1f} ms (resolver, validation, logging, metrics"
+            f" {handler / n * 1000:.1f}; ledger rules {rules / n * 1000:.1f}; DynamoDB client"
+            f" {self.boto / n * 1000:.1f}); DynamoDB Local {self.database_cpu / n * 1000:.1f} ms"
+        )
+
+
+def ours(endpoint: str, writers: int, args: Any, lots: int = 1, database_pid: int = 0) -> tuple[Result, Profile]:
     """The use_credits handler; `lots` > 1: on an account whose credits are that many open lots."""
     from tests.support import http_event
 
@@ -226,10 +382,17 @@ def ours(endpoint: str, writers: int, args: Any, lots: int = 1) -> Result:
         seed(endpoint, user, args.balance)
     else:
         seed_lots(Ledger(_plain_client(endpoint), TABLE), user, args.balance, lots)
-    containers = start_containers("use_credits", writers, setup="benchmarks.contention:count_calls")
+    containers = start_containers("use_credits", writers, setup="benchmarks.contention:instrument")
+    # Each container warm, as a hot user's containers are after their first request: what a route
+    # builds on first use (its request model) is paid before the clock runs, on another account.
+    warm = f"warm-{uuid.uuid4().hex[:6]}"
+    seed(endpoint, warm, writers)
+    for n, container in enumerate(containers):
+        body = {"action": "search"}
+        container.invoke(http_event("POST", "/credits/use", sub=warm, headers={"Idempotency-Key": f"w-{n}"}, body=body))
     idle: list[Any] = list(containers)
     lock = threading.Lock()
-    operations: Counter[str] = Counter()
+    profile = Profile(args.requests, Counter(), [], 0.0, 0.0, 0.0, 0.0, 0.0)
 
     def charge(i: int) -> tuple[str, float, int]:
         with lock:
@@ -244,28 +407,33 @@ def ours(endpoint: str, writers: int, args: Any, lots: int = 1) -> Result:
         finally:
             with lock:
                 idle.append(container)
-        counts = json.loads(response["headers"]["x-bench-dynamodb-calls"])
+        report = json.loads(response["headers"][PROFILE_HEADER])
         with lock:
-            operations.update(counts)
-        return str(response["statusCode"]), took, sum(counts.values())
+            profile.kinds.update(report["kinds"])
+            profile.items.extend(report["items"])
+            profile.slept += report["slept"]
+            profile.cpu += report["cpu"]
+            profile.ledger += report["ledger"]
+            profile.boto += report["boto"]
+        return str(response["statusCode"]), took, sum(report["kinds"].values())
 
     try:
         with ThreadPoolExecutor(writers) as pool:
+            database_cpu = _cpu_seconds(database_pid) if database_pid else 0.0
             start = time.perf_counter()
             answers = list(pool.map(charge, range(args.requests)))
             seconds = time.perf_counter() - start
+            profile.database_cpu = _cpu_seconds(database_pid) - database_cpu if database_pid else 0.0
     finally:
         for container in containers:
             container.close()
-    if args.verbose:
-        print(f"{'':>7} {name}: DynamoDB calls by operation, per request:", end="")
-        print("".join(f" {op} {n / args.requests:.2f}" for op, n in operations.most_common()))
     audit = Ledger(_plain_client(endpoint), TABLE).audit(user)
     if not audit.ok:
         raise SystemExit(f"the ledger of {user} is broken: {audit.problems}")
-    return Result(
+    result = Result(
         name, writers, seconds, Counter(a[0] for a in answers), [a[1] for a in answers], sum(a[2] for a in answers)
     )
+    return result, profile
 
 
 def _plain_client(endpoint: str) -> Any:
@@ -300,20 +468,6 @@ def seed_lots(ledger: Ledger, user: str, balance: int, lots: int = LOTS) -> None
 FLOOR = 'import boto3; boto3.client("dynamodb")'
 
 
-def cold_start(code: str, runs: int, env: dict[str, str]) -> float:
-    """Median seconds to run `code` in a fresh interpreter, minus an empty interpreter's start."""
-
-    def timed(snippet: str) -> float:
-        samples = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", snippet], check=True, env=env, cwd=ROOT)
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
-
-    return timed(code) - timed("pass")
-
-
 def environment(endpoint: str) -> dict[str, str]:
     """What a deployed function has (pointed at DynamoDB Local), for containers and cold starts."""
     return {
@@ -338,20 +492,61 @@ def environment(endpoint: str) -> dict[str, str]:
 
 
 def cold_starts(endpoint: str, runs: int) -> None:
+    """Each handler imported as Lambda imports it once `sam build` built it (benchmarks/built.py: the
+    function's directory, then the layer with its dependencies, all compiled; no bytecode written),
+    and the floor in the same layout (the layer's boto3). The rounds interleave the three, so a slow
+    spell of the machine hits each alike."""
     env = {**os.environ, **environment(endpoint)}
-    floor = cold_start(FLOOR, runs, env)
-    print(f"\ncold start (median of {runs} fresh interpreters, interpreter start subtracted)")
+    samples: dict[str, list[float]] = {"pass": [], "floor": [], **{f: [] for f in FUNCTIONS}}
+    with built(ROOT, dependencies=True) as tmp:
+        ways = {
+            "pass": ("pass", lambda_environment(tmp)),
+            "floor": (FLOOR, lambda_environment(tmp)),
+            **{f: (IMPORT_HANDLER, lambda_environment(tmp, f)) for f in FUNCTIONS},
+        }
+        for _ in range(runs):
+            for way, (code, overlay) in ways.items():
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-c", code], check=True, env={**env, **overlay}, cwd=tmp)
+                samples[way].append(time.perf_counter() - start)
+    start_up = statistics.median(samples["pass"])
+    floor = statistics.median(samples["floor"]) - start_up
+    print(f"\ncold start, as built for Lambda (median of {runs} fresh interpreters, interpreter start subtracted)")
     print(f"{'import':<32} {'ms':>6} {'x floor':>8}")
     print(f"{'boto3 + dynamodb client (floor)':<32} {floor * 1000:>6.0f} {1.0:>8.2f}")
-    for function in ("use_credits", "balance"):
-        # exactly what Lambda's runtime does: import the handler's module, nothing of the local stack
-        code = (
-            "import importlib.util; "
-            f"spec = importlib.util.spec_from_file_location('app', 'functions/{function}/app.py'); "
-            "spec.loader.exec_module(importlib.util.module_from_spec(spec))"
-        )
-        took = cold_start(code, runs, env)
+    for function in FUNCTIONS:
+        took = statistics.median(samples[function]) - start_up
         print(f"{function:<32} {took * 1000:>6.0f} {took / floor:>8.2f}")
+
+
+def contention(database: DynamoDBLocal, writers: int, args: Any, audited: Runs) -> list[Runs]:
+    """Every way at `writers`, `--runs` times, interleaved (a slow spell of the machine hits each
+    way alike); the audited floor's runs are the round's own."""
+    endpoint, pid = database.endpoint, database.process.pid if database.process else 0
+    rows: dict[str, list[Result]] = {"ours": [], f"lots-{LOTS}": [], "update": [], "seq-guard": []}
+    profiles: list[Profile] = []
+    for _ in range(args.runs):
+        result, profile = ours(endpoint, writers, args, database_pid=pid)
+        rows["ours"].append(result)
+        profiles.append(profile)
+        rows[f"lots-{LOTS}"].append(ours(endpoint, writers, args, lots=LOTS)[0])
+        rows["update"].append(by_hand("update", _update, endpoint, writers, args))
+        rows["seq-guard"].append(by_hand("seq-guard", _seq_guard, endpoint, writers, args))
+    runs = {name: Runs(results) for name, results in rows.items()}
+    for name in ("ours", f"lots-{LOTS}", "update", "seq-guard"):
+        print(runs[name].row(), flush=True)
+    floors = [r.rate for r in audited.runs]
+    ours_rates = [r.rate for r in rows["ours"]]
+    naive = [r.rate for r in rows["seq-guard"]]
+    print(
+        f"{'':>7} ours / audited floor: {' '.join(f'{o / f:.2f}' for o, f in zip(ours_rates, floors, strict=True))}"
+        f"   ours / seq-guard: {' '.join(f'{o / n:.2f}' for o, n in zip(ours_rates, naive, strict=True))}"
+        f"   lots-{LOTS} / ours: {runs[f'lots-{LOTS}'].median.rate / runs['ours'].median.rate:.2f}",
+        flush=True,
+    )
+    if args.profile and writers == max(args.writers):
+        sorted(zip(ours_rates, profiles, strict=True), key=lambda pair: pair[0])[len(profiles) // 2][1].print(writers)
+    return list(runs.values())
 
 
 def main() -> None:
@@ -359,9 +554,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--balance", type=int, default=500)
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each way (the median is shown)")
     parser.add_argument("--cold-start-runs", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--verbose", action="store_true", help="break our DynamoDB calls down by operation")
+    parser.add_argument("--profile", action="store_true", help="break ours down at the most writers")
     args = parser.parse_args()
     if args.balance < LOTS:
         parser.error(f"--balance must be at least {LOTS}: the lots-{LOTS} account spreads it over {LOTS} lots")
@@ -372,35 +568,21 @@ def main() -> None:
         client = database.client()
         create_tables(client, {"CreditsTable": TABLE, "IdempotencyTable": "bench-idempotency"})
         print(
-            f"{args.requests} charges of 1 credit against a balance of {args.balance}, one user, "
-            f"each writer a process ({os.cpu_count()} cores, DynamoDB Local)"
+            f"{args.requests} charges of 1 credit against a balance of {args.balance}, one user, each writer "
+            f"a process ({os.cpu_count()} cores, DynamoDB Local); median of {args.runs} runs and the spread"
         )
-        print(" writers way          req/s   200   402   503  p50 ms   p99 ms  calls/req")
+        # DynamoDB Local's JVM compiles its hot paths over the first thousands of calls (at first a
+        # call costs it three times the CPU): one run of each kind of work before the clock runs.
+        by_hand("audited", _audited, database.endpoint, 1, args)
+        ours(database.endpoint, max(args.writers), args)
+        print(" writers way          req/s    spread   200/402/503  p50 ms  p99 ms  calls")
+        audited = Runs([by_hand("audited", _audited, database.endpoint, 1, args) for _ in range(args.runs)])
+        print(audited.row(), flush=True)
         rows: list[dict[str, Any]] = []
-        for writers in args.writers:
-            results = [
-                ours(database.endpoint, writers, args),
-                ours(database.endpoint, writers, args, lots=LOTS),
-                by_hand("serialize", _serialize, database.endpoint, writers, args),
-                by_hand("seq-guard", _seq_guard, database.endpoint, writers, args),
-            ]
-            for result in results:
-                print(result.row(), flush=True)
-            one, many, floor, naive = results
-            print(f"{'':>7} ours/serialize {one.rate / floor.rate:.2f}   ours/seq-guard {one.rate / naive.rate:.2f}")
-            print(
-                f"{'':>7} {many.name}/ours req/s {many.rate / one.rate:.2f}   calls/req {many.per / one.per:.2f}",
-                flush=True,
-            )
+        for runs in [audited, *(r for writers in args.writers for r in contention(database, writers, args, audited))]:
             rows += [
-                {
-                    "writers": writers,
-                    "way": r.name,
-                    "rate": r.rate,
-                    "calls_per_request": r.per,
-                    "outcomes": dict(r.outcomes),
-                }
-                for r in results
+                {"writers": r.writers, "way": r.name, "rate": r.rate, "calls": r.per, "outcomes": dict(r.outcomes)}
+                for r in runs.runs
             ]
         cold_starts(database.endpoint, args.cold_start_runs)
     if args.json:

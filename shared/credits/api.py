@@ -2,25 +2,23 @@
 
 Handlers parse the event, call one function here, and return its result; bad input raises
 ValidationError before anything is read or written.
+
+The request models (pydantic) live by route group in `credits.api_charges`, `api_holds`,
+`api_grants`, `api_settings` and `api_purchases`, imported by the route that parses them: nothing
+here imports pydantic, so a handler's cold start builds no model. Their names are still served from
+here (`api.UseRequest`), imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
-
-import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from credits.errors import InvalidJson, UnknownAction, ValidationError
 from credits.ledger import (
     CATEGORIES,
-    DEFAULT_HOLD_TTL_SECONDS,
-    MAX_AMOUNT,
-    MAX_HOLD_TTL_SECONDS,
-    MAX_PER_MONTH,
-    MAX_PRIORITY,
     UNCHANGED,
     AccountView,
     AutoTopUp,
@@ -28,7 +26,6 @@ from credits.ledger import (
     Hold,
     Idempotency,
     Ledger,
-    LotTerms,
     Posted,
     Released,
     Reserved,
@@ -37,206 +34,74 @@ from credits.ledger import (
     Unchanged,
     fingerprint,
     iso_ms,
-    key_problem,
     month_of,
     validate_token,
 )
-from credits.packages import PackageId
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-def _key_part(value: str) -> str:
-    """A value that becomes part of a DynamoDB key: limited in UTF-8 bytes, printable."""
-    problem = key_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
-def _storable(value: str) -> str:
-    """Text we store: no lone surrogates (JSON allows them; UTF-8 and DynamoDB do not)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text") from None
-    return value
-
-
-def _instant(value: str) -> str:
-    """An ISO 8601 date and time that names its offset (`Z` for UTC): never a local time."""
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("must be an ISO 8601 date and time, such as 2027-01-03T00:00:00Z") from None
-    if at.tzinfo is None:
-        raise ValueError("must say its time zone: end it with Z for UTC (2027-01-03T00:00:00Z)")
-    return value
-
+    from credits.api_charges import InternalUseRequest as InternalUseRequest
+    from credits.api_charges import UseRequest as UseRequest
+    from credits.api_fields import Amount as Amount
+    from credits.api_fields import Category as Category
+    from credits.api_fields import Description as Description
+    from credits.api_fields import ExpiresInDays as ExpiresInDays
+    from credits.api_fields import Instant as Instant
+    from credits.api_fields import Priority as Priority
+    from credits.api_fields import Request
+    from credits.api_fields import Token as Token
+    from credits.api_grants import LOT_FIELDS as LOT_FIELDS
+    from credits.api_grants import GrantRequest as GrantRequest
+    from credits.api_holds import CaptureRequest as CaptureRequest
+    from credits.api_holds import HoldRequest as HoldRequest
+    from credits.api_holds import ReleaseRequest as ReleaseRequest
+    from credits.api_purchases import CardRequest as CardRequest
+    from credits.api_purchases import CheckoutRequest as CheckoutRequest
+    from credits.api_settings import AutoTopUpRequest as AutoTopUpRequest
+    from credits.api_settings import SettingsRequest as SettingsRequest
 
 MAX_EXPIRES_IN_DAYS = 3650  # how far ahead a grant's credits may expire (about ten years)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-Token = Annotated[str, AfterValidator(_key_part)]
-Description = Annotated[str, StringConstraints(max_length=500), AfterValidator(_storable)]
-Amount = Annotated[int, Field(strict=True, gt=0, le=MAX_AMOUNT)]
-Category = Literal["paid", "promotional"]
-Priority = Annotated[int, Field(strict=True, ge=0, le=MAX_PRIORITY)]
-Instant = Annotated[str, StringConstraints(max_length=64), AfterValidator(_instant)]
-ExpiresInDays = Annotated[int, Field(strict=True, ge=1, le=MAX_EXPIRES_IN_DAYS)]
-LOT_FIELDS = ("category", "priority", "expiresAt", "expiresInDays")
+# Where each request model (and field type) lives: `api.<name>` imports its module on first use.
+_MODELS = {
+    "UseRequest": "credits.api_charges",
+    "InternalUseRequest": "credits.api_charges",
+    "HoldRequest": "credits.api_holds",
+    "CaptureRequest": "credits.api_holds",
+    "ReleaseRequest": "credits.api_holds",
+    "GrantRequest": "credits.api_grants",
+    "LOT_FIELDS": "credits.api_grants",
+    "AutoTopUpRequest": "credits.api_settings",
+    "SettingsRequest": "credits.api_settings",
+    "CheckoutRequest": "credits.api_purchases",
+    "CardRequest": "credits.api_purchases",
+    **dict.fromkeys(
+        ("Token", "Description", "Amount", "Category", "Priority", "Instant", "ExpiresInDays"), "credits.api_fields"
+    ),
+}
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    def fingerprinted(self) -> dict[str, Any]:
-        """What an Idempotency-Key remembers of the request: its fields."""
-        return self.model_dump()
-
-
-class UseRequest(_Request):
-    """POST /credits/use: the user spends credits on a priced action."""
-
-    action: Token
-    referenceId: Token | None = None
-    description: Description | None = None
+def __getattr__(name: str) -> Any:
+    module = _MODELS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
-class _PricedRequest(_Request):
-    """A trusted service's change for a user, by amount or by the price of an action."""
-
-    userId: Token
-    amount: Amount | None = None
-    action: Token | None = None
-    description: Description
-
-    @model_validator(mode="after")
-    def _amount_or_action(self) -> _PricedRequest:
-        if (self.amount is None) == (self.action is None):
-            raise ValueError("give exactly one of amount and action")
-        return self
-
-    def price(self, prices: Mapping[str, int]) -> int:
-        return self.amount if self.amount is not None else cost_of(str(self.action), prices)
-
-
-class InternalUseRequest(_PricedRequest):
-    """POST /internal/credits/use: a trusted service charges a user by amount or by action."""
-
-    referenceId: Token | None = None
-
-
-class GrantRequest(_Request):
-    """POST /internal/credits/grant: support staff or a trusted service adds credits, to a lot with
-    the terms given (none: paid credits that never expire, as before lots)."""
-
-    userId: Token
-    amount: Amount
-    type: Literal["gift", "adjustment"]
-    description: Description
-    referenceId: Token | None = None
-    category: Category | None = None  # None: paid
-    priority: Priority | None = None  # None: the category's default (paid 50, promotional 10)
-    expiresAt: Instant | None = None
-    expiresInDays: ExpiresInDays | None = None
-
-    @model_validator(mode="after")
-    def _one_expiry(self) -> GrantRequest:
-        if self.expiresAt is not None and self.expiresInDays is not None:
-            raise ValueError("give at most one of expiresAt and expiresInDays")
-        return self
-
-    def fingerprinted(self) -> dict[str, Any]:
-        # A grant without lot terms is fingerprinted as before they existed (a retry across the
-        # upgrade is still the same request); terms given are part of the request.
-        body = self.model_dump()
-        return {k: v for k, v in body.items() if k not in LOT_FIELDS or v is not None}
-
-    def lot_terms(self, now: float) -> LotTerms | None:
-        """The terms of the lot the credits go to; None when the request gives none (paid, no expiry).
-        An expiry at most MAX_EXPIRES_IN_DAYS ahead, else 400 with nothing written. That it is in the
-        future, the ledger decides, after the request's key and reference: a retry of a grant that
-        landed replays its answer even once its expiry passed; a new request whose expiry passed is
-        refused (400), and under an Idempotency-Key that refusal is remembered."""
-        if all(getattr(self, name) is None for name in LOT_FIELDS):
-            return None
-        now_ms = int(now * 1000)
-        expires_ms: int | None = None
-        if self.expiresAt is not None:
-            expires_ms = (datetime.fromisoformat(self.expiresAt) - EPOCH) // timedelta(milliseconds=1)
-            if expires_ms > now_ms + MAX_EXPIRES_IN_DAYS * 86_400_000:
-                raise ValidationError(
-                    f"expiresAt must be at most {MAX_EXPIRES_IN_DAYS} days ahead.", [{"field": "expiresAt"}]
-                )
-        elif self.expiresInDays is not None:
-            expires_ms = now_ms + self.expiresInDays * 86_400_000
-        return LotTerms(self.category or CATEGORIES[0], self.priority, expires_ms, label=self.description)
-
-
-class HoldRequest(_PricedRequest):
-    """POST /internal/credits/holds: a trusted service sets credits aside while an action runs."""
-
-    ttlSeconds: Annotated[int, Field(strict=True, ge=1, le=MAX_HOLD_TTL_SECONDS)] = DEFAULT_HOLD_TTL_SECONDS
-
-
-class CaptureRequest(_Request):
-    """POST /internal/credits/holds/{holdId}/capture: charge all of a hold, part of it, or 0."""
-
-    userId: Token
-    amount: Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)] | None = None
-
-
-class ReleaseRequest(_Request):
-    """POST /internal/credits/holds/{holdId}/release: end a hold without charging."""
-
-    userId: Token
-
-
-class AutoTopUpRequest(_Request):
-    """`autoTopUp` in PUT /credits/settings: below `threshold` credits available, buy `packageId`,
-    at most `maxPerMonth` times a UTC month (always said: there is no default)."""
-
-    enabled: bool
-    threshold: Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)]
-    packageId: PackageId
-    maxPerMonth: Annotated[int, Field(strict=True, ge=1, le=MAX_PER_MONTH)]
-
-
-class SettingsRequest(_Request):
-    """PUT /credits/settings: a field left out keeps its value; a null limit (or autoTopUp) removes it."""
-
-    lowBalanceThreshold: Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)] | None = None
-    monthlySpendLimit: Amount | None = None
-    autoTopUp: AutoTopUpRequest | None = None
-
-    @model_validator(mode="after")
-    def _threshold_not_null(self) -> SettingsRequest:
-        if "lowBalanceThreshold" in self.model_fields_set and self.lowBalanceThreshold is None:
-            raise ValueError("lowBalanceThreshold cannot be null: send 0 to turn low-balance events off")
-        return self
-
-
-class CheckoutRequest(_Request):
-    """POST /credits/checkout: the user buys a package; with `saveCard`, Stripe keeps the card paid
-    with, and the webhook makes it the account's saved card (auto top-up charges it)."""
-
-    packageId: PackageId
-    saveCard: bool = False
-
-
-class CardRequest(_Request):
-    """POST /credits/cards: no fields (a body is optional; a field sent is a mistake: 400)."""
-
-
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 
 def parse(model: type[M], body: object) -> M:
     """Validate a decoded JSON body against a request model, or raise ValidationError."""
     if not isinstance(body, dict):  # one cause, one code: an empty, malformed or non-object body
         raise InvalidJson("The body must be a JSON object.")
+    from pydantic import ValidationError as Invalid  # loaded already: `model` is a pydantic model
+
     try:
         return model.model_validate(body)
-    except pydantic.ValidationError as exc:
+    except Invalid as exc:
         errors = [
             {"field": ".".join(str(p) for p in err["loc"]) or None, "issue": err["msg"]}
             for err in exc.errors(include_url=False, include_input=False, include_context=False)
@@ -244,7 +109,7 @@ def parse(model: type[M], body: object) -> M:
         raise ValidationError("The request is not valid.", errors) from None
 
 
-def idempotency(key: str | None, route: str, user_id: str, request: _Request) -> Idempotency | None:
+def idempotency(key: str | None, route: str, user_id: str, request: Request) -> Idempotency | None:
     """The Idempotency-Key of a request and its fingerprint (route, user and body)."""
     if key is None:
         return None

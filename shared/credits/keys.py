@@ -19,6 +19,7 @@ PRODUCT_PK = "PRODUCT"  # the partition of the product's own figures
 TOPUP = "TOPUP#"  # an auto top-up started by a decision (the top-up function reads it from the stream)
 COUNTED = "COUNTED#"  # a ledger entry already added to its day's totals (exactly once)
 INTENT = f"{ACCOUNT}#INTENT#"  # queued changes sort right after the account: one Query reads both
+DECIDED = "DECIDED#"  # a queued change's decision, out of the queue's key range, for its waiter to read
 CUSTOMER = "CUSTOMER#"
 PACKAGE = "PACKAGE#"
 PAYMENT = "PAYMENT#"
@@ -87,6 +88,10 @@ def report_sk(month: str) -> str:
 
 def intent_sk(created_ms: int, intent_id: str) -> str:
     return f"{INTENT}{created_ms:015d}#{intent_id}"
+
+
+def decided_sk(intent_id: str) -> str:
+    return f"{DECIDED}{intent_id}"
 
 
 def customer_pk(customer_id: str) -> str:

@@ -18,6 +18,7 @@ from credits import keys
 from credits.errors import InsufficientCredits
 from credits.ledger import Ledger
 from credits.ledger.intents import Intent
+from credits.ledger.outcomes import Outcome
 from credits.store import Write
 from local.containers import Container, ContainerError
 from tests.integration.conftest import LocalTables
@@ -64,12 +65,16 @@ def orphan_a_queued_charge(local_tables: LocalTables) -> Intent:
     return intent
 
 
-def serve_the_queue(ledger: Ledger) -> None:
-    """The user's next contended request (a grant of 1 that finds a live lease) serves the queue."""
+def serve_the_queue(ledger: Ledger, orphan: Intent) -> Outcome:
+    """The user's next contended request (a grant of 1 that finds a live lease) serves the queue:
+    its pass takes the orphan off the queue and writes its decision apart (`DECIDED#<id>`)."""
     pk = keys.user_pk(USER)
     assert ledger.group.take_lease(pk, BUSY)
     ledger.grant(USER, 1, type="gift", description="next request", reference_id="next")
     assert queued(ledger) == []
+    decision = ledger.group.outcome(pk, orphan)
+    assert decision is not None
+    return decision
 
 
 def test_a_key_answered_402_is_never_charged_by_its_orphaned_queued_change(local_tables: LocalTables) -> None:
@@ -83,8 +88,9 @@ def test_a_key_answered_402_is_never_charged_by_its_orphaned_queued_change(local
     assert (status, body["error"]["code"], body["error"]["available"]) == (402, "insufficient_credits", 0)
     ledger.release(USER, hold.hold_id)
 
-    serve_the_queue(ledger)
+    decision = serve_the_queue(ledger, orphan)
 
+    assert decision.value is None, decision  # refused: the key was answered 402
     assert int(time.time() * 1000) < orphan.apply_before_ms  # the orphan was still inside its window
     assert ledger.balance(USER) == 6  # 5, nothing charged under the key, plus the next request's 1
     assert [t.type for t in ledger.history(USER)] == ["gift", "gift"]
@@ -143,7 +149,7 @@ def test_a_402_written_while_a_combiner_decides_the_orphan_makes_that_pass_decid
     racer.join(60)
     assert passes == [None]  # the pass lost: the refusal's marker appeared under it
 
-    serve_the_queue(ledger)
+    assert serve_the_queue(ledger, orphan).value is None  # decided again: refused
     assert ledger.balance(USER) == 6
     assert [t.type for t in ledger.history(USER)] == ["gift", "gift"]
     assert ledger.audit(USER).ok
@@ -153,8 +159,9 @@ def test_an_orphan_applied_before_the_retry_makes_the_retry_answer_the_charge(lo
     """The remaining order: the queue is served first, so the key WAS charged, and the retry says so."""
     ledger = local_tables.ledger()
     ledger.grant(USER, 5, type="gift", description="seed")
-    orphan_a_queued_charge(local_tables)
-    serve_the_queue(ledger)
+    orphan = orphan_a_queued_charge(local_tables)
+    applied = serve_the_queue(ledger, orphan)
+    assert applied.value is not None and applied.value["amount"] == -5
     assert ledger.balance(USER) == 1
 
     with fleet("use_credits", 1) as containers:
@@ -162,5 +169,6 @@ def test_an_orphan_applied_before_the_retry_makes_the_retry_answer_the_charge(lo
     usage = [t for t in ledger.history(USER) if t.type == "usage"]
     assert (status, headers.get("Idempotent-Replayed")) == (200, "true")
     assert (body["charged"], body["transactionId"]) == (5, usage[0].id)
+    assert applied.value["transaction_id"] == usage[0].id  # the retry answered the orphan's decision
     assert len(usage) == 1
     assert ledger.audit(USER).ok

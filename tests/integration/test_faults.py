@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -70,12 +71,19 @@ def test_a_lost_race_is_queued_and_the_combiners_conflicts_re_read(fn: ModuleTyp
     ledger.grant("t2", 20, type="gift", description="seed")
     conflict = [{"Code": "TransactionConflict"}, {"Code": "None"}]
     calls = inject(fn, "TransactWriteItems", [error("TransactionCanceledException", reasons=conflict)] * 3)
-    queued = inject(fn, "PutItem", [])
-    passes = inject(fn, "Query", [])
+    sent: list[str] = []  # every call, in order (an injected error short-circuits `before-call` hooks)
+    fn.ledger.client.meta.events.register("before-parameter-build.dynamodb", lambda model, **_: sent.append(model.name))
     status, body = charge(fn, "t2")
     assert (status, body["balance"]) == (200, 15)
-    assert (len(calls), len(queued)) == (4, 1)  # one direct attempt, three combiner passes; one intent
-    assert len(passes) >= 3
+    assert len(calls) == 4  # one direct attempt, three combiner passes
+    ops = Counter(sent)
+    assert ops["PutItem"] == 1  # one intent
+    # the direct read, then each pass's read of the queue and of the markers (its `DECIDED#<id>`:
+    # a resent intent's decision), and the read that finds the queue empty
+    assert (ops["GetItem"], ops["Query"]) == (1 + 3, 3 + 1)
+    assert ops["UpdateItem"] >= 2  # the lease, taken and released (renewed if a pass ran long)
+    assert "DeleteItem" not in ops  # its pass took the intent off the queue: no clean-up call
+    assert sent[:4] == ["GetItem", "TransactWriteItems", "PutItem", "UpdateItem"]
     assert [t.amount for t in ledger.history("t2")] == [20, -5]
     assert ledger.audit("t2").ok
 

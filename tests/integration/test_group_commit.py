@@ -13,7 +13,7 @@ import pytest
 
 from credits import keys
 from credits.errors import InsufficientCredits, TemporarilyUnavailable
-from credits.ledger import Entry, Idempotency, Ledger, Policy, Posted, fingerprint, to_item
+from credits.ledger import Entry, Idempotency, Ledger, Policy, Posted, fingerprint, from_item, to_item
 from credits.ledger.intents import Intent, intent_put
 from credits.ledger.outcomes import Outcome
 from credits.ledger.rules import Change, Kind
@@ -41,13 +41,21 @@ def test_32_containers_600_charges_against_500_all_answered_and_replayable(local
 
     assert_audited(ledger, "hot", balance=0, entries=501)
     assert sorted(body["balance"] for status, body in first if status == 200) == list(range(500))
-    queued = local_tables.client.query(  # type: ignore[attr-defined]
+    assert stored(local_tables, "hot", keys.INTENT) == []  # every pass took the intents it decided off the queue
+    # each decision apart, for its waiter to read (TTL removes it); none written for nothing
+    decisions = stored(local_tables, "hot", keys.DECIDED)
+    assert all("outcome" in d and d["expires_at"] > time.time() for d in decisions)
+
+
+def stored(local_tables: LocalTables, user: str, prefix: str) -> list[dict[str, Any]]:
+    """The user's items under `prefix`, as stored (one consistent Query)."""
+    items = local_tables.client.query(  # type: ignore[attr-defined]
         TableName=local_tables.credits,
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :intent)",
-        ExpressionAttributeValues=to_item({":pk": "USER#hot", ":intent": keys.INTENT}),
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+        ExpressionAttributeValues=to_item({":pk": keys.user_pk(user), ":prefix": prefix}),
         ConsistentRead=True,
     )["Items"]
-    assert queued == []  # every waiter took its decided intent off the queue
+    return [from_item(item) for item in items]
 
 
 def test_a_combiner_that_dies_mid_pass_leaves_every_waiter_answered(local_tables: LocalTables) -> None:
@@ -115,6 +123,8 @@ def test_a_waiter_that_cancels_after_its_change_was_applied_answers_the_applied_
     ledger.grant("late", 10, type="gift", description="seed")
     intent = queue(ledger, "late", 3, "k-late")
     decided = combine_once(ledger, "late")
+    assert stored(local_tables, "late", keys.INTENT) == []  # the pass took it off the queue ...
+    assert [d["sk"] for d in stored(local_tables, "late", keys.DECIDED)] == [keys.decided_sk(intent.id)]  # ... decided
     outcome = ledger.group.withdraw(keys.user_pk("late"), intent)  # gives up just after the combiner committed
     assert outcome is not None and outcome.value is not None
     posted = Posted.of(outcome.result())
@@ -129,6 +139,7 @@ def test_a_waiter_that_cancels_first_is_never_applied(local_tables: LocalTables)
     intent = queue(ledger, "early", 3, "k-early")
     assert ledger.group.withdraw(keys.user_pk("early"), intent) is None  # withdrawn: the answer is 503
     assert combine_once(ledger, "early") == {}  # nothing left to decide
+    assert stored(local_tables, "early", keys.INTENT) == stored(local_tables, "early", keys.DECIDED) == []
     assert ledger.balance("early") == 10
     assert [t.type for t in ledger.history("early")] == ["gift"]
 
@@ -195,6 +206,9 @@ def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(
     assert ledger.balance("racing") == 1000 - len(late)
     assert ledger.audit("racing").ok
     assert combine_once(ledger, "racing") == {}  # nothing left that could be applied later
+    assert stored(local_tables, "racing", keys.INTENT) == []
+    decisions = [d["sk"] for d in stored(local_tables, "racing", keys.DECIDED)]
+    assert sorted(decisions) == sorted(keys.decided_sk(intent.id) for intent in late)  # the withdrawn: none
 
 
 def test_refusals_in_a_batch_are_402_and_write_nothing(local_tables: LocalTables) -> None:

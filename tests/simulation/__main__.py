@@ -125,7 +125,8 @@ def summary(result: Result, plant: str | None) -> None:
     print(
         f"  group commit: {stats['group_passes']} passes deciding {stats['intents_decided']} intents "
         f"(at most {stats['largest_pass']} in a pass; the largest transaction {stats['largest_transaction']} items); "
-        f"{stats['intents_withdrawn']} intents withdrawn; {stats['negative_balances']} balances clawed below zero"
+        f"{stats['intents_withdrawn']} intents withdrawn, {stats['intents_resent']} resent (taken off, not decided "
+        f"again); {stats['negative_balances']} balances clawed below zero"
     )
     print("  lots: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats["lots"].items()))
     print("  auto top-up: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats["topups"].items()))

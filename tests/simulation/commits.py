@@ -35,7 +35,7 @@ from tests.simulation.workload import LOT_PACKAGE_BY_ID, PACKAGE_BY_ID, REASON, 
 GIVING_BACK = ("Dispute closed", "Disputed credits passed to a refund")
 
 if TYPE_CHECKING:
-    from tests.simulation.store import Change
+    from tests.simulation.store import Change, MemoryStore
 
 
 class Commits(LotChecks, TopUpChecks):
@@ -52,6 +52,8 @@ class Commits(LotChecks, TopUpChecks):
     largest_pass: int
     negative_balances: int
     withdrawn: int
+    resent: int
+    table: MemoryStore
     _by_hold: dict[str, list[Req]]
     _commit_changes: Sequence[Change]
 
@@ -104,7 +106,9 @@ class Commits(LotChecks, TopUpChecks):
             moved = [
                 ch.key[1]
                 for ch in changes
-                if ch.key[1].startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.TOPUP))
+                if ch.key[1].startswith(
+                    (keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.TOPUP, keys.INTENT, keys.DECIDED)
+                )
             ]
             if moved:
                 self.fail("all-or-nothing", f"{u.name}: {moved} written without the account's update")
@@ -133,7 +137,8 @@ class Commits(LotChecks, TopUpChecks):
             and (ch.after["type"] in ("refund", "dispute") or ch.after.get("reason") is not None)
             for ch in changes
         )
-        intents = 0
+        # the queue first: which intents a pass decided (and took off), or took off as resent
+        decided, resent = self._pass_decisions(u, account[0].key[0], changes)
         freed: list[str] = []
         # the lots: what the write owed first (expired holds and lots), then each change in order
         lp = self._lots_begin(u, changes, before, t_ms, month)
@@ -162,21 +167,17 @@ class Commits(LotChecks, TopUpChecks):
                     self._topup_decision(u, tp, "", None, False)
             elif sk.startswith(keys.TOPUP):
                 self._topup_started(u, ch, tp)
-            elif sk.startswith(keys.INTENT):
-                intents += 1
-                if ch.after is None or "outcome" not in ch.after:
-                    self.fail("exactly-once", f"{u.name}: a pass wrote intent {sk} without its decision")
             elif sk.startswith(keys.IDEM) and _freed(ch):
                 freed.append(sk[len(keys.IDEM) :])
         self._topup_end_of_pass(u, tp)
         for key in freed:
             self._key_freed(u, key)
-        if intents:
+        if decided:
             self.group_passes += 1
-            self.intents_decided += intents
-            self.largest_pass = max(self.largest_pass, intents)
+            self.intents_decided += decided
+            self.largest_pass = max(self.largest_pass, decided)
         self._lots_end(u, lp, account[0].key[0], before, after)
-        self._swept(u, actor, changes, intents, expirations)
+        self._swept(u, actor, changes, decided + resent, expirations)
         if after.get("balance", 0) != u.balance or after.get("seq", 0) != u.seq:
             self.fail("gapless", f"{u.name}'s account holds {after.get('balance')}/{after.get('seq')} after a commit; "
                       f"its entries add up to {u.balance}/{u.seq}")  # fmt: skip
@@ -198,6 +199,46 @@ class Commits(LotChecks, TopUpChecks):
                 f"its usage adds up to {u.spent} in {u.month}",
             )
 
+    def _pass_decisions(self, u: User, pk: str, changes: list[Change]) -> tuple[int, int]:
+        """Exactly one of "decided" and "withdrawn": a pass decides an intent only by taking it off
+        the queue (it was there, undecided) and writing its decision apart (`DECIDED#<id>`, new, with
+        an `outcome`) in the same transaction; an intent it takes off without deciding is a resend of
+        one decided before (its decision stored already), never one left undecided. How many intents
+        the pass decided, and how many resent ones it took off."""
+        taken: dict[str, Change] = {}  # intents the pass took off the queue, by intent id
+        decided: dict[str, Change] = {}  # the decisions it wrote, by intent id
+        for ch in changes:
+            sk = ch.key[1]
+            if sk.startswith(keys.INTENT):
+                if ch.after is not None:
+                    self.fail("exactly-once", f"{u.name}: a pass wrote intent {sk} (a pass only takes intents off)")
+                taken[_intent_id(sk)] = ch
+            elif sk.startswith(keys.DECIDED):
+                if ch.before is not None or ch.after is None or "outcome" not in ch.after:
+                    self.fail("exactly-once", f"{u.name}: a pass wrote {sk} over {ch.before} as {ch.after}")
+                decided[sk[len(keys.DECIDED) :]] = ch
+        for intent_id in decided:
+            off = taken.get(intent_id)
+            if off is None or off.before is None or "outcome" in off.before:
+                state = "absent" if off is None or off.before is None else "decided already"
+                self.fail(
+                    "exactly-once",
+                    f"{u.name}: a pass decided intent {intent_id} without taking it off the queue (it was {state})",
+                )
+        for intent_id, ch in taken.items():
+            if intent_id in decided:
+                continue
+            earlier = self.table.item((pk, keys.decided_sk(intent_id)))
+            if ch.before is None or earlier is None or "outcome" not in earlier:
+                self.fail(
+                    "exactly-once",
+                    f"{u.name}: a pass took intent {intent_id} off the queue without its decision "
+                    f"({'absent' if ch.before is None else 'never decided'})",
+                )
+        resent = len(taken) - len(decided)
+        self.resent += resent
+        return len(decided), resent
+
     @staticmethod
     def _hold_draws(u: User) -> list[tuple[int, Draws]]:
         return [(h.until_ms, h.draws) for h in u.open.values()]
@@ -216,9 +257,12 @@ class Commits(LotChecks, TopUpChecks):
 
     def _single_write(self, u: User, ch: Change) -> None:
         sk = ch.key[1]
-        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.EXPIRING, keys.TOPUP)):
-            self.fail("all-or-nothing", f"{u.name}: a single write to {sk}")
-        if sk.startswith(keys.INTENT) and ch.after is None and ch.before is not None and "outcome" not in ch.before:
+        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.EXPIRING, keys.TOPUP, keys.DECIDED)):
+            self.fail("all-or-nothing", f"{u.name}: a single write to {sk}")  # a decision: only in its pass
+        if sk.startswith(keys.INTENT) and ch.after is None and ch.before is not None:
+            # its waiter's lone delete (decided intents leave the queue in their pass): withdrawn
+            if "outcome" in ch.before:
+                self.fail("exactly-once", f"{u.name}: a waiter withdrew intent {sk}, decided already")
             self.withdrawn += 1
         if sk.startswith(keys.INTENT) and ch.before is None:
             actor = self.current()
@@ -643,6 +687,11 @@ class Commits(LotChecks, TopUpChecks):
         p.steps += 1
         p.entries.append(item["seq"])
         return spec
+
+
+def _intent_id(sk: str) -> str:
+    """`ACCOUNT#INTENT#<ms>#<id>`'s id."""
+    return sk[len(keys.INTENT) :].split("#", 1)[1]
 
 
 def _freed(ch: Change) -> bool:

@@ -102,6 +102,7 @@ class Model(Commits):
         self.intents_decided = 0
         self.negative_balances = 0
         self.withdrawn = 0  # intents their waiters withdrew
+        self.resent = 0  # intents put again after their pass (a resend): taken off, never decided twice
         self.largest_pass = 0  # the most intents one pass decided
         self.tolerate: frozenset[str] = KNOWN_BUGS
         self.known: dict[str, list[Any]] = {}  # known bug -> [times seen, first detail]

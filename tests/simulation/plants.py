@@ -2,10 +2,11 @@
 
 - `capture-ignores-expiry`: a capture does not check its hold's expiry (`credits.ledger.rules`): a
   hold past its end, or one an earlier change pruned from the account, is captured anyway.
-- `apply-withdrawn-intent`: a combiner applies an intent after its waiter withdrew it: the decision
-  update no longer requires the intent to exist (`intents.decision_update` without `exists(pk)`: it
-  re-creates a deleted intent), and a withdrawal that clashes with a pass in flight counts as
-  withdrawn instead of waiting for the pass (`GroupCommit.withdraw`).
+- `apply-withdrawn-intent`: a combiner applies an intent after its waiter withdrew it: the pass's
+  delete of the intent no longer requires it to exist (`intents.decision_writes` without
+  `exists(pk)`: it deletes nothing and writes `DECIDED#<id>` all the same), and a withdrawal that
+  clashes with a pass in flight counts as withdrawn instead of waiting for the pass
+  (`GroupCommit.withdraw`).
 - `double-refund-clawback`: a settlement step (a refund's clawback) is posted, then its record
   updated in a second write, and its reference is fresh per attempt instead of unique per step: a
   delivery whose answer was lost after the entry landed leaves the record behind, and the
@@ -39,7 +40,7 @@ from credits.ledger import Entry, Posted, codec, group, intents, lots, rules, to
 from credits.ledger.intents import Intent
 from credits.ledger.rules import Change, Decision, Found, Kind, Outcome, Work
 from credits.settlement import PaymentRecord, Step
-from credits.store import ConditionFailed, Update, absent
+from credits.store import ConditionFailed, Delete, Write, absent
 
 PLANTS = (
     "capture-ignores-expiry",
@@ -70,9 +71,12 @@ def _capture_ignores_expiry() -> list[tuple[Any, str, Any]]:
 
 
 def _apply_withdrawn_intent() -> list[tuple[Any, str, Any]]:
-    def decision_update(pk: str, intent: Intent, outcome: Outcome) -> Update:
-        # BUG: no `exists("pk")`: a withdrawn (deleted) intent is written again, decided
-        return Update((pk, intent.sk), set={"outcome": outcome.attributes()}, condition=absent("outcome"))
+    original = intents.decision_writes
+
+    def decision_writes(pk: str, intent: Intent, outcome: Outcome, now: int) -> list[Write]:
+        taken, *decided = original(pk, intent, outcome, now)
+        # BUG: no `exists("pk")`: a withdrawn (deleted) intent is decided all the same
+        return [Delete(taken.key, absent("outcome")), *decided]
 
     def withdraw(self: group.GroupCommit, pk: str, intent: Intent) -> Outcome | None:
         try:
@@ -82,7 +86,7 @@ def _apply_withdrawn_intent() -> list[tuple[Any, str, Any]]:
             return self.outcome(pk, intent)
         return None
 
-    return [(intents, "decision_update", decision_update), (group.GroupCommit, "withdraw", withdraw)]
+    return [(intents, "decision_writes", decision_writes), (group.GroupCommit, "withdraw", withdraw)]
 
 
 def _double_refund_clawback() -> list[tuple[Any, str, Any]]:

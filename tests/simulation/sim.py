@@ -561,6 +561,7 @@ class Simulation:
             "group_passes": model.group_passes,
             "intents_decided": model.intents_decided,
             "intents_withdrawn": model.withdrawn,
+            "intents_resent": model.resent,
             "largest_pass": model.largest_pass,
             "largest_transaction": self.table.largest_transaction,
             "entries": sum(u.seq for u in model.users.values()),

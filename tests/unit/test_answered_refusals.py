@@ -93,6 +93,8 @@ def test_a_released_holds_key_is_free_for_a_new_request_but_never_for_an_orphan_
     decided = group.combine(pk, state, queued, "combiner")
     group.release_lease(pk, "combiner")
     assert decided is not None and decided["orphan"].error == "temporarily_unavailable"
+    stored = group.outcome(pk, orphan)  # off the queue, its decision apart for its (gone) waiter
+    assert group.queued(pk)[1] == [] and stored is not None and stored.error == "temporarily_unavailable"
     assert ledger.holds("cy") == [] and ledger.account("cy").available == 10  # no second hold
 
     again = ledger.reserve("cy", 4, description="job", idempotency=job)  # a new request: free

@@ -427,7 +427,7 @@ def test_a_read_the_store_refuses_is_retriable_when_it_can_be(
 ) -> None:
     """Throttled or unreachable reads (the ledger's pages, the catalog) say "retry", with Retry-After;
     any other AWS error is ours (500), and no answer carries its text."""
-    for adapter in (bal.ledger, bal.catalog):
+    for adapter in (bal.ledger, bal.catalog()):
         store = adapter.store  # the one DynamoDB adapter: it retries, then answers in domain errors
         monkeypatch.setattr(store, "client", Failing(store.client, error))
         monkeypatch.setattr(store, "sleep", lambda _s: None)

@@ -348,5 +348,9 @@ def test_queued_adjustments_in_one_combiner_pass_never_go_below_zero_unless_forc
     with pytest.raises(InsufficientCredits):
         decided[second.id].result()
     assert Posted.of(decided[forced.id].result()).balance == -3
+    assert ledger.group.queued(pk)[1] == []  # the pass took each intent it decided off the queue ...
+    for intent in (first, second, forced):  # ... its decision apart, for its waiter
+        stored, outcome = ledger.group.outcome(pk, intent), decided[intent.id]
+        assert stored is not None and (stored.value, stored.error) == (outcome.value, outcome.error)
     assert [(t.amount, t.reason) for t in ledger.history("kim")] == [(5, None), (-4, None), (-4, "ticket 7")]
     assert ledger.audit("kim").ok

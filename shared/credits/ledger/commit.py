@@ -53,6 +53,12 @@ class Committer:
         ctx = self.ctx
         pk = keys.user_pk(user_id)
         deadline = ctx.monotonic() + ctx.time_budget
+        queue = not extra
+        pass_ms = self.group.contended(pk) if queue else None
+        if pass_ms is not None:
+            # contended lately (seen from this container): a direct attempt would only lose; the
+            # combiner decides it by the same rules, from the markers it reads itself
+            return self.group.queue(pk, change, deadline, None, pass_ms)
         for attempt in range(ctx.max_attempts):
             if ctx.monotonic() > deadline:
                 break
@@ -76,8 +82,8 @@ class Committer:
             writes = codec.writes(pk, work.settled, now) + writes
             if not writes:
                 return outcome.result()  # a sweep of an account with nothing due
-            queue = not extra
             if queue and state.combining(int(now * 1000)):
+                self.group.found_contended(pk, state.combiner_pass_ms)
                 return self.group.queue(pk, change, deadline, state)  # a direct write would only lose
             transact = [codec.account_update(pk, work, now, warn_ms=ctx.warn_ms), *writes, *extra]
             # The token makes a resend of this very request (lost answer, timeout) a no-op for 10 min;
@@ -89,6 +95,7 @@ class Committer:
             if queue:
                 # Lost a race: the balance is contended. Queue the change and let one writer apply
                 # every queued change in one transaction, instead of retrying alone.
+                self.group.found_contended(pk, state.combiner_pass_ms)
                 return self.group.queue(pk, change, deadline, None)
             ctx.backoff(attempt)
         raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")

@@ -2,9 +2,11 @@
 
 One writer at a time holds the combiner lease (on the account item) and decides queued changes
 (intents) in passes, one transaction per pass, by the same rules as a direct change; the others
-poll their intent and take the lease over if it lapses (a combiner that died). Exactly one of
-"decided" and "withdrawn" wins: a decision is written onto the intent only if it has none and still
-exists, and a waiter that gives up deletes it only if it has no decision. The reasoning, and the
+poll for their decision and take the lease over if it lapses (a combiner that died). Exactly one of
+"decided" and "withdrawn" wins: a pass takes an intent off the queue (writing its decision apart,
+`DECIDED#<id>`) only if it is still there, and a waiter that gives up deletes it only if it is.
+A container that queued for an account recently queues its next change there at once: under
+contention the direct attempt would only lose. The reasoning, and the
 measurements that sized the lease and polls: docs/adr/0004-group-commit.md, docs/design.md section 11.
 """
 
@@ -24,6 +26,7 @@ from credits.ledger.intents import Intent
 from credits.ledger.outcomes import Outcome
 from credits.ledger.rules import Change, Work, decide
 from credits.ledger.values import (
+    CONTENDED_SECONDS,
     INTENT_GRACE_SECONDS,
     LEASE_MS,
     MAX_INTENTS_PER_PASS,
@@ -33,7 +36,7 @@ from credits.ledger.values import (
     POLL_SECONDS,
     SERVE_AFTER_OWN_SECONDS,
 )
-from credits.store import ConditionFailed, Delete, Write
+from credits.store import ConditionFailed, Write
 
 
 def lease_ms(pass_ms: int) -> int:
@@ -47,9 +50,34 @@ class GroupCommit:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        # accounts this container found contended lately: until when (monotonic), and how long a pass took
+        self._contended: dict[str, tuple[float, int]] = {}
 
-    def queue(self, pk: str, change: Change, deadline: float, seen: AccountState | None) -> Mapping[str, Any]:
-        """Queue a change as an intent and wait until the combiner (possibly us) decides it."""
+    def contended(self, pk: str) -> int | None:
+        """How long a combiner's pass takes on `pk`, if this container found it contended in the last
+        CONTENDED_SECONDS (then a change is queued at once: a direct attempt would only lose); None
+        otherwise."""
+        seen = self._contended.get(pk)
+        if seen is None:
+            return None
+        if seen[0] < self.ctx.monotonic():
+            del self._contended[pk]
+            return None
+        return seen[1]
+
+    def found_contended(self, pk: str, pass_ms: int) -> None:
+        """Another writer was on `pk` (a live combiner, a lost race, or others queued with us)."""
+        if len(self._contended) > 1000:  # a container serves many users: forget the stale ones
+            now = self.ctx.monotonic()
+            self._contended = {k: v for k, v in self._contended.items() if v[0] >= now}
+        self._contended[pk] = (self.ctx.monotonic() + CONTENDED_SECONDS, pass_ms)
+
+    def queue(
+        self, pk: str, change: Change, deadline: float, seen: AccountState | None, pass_ms: int | None = None
+    ) -> Mapping[str, Any]:
+        """Queue a change as an intent and wait until the combiner (possibly us) decides it. `seen`:
+        the account as the direct path read it (None: not read, or stale); `pass_ms`: queued at once
+        on an account found contended, whose passes take that long (a combiner is presumed live)."""
         ctx = self.ctx
         now = ctx.clock()
         remaining = max(deadline - ctx.monotonic(), 0.0)
@@ -58,7 +86,7 @@ class GroupCommit:
         intent = Intent(ctx.new_id(), int(now * 1000), int((now + remaining + INTENT_GRACE_SECONDS) * 1000), change)
         try:
             self.put_intent(pk, intent, int(now))
-            outcome = self.wait(pk, intent, deadline, seen)
+            outcome = self.wait(pk, intent, deadline, seen, pass_ms)
         except Exception as failure:
             # Whatever went wrong, the client must not be told "not charged" while the intent can
             # still be applied: withdraw it, or answer the decision it already has.
@@ -77,18 +105,22 @@ class GroupCommit:
                 ) from failure
         if outcome is None:
             raise TemporarilyUnavailable("The balance is busy; nothing was written. Please retry.")
-        return self.done(pk, intent, outcome)
+        return outcome.result()
 
     def put_intent(self, pk: str, intent: Intent, now: int) -> None:
         with contextlib.suppress(ConditionFailed):  # a resend of ours after a lost answer
             self.ctx.store.write(intent_items.intent_put(pk, intent, now))
 
-    def wait(self, pk: str, intent: Intent, deadline: float, seen: AccountState | None) -> Outcome | None:
+    def wait(
+        self, pk: str, intent: Intent, deadline: float, seen: AccountState | None, pass_ms: int | None = None
+    ) -> Outcome | None:
         """Our intent's decision, serving as the combiner when the lease is free; None when we
         withdrew it at our deadline."""
         ctx = self.ctx
-        try_lease = seen is None or not seen.combining(ctx.now_ms())
-        pass_ms = seen.combiner_pass_ms if seen is not None else 0
+        if seen is not None:
+            try_lease, pass_ms = not seen.combining(ctx.now_ms()), seen.combiner_pass_ms
+        else:  # not read: take the lease (a lost race) unless a combiner is presumed live (`pass_ms`)
+            try_lease, pass_ms = pass_ms is None, pass_ms or 0
         polls = 0
         while True:
             if try_lease and self.take_lease(pk, intent.id, lease_ms(pass_ms)):
@@ -97,24 +129,18 @@ class GroupCommit:
                     return outcome
             if ctx.monotonic() > deadline:
                 return self.withdraw(pk, intent)
-            # about twice per pass when passes are slow: a decision comes once per pass
-            pause = max(POLL_SECONDS * min(1 + polls, 2), min(pass_ms / 2000, MAX_POLL_SECONDS))
-            ctx.sleep(ctx.uniform(0.5, 1.5) * pause)
+            ctx.sleep(ctx.uniform(0.8, 1.2) * poll_pause(pass_ms, polls))
             polls += 1
-            # our intent and the account in one read: a decision, or whether the combiner is gone
-            found = ctx.store.get_many(pk, [intent.sk, keys.ACCOUNT])
-            outcome = self._decision_of(found.get(intent.sk))
+            # our decision, our intent and the account in one read: decided, or whether the combiner is gone
+            found = ctx.store.get_many(pk, [keys.decided_sk(intent.id), intent.sk, keys.ACCOUNT])
+            outcome = self._decided(pk, intent, found)
+            account = codec.read_account(found.get(keys.ACCOUNT))
+            combining = account.combining(ctx.now_ms())
+            if combining and account.combiner != intent.id:
+                self.found_contended(pk, account.combiner_pass_ms)
             if outcome is not None:
                 return outcome
-            account = codec.read_account(found.get(keys.ACCOUNT))
-            try_lease, pass_ms = not account.combining(ctx.now_ms()), account.combiner_pass_ms
-
-    def done(self, pk: str, intent: Intent, outcome: Outcome) -> Mapping[str, Any]:
-        """Take our decided intent off the queue (its decision is in our hands now) and answer it."""
-        # one attempt, best effort: its TTL removes it anyway, and a decided answer is never delayed
-        with contextlib.suppress(CreditsError, ConditionFailed):
-            self.ctx.store.write(Delete((pk, intent.sk)), once=True)
-        return outcome.result()
+            try_lease, pass_ms = not combining, account.combiner_pass_ms
 
     def take_lease(self, pk: str, owner: str, lease: int = LEASE_MS) -> bool:
         """Become the combiner if nobody is (or the last one's lease lapsed), for `lease` ms."""
@@ -162,6 +188,8 @@ class GroupCommit:
                     return outcome
                 decided = self.combine(pk, state, intents, mine.id, last_pass_ms, started)
                 last_pass_ms = int((ctx.monotonic() - started) * 1000)
+                if len(intents) > 1:  # others queued with us: the account is contended
+                    self.found_contended(pk, last_pass_ms)
                 if decided is not None and mine.id in decided:
                     outcome = decided[mine.id]
                     stop_at = min(stop_at, ctx.monotonic() + SERVE_AFTER_OWN_SECONDS)
@@ -188,7 +216,8 @@ class GroupCommit:
         ctx = self.ctx
         read = self.markers(pk, intents)
         now = ctx.clock()
-        found = codec.live(read, now)
+        resent = {sk for sk in read if sk.startswith(keys.DECIDED)}
+        found = codec.live({sk: item for sk, item in read.items() if sk not in resent}, now)
         now_ms = int(now * 1000)
         # How long a pass takes: the whole last one; on a first pass, twice its reads so far (its
         # transaction is still to come), or half the last combiner's (so an estimate decays).
@@ -207,8 +236,11 @@ class GroupCommit:
         for intent in intents:
             change = intent.change
             owed = len(codec.writes(pk, work.settled, now))
-            if 1 + owed + len(writes) + 1 + change.size() > MAX_TRANSACTION_ITEMS:
+            if 1 + owed + len(writes) + 2 + change.size() > MAX_TRANSACTION_ITEMS:
                 break
+            if keys.decided_sk(intent.id) in resent:
+                writes.append(intent_items.resent(pk, intent))  # decided already: never twice
+                continue
             # One transaction may not touch an item twice: a change that shares a marker or a hold
             # with one already in this pass waits for the next pass (where it may replay it).
             touches = change.writes(found)
@@ -224,7 +256,7 @@ class GroupCommit:
                 outcome, effects = decide(change, work, found, decision)
                 writes += codec.writes(pk, effects, now)
             decided[intent.id] = outcome
-            writes.append(intent_items.decision_update(pk, intent, outcome))
+            writes += intent_items.decision_writes(pk, intent, outcome, int(now))
         lease_until = ctx.now_ms() + lease_ms(pass_ms)
         guard = codec.account_update(
             pk, work, now, combiner=owner, lease_until=lease_until, pass_ms=pass_ms, warn_ms=ctx.warn_ms
@@ -234,27 +266,27 @@ class GroupCommit:
 
     def queued(self, pk: str) -> tuple[AccountState, list[Intent]]:
         """The account and the first queued intents, oldest first, in ONE consistent Query (intents
-        sort right after the account item: `ACCOUNT`, `ACCOUNT#INTENT#<ms>#<id>`); decided ones wait
-        for their waiter and are left out."""
+        sort right after the account item: `ACCOUNT`, `ACCOUNT#INTENT#<ms>#<id>`). Intents of an
+        earlier version are left to their own version's combiners (decided ones are filtered out)."""
         page = self.ctx.store.query(pk, keys.ACCOUNT, without="outcome")
         account = None
         intents: list[Intent] = []
         for item in page.items:
             if item["sk"] == keys.ACCOUNT:
                 account = item
-            elif len(intents) < MAX_INTENTS_PER_PASS:
+            elif len(intents) < MAX_INTENTS_PER_PASS and intent_items.decided_apart(item):
                 intents.append(intent_items.intent(item))
         return codec.read_account(account), intents
 
     def markers(self, pk: str, intents: list[Intent]) -> dict[str, dict[str, Any]]:
-        """The reference and idempotency markers the intents name, as stored (one consistent batch
-        read; `codec.live` leaves out the expired and freed ones)."""
-        sks = {sk for i in intents for sk in i.change.sks()}
+        """The reference and idempotency markers the intents name, and any decision already written
+        for one of them (a resent intent), as stored: one consistent batch read."""
+        sks = {sk for i in intents for sk in (keys.decided_sk(i.id), *i.change.sks())}
         return self.ctx.store.get_many(pk, sorted(sks)) if sks else {}
 
     def outcome(self, pk: str, intent: Intent) -> Outcome | None:
         """The decision on our intent, or None while it is queued."""
-        return self._decision_of(self.ctx.store.get_many(pk, [intent.sk]).get(intent.sk))
+        return self._decided(pk, intent, self.ctx.store.get_many(pk, [keys.decided_sk(intent.id), intent.sk]))
 
     def withdraw(self, pk: str, intent: Intent) -> Outcome | None:
         """Give up waiting: delete the intent if it is still undecided (None: nothing was or will be
@@ -262,14 +294,37 @@ class GroupCommit:
         try:
             # a combiner's transaction on it in flight: ask again once it is done
             self.ctx.store.write(intent_items.withdrawal(pk, intent), conflicts=True)
-        except ConditionFailed:
-            outcome = self.outcome(pk, intent)
-            assert outcome is not None  # the condition failed: it has a decision
-            return outcome
-        return None
+        except ConditionFailed:  # an earlier version's combiner wrote its decision onto the intent
+            return self.outcome(pk, intent)
+        # Gone from the queue now; but what we deleted may not have been undecided: a pass removes
+        # the intent it decides, and a resend of our put that landed after it queued a copy. One read
+        # of the decision settles it (the copy can only land after the pass).
+        decided = keys.decided_sk(intent.id)
+        return intent_items.decision(self.ctx.store.get_many(pk, [decided]).get(decided))
 
-    @staticmethod
-    def _decision_of(item: Mapping[str, Any] | None) -> Outcome | None:
-        if item is None:  # pragma: no cover - only its own waiter removes an intent
+    def _decided(self, pk: str, intent: Intent, found: Mapping[str, Mapping[str, Any]]) -> Outcome | None:
+        """Our decision in a read of `DECIDED#<id>` and the intent; None while the intent is queued."""
+        outcome = intent_items.decision(found.get(keys.decided_sk(intent.id))) or intent_items.decision(
+            found.get(intent.sk)  # an earlier version's combiner wrote it onto the intent
+        )
+        if outcome is not None or intent.sk in found:
+            return outcome
+        # Neither: a batch read is not a snapshot, so the pass that took the intent off the queue may
+        # have landed between our reads of the two items; its decision is there now.
+        decided = keys.decided_sk(intent.id)
+        outcome = intent_items.decision(self.ctx.store.get_many(pk, [decided]).get(decided))
+        if outcome is None:  # its put failed (it may never have landed): only a retry under the key can tell
             raise TemporarilyUnavailable("The outcome of this change is unknown; retry with the same key.")
-        return intent_items.decision(item)
+        return outcome
+
+
+def poll_pause(pass_ms: int, polls: int) -> float:
+    """How long a waiter sleeps before looking for its decision: a decision comes once per pass, so
+    the first look two passes and a half after queueing (the pass in flight, then the one that reads
+    our intent, and room for passes that run late on a busy store: a look any earlier mostly finds
+    nothing and costs the store a read), the next ones half a pass apart; POLL_SECONDS (then twice
+    as long) when passes are not known yet; never more than MAX_POLL_SECONDS."""
+    if pass_ms <= 0:
+        return POLL_SECONDS * min(1 + polls, 2)
+    pause = pass_ms / 1000 * (2.5 if polls == 0 else 0.5)
+    return min(max(pause, POLL_SECONDS), MAX_POLL_SECONDS)

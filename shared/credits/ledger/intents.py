@@ -1,5 +1,11 @@
 """Queued changes (group commit) as stored: each intent's write and read side by side, with the
-decision a combiner writes onto it and a waiter's withdrawal (docs/adr/0004-group-commit.md)."""
+decision a combiner writes for it and a waiter's withdrawal (docs/adr/0004-group-commit.md).
+
+A combiner's pass takes a decided intent off the queue and writes its decision as `DECIDED#<id>`,
+outside the queue's key range: the queue holds only undecided changes (a pass's Query reads nothing
+else), and the waiter reads its decision and is done (TTL removes it) with no clean-up call of its own.
+Intents of an earlier version (no `format`) had their decision written onto them: a waiter still
+reads one there, and a combiner leaves such intents to their own version's combiners."""
 
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from credits import keys
 from credits.ledger.outcomes import Outcome
 from credits.ledger.rules import Change, Kind
 from credits.ledger.values import INTENT_TTL_SECONDS, Entry, Idempotency, LotTerms, Policy
-from credits.store import NEW, Delete, Put, Update, absent, exists, plain
+from credits.store import NEW, Delete, Put, Write, absent, exists, plain
+
+FORMAT = 2  # decided apart, as `DECIDED#<id>` (see the module's docstring)
 
 
 @dataclass(frozen=True)
@@ -36,10 +44,16 @@ def intent_put(pk: str, intent: Intent, now: int) -> Put:
         "sk": intent.sk,
         "intent_id": intent.id,
         "apply_before_ms": intent.apply_before_ms,
+        "format": FORMAT,
         **change_fields(intent.change),
         "expires_at": now + INTENT_TTL_SECONDS,  # never left behind, whatever happens
     }
     return Put(item, NEW)
+
+
+def decided_apart(item: Mapping[str, Any]) -> bool:
+    """An intent of this version, whose decision a pass writes as `DECIDED#<id>`."""
+    return item.get("format") == FORMAT
 
 
 def intent(item: Mapping[str, Any]) -> Intent:
@@ -126,17 +140,35 @@ def change_from_fields(item: Mapping[str, Any]) -> Change:
     return Change(kind, entry, Policy(item["policy"]), idempotency, item.get("ref_fingerprint", ""))
 
 
-def decision_update(pk: str, intent: Intent, outcome: Outcome) -> Update:
-    """Write the decision onto the intent, only if it is still queued and undecided (a waiter that
-    cancelled has deleted it: the pass fails, and is decided again without it)."""
-    return Update((pk, intent.sk), set={"outcome": outcome.attributes()}, condition=exists("pk") & absent("outcome"))
+def decision_writes(pk: str, intent: Intent, outcome: Outcome, now: int) -> list[Write]:
+    """Take the intent off the queue, only if it is still there and undecided (a waiter that gave up
+    has deleted it: the pass fails, and is decided again without it), and write its decision for the
+    waiter, once (a resent intent decided before cannot be decided again: see `resent`)."""
+    decided = {
+        "pk": pk,
+        "sk": keys.decided_sk(intent.id),
+        "outcome": outcome.attributes(),
+        "expires_at": now + INTENT_TTL_SECONDS,
+    }
+    return [Delete((pk, intent.sk), exists("pk") & absent("outcome")), Put(decided, NEW)]
 
 
-def decision(item: Mapping[str, Any]) -> Outcome | None:
-    """The decision written on an intent; None while it is queued."""
-    return Outcome.from_attributes(plain(dict(item["outcome"]))) if "outcome" in item else None
+def resent(pk: str, intent: Intent) -> Delete:
+    """An intent whose decision is already written: a resend of its put (after a lost answer) that
+    landed after the pass took it off the queue. Removed, never decided again."""
+    return Delete((pk, intent.sk))
+
+
+def decision(item: Mapping[str, Any] | None) -> Outcome | None:
+    """The decision in a `DECIDED#<id>` item (or written onto an intent of an earlier version); None
+    when there is none (yet)."""
+    if item is None or "outcome" not in item:
+        return None
+    return Outcome.from_attributes(plain(dict(item["outcome"])))
 
 
 def withdrawal(pk: str, intent: Intent) -> Delete:
-    """A waiter gives up: its intent goes only while undecided (a decision and a withdrawal exclude each other)."""
+    """A waiter gives up: its intent goes, unless an earlier version's combiner wrote a decision onto
+    it. A pass takes an intent off the queue only if it is still there, so a decision and a
+    withdrawal exclude each other; whether a pass came first is read from `DECIDED#<id>`."""
     return Delete((pk, intent.sk), absent("outcome"))

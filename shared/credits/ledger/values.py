@@ -18,7 +18,10 @@ from credits.ledger.topup import AutoTopUp, TopUpState
 
 MAX_AMOUNT = 1_000_000_000
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit for one TransactWriteItems
-MAX_INTENTS_PER_PASS = 48  # a combiner reads at most this many queued changes (their markers fit one batch read)
+# A combiner reads at most this many queued changes: as many as one transaction of 100 items can
+# decide (a charge is 4 items: the intent's removal, its decision, its entry and its marker), so
+# their decisions and markers fit one batch read (100 keys) and none is read in vain.
+MAX_INTENTS_PER_PASS = 24
 INTENT_GRACE_SECONDS = 2.0  # past its waiter's deadline plus this, a queued change is refused, never applied
 FREED_KEY_SECONDS = 3600  # a released hold's key marker is kept (freed) as long as an intent lives
 INTENT_TTL_SECONDS = 3600  # an intent its waiter never took off the queue (a crash) is deleted by TTL
@@ -32,6 +35,9 @@ POLL_SECONDS = 0.05  # a waiter looks for its decision about this often (then tw
 # waiters polling faster than that only slow the store the combiner is waiting on
 MAX_POLL_SECONDS = 0.5
 SERVE_AFTER_OWN_SECONDS = 0.5  # a combiner keeps serving the queue this long after its own change
+# A container that found an account contended (a live combiner, a lost race, others queued with its
+# change) queues its changes there at once for this long, without a direct attempt that would lose.
+CONTENDED_SECONDS = 1.0
 MAX_KEY_BYTES = 255  # user ids, reference ids and idempotency keys, in UTF-8 bytes (they become key parts)
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600  # Stripe keeps keys 24 h; we keep them twice as long.
 MAX_TIME_BUDGET_SECONDS = 30.0  # the longest a writer may wait for its change (Ledger's time_budget)
