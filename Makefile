@@ -71,8 +71,8 @@ simulate:  ## the ledger simulated at length (SEED=1 OPS=1000000)
 dev: install-dev  ## the whole product offline: DynamoDB Local, API, Stripe emulator and the page
 	PYTHONPATH=shared $(PY) -m local.dev $(ARGS)
 
-bench: install-dev  ## contention benchmark on DynamoDB Local
-	$(PY) -m benchmarks.contention
+bench: install-dev  ## contention and cold-start benchmark on DynamoDB Local (ARGS=--profile: ours broken down)
+	$(PY) -m benchmarks.contention $(ARGS)
 
 build: install  ## sam build (arm64 layer and functions)
 	PATH="$(SAM_PATH)" $(SAM) build
