@@ -304,3 +304,18 @@ def save_card(store: Any, user_id: str, card_id: str = "pm_card_visa", customer:
 
     card = SavedCard(card_id, "visa", "4242", "fp_test", 12, 2034, customer, int(time.time()))
     assert Cards.on(store).save(user_id, card)
+
+
+def combine_once(ledger: Ledger, user_id: str) -> dict[str, Any]:
+    """One combiner pass over the user's queue, as a combiner runs it (the lease taken, then given
+    back): the decisions by intent id, {} when there was nothing to decide."""
+    from credits import keys
+
+    pk, owner = keys.user_pk(user_id), str(uuid.uuid4())
+    assert ledger.group.take_lease(pk, owner)
+    try:
+        snapshot, intents = ledger.group.queued(pk)
+        decided: dict[str, Any] = ledger.group.combine(pk, snapshot, intents, owner) or {}
+        return decided
+    finally:
+        ledger.group.release_lease(pk, owner)

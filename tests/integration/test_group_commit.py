@@ -19,7 +19,7 @@ from credits.ledger.outcomes import Outcome
 from credits.ledger.rules import Change, Kind
 from credits.ledger.values import LEASE_MS
 from tests.integration.conftest import LocalTables
-from tests.support import assert_audited, fleet, http_event
+from tests.support import assert_audited, combine_once, fleet, http_event
 
 
 def charge_event(user: str, key: str) -> dict:
@@ -103,17 +103,6 @@ def queue(ledger: Ledger, user: str, amount: int, key: str) -> Intent:
     )
     ledger.store.write(intent_put(keys.user_pk(user), intent, int(now)))
     return intent
-
-
-def combine_once(ledger: Ledger, user: str) -> dict:
-    pk = keys.user_pk(user)
-    owner = str(uuid.uuid4())
-    assert ledger.group.take_lease(pk, owner)
-    try:
-        snapshot, intents = ledger.group.queued(pk)
-        return ledger.group.combine(pk, snapshot, intents, owner) or {}
-    finally:
-        ledger.group.release_lease(pk, owner)
 
 
 def test_a_waiter_that_cancels_after_its_change_was_applied_answers_the_applied_result(

@@ -228,8 +228,9 @@ class Commits(LotChecks, TopUpChecks):
         for intent_id, ch in taken.items():
             if intent_id in decided:
                 continue
+            # a resent copy (or none left: its waiter withdrew it meanwhile): decided or withdrawn before
             earlier = self.table.item((pk, keys.decided_sk(intent_id)))
-            if ch.before is None or earlier is None or "outcome" not in earlier:
+            if earlier is None or not ("outcome" in earlier or earlier.get("withdrawn")):
                 self.fail(
                     "exactly-once",
                     f"{u.name}: a pass took intent {intent_id} off the queue without its decision "
@@ -257,8 +258,13 @@ class Commits(LotChecks, TopUpChecks):
 
     def _single_write(self, u: User, ch: Change) -> None:
         sk = ch.key[1]
-        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.EXPIRING, keys.TOPUP, keys.DECIDED)):
+        tombstone = (
+            ch.before is None and ch.after is not None and "outcome" not in ch.after and ch.after.get("withdrawn")
+        )
+        if sk.startswith(keys.DECIDED) and not tombstone:
             self.fail("all-or-nothing", f"{u.name}: a single write to {sk}")  # a decision: only in its pass
+        if sk.startswith((keys.TX, keys.HOLD, keys.REF, keys.SYSREF, keys.EXPIRING, keys.TOPUP)):
+            self.fail("all-or-nothing", f"{u.name}: a single write to {sk}")
         if sk.startswith(keys.INTENT) and ch.after is None and ch.before is not None:
             # its waiter's lone delete (decided intents leave the queue in their pass): withdrawn
             if "outcome" in ch.before:

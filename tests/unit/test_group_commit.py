@@ -21,7 +21,7 @@ from credits.ledger.intents import Intent, intent_put
 from credits.ledger.rules import Change, Kind
 from credits.ledger.values import CONTENDED_SECONDS, MAX_POLL_SECONDS, POLL_SECONDS
 from credits.store import NEW, Put, Update, absent, exists
-from tests.support import ManualClock
+from tests.support import ManualClock, combine_once
 
 USER = "gc"
 PK = keys.user_pk(USER)
@@ -68,16 +68,6 @@ def charge_intent(clock: ManualClock, amount: int) -> Intent:
     return Intent(str(uuid.uuid4()), int(now * 1000), int((now + 30) * 1000), change)
 
 
-def combine_once(ledger: Ledger) -> dict[str, Any]:
-    owner = str(uuid.uuid4())
-    assert ledger.group.take_lease(PK, owner)
-    try:
-        snapshot, intents = ledger.group.queued(PK)
-        return ledger.group.combine(PK, snapshot, intents, owner) or {}
-    finally:
-        ledger.group.release_lease(PK, owner)
-
-
 def test_a_pass_takes_its_intents_off_the_queue_and_writes_each_decision_apart(
     ledger: Ledger, moto_dynamodb: Any, clock: ManualClock
 ) -> None:
@@ -89,7 +79,7 @@ def test_a_pass_takes_its_intents_off_the_queue_and_writes_each_decision_apart(
         ledger.group.put_intent(PK, intent, int(clock.now))
     assert [i["format"] for i in stored(moto_dynamodb, keys.INTENT)] == [intent_items.FORMAT] * 2
 
-    decided = combine_once(ledger)
+    decided = combine_once(ledger, USER)
 
     assert stored(moto_dynamodb, keys.INTENT) == []  # the queue holds only undecided changes
     apart = {i["sk"]: i for i in stored(moto_dynamodb, keys.DECIDED)}
@@ -111,14 +101,14 @@ def test_a_resent_intent_is_taken_off_the_queue_by_the_next_pass_never_decided_t
     ledger.grant(USER, 10, type="gift", description="seed")
     intent = charge_intent(clock, 3)
     ledger.group.put_intent(PK, intent, int(clock.now))
-    decided = combine_once(ledger)
+    decided = combine_once(ledger, USER)
     assert Posted.of(decided[intent.id].result()).balance == 7
     (decision,) = stored(moto_dynamodb, keys.DECIDED)
 
     ledger.group.put_intent(PK, intent, int(clock.now))  # the resend: the intent is queued again
     assert [i.id for i in ledger.group.queued(PK)[1]] == [intent.id]
     clock.now += 1
-    assert combine_once(ledger) == {}  # nothing decided again ...
+    assert combine_once(ledger, USER) == {}  # nothing decided again ...
 
     assert stored(moto_dynamodb, keys.INTENT) == []  # ... and the resent intent is gone
     assert stored(moto_dynamodb, keys.DECIDED) == [decision]  # its decision as the first pass wrote it
@@ -138,7 +128,7 @@ def test_a_waiter_that_gives_up_on_a_resent_intent_answers_its_decision(
     ledger.grant(USER, 10, type="gift", description="seed")
     intent = charge_intent(clock, 3)
     ledger.group.put_intent(PK, intent, int(clock.now))
-    decided = combine_once(ledger)
+    decided = combine_once(ledger, USER)
     ledger.group.put_intent(PK, intent, int(clock.now))  # the resend, after the pass took it off
 
     outcome = ledger.group.withdraw(PK, intent)
@@ -194,8 +184,29 @@ def test_a_waiter_whose_intent_never_landed_withdraws_and_nothing_is_written(
     ledger.grant(USER, 10, type="gift", description="seed")
     intent = charge_intent(clock, 3)
     assert ledger.group.withdraw(PK, intent) is None
-    assert combine_once(ledger) == {}
+    assert combine_once(ledger, USER) == {}
     assert ledger.balance(USER) == 10 and [t.amount for t in ledger.history(USER)] == [10]
+
+
+@pytest.mark.parametrize("queued_first", [False, True], ids=["lands-after-the-withdrawal", "copy-lands-after"])
+def test_a_put_that_lands_after_its_withdrawal_is_never_applied(
+    ledger: Ledger, moto_dynamodb: Any, clock: ManualClock, queued_first: bool
+) -> None:
+    """The waiter's put is held up in flight (a lost answer, or the store gave up on it) and the
+    waiter withdraws, answering "nothing was written"; then the put lands (or, when the first copy
+    was queued and withdrawn, a resend lands again). The withdrawal's own `DECIDED#<id>` makes the
+    next pass take that intent off the queue undecided: nothing is charged, ever."""
+    ledger.grant(USER, 10, type="gift", description="seed")
+    intent = charge_intent(clock, 3)
+    if queued_first:
+        ledger.group.put_intent(PK, intent, int(clock.now))
+    assert ledger.group.withdraw(PK, intent) is None  # answered: 503, nothing was written
+    ledger.group.put_intent(PK, intent, int(clock.now))  # the put in flight lands now
+    assert [i.id for i in ledger.group.queued(PK)[1]] == [intent.id]
+    assert combine_once(ledger, USER) == {}  # taken off, not decided
+    assert stored(moto_dynamodb, keys.INTENT) == []
+    assert ledger.balance(USER) == 10 and [t.amount for t in ledger.history(USER)] == [10]
+    assert ledger.audit(USER).ok
 
 
 def test_a_waiter_reads_its_decision_apart_and_makes_no_clean_up_call(
@@ -245,14 +256,14 @@ def test_an_earlier_versions_intent_is_left_undecided_and_its_waiter_can_withdra
     ledger.group.put_intent(PK, new, int(clock.now))
     assert [i.id for i in ledger.group.queued(PK)[1]] == [new.id]  # the old one is not ours to decide
 
-    assert set(combine_once(ledger)) == {new.id}
+    assert set(combine_once(ledger, USER)) == {new.id}
     [left] = stored(moto_dynamodb, keys.INTENT)
     assert left["intent_id"] == old.id and "outcome" not in left  # undecided, still queued
     assert [d["sk"] for d in stored(moto_dynamodb, keys.DECIDED)] == [keys.decided_sk(new.id)]
 
     assert ledger.group.withdraw(PK, old) is None  # withdrawn: its answer is 503, nothing written
     assert stored(moto_dynamodb, keys.INTENT) == []
-    assert combine_once(ledger) == {}
+    assert combine_once(ledger, USER) == {}
     assert [t.amount for t in ledger.history(USER)] == [10, -3]
     assert ledger.audit(USER).ok
 
@@ -274,7 +285,7 @@ def test_a_decision_an_earlier_combiner_wrote_onto_the_intent_is_read_by_a_new_w
 
     with monkeypatch.context() as earlier:
         earlier.setattr(intent_items, "decision_writes", onto_the_intent)
-        decided = combine_once(ledger)
+        decided = combine_once(ledger, USER)
     assert Posted.of(decided[intent.id].result()).balance == 7
     assert stored(moto_dynamodb, keys.DECIDED) == []
 
@@ -287,7 +298,7 @@ def test_a_decision_an_earlier_combiner_wrote_onto_the_intent_is_read_by_a_new_w
     assert ledger.group.withdraw(PK, intent) == decided[intent.id]  # a withdrawal finds it too
     ledger.group.release_lease(PK, "busy")
 
-    assert combine_once(ledger) == {}
+    assert combine_once(ledger, USER) == {}
     assert [t.amount for t in ledger.history(USER)] == [10, -3]
     assert ledger.audit(USER).ok
 

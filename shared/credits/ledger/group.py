@@ -296,11 +296,21 @@ class GroupCommit:
             self.ctx.store.write(intent_items.withdrawal(pk, intent), conflicts=True)
         except ConditionFailed:  # an earlier version's combiner wrote its decision onto the intent
             return self.outcome(pk, intent)
-        # Gone from the queue now; but what we deleted may not have been undecided: a pass removes
-        # the intent it decides, and a resend of our put that landed after it queued a copy. One read
-        # of the decision settles it (the copy can only land after the pass).
-        decided = keys.decided_sk(intent.id)
-        return intent_items.decision(self.ctx.store.get_many(pk, [decided]).get(decided))
+        # Gone from the queue now; but what we deleted may not have been undecided (a pass removes the
+        # intent it decides, and a resend of our put that landed after it queued a copy), and a put of
+        # ours still in flight may land later. The withdrawal's own `DECIDED#<id>`, written only if a
+        # pass wrote none, settles both: from now on any copy is taken off by a pass, never decided.
+        try:
+            self.ctx.store.write(intent_items.tombstone(pk, intent, int(self.ctx.clock())))
+        except ConditionFailed:  # a pass decided it first
+            decided = keys.decided_sk(intent.id)
+            outcome = intent_items.decision(self.ctx.store.get_many(pk, [decided]).get(decided))
+            if outcome is None:  # pragma: no cover - only a pass or this withdrawal writes it
+                raise TemporarilyUnavailable(
+                    "The outcome of this change is unknown; retry with the same key."
+                ) from None
+            return outcome
+        return None
 
     def _decided(self, pk: str, intent: Intent, found: Mapping[str, Mapping[str, Any]]) -> Outcome | None:
         """Our decision in a read of `DECIDED#<id>` and the intent; None while the intent is queued."""

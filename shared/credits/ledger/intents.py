@@ -154,9 +154,18 @@ def decision_writes(pk: str, intent: Intent, outcome: Outcome, now: int) -> list
 
 
 def resent(pk: str, intent: Intent) -> Delete:
-    """An intent whose decision is already written: a resend of its put (after a lost answer) that
-    landed after the pass took it off the queue. Removed, never decided again."""
+    """An intent whose decision (or withdrawal: `tombstone`) is already written: a resend of its put
+    (after a lost answer) that landed after the pass took it off the queue, or after its waiter gave
+    up. Removed, never decided (again)."""
     return Delete((pk, intent.sk))
+
+
+def tombstone(pk: str, intent: Intent, now: int) -> Put:
+    """A withdrawn intent's `DECIDED#<id>`, written once it left the queue, only if no pass decided it
+    first: a put of the intent still in flight that lands later is then taken off by the next pass as
+    a resend, never decided (its waiter answered "nothing was written")."""
+    item = {"pk": pk, "sk": keys.decided_sk(intent.id), "withdrawn": True, "expires_at": now + INTENT_TTL_SECONDS}
+    return Put(item, NEW)
 
 
 def decision(item: Mapping[str, Any] | None) -> Outcome | None:
