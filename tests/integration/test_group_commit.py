@@ -128,7 +128,14 @@ def test_a_waiter_that_cancels_first_is_never_applied(local_tables: LocalTables)
     intent = queue(ledger, "early", 3, "k-early")
     assert ledger.group.withdraw(keys.user_pk("early"), intent) is None  # withdrawn: the answer is 503
     assert combine_once(ledger, "early") == {}  # nothing left to decide
-    assert stored(local_tables, "early", keys.INTENT) == stored(local_tables, "early", keys.DECIDED) == []
+    assert stored(local_tables, "early", keys.INTENT) == []
+    # the withdrawal's own mark: a put of it still in flight would be taken off, never decided
+    (withdrawn,) = stored(local_tables, "early", keys.DECIDED)
+    assert (withdrawn["sk"], withdrawn.get("withdrawn"), "outcome" in withdrawn) == (
+        keys.decided_sk(intent.id),
+        True,
+        False,
+    )
     assert ledger.balance("early") == 10
     assert [t.type for t in ledger.history("early")] == ["gift"]
 
@@ -196,8 +203,12 @@ def test_cancel_and_combine_racing_exactly_one_wins_and_the_answer_says_which(
     assert ledger.audit("racing").ok
     assert combine_once(ledger, "racing") == {}  # nothing left that could be applied later
     assert stored(local_tables, "racing", keys.INTENT) == []
-    decisions = [d["sk"] for d in stored(local_tables, "racing", keys.DECIDED)]
-    assert sorted(decisions) == sorted(keys.decided_sk(intent.id) for intent in late)  # the withdrawn: none
+    decisions = {d["sk"]: d for d in stored(local_tables, "racing", keys.DECIDED)}
+    assert sorted(decisions) == sorted(keys.decided_sk(intent.id) for intent in intents)
+    # the decided carry their outcome; the withdrawn only their waiter's mark
+    assert all("outcome" in decisions[keys.decided_sk(intent.id)] for intent in late)
+    assert all(decisions[keys.decided_sk(intent.id)].get("withdrawn") for intent in early)
+    assert all("outcome" not in decisions[keys.decided_sk(intent.id)] for intent in early)
 
 
 def test_refusals_in_a_batch_are_402_and_write_nothing(local_tables: LocalTables) -> None:

@@ -179,5 +179,5 @@ def decision(item: Mapping[str, Any] | None) -> Outcome | None:
 def withdrawal(pk: str, intent: Intent) -> Delete:
     """A waiter gives up: its intent goes, unless an earlier version's combiner wrote a decision onto
     it. A pass takes an intent off the queue only if it is still there, so a decision and a
-    withdrawal exclude each other; whether a pass came first is read from `DECIDED#<id>`."""
+    withdrawal exclude each other; whether a pass came first, the waiter learns from its `tombstone`."""
     return Delete((pk, intent.sk), absent("outcome"))
