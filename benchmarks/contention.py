@@ -70,6 +70,7 @@ class Result:
     outcomes: Counter[str]
     latencies: list[float]
     calls: int
+    busy: float = 0.0  # CPU seconds the whole machine (every process) was busy while the clock ran
 
     @property
     def rate(self) -> float:
@@ -229,9 +230,9 @@ def by_hand(name: str, work: Callable[[str], tuple[str, float, int]], endpoint: 
     seed(endpoint, user, args.balance)
     with _CONTEXT.Pool(writers, initializer=_init_worker, initargs=(endpoint,)) as pool:
         pool.map(_noop, range(writers * 4))  # every worker started and warm before the clock runs
-        start = time.perf_counter()
+        busy, start = machine_busy(), time.perf_counter()
         answers = pool.map(work, [user] * args.requests, chunksize=1)
-        seconds = time.perf_counter() - start
+        seconds, busy = time.perf_counter() - start, machine_busy() - busy
     return Result(
         name,
         writers,
@@ -239,6 +240,7 @@ def by_hand(name: str, work: Callable[[str], tuple[str, float, int]], endpoint: 
         Counter(a[0] for a in answers),
         [a[1] for a in answers],
         sum(a[2] for a in answers),
+        busy,
     )
 
 
@@ -334,6 +336,14 @@ def instrument(module: ModuleType) -> None:
     app.lambda_handler = profiled
 
 
+def machine_busy() -> float:
+    """CPU seconds every core of this machine has spent busy so far (any process: our containers, the
+    benchmark itself, DynamoDB Local): /proc/stat without idle and iowait."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pid: int) -> float:
     """CPU seconds a process (all its threads) has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -420,9 +430,9 @@ def ours(endpoint: str, writers: int, args: Any, lots: int = 1, database_pid: in
     try:
         with ThreadPoolExecutor(writers) as pool:
             database_cpu = _cpu_seconds(database_pid) if database_pid else 0.0
-            start = time.perf_counter()
+            busy, start = machine_busy(), time.perf_counter()
             answers = list(pool.map(charge, range(args.requests)))
-            seconds = time.perf_counter() - start
+            seconds, busy = time.perf_counter() - start, machine_busy() - busy
             profile.database_cpu = _cpu_seconds(database_pid) - database_cpu if database_pid else 0.0
     finally:
         for container in containers:
@@ -430,9 +440,8 @@ def ours(endpoint: str, writers: int, args: Any, lots: int = 1, database_pid: in
     audit = Ledger(_plain_client(endpoint), TABLE).audit(user)
     if not audit.ok:
         raise SystemExit(f"the ledger of {user} is broken: {audit.problems}")
-    result = Result(
-        name, writers, seconds, Counter(a[0] for a in answers), [a[1] for a in answers], sum(a[2] for a in answers)
-    )
+    outcomes, latencies = Counter(a[0] for a in answers), [a[1] for a in answers]
+    result = Result(name, writers, seconds, outcomes, latencies, sum(a[2] for a in answers), busy)
     return result, profile
 
 
@@ -546,7 +555,28 @@ def contention(database: DynamoDBLocal, writers: int, args: Any, audited: Runs) 
     )
     if args.profile and writers == max(args.writers):
         sorted(zip(ours_rates, profiles, strict=True), key=lambda pair: pair[0])[len(profiles) // 2][1].print(writers)
+        print(budget(audited.median, runs["ours"].median))
     return list(runs.values())
+
+
+def budget(floor: Result, ours: Result) -> str:
+    """The machine's CPU per charge (every process) in the median run of the audited floor and of
+    ours, and how fast ours could go with every core busy: what this machine allows, whatever the
+    waiting does."""
+    cores = os.cpu_count() or 1
+
+    def per(r: Result) -> float:
+        return r.busy / max(sum(r.outcomes.values()), 1)
+
+    def share(r: Result) -> float:
+        return r.busy / r.seconds / cores * 100
+
+    ceiling = cores / per(ours) if per(ours) else 0.0
+    return (
+        f"  machine CPU per charge (every process): audited floor {per(floor) * 1000:.1f} ms"
+        f" ({share(floor):.0f}% of {cores} cores busy), ours {per(ours) * 1000:.1f} ms ({share(ours):.0f}% busy);"
+        f" every core busy, ours would reach {ceiling:.0f}/s = {ceiling / floor.rate:.2f}x the floor"
+    )
 
 
 def main() -> None:

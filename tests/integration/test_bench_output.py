@@ -60,5 +60,11 @@ def test_the_benchmark_table_is_not_interrupted_by_metrics_or_warnings() -> None
     calls = "  DynamoDB calls: 2.00: direct: read 1.00, direct: refusal marker 0.20, direct: transaction 0.80"
     assert profile[1] == calls, out
     assert any(line.startswith("  CPU: handler ") and "DynamoDB Local" in line for line in profile), out
+    # what the whole machine spent per charge, and the rate ours would reach with every core busy
+    budget = r"  machine CPU per charge \(every process\): audited floor [\d.]+ ms \(\d+% of \d+ cores busy\), ours"
+    assert any(
+        re.match(budget + r" [\d.]+ ms \(\d+% busy\); every core busy, ours would reach \d+/s = [\d.]+x", line)
+        for line in profile
+    ), out
     assert "_aws" not in out and "CloudWatchMetrics" not in out, out
     assert "UserWarning" not in err and "No application metrics" not in err, err

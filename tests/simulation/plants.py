@@ -29,10 +29,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+from msgspec import structs
 
 from credits import keys, payments
 from credits.errors import CreditsError
@@ -94,7 +95,7 @@ def _double_refund_clawback() -> list[tuple[Any, str, Any]]:
 
     def _take(self: payments.Payments, user_id: str, record: PaymentRecord, step: Step) -> Posted | None:
         # BUG: a reference fresh per attempt, not unique per step ...
-        entry = dataclasses.replace(
+        entry = structs.replace(
             step.entry(int(self.clock() * 1000)),
             reference_id=f"settle:{record.payment_id}:{step.state.settle_steps}.{next(fresh)}",
         )
@@ -149,7 +150,7 @@ def _topup_ignores(**ignored: Any) -> Callable[[], list[tuple[Any, str, Any]]]:
         original = topup.starts
 
         def starts(settings: Any, state: topup.TopUpState, before: int, after: int, month: str, now_ms: int) -> bool:
-            return original(settings, dataclasses.replace(state, **ignored), before, after, month, now_ms)  # BUG
+            return original(settings, structs.replace(state, **ignored), before, after, month, now_ms)  # BUG
 
         return [(topup, "starts", starts)]
 

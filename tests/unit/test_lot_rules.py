@@ -8,12 +8,12 @@ says: the entries posted, what each drew from which lot, and the balance a read 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from msgspec import structs
 
 from credits import keys
 from credits.ledger.account import AccountState, Decision, Work
@@ -404,7 +404,7 @@ def test_lots_and_draws_survive_the_account_item_unchanged() -> None:
     a.apply(purchase(100, "pi_1", expires_in=DAY))
     a.apply(grant(5, "promotional", priority=3))
     hold = a.apply(reserve(20)).result()["hold_id"]
-    before = {lot_id: dataclasses.asdict(lot) for lot_id, lot in a.state.lots.items()}
+    before = {lot_id: structs.asdict(lot) for lot_id, lot in a.state.lots.items()}
     again = read_account(
         {
             "seq": a.state.seq,
@@ -413,7 +413,7 @@ def test_lots_and_draws_survive_the_account_item_unchanged() -> None:
             "lots": {lot_id: lot_fields(lot) for lot_id, lot in a.state.lots.items()},
         }
     )
-    assert {lot_id: dataclasses.asdict(lot) for lot_id, lot in again.lots.items()} == before
+    assert {lot_id: structs.asdict(lot) for lot_id, lot in again.lots.items()} == before
     assert again.draws == {hold: {"2": 5, "1": 15}}  # the promotional lot (priority 3) first
 
 
@@ -534,9 +534,7 @@ def test_a_refund_after_a_won_dispute_counts_what_expired_in_the_credits_the_dis
     a.apply(claw(100, "pi_1", kind="dispute", step=1))
     won = restore(100, "pi_1", step=2).entry
     assert won is not None
-    dated = dataclasses.replace(
-        won, lot=LotTerms("paid", None, int((NOW + 2 * DAY) * 1000), "Starter", "purchase:pi_1")
-    )
+    dated = structs.replace(won, lot=LotTerms("paid", None, int((NOW + 2 * DAY) * 1000), "Starter", "purchase:pi_1"))
     a.apply(Change(Kind.POST, dated, Policy.CREDIT, None, entry_fingerprint(dated)))
     a.apply(charge(30))  # the dispute's lot expires first: spent first
     a.at(3 * DAY).apply(claw(100, "pi_1", step=3))

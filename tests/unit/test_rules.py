@@ -12,13 +12,13 @@ a step says `at(seconds, ...)`: that many seconds later.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from msgspec import structs
 
 from credits import keys
 from credits.errors import InsufficientCredits
@@ -176,7 +176,7 @@ class Book:
                 balance=work.balance,
                 seq=work.seq,
                 holds=dict(work.holds),
-                lots={lot_id: dataclasses.replace(lot) for lot_id, lot in work.lots.items()},
+                lots={lot_id: structs.replace(lot) for lot_id, lot in work.lots.items()},
                 draws={h: dict(d) for h, d in work.draws.items()},
                 threshold=self.state.threshold,
                 spend_limit=self.state.spend_limit,

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from msgspec import structs
 
 from credits.ledger import Entry, LotTerms, Policy, Transaction
 from credits.settlement import (
@@ -314,7 +315,7 @@ def test_the_terms_of_the_purchase_are_read_from_its_record() -> None:
 
 def settled(type_: str, amount: int, step: int, expired: int = 0, description: str = "") -> Transaction:
     tx = entry(type_, amount, f"settle:pi_1:{step}")
-    return dataclasses.replace(tx, expired_part=expired, description=description)
+    return structs.replace(tx, expired_part=expired, description=description)
 
 
 AUDITED = {

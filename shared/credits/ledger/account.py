@@ -6,11 +6,11 @@ No I/O: `codec.py` reads and writes the item; `rules.py` decides changes against
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from msgspec import Struct, field, structs
 
 from credits import keys
 from credits.errors import SpendLimitReached
@@ -27,8 +27,7 @@ Found = dict[str, dict[str, Any]]  # the markers and holds a change names, as re
 MAX_EXPIRIES_PER_WRITE = 8
 
 
-@dataclass
-class Decision:
+class Decision(Struct):
     """The context of deciding: the time, fresh ids, the threshold for users who set none, and how
     long before a lot expires its credits are announced."""
 
@@ -42,8 +41,7 @@ class Decision:
         return int(self.now * 1000)
 
 
-@dataclass
-class AccountState:
+class AccountState(Struct):
     """What one read of the account tells: the ledger's head, the open holds, the lots, the lease."""
 
     exists: bool
@@ -77,8 +75,7 @@ class AccountState:
         return sum(amount for amount, until in self.holds.values() if until > now_ms)
 
 
-@dataclass
-class Work:
+class Work(Struct):
     """The account as a pass of decisions changes it (one change directly, many in a combiner pass)."""
 
     base: AccountState
@@ -106,10 +103,10 @@ class Work:
         if state.spend_month is not None and state.spend_month > month:
             month = state.spend_month  # a writer whose clock is behind never goes back a month
         spent = state.spent if state.spend_month == month else 0  # a new month starts from 0
-        lots = {lot_id: dataclasses.replace(lot) for lot_id, lot in state.lots.items()}
+        lots = {lot_id: structs.replace(lot) for lot_id, lot in state.lots.items()}
         draws = {hold_id: dict(d) for hold_id, d in state.draws.items()}
         work = cls(state, state.balance, state.seq, dict(state.holds), month, spent, lots, draws)
-        work.topup = dataclasses.replace(state.topup)
+        work.topup = structs.replace(state.topup)
         work.ledger_month = state.ledger_month
         work.lots_changed = not state.lots_written and bool(lots)
         return work
@@ -195,7 +192,7 @@ class Work:
                 rows = {row: list(v) for row, v in effect.moved.items()}
                 for row, values in moved.items():
                     rows[row] = [a + b for a, b in zip(rows.get(row, [0, 0, 0]), values, strict=True)]
-                self.settled[i] = dataclasses.replace(effect, repaid=total, moved=rows)
+                self.settled[i] = structs.replace(effect, repaid=total, moved=rows)
                 return
         note = f"{self.base.holds_rev + 1:012d}"
         self.settled.append(DebtRepaid(note, self.seq, repaid, moved, self.entry_month(now_ms / 1000)))

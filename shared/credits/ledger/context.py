@@ -10,7 +10,8 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from credits.ledger.account import Decision
 from credits.ledger.values import EXPIRY_WARNING_DAYS, ExtraConditionFailed
@@ -21,8 +22,10 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-@dataclass
-class Context:
+class Context(Struct, dict=True):
+    """What the ledger works with: the store, clocks, randomness and limits (`dict=True`: a method
+    can be replaced on one instance, as the fault tests do)."""
+
     store: Store
     clock: Callable[[], float] = time.time  # wall time, for what is stored (Unix seconds)
     monotonic: Callable[[], float] = time.monotonic  # for deadlines

@@ -10,8 +10,9 @@ reads one there, and a combiner leaves such intents to their own version's combi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from msgspec import Struct
 
 from credits import keys
 from credits.ledger.outcomes import Outcome
@@ -22,8 +23,7 @@ from credits.store import NEW, Delete, Put, Write, absent, exists, plain
 FORMAT = 2  # decided apart, as `DECIDED#<id>` (see the module's docstring)
 
 
-@dataclass(frozen=True)
-class Intent:
+class Intent(Struct, frozen=True):
     """A queued change: everything a combiner needs to decide and post it."""
 
     id: str

@@ -15,7 +15,8 @@ has anything left (credits added or given back repay it first).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from credits.ledger.values import (
     EXPIRED_LOT_MEMORY_SECONDS,
@@ -31,8 +32,7 @@ LEGACY_LOT = "0"  # an account from before lots: its credits as one paid lot wit
 Draws = dict[str, int]  # lot id -> credits
 
 
-@dataclass
-class Lot:
+class Lot(Struct):
     id: str  # the seq of the entry that opened it
     category: str
     priority: int

@@ -5,8 +5,9 @@ code, stored as such on a decided intent or a refused key's marker) and the effe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct, field
 
 from credits.errors import CreditsError, from_code
 from credits.ledger.values import Entry, Idempotency
@@ -14,8 +15,7 @@ from credits.ledger.values import Entry, Idempotency
 _REFUSAL_DETAILS = ("required", "balance", "available", "limit", "spent", "month", "message", "errors")
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(Struct, frozen=True):
     """What was decided for a change: applied (a result, maybe a replay), or refused: an error code."""
 
     value: Mapping[str, Any] | None = None
@@ -49,8 +49,7 @@ class Outcome:
         return cls(value=dict(stored))
 
 
-@dataclass(frozen=True)
-class EntryPosted:
+class EntryPosted(Struct, frozen=True):
     """Ledger entry `seq` (invariant 2) and its reference and idempotency markers (invariant 4)."""
 
     entry: Entry
@@ -81,8 +80,7 @@ class EntryPosted:
         }
 
 
-@dataclass(frozen=True)
-class KeyRemembered:
+class KeyRemembered(Struct, frozen=True):
     """An Idempotency-Key's marker: a hold's result (kept a long time) or a refusal (kept a minute)."""
 
     idempotency: Idempotency
@@ -90,8 +88,7 @@ class KeyRemembered:
     ttl_seconds: int
 
 
-@dataclass(frozen=True)
-class HoldOpened:
+class HoldOpened(Struct, frozen=True):
     hold_id: str
     amount: int
     until_ms: int
@@ -100,23 +97,20 @@ class HoldOpened:
     action: str | None = None  # the priced action it reserves for: its capture's usage entry names it
 
 
-@dataclass(frozen=True)
-class HoldClosed:
+class HoldClosed(Struct, frozen=True):
     """A hold's end, once (invariant 7): captured or released, with its result."""
 
     hold_id: str
     ended: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class KeyFreed:
+class KeyFreed(Struct, frozen=True):
     """A released hold charged nothing: its Idempotency-Key may be used again."""
 
     key: str
 
 
-@dataclass(frozen=True)
-class LotWarned:
+class LotWarned(Struct, frozen=True):
     """A lot's credits expire soon: announced once (the `Credits Expiring Soon` event)."""
 
     lot_id: str
@@ -125,8 +119,7 @@ class LotWarned:
     label: str
 
 
-@dataclass(frozen=True)
-class DebtRepaid:
+class DebtRepaid(Struct, frozen=True):
     """Credits a hold gave back repaid a debt (an earlier clawback's), with no entry of their own:
     noted once (`REPAID#<note>`) for the finance report, which counts them as clawed back."""
 
@@ -137,8 +130,7 @@ class DebtRepaid:
     month: str  # the month it counts in (as an entry written now would)
 
 
-@dataclass(frozen=True)
-class TopUpStarted:
+class TopUpStarted(Struct, frozen=True):
     """A decision spent the account below its auto top-up threshold: top-up `number` starts (its
     item `TOPUP#<number>`, written once; the account marks it pending in the same transaction)."""
 

@@ -12,11 +12,11 @@ The invariants they keep (docs/design.md section 4) are named where they are kep
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from msgspec import Struct, structs
 
 from credits import keys
 from credits.errors import (
@@ -78,8 +78,7 @@ class Kind(Enum):
     SWEEP = "sweep"  # nothing of its own: write what the account owes (lots that expired; the daily sweep)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(Struct, frozen=True):
     """One change to a user's account, decided directly or in a combiner pass."""
 
     kind: Kind
@@ -233,7 +232,7 @@ def _credit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decisio
         facts["lot_price"] = terms.price
         facts["repaid"] = lots.repay(work.lots, debt, ctx.now_ms)
     work.lots_changed = True
-    posted_entry = entry if amount == entry.amount else dataclasses.replace(entry, amount=amount)
+    posted_entry = entry if amount == entry.amount else structs.replace(entry, amount=amount)
     posted = work.append(posted_entry, change.idempotency, change.ref_fingerprint, found, ctx, **facts)
     work.settle(ctx)  # a lot granted inside its warning window is announced with its grant
     return posted
@@ -250,7 +249,7 @@ def priced(terms: LotTerms, entry: Entry, work: Work) -> LotTerms:
         if lot.price_credits and lot.currency == entry.currency:
             price = (lot.price_money, lot.price_credits)
             break
-    return dataclasses.replace(terms, currency=entry.currency, price=price)
+    return structs.replace(terms, currency=entry.currency, price=price)
 
 
 def _debit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision) -> EntryPosted:
@@ -285,7 +284,7 @@ def _debit(change: Change, entry: Entry, work: Work, found: Found, ctx: Decision
     for lot_id, n in lots.draw(work.lots, need, now_ms).items():
         draws[lot_id] = draws.get(lot_id, 0) + n
     work.lots_changed = True
-    posted_entry = entry if not forgiven else dataclasses.replace(entry, amount=entry.amount + forgiven)
+    posted_entry = entry if not forgiven else structs.replace(entry, amount=entry.amount + forgiven)
     return work.append(
         posted_entry, change.idempotency, change.ref_fingerprint, found, ctx, draws=draws, expired_part=forgiven
     )

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from msgspec import Struct
 
 MAX_FAILURES = 3  # in a row: then auto top-up is suspended
 BACKOFF_MS = 3_600_000  # after a failure, no new attempt for an hour
@@ -27,8 +28,7 @@ MAX_PER_MONTH = 31
 STRIPE_KEY_MAX = 255
 
 
-@dataclass(frozen=True)
-class AutoTopUp:
+class AutoTopUp(Struct, frozen=True):
     """The user's settings: below `threshold` credits available, buy `package_id`, at most
     `max_per_month` times a UTC month."""
 
@@ -47,8 +47,7 @@ class AutoTopUp:
         return cls(bool(fields["e"]), int(fields["t"]), str(fields["p"]), int(fields["m"]))
 
 
-@dataclass
-class TopUpState:
+class TopUpState(Struct):
     """Where the user's top-ups stand, on the account item (`topup_*` attributes)."""
 
     count: int = 0  # top-ups ever started: the next one is number count + 1

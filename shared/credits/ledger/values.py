@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
+
+from msgspec import Struct, field
 
 from credits.errors import ValidationError
 from credits.ledger.topup import AutoTopUp, TopUpState
@@ -79,8 +80,7 @@ class Policy(Enum):
     ADJUSTMENT = "adjustment"  # an operator's debit: never below zero, balance nor available
 
 
-@dataclass(frozen=True)
-class LotTerms:
+class LotTerms(Struct, frozen=True):
     """The terms of the credits an entry adds: their category, priority (lower spends first) and
     expiry, the name their expiry entry gives them, and the purchase they answer for (refunds)."""
 
@@ -100,8 +100,7 @@ class LotTerms:
         return DEFAULT_PRIORITY[self.category] if self.priority is None else self.priority
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Struct, frozen=True):
     """One change to post: a signed amount and what it is."""
 
     amount: int
@@ -121,8 +120,7 @@ class Entry:
     action: str | None = None  # usage: the priced action (or route) that charged it, for insights
 
 
-@dataclass(frozen=True)
-class Posted:
+class Posted(Struct, frozen=True):
     """The result of a change, the same on first write and on every replay."""
 
     transaction_id: str
@@ -143,16 +141,14 @@ class Posted:
         )
 
 
-@dataclass(frozen=True)
-class Idempotency:
+class Idempotency(Struct, frozen=True):
     """A client's Idempotency-Key and the fingerprint of the request it was sent with."""
 
     key: str
     fingerprint: str
 
 
-@dataclass(frozen=True)
-class Transaction:
+class Transaction(Struct, frozen=True):
     """A ledger entry as read back."""
 
     id: str
@@ -173,8 +169,7 @@ class Transaction:
     action: str | None = None  # usage: the priced action (or route) that charged it
 
 
-@dataclass
-class Audit:
+class Audit(Struct):
     """What `Ledger.audit` found for one user; `ok` when every invariant of section 4 holds."""
 
     user_id: str
@@ -188,8 +183,7 @@ class Audit:
         return not self.problems
 
 
-@dataclass(frozen=True)
-class Reserved:
+class Reserved(Struct, frozen=True):
     """A hold just opened, or the same hold replayed for a repeated Idempotency-Key."""
 
     hold_id: str
@@ -204,8 +198,7 @@ class Reserved:
         return iso_ms(self.expires_at_ms)
 
 
-@dataclass(frozen=True)
-class Captured:
+class Captured(Struct, frozen=True):
     """A hold's capture: one usage entry of `charged` (none, and no transaction id, for 0)."""
 
     hold_id: str
@@ -216,8 +209,7 @@ class Captured:
     replayed: bool = False
 
 
-@dataclass(frozen=True)
-class Released:
+class Released(Struct, frozen=True):
     """A hold's release: nothing was charged."""
 
     hold_id: str
@@ -227,8 +219,7 @@ class Released:
     replayed: bool = False
 
 
-@dataclass(frozen=True)
-class Hold:
+class Hold(Struct, frozen=True):
     """A hold as read back; `state` is open, captured, released or expired."""
 
     hold_id: str
@@ -255,8 +246,7 @@ class Unchanged(Enum):
 UNCHANGED = Unchanged.UNCHANGED
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Struct, frozen=True):
     """A user's settings as in force: their threshold (or the default) and their monthly limit."""
 
     low_balance_threshold: int
@@ -267,8 +257,7 @@ class Settings:
     card: Mapping[str, Any] | None = None  # the saved card (credits.cards: id, brand, last4, ...)
 
 
-@dataclass(frozen=True)
-class LotView:
+class LotView(Struct, frozen=True):
     """A lot as it stands: what is left of it and what open holds drew from it."""
 
     lot_id: str
@@ -286,8 +275,7 @@ class LotView:
         return None if self.expires_at_ms is None else iso_ms(self.expires_at_ms)
 
 
-@dataclass(frozen=True)
-class AccountView:
+class AccountView(Struct, frozen=True):
     """The balance, and how much of it open holds take: available = balance - held (invariant 6).
     Lots that expired count for nothing from their expiry on (invariant 9)."""
 

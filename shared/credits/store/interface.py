@@ -7,11 +7,11 @@ simulator's in-memory table (tests/simulation) evaluates it directly with the sa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from msgspec import Struct, field
 
 from credits.errors import InternalError
 
@@ -47,8 +47,7 @@ def plain(value: Any) -> Any:
 # ---- conditions and writes --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Cond:
+class Cond(Struct, frozen=True):
     """A condition on one item: a comparison, `attribute_(not_)exists`, or AND/OR of conditions."""
 
     op: str  # "=", "<>", "<", "<=", ">", ">=", "exists", "absent", "AND", "OR"
@@ -115,8 +114,7 @@ def absent(attr: str) -> Cond:
 NEW = absent("pk")  # the item does not exist yet: written once
 
 
-@dataclass(frozen=True)
-class Put:
+class Put(Struct, frozen=True):
     """Write a whole item (it carries its `pk` and `sk`; None values are left out)."""
 
     item: Mapping[str, Any]
@@ -127,8 +125,7 @@ class Put:
         return (str(self.item["pk"]), str(self.item["sk"]))
 
 
-@dataclass(frozen=True)
-class Update:
+class Update(Struct, frozen=True):
     """Change some attributes of an item, creating it when absent (as DynamoDB's UpdateItem does)."""
 
     key: Key
@@ -140,8 +137,7 @@ class Update:
     add: Mapping[str, int] = field(default_factory=dict)  # attr = attr + n, from 0 when absent (a counter)
 
 
-@dataclass(frozen=True)
-class Delete:
+class Delete(Struct, frozen=True):
     key: Key
     condition: Cond | None = None
 
@@ -174,8 +170,7 @@ class StoreError(InternalError):
     """DynamoDB refused a request for a reason no retry changes (a malformed request): our bug."""
 
 
-@dataclass(frozen=True)
-class Page:
+class Page(Struct, frozen=True):
     items: list[dict[str, Any]]
     last_sk: str | None  # where the next page starts (None: this was the last)
 
