@@ -32,6 +32,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -504,7 +505,9 @@ def cold_starts(endpoint: str, runs: int) -> None:
     """Each handler imported as Lambda imports it once `sam build` built it (benchmarks/built.py: the
     function's directory, then the layer with its dependencies, all compiled; no bytecode written),
     and the floor in the same layout (the layer's boto3). The rounds interleave the three, so a slow
-    spell of the machine hits each alike."""
+    spell of the machine hits each alike. Then the instructions each executes, counted once by
+    valgrind (callgrind): the same count on a busy machine or an idle one, where the times of one
+    import vary by a third from one interpreter to the next."""
     env = {**os.environ, **environment(endpoint)}
     samples: dict[str, list[float]] = {"pass": [], "floor": [], **{f: [] for f in FUNCTIONS}}
     with built(ROOT, dependencies=True) as tmp:
@@ -518,14 +521,31 @@ def cold_starts(endpoint: str, runs: int) -> None:
                 start = time.perf_counter()
                 subprocess.run([sys.executable, "-c", code], check=True, env={**env, **overlay}, cwd=tmp)
                 samples[way].append(time.perf_counter() - start)
+        counted = {way: instructions(code, {**env, **overlay}, tmp) for way, (code, overlay) in ways.items()}
     start_up = statistics.median(samples["pass"])
     floor = statistics.median(samples["floor"]) - start_up
-    print(f"\ncold start, as built for Lambda (median of {runs} fresh interpreters, interpreter start subtracted)")
-    print(f"{'import':<32} {'ms':>6} {'x floor':>8}")
-    print(f"{'boto3 + dynamodb client (floor)':<32} {floor * 1000:>6.0f} {1.0:>8.2f}")
+    base = counted["floor"] - counted["pass"]
+    print(
+        f"\ncold start, as built for Lambda (median of {runs} fresh interpreters, interpreter start subtracted;"
+        " instructions counted once)"
+    )
+    print(f"{'import':<32} {'ms':>6} {'x floor':>8} {'M instructions':>15} {'x floor':>8}")
+    print(f"{'boto3 + dynamodb client (floor)':<32} {floor * 1000:>6.0f} {1.0:>8.2f} {base / 1e6:>15.0f} {1.0:>8.2f}")
     for function in FUNCTIONS:
-        took = statistics.median(samples[function]) - start_up
-        print(f"{function:<32} {took * 1000:>6.0f} {took / floor:>8.2f}")
+        took, executed = statistics.median(samples[function]) - start_up, counted[function] - counted["pass"]
+        print(
+            f"{function:<32} {took * 1000:>6.0f} {took / floor:>8.2f} {executed / 1e6:>15.0f} {executed / base:>8.2f}"
+        )
+
+
+def instructions(code: str, env: dict[str, str], cwd: Path) -> int:
+    """The instructions a fresh interpreter executes to run `code`, as valgrind's callgrind counts them."""
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code]
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, check=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"valgrind printed no instruction count: {done.stderr[-500:]}")
+    return int(found.group(1))
 
 
 def contention(database: DynamoDBLocal, writers: int, args: Any, audited: Runs) -> list[Runs]:

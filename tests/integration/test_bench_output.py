@@ -66,5 +66,13 @@ def test_the_benchmark_table_is_not_interrupted_by_metrics_or_warnings() -> None
         re.match(budget + r" [\d.]+ ms \(\d+% busy\); every core busy, ours would reach \d+/s = [\d.]+x", line)
         for line in profile
     ), out
+    # the cold start: each handler's time and instructions (counted by valgrind) against the floor's
+    heading = next(n for n, line in enumerate(lines) if line.startswith("cold start, as built for Lambda"))
+    cold = [re.fullmatch(r"(\S.*?)\s+(\d+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)", line) for line in lines[heading + 2 :]]
+    assert [row.group(1) for row in cold if row] == ["boto3 + dynamodb client (floor)", "use_credits", "balance"], out
+    floor, *handlers = [row for row in cold if row]
+    assert floor.group(3) == floor.group(5) == "1.00", out
+    # a handler imports boto3 and builds its client too, and more besides: more instructions than the floor
+    assert all(int(row.group(4)) > int(floor.group(4)) > 0 for row in handlers), out
     assert "_aws" not in out and "CloudWatchMetrics" not in out, out
     assert "UserWarning" not in err and "No application metrics" not in err, err
