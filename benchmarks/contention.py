@@ -21,8 +21,9 @@ median run; then ours as a ratio of the audited floor and of the seq-guard in ea
 lots-20 as a ratio of ours. `--profile` breaks ours down at the most writers: DynamoDB calls per
 charge by kind, items per combiner pass, time spent waiting, and CPU per charge in the handler
 (resolver, validation, logging, metrics), in the ledger, in the DynamoDB client and in DynamoDB
-Local. Cold start: importing each handler in a fresh interpreter (median of 7), as a ratio of
-`import boto3; boto3.client("dynamodb")` measured the same way.
+Local, and the whole machine's CPU per charge beside the floor's. Cold start: importing each
+handler in a fresh interpreter (median of 7), and the instructions it executes (valgrind, counted
+once), each as a ratio of `import boto3; boto3.client("dynamodb")` measured the same way.
 """
 
 from __future__ import annotations
