@@ -303,13 +303,7 @@ class GroupCommit:
         try:
             self.ctx.store.write(intent_items.tombstone(pk, intent, int(self.ctx.clock())))
         except ConditionFailed:  # a pass decided it first
-            decided = keys.decided_sk(intent.id)
-            outcome = intent_items.decision(self.ctx.store.get_many(pk, [decided]).get(decided))
-            if outcome is None:  # pragma: no cover - only a pass or this withdrawal writes it
-                raise TemporarilyUnavailable(
-                    "The outcome of this change is unknown; retry with the same key."
-                ) from None
-            return outcome
+            return self._written_decision(pk, intent)
         return None
 
     def _decided(self, pk: str, intent: Intent, found: Mapping[str, Mapping[str, Any]]) -> Outcome | None:
@@ -321,10 +315,16 @@ class GroupCommit:
             return outcome
         # Neither: a batch read is not a snapshot, so the pass that took the intent off the queue may
         # have landed between our reads of the two items; its decision is there now.
+        return self._written_decision(pk, intent)
+
+    def _written_decision(self, pk: str, intent: Intent) -> Outcome:
+        """The decision a pass wrote for our intent, which it took off the queue: read `DECIDED#<id>`.
+        None there: the intent's put failed (it may never have landed), and only a retry under the
+        key can tell what happened."""
         decided = keys.decided_sk(intent.id)
         outcome = intent_items.decision(self.ctx.store.get_many(pk, [decided]).get(decided))
-        if outcome is None:  # its put failed (it may never have landed): only a retry under the key can tell
-            raise TemporarilyUnavailable("The outcome of this change is unknown; retry with the same key.")
+        if outcome is None:
+            raise TemporarilyUnavailable("The outcome of this change is unknown; retry with the same key.") from None
         return outcome
 
 
