@@ -43,7 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -297,6 +297,7 @@ def instrument(module: ModuleType) -> None:
     def before(model: Any, params: dict[str, Any], **_: Any) -> None:
         kind = _kind(model.name)
         seen["kinds"][kind] = seen["kinds"].get(kind, 0) + 1
+        seen["kind"], seen["sent"] = kind, time.perf_counter()
         seen["operations"][model.name] = seen["operations"].get(model.name, 0) + 1
         if kind == "pass: transaction":
             seen["items"].append(len(params["TransactItems"]))
@@ -304,6 +305,8 @@ def instrument(module: ModuleType) -> None:
 
     def after(**_: Any) -> None:
         seen["boto"] += time.process_time() - seen.pop("started", time.process_time())
+        kind = seen.pop("kind", "other")
+        seen["wall"][kind] = seen["wall"].get(kind, 0.0) + time.perf_counter() - seen.pop("sent", time.perf_counter())
 
     client.meta.events.register("before-parameter-build.dynamodb", before)
     client.meta.events.register("after-call.dynamodb", after)
@@ -327,10 +330,10 @@ def instrument(module: ModuleType) -> None:
     handler = app.lambda_handler
 
     def profiled(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        seen.update(kinds={}, operations={}, items=[], slept=0.0, boto=0.0, ledger=0.0)
+        seen.update(kinds={}, operations={}, items=[], slept=0.0, boto=0.0, ledger=0.0, wall={})
         started = time.process_time()
         response: dict[str, Any] = handler(event, context)
-        report = {key: seen[key] for key in ("kinds", "operations", "items", "slept", "boto", "ledger")}
+        report = {key: seen[key] for key in ("kinds", "operations", "items", "slept", "boto", "ledger", "wall")}
         report["cpu"] = time.process_time() - started
         response.setdefault("headers", {})[PROFILE_HEADER] = json.dumps(report)
         return response
@@ -364,6 +367,8 @@ class Profile:
     ledger: float
     boto: float
     database_cpu: float
+    wall: Counter[str] = field(default_factory=Counter)  # seconds from sending each call to its parsed answer, by kind
+    seconds: float = 0.0  # the run's
 
     def print(self, writers: int) -> None:
         n = self.requests
@@ -374,6 +379,16 @@ class Profile:
         if self.items:
             per_pass = statistics.mean(self.items)
             print(f"  combiner passes: {len(self.items)}, {per_pass:.0f} items each (largest {max(self.items)})")
+            # The combiner's critical path: a pass's calls, one after the other, against the time
+            # between the starts of two passes (the run's length over its passes)
+            took = {k: self.wall[k] / self.kinds[k] * 1000 for k in self.kinds if k.startswith("pass: ")}
+            print(
+                f"  a pass every {self.seconds / len(self.items) * 1000:.0f} ms; its calls, sent to answered: "
+                + ", ".join(f"{k.removeprefix('pass: ')} {v:.0f} ms" for k, v in sorted(took.items()))
+            )
+        if self.kinds:
+            waits = ", ".join(f"{k} {self.wall[k] / v * 1000:.1f}" for k, v in sorted(self.kinds.items()))
+            print(f"  DynamoDB call, sent to answered, ms: {waits}")
         print(f"  waiting (asleep between polls): {self.slept / n * 1000:.0f} ms")
         handler = self.cpu - self.ledger
         rules = self.ledger - self.boto
@@ -427,6 +442,7 @@ def ours(endpoint: str, writers: int, args: Any, lots: int = 1, database_pid: in
             profile.cpu += report["cpu"]
             profile.ledger += report["ledger"]
             profile.boto += report["boto"]
+            profile.wall.update(report["wall"])
         return str(response["statusCode"]), took, sum(report["kinds"].values())
 
     try:
@@ -435,6 +451,7 @@ def ours(endpoint: str, writers: int, args: Any, lots: int = 1, database_pid: in
             busy, start = machine_busy(), time.perf_counter()
             answers = list(pool.map(charge, range(args.requests)))
             seconds, busy = time.perf_counter() - start, machine_busy() - busy
+            profile.seconds = seconds
             profile.database_cpu = _cpu_seconds(database_pid) - database_cpu if database_pid else 0.0
     finally:
         for container in containers:

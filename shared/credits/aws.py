@@ -13,6 +13,7 @@ anywhere but Lambda's runtime the hook is never registered, and a cold start sta
 
 from __future__ import annotations
 
+import platform
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,11 +27,15 @@ if TYPE_CHECKING:
 # Short timeouts: a Lambda behind API Gateway has 30 s at most, and the ledger retries itself.
 # parameter_validation off: the store builds every request from typed values, and DynamoDB validates
 # them anyway; checking each against the API model costs about a tenth of a call's CPU, on every call.
+# A fixed User-Agent: botocore otherwise rebuilds and sanitises its default one (some twenty parts)
+# twice per request, a fifth of a call's CPU in the client (docs/adr/0004-group-commit.md).
+USER_AGENT = f"credits-ledger Python/{platform.python_version()}"
 _CONFIG = Config(
     connect_timeout=2,
     read_timeout=5,
     retries={"mode": "standard", "total_max_attempts": 3},
     parameter_validation=False,
+    user_agent=USER_AGENT,
 )
 
 
