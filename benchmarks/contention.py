@@ -19,7 +19,8 @@ Every way runs `--runs` times (3): the table shows the median rate with the spre
 the outcomes (200/402/503) of every run, p50/p99 latency and DynamoDB calls per request of the
 median run; then ours as a ratio of the audited floor and of the seq-guard in each run, and
 lots-20 as a ratio of ours. `--profile` breaks ours down at the most writers: DynamoDB calls per
-charge by kind, items per combiner pass, time spent waiting, and CPU per charge in the handler
+charge by kind and each kind's time from sending to answer, items per combiner pass and how often
+a pass starts, time spent waiting, and CPU per charge in the handler
 (resolver, validation, logging, metrics), in the ledger, in the DynamoDB client and in DynamoDB
 Local, and the whole machine's CPU per charge beside the floor's. Cold start: importing each
 handler in a fresh interpreter (median of 7), and the instructions it executes (valgrind, counted
