@@ -51,6 +51,7 @@ MARKER = {"created_at": {"S": STAMP}, "expires_at": {"N": "1796822814"}, "finger
 _client: Any = None
 _ledger: Any = None
 _calls = 0
+_seen: Counter[str] = Counter()  # this request's polls, queueings again, passes and intents they decided
 _shape = 4
 _pass_ms = 100.0
 
@@ -81,7 +82,7 @@ def _init_ledger(endpoint: str) -> None:
     _ledger.client.meta.events.register("before-call.dynamodb", _count)
 
 
-def _by_ledger(user: str) -> tuple[str, float, int]:
+def _by_ledger(user: str) -> tuple[str, float, int, Counter[str]]:
     from credits.errors import InsufficientCredits
     from credits.ledger import Idempotency
 
@@ -94,7 +95,7 @@ def _by_ledger(user: str) -> tuple[str, float, int]:
         outcome = "200"
     except InsufficientCredits:
         outcome = "402"
-    return outcome, time.perf_counter() - start, _calls
+    return outcome, time.perf_counter() - start, _calls, Counter()
 
 
 def _put(pk: dict[str, str], sk: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +176,7 @@ def _serve(pk: dict[str, str], me: str, account: dict[str, Any]) -> None:
                 writes += _decisions(pk, intent, new_seq, new_balance)
             else:
                 writes += _decisions(pk, intent, None, new_balance)
+        _seen.update(passes=1, decided=len(intents))
         new_cursor = intents[-1]["sk"]["S"]
         expression = "SET balance = :b, seq = :s, #c = :c, combiner_until = :u, pass_ms = :pm"
         values = {
@@ -209,11 +211,12 @@ def _serve(pk: dict[str, str], me: str, account: dict[str, Any]) -> None:
         last_pass_ms = (time.perf_counter() - began) * 1000
 
 
-def _charge(user: str) -> tuple[str, float, int]:
+def _charge(user: str) -> tuple[str, float, int, Counter[str]]:
     """A waiter: queue an intent, look for its decision (with the account) from 2.5 passes after,
     then every half pass; take the lease when nobody holds it."""
     global _calls, _pass_ms
     _calls, start = 0, time.perf_counter()
+    _seen.clear()
     pk, key = {"S": f"USER#{user}"}, uuid.uuid4().hex
     account_key = {"pk": pk, "sk": {"S": "ACCOUNT"}}
     while True:  # once per queueing (again only when a pass passed over our intent)
@@ -228,12 +231,14 @@ def _charge(user: str) -> tuple[str, float, int]:
             read = _client.batch_get_item(
                 RequestItems={bench.TABLE: {"Keys": [mine, account_key], "ConsistentRead": True}}
             )
+            _seen["polls"] += 1
             found = {i["sk"]["S"]: i for i in read["Responses"][bench.TABLE]}
             account = found["ACCOUNT"]
             _pass_ms = min(max(float(account.get("pass_ms", {"N": "100"})["N"]), 40.0), 400.0)
             if "outcome" in found.get(decision, {}):
-                return found[decision]["outcome"]["S"], time.perf_counter() - start, _calls
+                return found[decision]["outcome"]["S"], time.perf_counter() - start, _calls, Counter(_seen)
             if _shape != 4 and account.get("cursor", {"S": ""})["S"] >= sk and _passed_over(pk, sk, mine):
+                _seen["requeued"] += 1
                 break
             if "combiner" not in account or float(account["combiner_until"]["N"]) < time.time():
                 owner = _lease(account_key)
@@ -284,7 +289,7 @@ def _seed(endpoint: str, user: str, balance: int) -> None:
     bench._plain_client(endpoint).put_item(TableName=bench.TABLE, Item=account)
 
 
-def run(endpoint: str, writers: int, args: Any, shape: str) -> bench.Result:
+def run(endpoint: str, writers: int, args: Any, shape: str) -> tuple[bench.Result, Counter[str]]:
     user = f"{shape}-{writers}-{uuid.uuid4().hex[:6]}"
     if shape == "ledger":
         bench.seed(endpoint, user, args.balance)
@@ -297,8 +302,9 @@ def run(endpoint: str, writers: int, args: Any, shape: str) -> bench.Result:
         busy, start = bench.machine_busy(), time.perf_counter()
         answers = pool.map(work, [user] * args.requests, chunksize=1)
         seconds, busy = time.perf_counter() - start, bench.machine_busy() - busy
-    outcomes = Counter(a[0] for a in answers)
-    return bench.Result(shape, writers, seconds, outcomes, [a[1] for a in answers], sum(a[2] for a in answers), busy)
+    outcomes, seen = Counter(a[0] for a in answers), sum((a[3] for a in answers), Counter())
+    calls = sum(a[2] for a in answers)
+    return bench.Result(shape, writers, seconds, outcomes, [a[1] for a in answers], calls, busy), seen
 
 
 def main() -> None:
@@ -307,6 +313,7 @@ def main() -> None:
     parser.add_argument("--balance", type=int, default=500)
     parser.add_argument("--writers", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", default=["ledger", *SHAPES], choices=["ledger", *SHAPES])
     args = parser.parse_args()
     for variable in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
         os.environ.pop(variable, None)
@@ -318,9 +325,14 @@ def main() -> None:
         for _ in range(args.runs):
             floor = bench.by_hand("audited", bench._audited, database.endpoint, 1, args)
             cells = [f"floor {floor.rate:.0f}/s"]
-            for shape in ("ledger", *SHAPES):
-                r = run(database.endpoint, args.writers, args, shape)
-                cells.append(f"{shape} {r.rate:.0f}/s {r.rate / floor.rate:.2f} ({r.answers}, {r.per:.2f} calls)")
+            for shape in args.shapes:
+                r, seen = run(database.endpoint, args.writers, args, shape)
+                cell = f"{shape} {r.rate:.0f}/s {r.rate / floor.rate:.2f} ({r.answers}, {r.per:.2f} calls"
+                if seen["passes"]:
+                    n = args.requests
+                    cell += f"; polls {seen['polls'] / n:.2f}, queued again {seen['requeued'] / n:.2f}"
+                    cell += f", {seen['passes']} passes of {seen['decided'] / seen['passes']:.1f} intents"
+                cells.append(cell + ")")
             print(" | ".join(cells), flush=True)
 
 
