@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
 
-from local.dynamodb_local import free_port
+from local.dynamodb_local import free_ports
 from local.template import ROOT
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -69,7 +69,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     """`python -m local.dev` (what `make dev` runs) on free ports with its own data folder, stopped by
     Ctrl-C at the end. It runs in its own process group, which is killed whatever happens: nothing it
     started (DynamoDB Local, containers) is left behind."""
-    port, stripe_port, dynamodb_port = free_port(), free_port(), free_port()
+    port, stripe_port, dynamodb_port = free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "AWS_ENDPOINT"))}
     env["PYTHONPATH"] = str(ROOT / "shared")
     checkout = tmp_path_factory.mktemp("checkout")

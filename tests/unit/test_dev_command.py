@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from local import dev, leftovers
-from local.dynamodb_local import client_for, free_port
+from local.dynamodb_local import client_for, free_ports
 from local.template import ROOT
 
 
 @pytest.mark.parametrize("flag", ["--port", "--stripe-port", "--dynamodb-port"])
 def test_a_port_in_use_gets_a_clear_message(flag: str, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    ports = {"--port": free_port(), "--stripe-port": free_port(), "--dynamodb-port": free_port()}
+    ports = dict(zip(["--port", "--stripe-port", "--dynamodb-port"], free_ports(3), strict=True))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", ports[flag]))
         busy.listen()
@@ -41,7 +41,8 @@ def test_real_stripe_needs_a_test_key_and_the_webhook_secret(
 ) -> None:
     monkeypatch.delenv("STRIPE_API_BASE", raising=False)
     monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
-    ports = ["--port", str(free_port()), "--dynamodb-port", str(free_port()), "--data-dir", str(tmp_path)]
+    port, dynamodb_port = free_ports(2)
+    ports = ["--port", str(port), "--dynamodb-port", str(dynamodb_port), "--data-dir", str(tmp_path)]
     monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_live_real_money")
     assert dev.main(ports) == 2
     assert "test-mode keys" in capsys.readouterr().err
@@ -117,7 +118,7 @@ def serving(process: subprocess.Popen[str], log: Path) -> tuple[int, list[str]]:
 def test_after_a_kill_9_the_same_command_comes_up_again_on_the_same_ports(tmp_path: Path) -> None:
     """DynamoDB Local is a Java process of its own: a `kill -9` of make dev leaves it running, holding
     its port. Its pid file (in the data folder) lets the next start stop it: same command, same ports."""
-    ports = {"--port": free_port(), "--stripe-port": free_port(), "--dynamodb-port": free_port()}
+    ports = dict(zip(["--port", "--stripe-port", "--dynamodb-port"], free_ports(3), strict=True))
     args = [item for pair in ports.items() for item in (pair[0], str(pair[1]))]
     args += ["--data-dir", str(tmp_path / ".local-data")]
     log = tmp_path / "stderr.log"
