@@ -11,6 +11,14 @@
 - on-marker: the key's marker carries the decision (a refusal writes one too), the intent is never
              written again, cursor as above: 2 items
 
+Two more ways measure what the engine itself can serve from the same 32 writers, with no queue:
+
+- apart:     each writer charges its own user with the floor's transaction (no contention at all):
+             the most audited charges the engine serves at once
+- put+poll:  each request only puts an intent and reads it back with the account (the consistent
+             BatchGetItem a waiter polls with): the two calls every queued charge needs at least,
+             before any pass writes its decision
+
 The by-hand shapes write items of the sizes the ledger writes (the entry's and marker's attributes)
 and read the intents' markers in each pass as the ledger does; they serve until the queue is empty.
 They are measurements, not protocols: withdrawal, resent intents and expiry are left out (an intent
@@ -32,6 +40,7 @@ from benchmarks import contention as bench
 from local.dynamodb_local import DynamoDBLocal
 
 SHAPES = {"removed": 4, "in-place": 3, "on-marker": 2}
+WAYS = ["ledger", *SHAPES, "apart", "put+poll"]
 PER_PASS = 24  # as the ledger's MAX_INTENTS_PER_PASS
 QUEUE = "ACCOUNT#INTENT#"
 STAMP = "2026-12-07T13:26:54.168Z"
@@ -284,6 +293,30 @@ def _passed_over(pk: dict[str, str], sk: str, mine: dict[str, Any]) -> bool:
     return True
 
 
+def _init_apart(endpoint: str, user: str, balance: int) -> None:
+    bench._init_worker(endpoint)
+    _seed(endpoint, f"{user}-{os.getpid()}", balance)
+
+
+def _apart(user: str) -> tuple[str, float, int, Counter[str]]:
+    """The floor's transaction, from a writer that is alone on its own user."""
+    outcome, seconds, calls = bench._audited(f"{user}-{os.getpid()}")
+    return outcome, seconds, calls, Counter()
+
+
+def _put_poll(user: str) -> tuple[str, float, int, Counter[str]]:
+    """The least a queued charge costs the store before its pass: its intent's put and one poll."""
+    global _calls
+    _calls, start = 0, time.perf_counter()
+    pk, intent_id = {"S": f"USER#{user}"}, uuid.uuid4().hex
+    sk = f"{QUEUE}{int(time.time() * 1000):013d}#{intent_id}"
+    item = {"pk": pk, "sk": {"S": sk}, "key": {"S": uuid.uuid4().hex}, "id": {"S": intent_id}, **ENTRY}
+    _client.put_item(TableName=bench.TABLE, Item=item, ConditionExpression="attribute_not_exists(pk)")
+    keys = [{"pk": pk, "sk": {"S": sk}}, {"pk": pk, "sk": {"S": "ACCOUNT"}}]
+    _client.batch_get_item(RequestItems={bench.TABLE: {"Keys": keys, "ConsistentRead": True}})
+    return "200", time.perf_counter() - start, _calls, Counter()
+
+
 def _seed(endpoint: str, user: str, balance: int) -> None:
     account = {"pk": {"S": f"USER#{user}"}, "sk": {"S": "ACCOUNT"}, "balance": {"N": str(balance)}, "seq": {"N": "0"}}
     bench._plain_client(endpoint).put_item(TableName=bench.TABLE, Item=account)
@@ -294,6 +327,11 @@ def run(endpoint: str, writers: int, args: Any, shape: str) -> tuple[bench.Resul
     if shape == "ledger":
         bench.seed(endpoint, user, args.balance)
         init, initargs, work = _init_ledger, (endpoint,), _by_ledger
+    elif shape == "apart":  # every writer has enough for every charge it could be given
+        init, initargs, work = _init_apart, (endpoint, user, args.requests), _apart  # type: ignore[assignment]
+    elif shape == "put+poll":
+        _seed(endpoint, user, args.balance)
+        init, initargs, work = _init, (endpoint, 2), _put_poll  # type: ignore[assignment]
     else:
         _seed(endpoint, user, args.balance)
         init, initargs, work = _init, (endpoint, SHAPES[shape]), _charge  # type: ignore[assignment]
@@ -313,7 +351,7 @@ def main() -> None:
     parser.add_argument("--balance", type=int, default=500)
     parser.add_argument("--writers", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--shapes", nargs="+", default=["ledger", *SHAPES], choices=["ledger", *SHAPES])
+    parser.add_argument("--shapes", nargs="+", default=WAYS, choices=WAYS)
     args = parser.parse_args()
     for variable in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
         os.environ.pop(variable, None)
