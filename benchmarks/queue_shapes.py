@@ -240,10 +240,7 @@ def _charge(user: str) -> tuple[str, float, int, Counter[str]]:
     pk, key = {"S": f"USER#{user}"}, uuid.uuid4().hex
     account_key = {"pk": pk, "sk": {"S": "ACCOUNT"}}
     while True:  # once per queueing (again only when a pass passed over our intent)
-        intent_id = uuid.uuid4().hex
-        sk = f"{QUEUE}{int(time.time() * 1000):013d}#{intent_id}"
-        item = {"pk": pk, "sk": {"S": sk}, "key": {"S": key}, "id": {"S": intent_id}, **ENTRY}
-        _client.put_item(TableName=bench.TABLE, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        sk, intent_id = _put_intent(pk, key)
         decision = {2: f"IDEM#{key}", 3: sk, 4: f"DECIDED#{intent_id}"}[_shape]
         mine = {"pk": pk, "sk": {"S": decision}}
         if _board is None:
@@ -268,6 +265,15 @@ def _charge(user: str) -> tuple[str, float, int, Counter[str]]:
                     _serve(pk, owner, account)
                     continue
             time.sleep(random.uniform(0.4, 0.6) * _pass_ms / 1000 if _board is None else 0.005)
+
+
+def _put_intent(pk: dict[str, str], key: str) -> tuple[str, str]:
+    """Queue an intent (of the ledger's size) under the idempotency key `key`: its sort key and id."""
+    intent_id = uuid.uuid4().hex
+    sk = f"{QUEUE}{int(time.time() * 1000):013d}#{intent_id}"
+    item = {"pk": pk, "sk": {"S": sk}, "key": {"S": key}, "id": {"S": intent_id}, **ENTRY}
+    _client.put_item(TableName=bench.TABLE, Item=item, ConditionExpression="attribute_not_exists(pk)")
+    return sk, intent_id
 
 
 def _wait_on_board(sk: str) -> None:
@@ -336,10 +342,8 @@ def _put_poll(user: str) -> tuple[str, float, int, Counter[str]]:
     """The least a queued charge costs the store before its pass: its intent's put and one poll."""
     global _calls
     _calls, start = 0, time.perf_counter()
-    pk, intent_id = {"S": f"USER#{user}"}, uuid.uuid4().hex
-    sk = f"{QUEUE}{int(time.time() * 1000):013d}#{intent_id}"
-    item = {"pk": pk, "sk": {"S": sk}, "key": {"S": uuid.uuid4().hex}, "id": {"S": intent_id}, **ENTRY}
-    _client.put_item(TableName=bench.TABLE, Item=item, ConditionExpression="attribute_not_exists(pk)")
+    pk = {"S": f"USER#{user}"}
+    sk, _ = _put_intent(pk, uuid.uuid4().hex)
     keys = [{"pk": pk, "sk": {"S": sk}}, {"pk": pk, "sk": {"S": "ACCOUNT"}}]
     _client.batch_get_item(RequestItems={bench.TABLE: {"Keys": keys, "ConsistentRead": True}})
     return "200", time.perf_counter() - start, _calls, Counter()
@@ -357,16 +361,13 @@ def run(endpoint: str, writers: int, args: Any, shape: str) -> tuple[bench.Resul
         init, initargs, work = _init_ledger, (endpoint,), _by_ledger
     elif shape == "apart":  # every writer has enough for every charge it could be given
         init, initargs, work = _init_apart, (endpoint, user, args.requests), _apart  # type: ignore[assignment]
-    elif shape == "on-marker*":
-        _seed(endpoint, user, args.balance)
-        board = (bench._CONTEXT.RawArray("c", 96), bench._CONTEXT.RawValue("d", 0.0))
-        init, initargs, work = _init, (endpoint, 2, *board), _charge  # type: ignore[assignment]
-    elif shape == "put+poll":
-        _seed(endpoint, user, args.balance)
-        init, initargs, work = _init, (endpoint, 2), _put_poll  # type: ignore[assignment]
     else:
         _seed(endpoint, user, args.balance)
-        init, initargs, work = _init, (endpoint, SHAPES[shape]), _charge  # type: ignore[assignment]
+        init, initargs, work = _init, (endpoint, SHAPES.get(shape, 2)), _charge  # type: ignore[assignment]
+        if shape == "on-marker*":
+            initargs += (bench._CONTEXT.RawArray("c", 96), bench._CONTEXT.RawValue("d", 0.0))
+        elif shape == "put+poll":
+            work = _put_poll
     with bench._CONTEXT.Pool(writers, initializer=init, initargs=initargs) as pool:
         pool.map(bench._noop, range(writers * 4))
         busy, start = bench.machine_busy(), time.perf_counter()
